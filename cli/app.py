@@ -1,0 +1,179 @@
+"""``tailor``: train, evaluate and inspect task packs. Thin: parse, call the library, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tailorrt.errors import TailorError
+
+app = typer.Typer(help="tailorrt: one frozen backbone, many small task networks.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+out = Console()
+if not out.is_terminal:  # piped or logged: do not squeeze tables into 80 columns
+    out = Console(width=160)
+err = Console(stderr=True)
+
+ModelDirOpt = typer.Option("runs", "--model-dir", help="Model directory holding backbone/ and tasks/.")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command(epilog="Examples:\n\n  tailor train --task synth-digits\n\n"
+             "  tailor train --task svhn --backbone resnet34 --data-dir ~/data\n\n"
+             "  tailor train --task imagefolder:/data/pets --backbone resnet18 --backbone-weights r18.pth\n\n"
+             "  tailor train --task synth-glyphs --resume   # after an interruption")
+def train(
+    task: str = typer.Option(..., "--task", help="Task: synth-digits, gtsrb, imagefolder:PATH, coco:FILE.json ..."),
+    model_dir: str = ModelDirOpt,
+    backbone: Optional[str] = typer.Option(None, help="Backbone: embedded, resnet18/34/50, wrn26, tiny. "
+                                           "Default: the model dir's, else embedded for built-in tasks, resnet34."),
+    backbone_weights: Optional[Path] = typer.Option(None, help="Local checkpoint (.safetensors or .pth)."),
+    random_init: bool = typer.Option(False, help="Keep the backbone randomly initialised (testing only)."),
+    data_dir: Path = typer.Option(Path("data"), help="Where datasets live or are downloaded to."),
+    download: bool = typer.Option(True, help="Try to download a missing dataset."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished epoch."),
+    teacher_epochs: Optional[int] = typer.Option(None, help="Override the teacher phase's epochs."),
+    student_epochs: Optional[int] = typer.Option(None, help="Override the student phase's epochs."),
+    finetune_epochs: Optional[int] = typer.Option(None, help="Override the fine-tune phase's epochs."),
+    batch_size: Optional[int] = typer.Option(None, help="Override every phase's batch size."),
+    max_skip: Optional[int] = typer.Option(None, help="Proxies read the last K layers (default 3)."),
+    complexity_coeff: Optional[float] = typer.Option(None, help="Weight of the expected-complexity term (0.3)."),
+    teacher_coeff: Optional[float] = typer.Option(None, help="Weight of the distillation term (10)."),
+    proxy_threshold: Optional[float] = typer.Option(None, help="Prune proxies whose alpha is below this (0.05)."),
+    prune_universal: Optional[int] = typer.Option(None, help="Drop the N lowest-alpha universal blocks "
+                                                  "(default: drop while val accuracy stays within --max-val-drop)."),
+    max_val_drop: Optional[float] = typer.Option(None, help="Accuracy budget (points) of automatic pruning (1.0)."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Train a task with NetTailor (teacher -> student -> prune -> fine-tune) and write its task pack."""
+    from dataclasses import replace
+
+    from tailorrt.cli.progress import RichProgress
+    from tailorrt.train import TrainRequest, default_config, resolve_device, train_task
+
+    cfg = default_config(task)
+    overrides = {"max_skip": max_skip, "complexity_coeff": complexity_coeff, "teacher_coeff": teacher_coeff,
+                 "proxy_threshold": proxy_threshold, "universal_drop": prune_universal, "max_val_drop": max_val_drop}
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    for phase, epochs in (("teacher", teacher_epochs), ("student", student_epochs), ("finetune", finetune_epochs)):
+        p = getattr(cfg, phase)
+        p = replace(p, epochs=epochs if epochs is not None else p.epochs,
+                    batch_size=batch_size if batch_size is not None else p.batch_size)
+        cfg = replace(cfg, **{phase: p})
+    req = TrainRequest(task=task, model_dir=model_dir, backbone=backbone,
+                       backbone_weights=str(backbone_weights) if backbone_weights else None, random_init=random_init,
+                       data_dir=str(data_dir), download=download, seed=seed, config=cfg)
+    dev = resolve_device(device)
+    try:
+        path = train_task(req, device=dev, resume=resume, progress=RichProgress(err, prefix=f"{task} "))
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command with --resume to continue from the last finished epoch", 130)
+    meta = json.loads((path / "task.json").read_text())
+    m = meta["metrics"]
+    out.print(f"[green]wrote[/green] {path}: accuracy {m['accuracy']:.2f}% (teacher {m['teacher_accuracy']:.2f}%), "
+              f"{m['universal_blocks_kept']}/{m['universal_blocks_total']} universal blocks, "
+              f"{m['task_params']:,} task parameters, {m['flops'] / 1e6:.1f} MFLOPs "
+              f"(teacher {m['teacher_flops'] / 1e6:.1f})", highlight=False)
+
+
+@app.command("eval", epilog="Example:\n\n  tailor eval --task synth-digits --model-dir runs")
+def eval_(
+    task: str = typer.Option(..., "--task", help="Task pack name in the model dir."),
+    model_dir: str = ModelDirOpt,
+    data_dir: Path = typer.Option(Path("data"), help="Where the dataset lives."),
+    split: str = typer.Option("test", help="train, val or test."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    download: bool = typer.Option(True, help="Try to download a missing dataset."),
+) -> None:
+    """Re-measure a saved task pack's accuracy from disk."""
+    from tailorrt.train import evaluate_task, resolve_device
+
+    r = evaluate_task(model_dir, task, data_dir=data_dir, split=split, device=resolve_device(device),
+                      download=download)
+    out.print(f"{r['task']}: {r['split']} accuracy {r['accuracy']:.2f}% on {r['images']} images "
+              f"(recorded at training: {r['recorded_accuracy']:.2f}%)", highlight=False)
+
+
+@app.command(epilog="Examples:\n\n  tailor info\n\n  tailor info --model-dir runs --json")
+def info(model_dir: str = ModelDirOpt, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """One row per task: accuracy, blocks kept, parameters, FLOPs and pack size against the backbone."""
+    from tailorrt.train import info_rows
+
+    bmeta, rows = info_rows(model_dir)
+    if as_json:
+        out.print_json(data={"backbone": {k: bmeta[k] for k in ("name", "sha256", "params", "bytes")},
+                             "tasks": rows})
+        return
+    out.print(f"backbone {bmeta['name']} ({bmeta['params'] / 1e6:.2f} M params, {bmeta['bytes'] / 1e6:.2f} MB, "
+              f"sha256 {bmeta['sha256'][:12]}) in {model_dir}", highlight=False)
+    table = Table("task", "method", "acc %", "teacher %", "universal", "task params", "shared params",
+                  "MFLOPs", "teacher MFLOPs", "pack KB", "pack/backbone")
+    for r in rows:
+        table.add_row(r["task"], r["method"], f"{r['accuracy']:.2f}", f"{r['teacher_accuracy']:.2f}",
+                      r["universal_blocks"], f"{r['task_params']:,}", f"{r['shared_params_used']:,}",
+                      f"{r['flops'] / 1e6:.2f}", f"{r['teacher_flops'] / 1e6:.2f}", f"{r['pack_bytes'] / 1e3:.1f}",
+                      f"{100 * r['pack_vs_backbone']:.1f}%")
+    out.print(table)
+
+
+@app.command(epilog="Examples:\n\n  tailor pretrain   # rewrites the embedded backbone\n\n"
+             "  tailor pretrain --out my.safetensors --epochs 20")
+def pretrain(
+    out_path: Path = typer.Option(None, "--out", help="Output weights (default: the package's embedded file)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default 10)."),
+    backbone: str = typer.Option("embedded", help="Backbone architecture to pretrain."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    work_dir: Path = typer.Option(Path(".pretrain-work"), help="Checkpoints (resumes when present)."),
+) -> None:
+    """Pretrain a backbone on the built-in source task (reproduces the embedded backbone)."""
+    from tailorrt.cli.progress import RichProgress
+    from tailorrt.backbones import embedded_weights_path
+    from tailorrt.pretrain import PretrainConfig
+    from tailorrt.pretrain import pretrain as run
+    from tailorrt.train import resolve_device
+
+    cfg = PretrainConfig(backbone=backbone)
+    if epochs is not None:
+        cfg.epochs = epochs
+    target = out_path or embedded_weights_path()
+    report = run(cfg, target, device=resolve_device(device), work_dir=work_dir, progress=RichProgress(err))
+    out.print(f"wrote {target}: synth-source test accuracy {report['test_accuracy']:.2f}% "
+              f"in {report['seconds']:.0f} s", highlight=False)
+
+
+@app.command(epilog="Example:\n\n  tailor tasks")
+def tasks() -> None:
+    """List the registered tasks (built-in generated ones need no download)."""
+    from tailorrt.datasets import TORCHVISION_TASKS
+    from tailorrt.world import BUILTIN_TASKS
+
+    for name, t in BUILTIN_TASKS.items():
+        out.print(f"{name:16} generated, {len(t.classes)} classes, splits {t.sizes}", highlight=False)
+    for name, t in TORCHVISION_TASKS.items():
+        out.print(f"{name:16} torchvision.datasets.{t.dataset}: {t.expected}", highlight=False)
+    out.print("imagefolder:PATH  PATH/<class>/<image> or PATH/{train,val,test}/<class>/<image>")
+    out.print("coco:FILE.json    COCO instances; label = the category covering most of each image")
+
+
+def main() -> None:
+    """Entry point: typed library errors become one line on stderr and exit code 1."""
+    try:
+        app()
+    except TailorError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Rich progress bars behind the library's Progress interface."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from tailorrt.training import Progress as LoopProgress
+
+
+class RichProgress(LoopProgress):
+    """One bar per training phase, with the running loss."""
+
+    def __init__(self, console: Console, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                             console=console, transient=False)
+        self.task_id = None
+
+    def start(self, label: str, total: int, completed: int = 0) -> None:
+        self.bars.start()
+        self.task_id = self.bars.add_task(f"{self.prefix}{label}", total=total, completed=completed, loss=0.0)
+
+    def advance(self, n: int = 1, **metrics: float) -> None:
+        if self.task_id is not None:
+            self.bars.update(self.task_id, advance=n, loss=metrics.get("loss", 0.0))
+
+    def finish(self) -> None:
+        self.bars.stop()

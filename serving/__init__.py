@@ -1,0 +1,1 @@
+"""The HTTP server (installed as ``tailorrt.serving``): comes in a later issue."""

@@ -1,0 +1,262 @@
+"""Universal backbones split into units (the stem, then one unit per residual block).
+
+Builders register by name (like torchvision's ``get_model``) and are described by data
+(:class:`BackboneSpec`); the blocks are torchvision's own ``BasicBlock``/``Bottleneck``, so a
+torchvision ResNet checkpoint maps onto the units key by key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from tailorrt.errors import CheckpointError, ConfigError
+from tailorrt.io import load_state_file
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EMBEDDED = "embedded"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything needed to rebuild a backbone's units, and how its inputs are normalised."""
+
+    name: str
+    block: str  # "basic" | "bottleneck"
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
+    strides: tuple[int, ...]
+    stem: str  # "imagenet" (7x7/2 + maxpool) | "cifar" (3x3/1)
+    stem_width: int
+    input_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    torchvision_weights: str | None = None  # e.g. "ResNet34_Weights.IMAGENET1K_V1"
+
+    def __post_init__(self) -> None:
+        if self.block not in ("basic", "bottleneck"):
+            raise ConfigError(f"block must be 'basic' or 'bottleneck', not {self.block!r}")
+        if not (len(self.widths) == len(self.depths) == len(self.strides)):
+            raise ConfigError("widths, depths and strides must have one entry per stage")
+        if self.stem not in ("imagenet", "cifar"):
+            raise ConfigError(f"stem must be 'imagenet' or 'cifar', not {self.stem!r}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "BackboneSpec":
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**fields)
+
+
+_BUILDERS: dict[str, Callable[[], BackboneSpec]] = {}
+
+
+def register(fn: Callable[[], BackboneSpec]) -> Callable[[], BackboneSpec]:
+    """Register a spec builder under its function name (dashes for underscores)."""
+    _BUILDERS[fn.__name__.replace("_", "-")] = fn
+    return fn
+
+
+def available() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    if name not in _BUILDERS:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(available())}")
+    return _BUILDERS[name]()
+
+
+@register
+def resnet18() -> BackboneSpec:
+    return BackboneSpec("resnet18", "basic", (64, 128, 256, 512), (2, 2, 2, 2), (1, 2, 2, 2), "imagenet", 64, 224,
+                        torchvision_weights="ResNet18_Weights.IMAGENET1K_V1")
+
+
+@register
+def resnet34() -> BackboneSpec:
+    return BackboneSpec("resnet34", "basic", (64, 128, 256, 512), (3, 4, 6, 3), (1, 2, 2, 2), "imagenet", 64, 224,
+                        torchvision_weights="ResNet34_Weights.IMAGENET1K_V1")
+
+
+@register
+def resnet50() -> BackboneSpec:
+    return BackboneSpec("resnet50", "bottleneck", (64, 128, 256, 512), (3, 4, 6, 3), (1, 2, 2, 2), "imagenet", 64,
+                        224, torchvision_weights="ResNet50_Weights.IMAGENET1K_V1")
+
+
+@register
+def wrn26() -> BackboneSpec:
+    """The Visual Decathlon WideResNet-26 (3 stages of 4 basic blocks, 72 px inputs)."""
+    return BackboneSpec("wrn26", "basic", (64, 128, 256), (4, 4, 4), (2, 2, 2), "cifar", 32, 72)
+
+
+@register
+def embedded() -> BackboneSpec:
+    """The small ResNet shipped in the package, pretrained on ``synth-source`` (``tailor pretrain``)."""
+    return BackboneSpec(EMBEDDED, "basic", (32, 64, 128, 256), (2, 2, 2, 2), (2, 2, 2, 2), "cifar", 32, 32,
+                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+@register
+def tiny() -> BackboneSpec:
+    """A very small ResNet for tests (widths 8-16-32, 16 px)."""
+    return BackboneSpec("tiny", "basic", (8, 16, 32), (1, 1, 1), (1, 2, 2), "cifar", 8, 16,
+                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+class UniversalBackbone(nn.Module):
+    """A ResNet as a stem followed by residual blocks; every one of them is a *unit*."""
+
+    def __init__(self, spec: BackboneSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.stem = _make_stem(spec)
+        block_cls = BasicBlock if spec.block == "basic" else Bottleneck
+        blocks: list[nn.Module] = []
+        channels = spec.stem_width
+        for width, depth, stride in zip(spec.widths, spec.depths, spec.strides):
+            for i in range(depth):
+                s = stride if i == 0 else 1
+                out = width * block_cls.expansion
+                down = None
+                if s != 1 or channels != out:
+                    down = nn.Sequential(nn.Conv2d(channels, out, 1, s, bias=False), nn.BatchNorm2d(out))
+                blocks.append(block_cls(channels, width, s, down))
+                channels = out
+        self.blocks = nn.ModuleList(blocks)
+        self.feature_dim = channels
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @property
+    def num_units(self) -> int:
+        return 1 + len(self.blocks)
+
+    def forward_units(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of every unit, stem first."""
+        outs = [self.stem(x)]
+        for block in self.blocks:
+            outs.append(block(outs[-1]))
+        return outs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features of the last unit."""
+        return pool(self.forward_units(x)[-1])
+
+
+def pool(x: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+def _make_stem(spec: BackboneSpec) -> nn.Sequential:
+    if spec.stem == "imagenet":
+        return nn.Sequential(nn.Conv2d(3, spec.stem_width, 7, 2, 3, bias=False), nn.BatchNorm2d(spec.stem_width),
+                             nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+    return nn.Sequential(nn.Conv2d(3, spec.stem_width, 3, 1, 1, bias=False), nn.BatchNorm2d(spec.stem_width),
+                         nn.ReLU(inplace=True))
+
+
+def torchvision_key_map(spec: BackboneSpec) -> Callable[[str], str | None]:
+    """Map torchvision ResNet state-dict keys (``layer2.1.conv1.weight``) to unit keys; ``fc.*`` -> None."""
+    offsets = [sum(spec.depths[:i]) for i in range(len(spec.depths))]
+
+    def convert(key: str) -> str | None:
+        if key.startswith("fc."):
+            return None
+        if key.startswith("conv1."):
+            return "stem.0." + key[6:]
+        if key.startswith("bn1."):
+            return "stem.1." + key[4:]
+        m = re.match(r"layer(\d+)\.(\d+)\.(.*)", key)
+        if m and int(m.group(1)) <= len(offsets):
+            return f"blocks.{offsets[int(m.group(1)) - 1] + int(m.group(2))}.{m.group(3)}"
+        return key
+
+    return convert
+
+
+def load_weights(model: UniversalBackbone, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load unit weights from our own or torchvision's key names; mismatches raise CheckpointError."""
+    if any(k.startswith(("layer1.", "conv1.")) for k in state):
+        convert = torchvision_key_map(model.spec)
+        state = {new: v for k, v in state.items() if (new := convert(k)) is not None}
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                 if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or bad_shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if bad_shape:
+            parts.append(f"{len(bad_shape)} of wrong shape (e.g. {'; '.join(bad_shape[:2])})")
+        raise CheckpointError(f"{source} does not fit backbone {model.spec.name!r}: {'; '.join(parts)}")
+    model.load_state_dict(state)
+
+
+def embedded_weights_path() -> Path:
+    return Path(str(resources.files("tailorrt") / "assets" / "embedded.safetensors"))
+
+
+@dataclass
+class BackboneSource:
+    """Where a backbone's weights came from: a file, a torchvision enum, or random init."""
+
+    kind: str  # "embedded" | "file" | "torchvision" | "random"
+    detail: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def build_backbone(name: str, *, weights: str | Path | None = None, pretrained: bool = True
+                   ) -> tuple[UniversalBackbone, BackboneSource]:
+    """Build a backbone by name and load its weights.
+
+    ``weights``: a local safetensors/``.pth`` checkpoint. Without it, ``embedded`` loads the
+    packaged weights and torchvision ResNets download their ImageNet weights enum (a clear error
+    when offline); ``pretrained=False`` keeps the random initialisation.
+    """
+    spec = get_spec(name)
+    model = UniversalBackbone(spec)
+    if weights is not None:
+        load_weights(model, load_state_file(Path(weights)), str(weights))
+        return model, BackboneSource("file", str(weights))
+    if not pretrained:
+        return model, BackboneSource("random")
+    if name == EMBEDDED:
+        path = embedded_weights_path()
+        if not path.is_file():
+            raise CheckpointError(f"the embedded backbone weights are missing ({path}); run `tailor pretrain`")
+        load_weights(model, load_state_file(path), "embedded backbone")
+        return model, BackboneSource("embedded", str(path.name))
+    if spec.torchvision_weights:
+        load_weights(model, _download_torchvision(spec.torchvision_weights), spec.torchvision_weights)
+        return model, BackboneSource("torchvision", spec.torchvision_weights)
+    raise CheckpointError(f"backbone {name!r} has no downloadable weights; pass --backbone-weights FILE "
+                          "or --random-init")
+
+
+def _download_torchvision(enum_name: str) -> dict[str, torch.Tensor]:
+    from torchvision.models import get_weight
+
+    w = get_weight(enum_name)
+    try:
+        return w.get_state_dict(progress=True, check_hash=True)
+    except Exception as e:  # URLError, HTTPError, socket errors, hash mismatch...
+        raise CheckpointError(f"cannot download {enum_name} ({type(e).__name__}: {e}); with no network, pass a "
+                              f"local checkpoint with --backbone-weights FILE (from {w.url})") from e

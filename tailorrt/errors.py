@@ -1,0 +1,33 @@
+"""Typed errors. Each message says what went wrong and what to do; the CLI prints it on one line."""
+
+
+class TailorError(Exception):
+    """Base class of every error tailorrt raises on purpose."""
+
+
+class UnknownTaskError(TailorError):
+    """A task name that is neither registered nor a valid ``imagefolder:``/``coco:`` spec."""
+
+
+class DatasetMissingError(TailorError):
+    """A dataset is absent locally and cannot be downloaded."""
+
+
+class BackboneMismatchError(TailorError):
+    """A task pack was trained on a different backbone than the one loaded."""
+
+
+class CheckpointError(TailorError):
+    """A weights file is unreadable, corrupt, or its keys/shapes do not fit the model."""
+
+
+class PackError(TailorError):
+    """A task pack or model directory is missing, malformed or of an unknown format version."""
+
+
+class ConfigError(TailorError):
+    """An invalid option or combination of options."""
+
+
+class TrainingDivergedError(TailorError):
+    """The loss became NaN or infinite."""

@@ -1,0 +1,170 @@
+"""NetTailor as a method: teacher fine-tuning, student with block attention, distillation and the
+expected-complexity regulariser, pruning, and fine-tuning of what is left."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from tailorrt.backbones import UniversalBackbone
+from tailorrt.datasets import TaskData
+from tailorrt.errors import ConfigError
+from tailorrt.io import load_tensors, save_tensors
+from tailorrt.student import Student
+from tailorrt.teacher import Teacher
+from tailorrt.training import PhaseConfig, Trainer, accuracy
+
+
+@dataclass
+class NetTailorConfig:
+    """NetTailor hyper-parameters. Defaults follow the paper; :meth:`quick` fits the built-in tasks."""
+
+    max_skip: int = 3
+    teacher_coeff: float = 10.0
+    complexity_coeff: float = 0.3
+    proxy_threshold: float = 0.05
+    universal_drop: int | None = None  # the paper's rule: drop the N lowest-alpha universal blocks
+    max_val_drop: float = 1.0  # else: drop universal blocks, lowest alpha first, while val acc stays within this
+    teacher: PhaseConfig = field(default_factory=lambda: PhaseConfig("teacher", 30, 0.01, batch_size=32))
+    student: PhaseConfig = field(default_factory=lambda: PhaseConfig("student", 30, 0.1, batch_size=32))
+    finetune: PhaseConfig = field(default_factory=lambda: PhaseConfig("finetune", 15, 0.01, batch_size=32))
+
+    def __post_init__(self) -> None:
+        if self.max_skip < 1:
+            raise ConfigError("max_skip must be at least 1")
+        if not 0 <= self.proxy_threshold < 1:
+            raise ConfigError("proxy_threshold must be in [0, 1)")
+        for p in (self.teacher, self.student, self.finetune):
+            if p.epochs < 0 or p.lr <= 0:
+                raise ConfigError(f"phase {p.name}: epochs must be >= 0 and lr > 0")
+
+    @classmethod
+    def quick(cls) -> "NetTailorConfig":
+        """Schedules for the built-in generated tasks: minutes on 2 CPU cores."""
+        return cls(teacher=PhaseConfig("teacher", 4, 0.02, batch_size=64),
+                   student=PhaseConfig("student", 6, 0.1, batch_size=64),
+                   finetune=PhaseConfig("finetune", 3, 0.01, batch_size=64))
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "NetTailorConfig":
+        phases = {k: PhaseConfig(**data[k]) for k in ("teacher", "student", "finetune") if k in data}
+        rest = {k: v for k, v in data.items() if k not in phases}
+        return cls(**rest, **phases)
+
+
+@dataclass
+class TrainedTask:
+    """What a method hands to the pack writer."""
+
+    student: Student
+    metrics: dict
+    phases: list[dict]
+
+
+def _distill(logits: torch.Tensor, units: list, t_logits: torch.Tensor, t_units: list) -> torch.Tensor:
+    """Mean squared distance to the teacher: logits plus the mean over surviving layer outputs."""
+    acts = [F.mse_loss(s, t) for s, t in zip(units[1:], t_units[1:]) if s is not None]
+    return F.mse_loss(logits, t_logits) + (torch.stack(acts).mean() if acts else 0.0)
+
+
+def _student_loss(student: Student, teacher: Teacher, cfg: NetTailorConfig, complexity: bool
+                  ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            t_logits, t_units = teacher.forward_all(x)
+        logits, units = student.forward_all(x)
+        loss = F.cross_entropy(logits, y) + cfg.teacher_coeff * _distill(logits, units, t_logits, t_units)
+        if complexity:
+            loss = loss + cfg.complexity_coeff * student.expected_complexity()
+        return loss, logits
+
+    return loss_fn
+
+
+def train_nettailor(cfg: NetTailorConfig, backbone: UniversalBackbone, data: TaskData, trainer: Trainer
+                    ) -> TrainedTask:
+    """Run every phase (resuming those a previous run finished) and return the pruned, fine-tuned student."""
+    device = trainer.device
+    n = len(data.classes)
+    teacher = Teacher(backbone, n).to(device)
+
+    def teacher_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = teacher(x)
+        return F.cross_entropy(logits, y), logits
+
+    phases = [trainer.run(cfg.teacher, teacher, teacher_loss, data.train, data.val)]
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    teacher_acc = accuracy(teacher, data.test, device)
+
+    student = Student(backbone, n, max_skip=cfg.max_skip).to(device)
+    alphas_log = lambda epoch: {"alphas": [layer.alphas().detach().cpu().tolist() for layer in student.layers]}
+    phases.append(trainer.run(cfg.student, student, _student_loss(student, teacher, cfg, True), data.train,
+                              data.val, on_epoch=alphas_log))
+    student_acc = accuracy(student, data.test, device)
+
+    t0 = time.perf_counter()
+    prune_info = _prune(cfg, student, data.val, trainer)
+    prune_seconds = time.perf_counter() - t0
+    pruned_acc = accuracy(student, data.test, device)
+    student.compact()
+    phases.append(trainer.run(cfg.finetune, student, _student_loss(student, teacher, cfg, False), data.train,
+                              data.val, on_epoch=alphas_log))
+    final_acc = accuracy(student, data.test, device)
+
+    teacher_flops = student.total_flops_dense() + student.head_cost[1]
+    metrics = {"accuracy": round(final_acc, 3), "teacher_accuracy": round(teacher_acc, 3),
+               "student_accuracy": round(student_acc, 3), "pruned_accuracy": round(pruned_acc, 3),
+               "teacher_flops": int(teacher_flops), "teacher_params": int(sum(p.numel() for p in teacher.parameters())),
+               **student.accounting(), "prune": prune_info}
+    phase_rows = [p.to_json() for p in phases] + [{"name": "prune", "seconds": round(prune_seconds, 2)}]
+    return TrainedTask(student, metrics, phase_rows)
+
+
+def _prune(cfg: NetTailorConfig, student: Student, val: Dataset, trainer: Trainer) -> dict:
+    """Prune once and remember the result in the work dir, so a resumed run prunes identically."""
+    path = trainer.work_dir / "prune.safetensors" if trainer.work_dir else None
+    if path is not None and path.is_file():
+        saved = load_tensors(path)
+        with torch.no_grad():
+            for l, layer in enumerate(student.layers):
+                layer.keep.copy_(saved[f"keep.{l}"])
+        return {"rule": "resumed", "val_accuracy_before": float(saved["val_before"])}
+    device = trainer.device
+    before = accuracy(student, val, device)
+    student.prune(universal_drop=cfg.universal_drop or 0, proxy_threshold=cfg.proxy_threshold)
+    info: dict = {"val_accuracy_before": round(before, 3), "proxy_threshold": cfg.proxy_threshold}
+    if cfg.universal_drop is not None:
+        info["rule"] = f"drop {cfg.universal_drop} lowest-alpha universal blocks"
+    else:
+        info["rule"] = f"drop lowest-alpha universal blocks while val accuracy stays within {cfg.max_val_drop} points"
+        tried = []
+        for l in student.universal_order():
+            snapshot = [layer.keep.clone() for layer in student.layers]
+            with torch.no_grad():
+                student.layers[l].keep[0] = False
+            connected = student.settle()
+            acc = accuracy(student, val, device) if connected else 0.0
+            ok = connected and acc >= before - cfg.max_val_drop
+            tried.append({"layer": l + 1, "val_accuracy": round(acc, 3), "dropped": ok})
+            if not ok:
+                with torch.no_grad():
+                    for layer, keep in zip(student.layers, snapshot):
+                        layer.keep.copy_(keep)
+        info["tried"] = tried
+    info["val_accuracy_after"] = round(accuracy(student, val, device), 3)
+    if path is not None:
+        tensors = {f"keep.{l}": layer.keep for l, layer in enumerate(student.layers)}
+        tensors["val_before"] = torch.tensor(before)
+        save_tensors(path, tensors)
+    return info

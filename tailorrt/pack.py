@@ -1,0 +1,202 @@
+"""The model directory: one shared backbone, one pack per task (design.md section 4).
+
+```
+<model-dir>/backbone/backbone.safetensors + backbone.json
+<model-dir>/tasks/<task>/task.safetensors + task.json
+```
+Every file is written atomically; a task pack is assembled in ``<model-dir>/.work`` and renamed
+into ``tasks/`` whole, so ``tasks/`` never holds a half-written pack.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tailorrt import __version__
+from tailorrt.backbones import BackboneSpec, BackboneSource, UniversalBackbone, load_weights
+from tailorrt.datasets import TASK_NAME, Preprocess
+from tailorrt.errors import BackboneMismatchError, PackError
+from tailorrt.io import load_tensors, read_json, replace_dir, save_tensors, sha256_file, write_json
+from tailorrt.student import Student
+
+FORMAT_VERSION = 1
+BACKBONE_FILE = "backbone.safetensors"
+TASK_FILE = "task.safetensors"
+
+
+def versions() -> dict:
+    import torchvision
+
+    return {"tailorrt": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version()}
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def check_task_name(name: str) -> str:
+    if not TASK_NAME.match(name):
+        raise PackError(f"invalid task name {name!r}: it must match [a-z0-9][a-z0-9_-]{{0,63}}")
+    return name
+
+
+@dataclass
+class TaskPack:
+    """A loaded task pack: its metadata and its tensors."""
+
+    name: str
+    meta: dict
+    tensors: dict[str, torch.Tensor]
+    path: Path
+
+
+class ModelDir:
+    """Reads and writes one model directory."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    @property
+    def backbone_dir(self) -> Path:
+        return self.root / "backbone"
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.root / "tasks"
+
+    def work_dir(self, task: str) -> Path:
+        return self.root / ".work" / check_task_name(task)
+
+    # ------------------------------------------------------------------ backbone
+
+    def has_backbone(self) -> bool:
+        return (self.backbone_dir / "backbone.json").is_file()
+
+    def backbone_meta(self) -> dict:
+        path = self.backbone_dir / "backbone.json"
+        if not path.is_file():
+            raise PackError(f"no backbone in {self.root} (expected {path}); train a task into it first")
+        meta = read_json(path)
+        _check_version(meta, path)
+        return meta
+
+    def write_backbone(self, backbone: UniversalBackbone, source: BackboneSource) -> str:
+        """Write the backbone once; an identical one already there is kept, a different one refused."""
+        tmp_root = self.root / ".work"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
+            candidate = Path(tmp) / BACKBONE_FILE
+            save_tensors(candidate, backbone.state_dict(), {"format_version": str(FORMAT_VERSION)})
+            sha = sha256_file(candidate)
+            if self.has_backbone():
+                have = self.backbone_meta()
+                if have["sha256"] != sha:
+                    raise BackboneMismatchError(
+                        f"{self.root} already holds backbone {have['name']!r} (sha256 {have['sha256'][:12]}), not "
+                        f"this {backbone.spec.name!r} (sha256 {sha[:12]}); use another --model-dir")
+                return sha
+            self.backbone_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(candidate, self.backbone_dir / BACKBONE_FILE)
+        meta = {"format_version": FORMAT_VERSION, "name": backbone.spec.name, "spec": backbone.spec.to_json(),
+                "sha256": sha, "source": {"kind": source.kind, "detail": source.detail},
+                "units": backbone.num_units, "params": sum(p.numel() for p in backbone.parameters()),
+                "input_size": backbone.spec.input_size,
+                "normalize": {"mean": list(backbone.spec.mean), "std": list(backbone.spec.std)},
+                "bytes": (self.backbone_dir / BACKBONE_FILE).stat().st_size, "versions": versions(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_json(self.backbone_dir / "backbone.json", meta)
+        return sha
+
+    def load_backbone(self) -> tuple[UniversalBackbone, dict]:
+        """Rebuild the backbone from its JSON spec and weights, verifying the sha256."""
+        meta = self.backbone_meta()
+        path = self.backbone_dir / BACKBONE_FILE
+        model = UniversalBackbone(BackboneSpec.from_json(meta["spec"]))
+        load_weights(model, load_tensors(path), str(path))
+        if sha256_file(path) != meta["sha256"]:
+            raise PackError(f"{path} does not match the sha256 in backbone.json; the file was changed or corrupted")
+        model.eval()
+        return model, meta
+
+    # ------------------------------------------------------------------ tasks
+
+    def task_names(self) -> list[str]:
+        if not self.tasks_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.tasks_dir.iterdir() if (p / "task.json").is_file())
+
+    def write_task(self, name: str, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+        """Assemble the pack in ``.work`` and rename it into ``tasks/`` in one step."""
+        check_task_name(name)
+        tmp_root = self.root / ".work"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"pack-{name}-", dir=tmp_root))
+        try:
+            save_tensors(tmp / TASK_FILE, tensors, {"format_version": str(FORMAT_VERSION), "task": name})
+            meta = {**meta, "format_version": FORMAT_VERSION, "task": name,
+                    "files": {TASK_FILE: {"sha256": sha256_file(tmp / TASK_FILE),
+                                          "bytes": (tmp / TASK_FILE).stat().st_size}}}
+            write_json(tmp / "task.json", meta)
+            self.tasks_dir.mkdir(parents=True, exist_ok=True)
+            final = self.tasks_dir / name
+            replace_dir(tmp, final)
+            return final
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def task_meta(self, name: str) -> dict:
+        path = self.tasks_dir / check_task_name(name) / "task.json"
+        if not path.is_file():
+            have = ", ".join(self.task_names()) or "none"
+            raise PackError(f"no task {name!r} in {self.root} (tasks: {have})")
+        meta = read_json(path)
+        _check_version(meta, path)
+        return meta
+
+    def read_task(self, name: str, backbone_sha256: str) -> TaskPack:
+        """Read a pack, refusing one trained on another backbone."""
+        meta = self.task_meta(name)
+        if meta.get("backbone_sha256") != backbone_sha256:
+            raise BackboneMismatchError(
+                f"task {name!r} was trained on backbone sha256 {str(meta.get('backbone_sha256'))[:12]}, but the "
+                f"loaded backbone is {backbone_sha256[:12]}; retrain the task on this backbone")
+        path = self.tasks_dir / name / TASK_FILE
+        return TaskPack(name, meta, load_tensors(path), path.parent)
+
+    def load_student(self, name: str, backbone: UniversalBackbone, backbone_sha256: str) -> tuple[Student, dict]:
+        """A ready-to-run student for a NetTailor task, sharing the backbone's universal weights."""
+        pack = self.read_task(name, backbone_sha256)
+        meta = pack.meta
+        if meta.get("method") != "nettailor":
+            raise PackError(f"task {name!r} uses method {meta.get('method')!r}, which this version cannot load")
+        student = Student(backbone, len(meta["classes"]), max_skip=int(meta["config"]["max_skip"]))
+        student.load_task_state(pack.tensors)
+        student.eval()
+        return student, meta
+
+
+def preprocess_of(meta: dict) -> Preprocess:
+    return Preprocess.from_json(meta["preprocess"])
+
+
+def _check_version(meta: dict, path: Path) -> None:
+    v = meta.get("format_version")
+    if v != FORMAT_VERSION:
+        raise PackError(f"{path} has format_version {v!r}; this tailorrt {__version__} reads version "
+                        f"{FORMAT_VERSION}; upgrade tailorrt or re-export")
+
+
+def python_info() -> str:
+    return sys.version.split()[0]

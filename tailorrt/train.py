@@ -1,0 +1,136 @@
+"""Training a task into a model directory, re-evaluating a saved pack, and summarising a model dir."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from tailorrt.backbones import UniversalBackbone, build_backbone
+from tailorrt.datasets import Preprocess, load_task, pack_name
+from tailorrt.errors import ConfigError
+from tailorrt.io import read_json, write_json
+from tailorrt.nettailor import NetTailorConfig, train_nettailor
+from tailorrt.pack import ModelDir, machine, preprocess_of, versions
+from tailorrt.training import Progress, Trainer, accuracy
+from tailorrt.world import BUILTIN_TASKS
+
+
+@dataclass
+class TrainRequest:
+    """Everything ``tailor train`` needs; saved in the work dir so ``--resume`` continues the same run."""
+
+    task: str
+    model_dir: str = "runs"
+    backbone: str | None = None  # None: the model dir's backbone, else embedded (built-in) / resnet34
+    backbone_weights: str | None = None
+    random_init: bool = False
+    data_dir: str = "data"
+    download: bool = True
+    seed: int = 0
+    config: NetTailorConfig = field(default_factory=NetTailorConfig)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["config"] = self.config.to_json()
+        return d
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainRequest":
+        return cls(**{**data, "config": NetTailorConfig.from_json(data["config"])})
+
+
+def default_config(task: str) -> NetTailorConfig:
+    """Short schedules for the built-in generated tasks, the paper's for real data."""
+    return NetTailorConfig.quick() if task in BUILTIN_TASKS else NetTailorConfig()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise ConfigError(f"unknown device {name!r}; use cpu or cuda")
+    return torch.device(name)
+
+
+def _backbone_for(req: TrainRequest, mdir: ModelDir) -> tuple[UniversalBackbone, str]:
+    """The backbone to train on, written into the model dir (once) and its sha256."""
+    if req.backbone is None and req.backbone_weights is None and mdir.has_backbone():
+        backbone, meta = mdir.load_backbone()
+        return backbone, meta["sha256"]
+    name = req.backbone or ("embedded" if req.task in BUILTIN_TASKS else "resnet34")
+    backbone, source = build_backbone(name, weights=req.backbone_weights, pretrained=not req.random_init)
+    sha = mdir.write_backbone(backbone, source)
+    return backbone, sha
+
+
+def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
+               progress: Progress | None = None) -> Path:
+    """Train ``req.task`` with NetTailor and write its pack; returns the pack's folder."""
+    mdir = ModelDir(req.model_dir)
+    name = pack_name(req.task)
+    work = mdir.work_dir(name)
+    saved = work / "request.json"
+    if resume and saved.is_file():
+        req = TrainRequest.from_json(read_json(saved))
+    elif work.exists():
+        shutil.rmtree(work)
+    torch.manual_seed(req.seed)
+    backbone, sha = _backbone_for(req, mdir)
+    backbone.to(device).eval()
+    spec = backbone.spec
+    preprocess = Preprocess(spec.input_size, spec.mean, spec.std)
+    data = load_task(req.task, data_dir=Path(req.data_dir), preprocess=preprocess, download=req.download,
+                     seed=req.seed)
+    if len(data.classes) < 2:
+        raise ConfigError(f"task {req.task!r} has {len(data.classes)} class; at least 2 are needed")
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(saved, req.to_json())
+    t0 = time.perf_counter()
+    trainer = Trainer(device=device, work_dir=work, progress=progress, seed=req.seed)
+    result = train_nettailor(req.config, backbone, data, trainer)
+    tensors = result.student.task_state()
+    meta = {"method": "nettailor", "backbone": spec.name, "backbone_sha256": sha, "classes": data.classes,
+            "preprocess": preprocess.to_json(), "architecture": result.student.architecture(),
+            "config": req.config.to_json(), "data": {**data.summary(), "spec": req.task}, "metrics": result.metrics,
+            "training": {"phases": result.phases, "seconds": round(time.perf_counter() - t0, 2)},
+            "versions": versions(), "machine": machine(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return mdir.write_task(name, tensors, meta)
+
+
+def evaluate_task(model_dir: str | Path, task: str, *, data_dir: str | Path = "data", split: str = "test",
+                  device: torch.device = torch.device("cpu"), download: bool = True) -> dict:
+    """Re-measure a saved pack's accuracy on a split of its dataset."""
+    mdir = ModelDir(model_dir)
+    backbone, bmeta = mdir.load_backbone()
+    student, meta = mdir.load_student(task, backbone, bmeta["sha256"])
+    spec = meta["data"]["spec"]
+    data = load_task(spec, data_dir=Path(data_dir), preprocess=preprocess_of(meta), download=download)
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"split must be train, val or test, not {split!r}")
+    acc = accuracy(student.to(device), getattr(data, split), device)
+    return {"task": task, "split": split, "accuracy": round(acc, 3),
+            "recorded_accuracy": meta["metrics"]["accuracy"], "images": len(getattr(data, split))}
+
+
+def info_rows(model_dir: str | Path) -> tuple[dict, list[dict]]:
+    """The backbone's summary and one row per task, from the JSON files alone (no weights loaded)."""
+    mdir = ModelDir(model_dir)
+    bmeta = mdir.backbone_meta()
+    rows = []
+    for name in mdir.task_names():
+        meta = mdir.task_meta(name)
+        m = meta["metrics"]
+        pack_bytes = sum(f["bytes"] for f in meta["files"].values())
+        rows.append({"task": name, "method": meta["method"], "classes": len(meta["classes"]),
+                     "accuracy": m["accuracy"], "teacher_accuracy": m["teacher_accuracy"],
+                     "universal_blocks": f"{m['universal_blocks_kept']}/{m['universal_blocks_total']}",
+                     "task_params": m["task_params"], "shared_params_used": m["shared_params_used"],
+                     "flops": m["flops"], "teacher_flops": m["teacher_flops"], "pack_bytes": pack_bytes,
+                     "pack_vs_backbone": pack_bytes / bmeta["bytes"],
+                     "backbone_ok": meta["backbone_sha256"] == bmeta["sha256"]})
+    return bmeta, rows

@@ -1,0 +1,211 @@
+"""One training loop for every phase: SGD with a cosine schedule, a checkpoint after every epoch,
+resume from the last finished epoch, validation accuracy per epoch, progress bars."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from tailorrt.errors import TrainingDivergedError
+from tailorrt.io import load_tensors, save_tensors
+
+# (inputs, labels) -> (loss, logits)
+LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class PhaseConfig:
+    """One optimisation phase (teacher, student, fine-tune...)."""
+
+    name: str
+    epochs: int
+    lr: float
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    batch_size: int = 64
+    warmup_epochs: float = 0.0
+    grad_clip: float | None = 5.0  # max gradient norm; None disables clipping
+
+    def lr_at(self, progress: float) -> float:
+        """Cosine decay over the phase (``progress`` in epochs), with optional linear warm-up."""
+        if self.warmup_epochs and progress < self.warmup_epochs:
+            return self.lr * (progress + 1e-3) / self.warmup_epochs
+        return 0.5 * self.lr * (1 + math.cos(math.pi * min(1.0, progress / max(self.epochs, 1))))
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    epochs: int
+    seconds: float
+    val_accuracy: float
+    history: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class Progress:
+    """What the loop reports to; the CLI plugs in rich bars, the library default is silent."""
+
+    def start(self, label: str, total: int, completed: int = 0) -> None: ...
+
+    def advance(self, n: int = 1, **metrics: float) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=drop_last,
+                      num_workers=0)
+
+
+@torch.no_grad()
+def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], ds: Dataset, device: torch.device,
+                   batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """All logits and labels of a dataset (model already in eval mode)."""
+    outs, labels = [], []
+    for x, y in make_loader(ds, batch_size, shuffle=False):
+        outs.append(forward(x.to(device)).float().cpu())
+        labels.append(torch.as_tensor(y))
+    return torch.cat(outs), torch.cat(labels)
+
+
+def accuracy(model: nn.Module, ds: Dataset, device: torch.device,
+             forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Top-1 accuracy in percent, model in eval mode (restored afterwards)."""
+    was = model.training
+    model.eval()
+    try:
+        logits, labels = predict_logits(forward or model, ds, device)
+    finally:
+        model.train(was)
+    return 100.0 * float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
+
+
+class Trainer:
+    """Runs phases; with a ``work_dir`` every epoch is checkpointed and a rerun resumes."""
+
+    def __init__(self, *, device: torch.device, work_dir: Path | None = None, progress: Progress | None = None,
+                 seed: int = 0) -> None:
+        self.device = device
+        self.work_dir = Path(work_dir) if work_dir else None
+        self.progress = progress or Progress()
+        self.seed = seed
+
+    def _ckpt(self, phase: str) -> Path | None:
+        return self.work_dir / f"{phase}.safetensors" if self.work_dir else None
+
+    def completed(self, phase: str) -> PhaseResult | None:
+        """The result of a phase finished in an earlier run, or None."""
+        path = self._ckpt(phase)
+        if path is None or not path.is_file():
+            return None
+        meta = _metadata(path)
+        return PhaseResult(**json.loads(meta["result"])) if meta.get("done") == "1" else None
+
+    def restore(self, phase: str, model: nn.Module) -> None:
+        """Load the model state saved at the end of a completed phase."""
+        state = load_tensors(self._ckpt(phase))
+        model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+
+    def run(self, phase: PhaseConfig, model: nn.Module, loss_fn: LossFn, train: Dataset, val: Dataset,
+            *, eval_forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            on_epoch: Callable[[int], dict] | None = None) -> PhaseResult:
+        """Train ``model``'s trainable parameters for one phase, resuming if a checkpoint exists."""
+        done = self.completed(phase.name)
+        if done is not None:
+            self.restore(phase.name, model)
+            return done
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        opt = torch.optim.SGD(list(params.values()), lr=phase.lr, momentum=phase.momentum,
+                              weight_decay=phase.weight_decay)
+        start_epoch, history, seconds = self._resume(phase, model, opt, params)
+        loader_len = len(make_loader(train, phase.batch_size, shuffle=True, drop_last=True))
+        self.progress.start(phase.name, phase.epochs * loader_len, start_epoch * loader_len)
+        val_acc = history[-1]["val_accuracy"] if history else 0.0
+        for epoch in range(start_epoch, phase.epochs):
+            t0 = time.perf_counter()
+            model.train()
+            loader = make_loader(train, phase.batch_size, shuffle=True, seed=self.seed * 1000 + epoch, drop_last=True)
+            total_loss, correct, seen = 0.0, 0, 0
+            for step, (x, y) in enumerate(loader):
+                for g in opt.param_groups:
+                    g["lr"] = phase.lr_at(epoch + step / loader_len)
+                x, y = x.to(self.device), torch.as_tensor(y).to(self.device)
+                loss, logits = loss_fn(x, y)
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(f"{phase.name}: loss became {loss.item()} at epoch {epoch + 1}; "
+                                                "lower the learning rate")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if phase.grad_clip:
+                    nn.utils.clip_grad_norm_(list(params.values()), phase.grad_clip)
+                opt.step()
+                total_loss += float(loss.detach()) * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+                self.progress.advance(1, loss=total_loss / seen)
+            val_acc = accuracy(model, val, self.device, eval_forward)
+            seconds += time.perf_counter() - t0
+            row = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1),
+                   "train_accuracy": 100.0 * correct / max(seen, 1), "val_accuracy": val_acc}
+            if on_epoch:
+                row.update(on_epoch(epoch))
+            history.append(row)
+            self._save(phase, model, opt, params, epoch + 1, history, seconds, done=False)
+        self.progress.finish()
+        result = PhaseResult(phase.name, phase.epochs, round(seconds, 2), val_acc, history)
+        self._save(phase, model, opt, params, phase.epochs, history, seconds, done=True, result=result)
+        return result
+
+    def _resume(self, phase: PhaseConfig, model: nn.Module, opt: torch.optim.Optimizer,
+                params: dict[str, nn.Parameter]) -> tuple[int, list[dict], float]:
+        path = self._ckpt(phase.name)
+        if path is None or not path.is_file():
+            return 0, [], 0.0
+        state = load_tensors(path)
+        meta = _metadata(path)
+        model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+        for name, p in params.items():
+            buf = state.get(f"momentum.{name}")
+            if buf is not None:
+                opt.state[p]["momentum_buffer"] = buf.to(p.device)
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
+        return int(meta["epoch"]), json.loads(meta["history"]), float(meta["seconds"])
+
+    def _save(self, phase: PhaseConfig, model: nn.Module, opt: torch.optim.Optimizer,
+              params: dict[str, nn.Parameter], epoch: int, history: list[dict], seconds: float, *, done: bool,
+              result: PhaseResult | None = None) -> None:
+        path = self._ckpt(phase.name)
+        if path is None:
+            return
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        if not done:
+            for name, p in params.items():
+                buf = opt.state.get(p, {}).get("momentum_buffer")
+                if buf is not None:
+                    tensors[f"momentum.{name}"] = buf
+            tensors["rng"] = torch.get_rng_state()
+        meta = {"epoch": str(epoch), "history": json.dumps(history), "seconds": str(seconds),
+                "done": "1" if done else "0"}
+        if result is not None:
+            meta["result"] = json.dumps(result.to_json())
+        save_tensors(path, tensors, meta)
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata() or {}

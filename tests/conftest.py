@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny datasets in real layouts and a runner for the real ``tailor`` CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TAILOR = Path(sys.executable).parent / "tailor"
+COLORS = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 220, 40)]
+
+
+def class_image(label: int, rng: np.random.Generator, size: int = 20) -> Image.Image:
+    """A small image whose class is its dominant colour (learnable in a few steps)."""
+    arr = np.clip(np.array(COLORS[label], np.float32) + rng.normal(0, 25, (size, size, 3)), 0, 255)
+    return Image.fromarray(arr.astype(np.uint8))
+
+
+def make_imagefolder(root: Path, classes: int = 3, per_class: int = 12, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            class_image(c, rng).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def imagefolder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_imagefolder(tmp_path_factory.mktemp("data") / "colors")
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, check: bool = False
+            ) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run([str(TAILOR), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tailor {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+QUICK = ("--backbone", "tiny", "--random-init", "--teacher-epochs", "1", "--student-epochs", "1",
+         "--finetune-epochs", "1", "--batch-size", "8")

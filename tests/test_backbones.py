@@ -1,0 +1,82 @@
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from tailorrt import backbones
+from tailorrt.backbones import UniversalBackbone, build_backbone, embedded_weights_path, get_spec
+from tailorrt.errors import CheckpointError, ConfigError
+from tailorrt.io import save_tensors
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "wrn26", "embedded", "tiny"])
+def test_every_backbone_builds_and_splits_into_units(name):
+    spec = get_spec(name)
+    model = UniversalBackbone(spec).eval()
+    assert model.num_units == 1 + sum(spec.depths)
+    size = min(spec.input_size, 64)
+    outs = model.forward_units(torch.zeros(1, 3, size, size))
+    assert len(outs) == model.num_units
+    assert outs[-1].shape[1] == model.feature_dim
+
+
+def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        get_spec("vgg99")
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_torchvision_checkpoint_maps_onto_units(tmp_path, suffix):
+    ref = torchvision.models.resnet18(weights=None).eval()
+    path = tmp_path / f"r18{suffix}"
+    if suffix == ".pth":
+        torch.save({"state_dict": ref.state_dict()}, path)
+    else:
+        save_tensors(path, ref.state_dict())
+    model, source = build_backbone("resnet18", weights=path)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    ref.fc = torch.nn.Identity()
+    assert source.kind == "file"
+    torch.testing.assert_close(model(x), ref(x), rtol=0, atol=1e-5)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(CheckpointError, match="does not fit backbone 'resnet34'.*missing"):
+        build_backbone("resnet34", weights=path)
+
+
+def test_corrupt_and_pickled_code_files_are_refused(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00\x01not a safetensors file")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        build_backbone("tiny", weights=bad)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, evil)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        build_backbone("tiny", weights=evil)
+
+
+def test_offline_torchvision_download_is_a_clear_error(monkeypatch):
+    def offline(self, *a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(CheckpointError, match="--backbone-weights"):
+        build_backbone("resnet18")
+
+
+def test_embedded_backbone_is_shipped_small_and_loads():
+    path = embedded_weights_path()
+    assert path.is_file() and path.stat().st_size <= 20 * 2**20
+    model, source = build_backbone(backbones.EMBEDDED)
+    assert source.kind == "embedded"
+    assert sum(p.numel() for p in model.parameters()) > 1_000_000

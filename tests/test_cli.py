@@ -1,0 +1,118 @@
+"""The real ``tailor`` command, end to end, on a tiny image folder and the tiny backbone."""
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tailorrt.io import read_json
+from tests.conftest import QUICK, TAILOR, make_imagefolder, run_cli
+
+
+def _one_line_error(proc):
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, imagefolder):
+    root = tmp_path_factory.mktemp("runs")
+    proc = run_cli("train", "--task", f"imagefolder:{imagefolder}", "--model-dir", str(root), *QUICK, check=True)
+    assert "wrote" in proc.stdout
+    return root
+
+
+def test_train_writes_pack_info_and_eval_agree(trained):
+    meta = read_json(trained / "tasks" / "colors" / "task.json")
+    for key in ("format_version", "task", "method", "backbone_sha256", "classes", "preprocess", "architecture"):
+        assert key in meta
+    for key in ("accuracy", "teacher_accuracy", "task_params", "shared_params_used", "flops", "teacher_flops",
+                "universal_blocks_kept", "universal_blocks_total"):
+        assert key in meta["metrics"]
+    assert meta["backbone_sha256"] == read_json(trained / "backbone" / "backbone.json")["sha256"]
+    info = run_cli("info", "--model-dir", str(trained), check=True)
+    assert "colors" in info.stdout and "nettailor" in info.stdout
+    rows = json.loads(run_cli("info", "--model-dir", str(trained), "--json", check=True).stdout)["tasks"]
+    assert rows[0]["task"] == "colors"
+    ev = run_cli("eval", "--task", "colors", "--model-dir", str(trained), check=True)
+    assert f"test accuracy {meta['metrics']['accuracy']:.2f}%" in ev.stdout
+
+
+def test_help_has_examples():
+    for cmd in ("train", "eval", "info", "pretrain"):
+        proc = run_cli(cmd, "--help", check=True)
+        assert "Example" in proc.stdout
+
+
+def test_unknown_task_is_one_line(tmp_path):
+    line = _one_line_error(run_cli("train", "--task", "mnist", "--model-dir", str(tmp_path), *QUICK))
+    assert "unknown task 'mnist'" in line
+
+
+def test_missing_dataset_is_one_line(tmp_path):
+    line = _one_line_error(run_cli("train", "--task", "svhn", "--no-download", "--data-dir", str(tmp_path / "d"),
+                                   "--model-dir", str(tmp_path / "m"), *QUICK))
+    assert "train_32x32.mat" in line
+
+
+def test_wrong_backbone_for_pack_is_one_line(trained, tmp_path):
+    other = tmp_path / "other"
+    proc = run_cli("train", "--task", f"imagefolder:{make_imagefolder(tmp_path / 'blue', classes=2)}",
+                   "--model-dir", str(other), *QUICK, "--seed", "7", check=True)
+    assert proc.returncode == 0
+    shutil.copytree(trained / "tasks" / "colors", other / "tasks" / "colors")
+    line = _one_line_error(run_cli("eval", "--task", "colors", "--model-dir", str(other)))
+    assert "trained on backbone" in line and "retrain" in line
+
+
+def test_corrupt_pack_and_weights_are_one_line(trained, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    f = copy / "tasks" / "colors" / "task.safetensors"
+    f.write_bytes(f.read_bytes()[:64])
+    assert "corrupt" in _one_line_error(run_cli("eval", "--task", "colors", "--model-dir", str(copy)))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    line = _one_line_error(run_cli("train", "--task", "synth-digits", "--backbone", "tiny", "--backbone-weights",
+                                   str(bad), "--model-dir", str(tmp_path / "m")))
+    assert "bad.safetensors" in line
+
+
+def test_kill_mid_training_then_resume(tmp_path):
+    from tailorrt.training import _metadata
+
+    data = make_imagefolder(tmp_path / "kill", classes=3, per_class=24)
+    model_dir = tmp_path / "runs"
+    args = ["train", "--task", f"imagefolder:{data}", "--model-dir", str(model_dir), "--backbone", "tiny",
+            "--random-init", "--teacher-epochs", "4", "--student-epochs", "2", "--finetune-epochs", "1",
+            "--batch-size", "4"]
+    proc = subprocess.Popen([str(TAILOR), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = model_dir / ".work" / "kill" / "teacher.safetensors"
+    deadline = time.time() + 120
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file():
+            try:
+                meta = _metadata(ckpt)
+            except Exception:
+                meta = {}
+            if int(meta.get("epoch", 0)) >= 2:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = meta
+                break
+        time.sleep(0.02)
+    proc.wait(timeout=30)
+    assert killed_at is not None, "training ended before it could be killed"
+    assert not (model_dir / "tasks" / "kill").exists()
+    saved_history = json.loads(_metadata(ckpt)["history"])
+    assert len(saved_history) >= 2
+    run_cli(*args, "--resume", check=True)
+    meta = read_json(model_dir / "tasks" / "kill" / "task.json")
+    teacher = meta["training"]["phases"][0]
+    assert teacher["name"] == "teacher" and len(teacher["history"]) == 4
+    assert teacher["history"][: len(saved_history)] == saved_history  # finished epochs kept, not retrained

@@ -1,0 +1,111 @@
+import pytest
+import torch
+
+from tailorrt.backbones import UniversalBackbone, get_spec
+from tailorrt.student import Student
+
+
+@pytest.fixture()
+def backbone():
+    torch.manual_seed(0)
+    return UniversalBackbone(get_spec("tiny")).eval()
+
+
+def test_alphas_favour_universal_and_sum_to_one(backbone):
+    s = Student(backbone, 4, max_skip=3)
+    for l, layer in enumerate(s.layers, start=1):
+        a = layer.alphas()
+        assert len(a) == 1 + min(3, l)
+        assert torch.isclose(a.sum(), torch.tensor(1.0))
+        assert a[0] == a.max()
+
+
+def test_universal_weights_are_shared_frozen_and_bn_stats_private(backbone):
+    s = Student(backbone, 4)
+    u = s.layers[0].universal
+    assert u.conv1.weight is backbone.blocks[0].conv1.weight
+    assert not u.conv1.weight.requires_grad
+    assert u.bn1.running_mean.data_ptr() != backbone.blocks[0].bn1.running_mean.data_ptr()
+    trainable = {n for n, p in s.named_parameters() if p.requires_grad}
+    assert trainable and all(("proxies" in n) or ("alpha" in n) or n.startswith("classifier") for n in trainable)
+    s.train()
+    before = backbone.blocks[0].bn1.running_mean.clone()
+    s(torch.randn(4, 3, 16, 16))
+    assert torch.equal(backbone.blocks[0].bn1.running_mean, before)
+    assert not torch.equal(u.bn1.running_mean, before)
+
+
+def test_expected_complexity_falls_as_universal_alpha_falls(backbone):
+    s = Student(backbone, 4)
+    c1 = float(s.expected_complexity().detach())
+    with torch.no_grad():
+        for layer in s.layers:
+            layer.alpha_params[0] = -3.0
+    c2 = float(s.expected_complexity().detach())
+    assert c2 < c1
+    s.expected_complexity().backward()
+    assert all(layer.alpha_params.grad is not None for layer in s.layers)
+
+
+def test_pruning_drops_blocks_keeps_a_path_and_renormalises(backbone):
+    s = Student(backbone, 4)
+    with torch.no_grad():
+        for layer in s.layers:
+            layer.alpha_params.zero_()  # uniform attention: every proxy at 1/(1+k)
+    s.prune(universal_drop=2, proxy_threshold=0.2)
+    assert sum(bool(layer.keep[0]) for layer in s.layers) == 1
+    for layer in s.layers:
+        a = layer.alphas()
+        if layer.keep.any():
+            assert torch.isclose(a.sum(), torch.tensor(1.0))
+        assert torch.all(a[~layer.keep] == 0)
+    logits = s(torch.randn(2, 3, 16, 16))
+    assert logits.shape == (2, 4)
+
+
+def test_pruning_that_disconnects_is_refused(backbone):
+    from tailorrt.errors import ConfigError
+
+    s = Student(backbone, 4, max_skip=1)
+    with pytest.raises(ConfigError, match="no path to the classifier"):
+        s.prune(universal_drop=3, proxy_threshold=0.5)
+
+
+def test_vanished_layer_cuts_readers_of_its_output(backbone):
+    s = Student(backbone, 4, max_skip=1)
+    with torch.no_grad():
+        s.layers[0].keep[:] = False
+    assert not s.settle()  # with max_skip=1 every later layer only reads the vanished one
+    assert not s.layers[1].keep.any()
+    wide = Student(backbone, 4, max_skip=3)
+    with torch.no_grad():
+        wide.layers[0].keep[:] = False
+    assert wide.settle()  # layer 2 still reads the stem through a proxy
+    assert not wide.layers[1].keep[0] and wide.layers[1].keep[2]
+    assert wide(torch.randn(2, 3, 16, 16)).shape == (2, 4)
+
+
+def test_task_state_excludes_universal_weights_and_reloads_exactly(backbone):
+    torch.manual_seed(1)
+    s = Student(backbone, 5)
+    s.train()
+    for _ in range(3):
+        s(torch.randn(8, 3, 16, 16))
+    with torch.no_grad():
+        for layer in s.layers:
+            layer.alpha_params[1:] = torch.linspace(1.5, -1.0, len(layer.alpha_params) - 1)
+    s.prune(universal_drop=1, proxy_threshold=0.1)
+    assert not all(bool(layer.keep.all()) for layer in s.layers)
+    s.compact()
+    s.eval()
+    state = s.task_state()
+    assert not any(k.endswith("conv1.weight") and ".universal." in k for k in state)
+    assert not any(k.startswith("stem.0.") for k in state)  # the stem conv belongs to the backbone
+    fresh = Student(backbone, 5)
+    fresh.load_task_state(state)
+    fresh.eval()
+    x = torch.randn(6, 3, 16, 16)
+    assert torch.equal(fresh(x), s(x))
+    n_task = sum(v.numel() for v in state.values())
+    n_backbone = sum(p.numel() for p in backbone.parameters())
+    assert n_task < n_backbone
