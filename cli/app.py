@@ -54,6 +54,7 @@ def train(
     prune_universal: Optional[int] = typer.Option(None, help="Drop the N lowest-alpha universal blocks "
                                                   "(default: drop while val accuracy stays within --max-val-drop)."),
     max_val_drop: Optional[float] = typer.Option(None, help="Accuracy budget (points) of automatic pruning (1.0)."),
+    alpha_lr_mult: Optional[float] = typer.Option(None, help="Learning-rate multiplier of the attention logits."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Train a task with NetTailor (teacher -> student -> prune -> fine-tune) and write its task pack."""
@@ -64,7 +65,8 @@ def train(
 
     cfg = default_config(task)
     overrides = {"max_skip": max_skip, "complexity_coeff": complexity_coeff, "teacher_coeff": teacher_coeff,
-                 "proxy_threshold": proxy_threshold, "universal_drop": prune_universal, "max_val_drop": max_val_drop}
+                 "proxy_threshold": proxy_threshold, "universal_drop": prune_universal, "max_val_drop": max_val_drop,
+                 "alpha_lr_mult": alpha_lr_mult}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     for phase, epochs in (("teacher", teacher_epochs), ("student", student_epochs), ("finetune", finetune_epochs)):
         p = getattr(cfg, phase)

@@ -14,17 +14,23 @@ class RichProgress(LoopProgress):
     def __init__(self, console: Console, prefix: str = "") -> None:
         self.prefix = prefix
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                             TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("val {task.fields[val]}"),
+                             TimeElapsedColumn(), TimeRemainingColumn(),
                              console=console, transient=False)
         self.task_id = None
 
     def start(self, label: str, total: int, completed: int = 0) -> None:
         self.bars.start()
-        self.task_id = self.bars.add_task(f"{self.prefix}{label}", total=total, completed=completed, loss=0.0)
+        self.task_id = self.bars.add_task(f"{self.prefix}{label}", total=total, completed=completed, loss=0.0,
+                                          val="-")
 
     def advance(self, n: int = 1, **metrics: float) -> None:
-        if self.task_id is not None:
-            self.bars.update(self.task_id, advance=n, loss=metrics.get("loss", 0.0))
+        if self.task_id is None:
+            return
+        fields = {"loss": metrics.get("loss", 0.0)}
+        if "val" in metrics:
+            fields["val"] = f"{metrics['val']:.1f}%"
+        self.bars.update(self.task_id, advance=n, **fields)
 
     def finish(self) -> None:
         self.bars.stop()

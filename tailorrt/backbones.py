@@ -8,10 +8,10 @@ torchvision ResNet checkpoint maps onto the units key by key.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -53,7 +53,7 @@ class BackboneSpec:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "BackboneSpec":
+    def from_json(cls, data: dict) -> BackboneSpec:
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**fields)
 
@@ -220,7 +220,6 @@ class BackboneSource:
 
     kind: str  # "embedded" | "file" | "torchvision" | "random"
     detail: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def build_backbone(name: str, *, weights: str | Path | None = None, pretrained: bool = True

@@ -8,9 +8,9 @@ of preprocessed tensors. A dataset that is absent and cannot be downloaded raise
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ class Preprocess:
                 "layout": "NCHW", "dtype": "float32", "color": "RGB", "scale": "1/255"}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Preprocess":
+    def from_json(cls, data: dict) -> Preprocess:
         return cls(int(data["resize"][0]), tuple(data["mean"]), tuple(data["std"]))
 
     def transform(self) -> Callable:
@@ -286,7 +286,8 @@ class CocoImageLabels(Dataset):
 
     def __init__(self, annotations: Path, transform: Callable, image_dir: Path | None = None) -> None:
         from pycocotools.coco import COCO
-        import contextlib, io as _io
+        import contextlib
+        import io as _io
 
         with contextlib.redirect_stdout(_io.StringIO()):  # pycocotools prints progress
             coco = COCO(str(annotations))
@@ -341,11 +342,3 @@ def _load_coco(annotations: Path, preprocess: Preprocess, val_fraction: float, s
     rest, test = _split(full, 0.2, seed + 1)
     rest, val = _split(rest, val_fraction / 0.8, seed)
     return TaskData(pack_name(f"coco:{annotations}"), full.classes, rest, val, test, f"coco:{annotations}")
-
-
-def class_counts(ds: Dataset, n: int) -> Sequence[int]:
-    """Labels histogram (used in reports and tests)."""
-    counts = [0] * n
-    for i in range(len(ds)):
-        counts[int(ds[i][1])] += 1
-    return counts

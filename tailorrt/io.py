@@ -9,7 +9,8 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -97,6 +98,17 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a dict of tensors (a state_dict)")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_metadata(path: Path) -> dict[str, str]:
+    """The string metadata stored in a safetensors header."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from e
 
 
 def replace_dir(tmp_dir: Path, final_dir: Path) -> None:

@@ -3,10 +3,10 @@ expected-complexity regulariser, pruning, and fine-tuning of what is left."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
@@ -15,10 +15,10 @@ from torch.utils.data import Dataset
 from tailorrt.backbones import UniversalBackbone
 from tailorrt.datasets import TaskData
 from tailorrt.errors import ConfigError
-from tailorrt.io import load_tensors, save_tensors
+from tailorrt.io import load_metadata, load_tensors, save_tensors
 from tailorrt.student import Student
 from tailorrt.teacher import Teacher
-from tailorrt.training import PhaseConfig, Trainer, accuracy
+from tailorrt.training import PhaseConfig, Trainer, accuracy, make_loader
 
 
 @dataclass
@@ -31,6 +31,7 @@ class NetTailorConfig:
     proxy_threshold: float = 0.05
     universal_drop: int | None = None  # the paper's rule: drop the N lowest-alpha universal blocks
     max_val_drop: float = 1.0  # else: drop universal blocks, lowest alpha first, while val acc stays within this
+    alpha_lr_mult: float = 1.0  # learning-rate multiplier of the block-attention logits (no weight decay)
     teacher: PhaseConfig = field(default_factory=lambda: PhaseConfig("teacher", 30, 0.01, batch_size=32))
     student: PhaseConfig = field(default_factory=lambda: PhaseConfig("student", 30, 0.1, batch_size=32))
     finetune: PhaseConfig = field(default_factory=lambda: PhaseConfig("finetune", 15, 0.01, batch_size=32))
@@ -45,17 +46,17 @@ class NetTailorConfig:
                 raise ConfigError(f"phase {p.name}: epochs must be >= 0 and lr > 0")
 
     @classmethod
-    def quick(cls) -> "NetTailorConfig":
+    def quick(cls) -> NetTailorConfig:
         """Schedules for the built-in generated tasks: minutes on 2 CPU cores."""
-        return cls(teacher=PhaseConfig("teacher", 4, 0.02, batch_size=64),
-                   student=PhaseConfig("student", 6, 0.1, batch_size=64),
-                   finetune=PhaseConfig("finetune", 3, 0.01, batch_size=64))
+        return cls(alpha_lr_mult=3.0, teacher=PhaseConfig("teacher", 3, 0.02, batch_size=64),
+                   student=PhaseConfig("student", 8, 0.1, batch_size=64),
+                   finetune=PhaseConfig("finetune", 2, 0.01, batch_size=64))
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "NetTailorConfig":
+    def from_json(cls, data: dict) -> NetTailorConfig:
         phases = {k: PhaseConfig(**data[k]) for k in ("teacher", "student", "finetune") if k in data}
         rest = {k: v for k, v in data.items() if k not in phases}
         return cls(**rest, **phases)
@@ -108,18 +109,25 @@ def train_nettailor(cfg: NetTailorConfig, backbone: UniversalBackbone, data: Tas
     teacher_acc = accuracy(teacher, data.test, device)
 
     student = Student(backbone, n, max_skip=cfg.max_skip).to(device)
-    alphas_log = lambda epoch: {"alphas": [layer.alphas().detach().cpu().tolist() for layer in student.layers]}
+    # the student learns to reproduce the teacher's last features, so the teacher's head is a good start
+    student.classifier.load_state_dict(teacher.classifier.state_dict())
+
+    def alphas_log(epoch: int) -> dict:
+        return {"alphas": [layer.alphas().detach().cpu().tolist() for layer in student.layers]}
+
     phases.append(trainer.run(cfg.student, student, _student_loss(student, teacher, cfg, True), data.train,
-                              data.val, on_epoch=alphas_log))
+                              data.val, on_epoch=alphas_log, special=student.attention_parameters(),
+                              special_lr_mult=cfg.alpha_lr_mult))
     student_acc = accuracy(student, data.test, device)
 
     t0 = time.perf_counter()
-    prune_info = _prune(cfg, student, data.val, trainer)
+    prune_info = _prune(cfg, student, data, trainer)
     prune_seconds = time.perf_counter() - t0
     pruned_acc = accuracy(student, data.test, device)
     student.compact()
     phases.append(trainer.run(cfg.finetune, student, _student_loss(student, teacher, cfg, False), data.train,
-                              data.val, on_epoch=alphas_log))
+                              data.val, on_epoch=alphas_log, special=student.attention_parameters(),
+                              special_lr_mult=cfg.alpha_lr_mult))
     final_acc = accuracy(student, data.test, device)
 
     teacher_flops = student.total_flops_dense() + student.head_cost[1]
@@ -131,40 +139,62 @@ def train_nettailor(cfg: NetTailorConfig, backbone: UniversalBackbone, data: Tas
     return TrainedTask(student, metrics, phase_rows)
 
 
-def _prune(cfg: NetTailorConfig, student: Student, val: Dataset, trainer: Trainer) -> dict:
+def recalibrate_bn(model: torch.nn.Module, data: Dataset, device: torch.device, *, images: int = 1024,
+                   batch_size: int = 128) -> None:
+    """Re-estimate every BN running statistic of ``model`` on ``images`` training images (no gradients):
+    after a block is dropped, the statistics downstream of it are stale."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+        m.train()
+    seen = 0
+    with torch.no_grad():
+        for x, _ in make_loader(data, batch_size, shuffle=True, seed=0):
+            model(x.to(device))
+            seen += len(x)
+            if seen >= images:
+                break
+    for m, (momentum, training) in zip(bns, saved):
+        m.momentum = momentum
+        m.train(training)
+
+
+def _prune(cfg: NetTailorConfig, student: Student, data: TaskData, trainer: Trainer) -> dict:
     """Prune once and remember the result in the work dir, so a resumed run prunes identically."""
     path = trainer.work_dir / "prune.safetensors" if trainer.work_dir else None
     if path is not None and path.is_file():
         saved = load_tensors(path)
-        with torch.no_grad():
-            for l, layer in enumerate(student.layers):
-                layer.keep.copy_(saved[f"keep.{l}"])
-        return {"rule": "resumed", "val_accuracy_before": float(saved["val_before"])}
+        student.load_state_dict({k[6:]: v for k, v in saved.items() if k.startswith("state.")}, strict=False)
+        return json.loads(load_metadata(path)["info"])
     device = trainer.device
+    val = data.val
     before = accuracy(student, val, device)
     student.prune(universal_drop=cfg.universal_drop or 0, proxy_threshold=cfg.proxy_threshold)
     info: dict = {"val_accuracy_before": round(before, 3), "proxy_threshold": cfg.proxy_threshold}
     if cfg.universal_drop is not None:
         info["rule"] = f"drop {cfg.universal_drop} lowest-alpha universal blocks"
     else:
-        info["rule"] = f"drop lowest-alpha universal blocks while val accuracy stays within {cfg.max_val_drop} points"
+        info["rule"] = (f"drop lowest-alpha universal blocks while val accuracy (after BN recalibration) stays "
+                        f"within {cfg.max_val_drop} points")
         tried = []
         for l in student.universal_order():
-            snapshot = [layer.keep.clone() for layer in student.layers]
+            snapshot = {k: v.clone() for k, v in student.state_dict().items()}
             with torch.no_grad():
                 student.layers[l].keep[0] = False
             connected = student.settle()
-            acc = accuracy(student, val, device) if connected else 0.0
+            acc = 0.0
+            if connected:
+                recalibrate_bn(student, data.train, device)
+                acc = accuracy(student, val, device)
             ok = connected and acc >= before - cfg.max_val_drop
             tried.append({"layer": l + 1, "val_accuracy": round(acc, 3), "dropped": ok})
             if not ok:
-                with torch.no_grad():
-                    for layer, keep in zip(student.layers, snapshot):
-                        layer.keep.copy_(keep)
+                student.load_state_dict(snapshot)
         info["tried"] = tried
+    recalibrate_bn(student, data.train, device)
     info["val_accuracy_after"] = round(accuracy(student, val, device), 3)
     if path is not None:
-        tensors = {f"keep.{l}": layer.keep for l, layer in enumerate(student.layers)}
-        tensors["val_before"] = torch.tensor(before)
-        save_tensors(path, tensors)
+        save_tensors(path, {f"state.{k}": v for k, v in student.state_dict().items()}, {"info": json.dumps(info)})
     return info

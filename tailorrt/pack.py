@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -197,6 +196,3 @@ def _check_version(meta: dict, path: Path) -> None:
         raise PackError(f"{path} has format_version {v!r}; this tailorrt {__version__} reads version "
                         f"{FORMAT_VERSION}; upgrade tailorrt or re-export")
 
-
-def python_info() -> str:
-    return sys.version.split()[0]

@@ -131,9 +131,9 @@ class Student(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_all(x)[0]
 
-    def train(self, mode: bool = True) -> "Student":
-        """Frozen universal units still re-estimate BN statistics in train mode (they belong to the task)."""
-        return super().train(mode)
+    def attention_parameters(self) -> list[nn.Parameter]:
+        """The block-attention logits of every layer."""
+        return [layer.alpha_params for layer in self.layers]
 
     # ------------------------------------------------------------------ complexity
 

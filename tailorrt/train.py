@@ -39,7 +39,7 @@ class TrainRequest:
         return d
 
     @classmethod
-    def from_json(cls, data: dict) -> "TrainRequest":
+    def from_json(cls, data: dict) -> TrainRequest:
         return cls(**{**data, "config": NetTailorConfig.from_json(data["config"])})
 
 
@@ -105,13 +105,13 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
 def evaluate_task(model_dir: str | Path, task: str, *, data_dir: str | Path = "data", split: str = "test",
                   device: torch.device = torch.device("cpu"), download: bool = True) -> dict:
     """Re-measure a saved pack's accuracy on a split of its dataset."""
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"split must be train, val or test, not {split!r}")
     mdir = ModelDir(model_dir)
     backbone, bmeta = mdir.load_backbone()
     student, meta = mdir.load_student(task, backbone, bmeta["sha256"])
     spec = meta["data"]["spec"]
     data = load_task(spec, data_dir=Path(data_dir), preprocess=preprocess_of(meta), download=download)
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"split must be train, val or test, not {split!r}")
     acc = accuracy(student.to(device), getattr(data, split), device)
     return {"task": task, "split": split, "accuracy": round(acc, 3),
             "recorded_accuracy": meta["metrics"]["accuracy"], "images": len(getattr(data, split))}

@@ -8,14 +8,14 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tailorrt.errors import TrainingDivergedError
-from tailorrt.io import load_tensors, save_tensors
+from tailorrt.io import load_metadata, load_tensors, save_tensors
 
 # (inputs, labels) -> (loss, logits)
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -110,7 +110,7 @@ class Trainer:
         path = self._ckpt(phase)
         if path is None or not path.is_file():
             return None
-        meta = _metadata(path)
+        meta = load_metadata(path)
         return PhaseResult(**json.loads(meta["result"])) if meta.get("done") == "1" else None
 
     def restore(self, phase: str, model: nn.Module) -> None:
@@ -120,15 +120,25 @@ class Trainer:
 
     def run(self, phase: PhaseConfig, model: nn.Module, loss_fn: LossFn, train: Dataset, val: Dataset,
             *, eval_forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-            on_epoch: Callable[[int], dict] | None = None) -> PhaseResult:
-        """Train ``model``'s trainable parameters for one phase, resuming if a checkpoint exists."""
+            on_epoch: Callable[[int], dict] | None = None,
+            special: list[nn.Parameter] | None = None, special_lr_mult: float = 1.0) -> PhaseResult:
+        """Train ``model``'s trainable parameters for one phase, resuming if a checkpoint exists.
+
+        ``special`` parameters (e.g. block attention) get ``special_lr_mult`` times the learning rate
+        and no weight decay.
+        """
         done = self.completed(phase.name)
         if done is not None:
             self.restore(phase.name, model)
             return done
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        opt = torch.optim.SGD(list(params.values()), lr=phase.lr, momentum=phase.momentum,
-                              weight_decay=phase.weight_decay)
+        special_ids = {id(p) for p in special or []}
+        groups = [{"params": [p for p in params.values() if id(p) not in special_ids], "lr_mult": 1.0,
+                   "weight_decay": phase.weight_decay}]
+        if special_ids:
+            groups.append({"params": [p for p in params.values() if id(p) in special_ids],
+                           "lr_mult": special_lr_mult, "weight_decay": 0.0})
+        opt = torch.optim.SGD(groups, lr=phase.lr, momentum=phase.momentum)
         start_epoch, history, seconds = self._resume(phase, model, opt, params)
         loader_len = len(make_loader(train, phase.batch_size, shuffle=True, drop_last=True))
         self.progress.start(phase.name, phase.epochs * loader_len, start_epoch * loader_len)
@@ -140,7 +150,7 @@ class Trainer:
             total_loss, correct, seen = 0.0, 0, 0
             for step, (x, y) in enumerate(loader):
                 for g in opt.param_groups:
-                    g["lr"] = phase.lr_at(epoch + step / loader_len)
+                    g["lr"] = phase.lr_at(epoch + step / loader_len) * g["lr_mult"]
                 x, y = x.to(self.device), torch.as_tensor(y).to(self.device)
                 loss, logits = loss_fn(x, y)
                 if not torch.isfinite(loss):
@@ -156,6 +166,7 @@ class Trainer:
                 seen += len(y)
                 self.progress.advance(1, loss=total_loss / seen)
             val_acc = accuracy(model, val, self.device, eval_forward)
+            self.progress.advance(0, loss=total_loss / max(seen, 1), val=val_acc)
             seconds += time.perf_counter() - t0
             row = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1),
                    "train_accuracy": 100.0 * correct / max(seen, 1), "val_accuracy": val_acc}
@@ -174,7 +185,7 @@ class Trainer:
         if path is None or not path.is_file():
             return 0, [], 0.0
         state = load_tensors(path)
-        meta = _metadata(path)
+        meta = load_metadata(path)
         model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
         for name, p in params.items():
             buf = state.get(f"momentum.{name}")
@@ -203,9 +214,3 @@ class Trainer:
             meta["result"] = json.dumps(result.to_json())
         save_tensors(path, tensors, meta)
 
-
-def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return f.metadata() or {}

@@ -1,7 +1,7 @@
 """The built-in offline world: generated, deterministic, seeded image-classification tasks.
 
 Every image is drawn with PIL from a per-split seed, so the same task and split give the same
-pixels on every machine. ``synth-source`` (shapes x fill textures) pretrains the embedded
+pixels on every machine. ``synth-source`` (shapes x fill textures, and stroke figures) pretrains the embedded
 backbone; the targets reuse that visual vocabulary at clearly different difficulty:
 ``synth-digits`` (seven-segment digits, easy), ``synth-signs`` (sign-like shapes with an inner
 symbol on clutter, medium) and ``synth-glyphs`` (stroke glyphs that share strokes, hard).
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -152,7 +152,40 @@ def _fill_pattern(fill: str, s: int, rng: np.random.Generator) -> np.ndarray:
     return np.ones((s, s), bool)
 
 
+SOURCE_STROKE_CLASSES = 32
+_GRID4 = [(x, y) for y in np.linspace(-0.5, 0.5, 4) for x in np.linspace(-0.5, 0.5, 4)]
+_EDGES4 = [(i, j) for i in range(16) for j in range(i + 1, 16)
+           if 0 < max(abs(_GRID4[i][0] - _GRID4[j][0]), abs(_GRID4[i][1] - _GRID4[j][1])) <= 0.34]
+
+
+def _stroke_table() -> list[tuple[int, ...]]:
+    """Source stroke figures: 3 strokes on a 4x4 grid (a different grid and class set from synth-glyphs)."""
+    rng = np.random.default_rng(7)
+    table: list[tuple[int, ...]] = []
+    while len(table) < SOURCE_STROKE_CLASSES:
+        edges = tuple(sorted(rng.choice(len(_EDGES4), 3, replace=False).tolist()))
+        if all(len(set(edges) ^ set(t)) >= 4 for t in table):
+            table.append(edges)
+    return table
+
+
+_STROKES = _stroke_table()
+
+
+def _draw_strokes(d: ImageDraw.ImageDraw, edges: tuple[int, ...], rng: np.random.Generator, s: int) -> None:
+    grid = np.array(_GRID4) + rng.normal(0, 0.04, (16, 2))
+    pts = np.array([grid[k] for e in edges for k in _EDGES4[e]])
+    px = _transform(pts, rng, s, scale=(0.55, 0.85), rot_deg=20, shear=0.15, shift=0.08)
+    color, width = _contrasting(rng, d), max(2, int(s * rng.uniform(0.05, 0.09)))
+    for i in range(0, len(px), 2):
+        d.line([px[i], px[i + 1]], fill=color, width=width)
+
+
 def _draw_source(d: ImageDraw.ImageDraw, label: int, rng: np.random.Generator, s: int) -> None:
+    n_shapes = len(SOURCE_SHAPES) * len(SOURCE_FILLS)
+    if label >= n_shapes:
+        _draw_strokes(d, _STROKES[label - n_shapes], rng, s)
+        return
     shape = SOURCE_SHAPES[label // len(SOURCE_FILLS)]
     fill = SOURCE_FILLS[label % len(SOURCE_FILLS)]
     pts = _transform(_polygon(shape), rng, s, scale=(0.55, 0.9), rot_deg=25)
@@ -191,15 +224,19 @@ def _draw_digit(d: ImageDraw.ImageDraw, label: int, rng: np.random.Generator, s:
 # --------------------------------------------------------------------------- synth-signs
 
 SIGN_SHAPES = ("circle", "triangle", "diamond", "octagon")
-SIGN_SYMBOLS = ("arrow-up", "arrow-left", "bar", "cross", "dot")
+SIGN_SYMBOLS = ("arrow-up", "arrow-down", "arrow-left", "arrow-right", "bar", "cross", "dot")
 _SIGN_COLORS = ((200, 30, 30), (30, 60, 200), (230, 190, 20), (30, 150, 60))
 
 
 def _symbol_lines(symbol: str) -> list[tuple[tuple[float, float], tuple[float, float]]]:
     if symbol == "arrow-up":
         return [((0, 0.18), (0, -0.18)), ((0, -0.18), (-0.1, -0.06)), ((0, -0.18), (0.1, -0.06))]
+    if symbol == "arrow-down":
+        return [((0, -0.18), (0, 0.18)), ((0, 0.18), (-0.1, 0.06)), ((0, 0.18), (0.1, 0.06))]
     if symbol == "arrow-left":
         return [((0.18, 0), (-0.18, 0)), ((-0.18, 0), (-0.06, -0.1)), ((-0.18, 0), (-0.06, 0.1))]
+    if symbol == "arrow-right":
+        return [((-0.18, 0), (0.18, 0)), ((0.18, 0), (0.06, -0.1)), ((0.18, 0), (0.06, 0.1))]
     if symbol == "bar":
         return [((-0.17, 0), (0.17, 0))]
     if symbol == "cross":
@@ -212,13 +249,13 @@ def _draw_sign(d: ImageDraw.ImageDraw, label: int, rng: np.random.Generator, s: 
     symbol = SIGN_SYMBOLS[label % len(SIGN_SYMBOLS)]
     outer = _polygon(shape)
     pts = np.concatenate([outer, 0.72 * outer] + [np.array(l) for l in _symbol_lines(symbol)])
-    px = _transform(pts, rng, s, scale=(0.6, 0.95), rot_deg=10, shear=0.15, shift=0.1)
+    px = _transform(pts, rng, s, scale=(0.55, 0.9), rot_deg=12, shear=0.15, shift=0.1)
     n = len(outer)
     border = _SIGN_COLORS[rng.integers(len(_SIGN_COLORS))]
     d.polygon(px[:n], fill=border)
     d.polygon(px[n:2 * n], fill=tuple(int(v) for v in rng.integers(200, 256, 3)))
     ink = tuple(int(v) for v in rng.integers(0, 60, 3))
-    width = max(2, int(s * rng.uniform(0.06, 0.09)))
+    width = max(2, int(s * rng.uniform(0.05, 0.08)))
     rest = px[2 * n:]
     for i in range(0, len(rest), 2):
         d.line([rest[i], rest[i + 1]], fill=ink, width=width)
@@ -232,8 +269,11 @@ def _draw_sign(d: ImageDraw.ImageDraw, label: int, rng: np.random.Generator, s: 
 _GRID = [(x, y) for y in (-0.5, 0.0, 0.5) for x in (-0.5, 0.0, 0.5)]
 _EDGES = [(i, j) for i in range(9) for j in range(i + 1, 9)
           if max(abs(_GRID[i][0] - _GRID[j][0]), abs(_GRID[i][1] - _GRID[j][1])) <= 0.5]
-GLYPH_CLASSES = 30
+GLYPH_CLASSES = 50
 GLYPH_STROKES = 4
+GLYPH_MIN_DIFF = 2  # classes differ by as little as one moved stroke
+GLYPH_JITTER = 0.09
+GLYPH_DISTRACTOR = 0.8
 
 
 def _glyph_table() -> list[tuple[int, ...]]:
@@ -242,7 +282,7 @@ def _glyph_table() -> list[tuple[int, ...]]:
     table: list[tuple[int, ...]] = []
     while len(table) < GLYPH_CLASSES:
         edges = tuple(sorted(rng.choice(len(_EDGES), GLYPH_STROKES, replace=False).tolist()))
-        if all(len(set(edges) ^ set(t)) >= 4 for t in table):
+        if all(len(set(edges) ^ set(t)) >= GLYPH_MIN_DIFF for t in table):
             table.append(edges)
     return table
 
@@ -251,10 +291,13 @@ _GLYPHS = _glyph_table()
 
 
 def _draw_glyph(d: ImageDraw.ImageDraw, label: int, rng: np.random.Generator, s: int) -> None:
-    grid = np.array(_GRID) + rng.normal(0, 0.05, (9, 2))
+    grid = np.array(_GRID) + rng.normal(0, GLYPH_JITTER, (9, 2))
     edges = list(_GLYPHS[label])
     pts = np.array([grid[k] for e in edges for k in _EDGES[e]])
-    px = _transform(pts, rng, s, scale=(0.5, 0.75), rot_deg=15, shear=0.15, shift=0.08)
+    if rng.random() < GLYPH_DISTRACTOR:  # a short stray stroke that belongs to no class
+        a, b = rng.uniform(-0.6, 0.6, 2), rng.uniform(-0.25, 0.25, 2)
+        pts = np.concatenate([pts, [a, a + b]])
+    px = _transform(pts, rng, s, scale=(0.5, 0.75), rot_deg=20, shear=0.15, shift=0.08)
     color, width = _contrasting(rng, d), max(2, int(s * rng.uniform(0.05, 0.09)))
     for i in range(0, len(px), 2):
         d.line([px[i], px[i + 1]], fill=color, width=width)
@@ -267,8 +310,9 @@ _TARGET_SIZES = {"train": 4000, "val": 600, "test": 1000}
 BUILTIN_TASKS: dict[str, SynthTask] = {
     t.name: t
     for t in (
-        SynthTask("synth-source", tuple(f"{sh}-{fi}" for sh in SOURCE_SHAPES for fi in SOURCE_FILLS),
-                  _draw_source, {"train": 25600, "val": 1280, "test": 1280}, noise=10.0, clutter=0.7),
+        SynthTask("synth-source", tuple(f"{sh}-{fi}" for sh in SOURCE_SHAPES for fi in SOURCE_FILLS)
+                  + tuple(f"strokes-{i:02d}" for i in range(SOURCE_STROKE_CLASSES)),
+                  _draw_source, {"train": 28800, "val": 1920, "test": 1920}, noise=10.0, clutter=0.7),
         SynthTask("synth-digits", tuple(str(i) for i in range(10)), _draw_digit, _TARGET_SIZES,
                   noise=10.0, clutter=0.6),
         SynthTask("synth-signs", tuple(f"{sh}-{sy}" for sh in SIGN_SHAPES for sy in SIGN_SYMBOLS),

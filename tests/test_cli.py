@@ -84,7 +84,7 @@ def test_corrupt_pack_and_weights_are_one_line(trained, tmp_path):
 
 
 def test_kill_mid_training_then_resume(tmp_path):
-    from tailorrt.training import _metadata
+    from tailorrt.io import load_metadata as _metadata
 
     data = make_imagefolder(tmp_path / "kill", classes=3, per_class=24)
     model_dir = tmp_path / "runs"

@@ -3,9 +3,8 @@ import json
 import pytest
 import torch
 
-from tailorrt import io as tio
 from tailorrt.backbones import BackboneSource, UniversalBackbone, get_spec
-from tailorrt.errors import BackboneMismatchError, PackError
+from tailorrt.errors import BackboneMismatchError, CheckpointError, PackError
 from tailorrt.pack import ModelDir
 from tailorrt.student import Student
 
@@ -16,6 +15,17 @@ def _student(backbone):
 
 def _meta(sha):
     return {"method": "nettailor", "backbone_sha256": sha, "classes": ["a", "b", "c"], "config": {"max_skip": 3}}
+
+
+@pytest.fixture()
+def packed(tmp_path):
+    """A model dir holding a tiny backbone and one task pack ``t``: (ModelDir, backbone, sha, student)."""
+    bb = UniversalBackbone(get_spec("tiny")).eval()
+    md = ModelDir(tmp_path)
+    sha = md.write_backbone(bb, BackboneSource("random"))
+    s = _student(bb)
+    md.write_task("t", s.task_state(), _meta(sha))
+    return md, bb, sha, s
 
 
 def test_backbone_written_once_and_other_backbone_refused(tmp_path):
@@ -31,41 +41,30 @@ def test_backbone_written_once_and_other_backbone_refused(tmp_path):
         md.write_backbone(other, BackboneSource("random"))
 
 
-def test_pack_roundtrip_and_mismatch(tmp_path):
-    bb = UniversalBackbone(get_spec("tiny")).eval()
-    md = ModelDir(tmp_path)
-    sha = md.write_backbone(bb, BackboneSource("random"))
-    s = _student(bb)
-    md.write_task("colors", s.task_state(), _meta(sha))
-    loaded, meta = md.load_student("colors", bb, sha)
+def test_pack_roundtrip_and_mismatch(packed):
+    md, bb, sha, s = packed
+    loaded, meta = md.load_student("t", bb, sha)
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(loaded(x), s(x))
     assert meta["format_version"] == 1 and meta["files"]["task.safetensors"]["bytes"] > 0
     with pytest.raises(BackboneMismatchError, match="retrain the task"):
-        md.read_task("colors", "0" * 64)
+        md.read_task("t", "0" * 64)
     with pytest.raises(PackError, match="no task 'nope'"):
         md.task_meta("nope")
     with pytest.raises(PackError, match="invalid task name"):
         md.write_task("Bad Name", {}, {})
 
 
-def test_future_format_version_refused(tmp_path):
-    bb = UniversalBackbone(get_spec("tiny")).eval()
-    md = ModelDir(tmp_path)
-    sha = md.write_backbone(bb, BackboneSource("random"))
-    md.write_task("t", _student(bb).task_state(), _meta(sha))
+def test_future_format_version_refused(packed):
+    md = packed[0]
     p = md.tasks_dir / "t" / "task.json"
     p.write_text(json.dumps({**json.loads(p.read_text()), "format_version": 99}))
     with pytest.raises(PackError, match="format_version 99"):
         md.task_meta("t")
 
 
-def test_failed_write_keeps_previous_pack_and_leaves_no_partial(tmp_path, monkeypatch):
-    bb = UniversalBackbone(get_spec("tiny")).eval()
-    md = ModelDir(tmp_path)
-    sha = md.write_backbone(bb, BackboneSource("random"))
-    s = _student(bb)
-    md.write_task("t", s.task_state(), _meta(sha))
+def test_failed_write_keeps_previous_pack_and_leaves_no_partial(packed, tmp_path, monkeypatch):
+    md, _, sha, s = packed
     before = (md.tasks_dir / "t" / "task.safetensors").read_bytes()
 
     def crash(*a, **k):
@@ -81,12 +80,9 @@ def test_failed_write_keeps_previous_pack_and_leaves_no_partial(tmp_path, monkey
     assert not list((tmp_path / ".work").glob("pack-*"))
 
 
-def test_corrupt_task_weights_are_a_clear_error(tmp_path):
-    bb = UniversalBackbone(get_spec("tiny")).eval()
-    md = ModelDir(tmp_path)
-    sha = md.write_backbone(bb, BackboneSource("random"))
-    md.write_task("t", _student(bb).task_state(), _meta(sha))
+def test_corrupt_task_weights_are_a_clear_error(packed):
+    md, bb, sha, _ = packed
     f = md.tasks_dir / "t" / "task.safetensors"
     f.write_bytes(f.read_bytes()[:100])
-    with pytest.raises(tio.CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
         md.load_student("t", bb, sha)
