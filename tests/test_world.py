@@ -32,3 +32,14 @@ def test_target_tasks_have_distinct_sizes_and_names():
     for t in BUILTIN_TASKS.values():
         assert len(set(t.classes)) == len(t.classes)
         assert {"train", "val", "test"} <= set(t.sizes)
+
+
+def test_builtin_task_loads_normalised_splits():
+    from tailorrt.datasets import Preprocess, load_task
+
+    data = load_task("synth-digits", data_dir=".", preprocess=Preprocess(16, (0.5,) * 3, (0.25,) * 3))
+    assert data.classes == [str(i) for i in range(10)] and data.source == "generated"
+    sizes = BUILTIN_TASKS["synth-digits"].sizes
+    assert (len(data.train), len(data.val), len(data.test)) == (sizes["train"], sizes["val"], sizes["test"])
+    x, y = data.train[0]
+    assert x.shape == (3, 16, 16) and x.dtype.is_floating_point and -3 < float(x.mean()) < 3
