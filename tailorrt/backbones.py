@@ -30,7 +30,7 @@ class BackboneSpec:
     """Everything needed to rebuild a backbone's units, and how its inputs are normalised."""
 
     name: str
-    block: str  # "basic" | "bottleneck"
+    block: str  # "basic" | "bottleneck" | "decathlon"
     widths: tuple[int, ...]
     depths: tuple[int, ...]
     strides: tuple[int, ...]
@@ -40,10 +40,11 @@ class BackboneSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     torchvision_weights: str | None = None  # e.g. "ResNet34_Weights.IMAGENET1K_V1"
+    head_norm: bool = False  # a BN on the last unit's output before pooling (Decathlon WRN-26's ends_bn)
 
     def __post_init__(self) -> None:
-        if self.block not in ("basic", "bottleneck"):
-            raise ConfigError(f"block must be 'basic' or 'bottleneck', not {self.block!r}")
+        if self.block not in BLOCKS:
+            raise ConfigError(f"block must be one of {', '.join(BLOCKS)}, not {self.block!r}")
         if not (len(self.widths) == len(self.depths) == len(self.strides)):
             raise ConfigError("widths, depths and strides must have one entry per stage")
         if self.stem not in ("imagenet", "cifar"):
@@ -97,8 +98,9 @@ def resnet50() -> BackboneSpec:
 
 @register
 def wrn26() -> BackboneSpec:
-    """The Visual Decathlon WideResNet-26 (3 stages of 4 basic blocks, 72 px inputs)."""
-    return BackboneSpec("wrn26", "basic", (64, 128, 256), (4, 4, 4), (2, 2, 2), "cifar", 32, 72)
+    """The Visual Decathlon WideResNet-26: 3 stages of 4 blocks with avg-pool + zero-padding shortcuts,
+    a BN before pooling, 72 px inputs (NetTailor's ``wide_resnet26.pth.tar`` loads with --backbone-weights)."""
+    return BackboneSpec("wrn26", "decathlon", (64, 128, 256), (4, 4, 4), (2, 2, 2), "cifar", 32, 72, head_norm=True)
 
 
 @register
@@ -115,6 +117,31 @@ def tiny() -> BackboneSpec:
                         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
+class DecathlonBlock(nn.Module):
+    """The Decathlon WRN block: two 3x3 convs; the shortcut average-pools for stride and zero-pads channels."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.extra_channels = planes - inplanes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn2(self.conv2(nn.functional.relu(self.bn1(self.conv1(x)))))
+        res = self.pool(x)
+        if self.extra_channels:
+            res = nn.functional.pad(res, (0, 0, 0, 0, 0, self.extra_channels))
+        return nn.functional.relu(y + res)
+
+
+BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck, "decathlon": DecathlonBlock}
+
+
 class UniversalBackbone(nn.Module):
     """A ResNet as a stem followed by residual blocks; every one of them is a *unit*."""
 
@@ -122,7 +149,7 @@ class UniversalBackbone(nn.Module):
         super().__init__()
         self.spec = spec
         self.stem = _make_stem(spec)
-        block_cls = BasicBlock if spec.block == "basic" else Bottleneck
+        block_cls = BLOCKS[spec.block]
         blocks: list[nn.Module] = []
         channels = spec.stem_width
         for width, depth, stride in zip(spec.widths, spec.depths, spec.strides):
@@ -130,11 +157,12 @@ class UniversalBackbone(nn.Module):
                 s = stride if i == 0 else 1
                 out = width * block_cls.expansion
                 down = None
-                if s != 1 or channels != out:
+                if (s != 1 or channels != out) and block_cls is not DecathlonBlock:
                     down = nn.Sequential(nn.Conv2d(channels, out, 1, s, bias=False), nn.BatchNorm2d(out))
                 blocks.append(block_cls(channels, width, s, down))
                 channels = out
         self.blocks = nn.ModuleList(blocks)
+        self.head_norm = nn.BatchNorm2d(channels) if spec.head_norm else nn.Identity()
         self.feature_dim = channels
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -151,9 +179,13 @@ class UniversalBackbone(nn.Module):
             outs.append(block(outs[-1]))
         return outs
 
+    def features(self, last: torch.Tensor) -> torch.Tensor:
+        """The classifier's input from the last unit's output: (head norm and) global average pooling."""
+        return pool(self.head_norm(last))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features of the last unit."""
-        return pool(self.forward_units(x)[-1])
+        return self.features(self.forward_units(x)[-1])
 
 
 def pool(x: torch.Tensor) -> torch.Tensor:
@@ -187,10 +219,25 @@ def torchvision_key_map(spec: BackboneSpec) -> Callable[[str], str | None]:
     return convert
 
 
+def decathlon_key_map(key: str) -> str | None:
+    """Map NetTailor's WideResNet keys (``conv1``, ``bn1``, ``layers.N.*``, ``ends_bn``) to unit keys."""
+    if key.startswith("linear."):
+        return None
+    for old, new in (("conv1.", "stem.0."), ("bn1.", "stem.1."), ("layers.", "blocks."), ("ends_bn.", "head_norm.")):
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
 def load_weights(model: UniversalBackbone, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load unit weights from our own or torchvision's key names; mismatches raise CheckpointError."""
-    if any(k.startswith(("layer1.", "conv1.")) for k in state):
+    """Load unit weights from our own, torchvision's or NetTailor's WRN key names; mismatches raise
+    CheckpointError."""
+    convert = None
+    if any(k.startswith("layers.") for k in state):
+        convert = decathlon_key_map
+    elif any(k.startswith(("layer1.", "conv1.")) for k in state):
         convert = torchvision_key_map(model.spec)
+    if convert is not None:
         state = {new: v for k, v in state.items() if (new := convert(k)) is not None}
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
     own = model.state_dict()

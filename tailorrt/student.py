@@ -108,6 +108,7 @@ class Student(nn.Module):
                 proxies.append(proxy)
             layers.append(TailorLayer(share_frozen(block), proxies, costs))
         self.layers = nn.ModuleList(layers)
+        self.head_norm = share_frozen(backbone.head_norm)
         self.classifier = nn.Linear(backbone.feature_dim, num_classes)
         self.head_cost = (count_params(self.classifier), backbone.feature_dim * num_classes)
         for m in self.layers.modules():
@@ -126,7 +127,7 @@ class Student(nn.Module):
             outs.append(layer(recent))
         if outs[-1] is None:
             raise PackError("the pruned network has no path to the classifier")
-        return self.classifier(pool(outs[-1])), outs
+        return self.classifier(pool(self.head_norm(outs[-1]))), outs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_all(x)[0]
@@ -238,7 +239,7 @@ class Student(nn.Module):
                 "universal_blocks_kept": kept_universal, "universal_blocks_total": len(self.layers)}
 
     def task_state(self) -> dict[str, torch.Tensor]:
-        """Exactly what the task owns: universal BN statistics (stem + kept blocks), kept proxies,
+        """Exactly what the task owns: universal BN statistics (stem, kept blocks, head norm), kept proxies,
         attention parameters, keep flags and the classifier. Universal weights are excluded by structure."""
         state: dict[str, torch.Tensor] = {}
         for n, b in self.stem.named_buffers():
@@ -253,6 +254,8 @@ class Student(nn.Module):
                 if bool(layer.keep[j + 1]):
                     for n, t in proxy.state_dict().items():
                         state[f"layers.{l}.proxies.{j}.{n}"] = t
+        for n, b in self.head_norm.named_buffers():
+            state[f"head_norm.{n}"] = b
         for n, t in self.classifier.state_dict().items():
             state[f"classifier.{n}"] = t
         return {k: v.detach().clone() for k, v in state.items()}

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from tailorrt.backbones import UniversalBackbone, pool
+from tailorrt.backbones import UniversalBackbone
 
 
 class Teacher(nn.Module):
@@ -23,7 +23,7 @@ class Teacher(nn.Module):
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits and the output of every unit (stem first)."""
         units = self.backbone.forward_units(x)
-        return self.classifier(pool(units[-1])), units
+        return self.classifier(self.backbone.features(units[-1])), units
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_all(x)[0]

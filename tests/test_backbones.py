@@ -26,15 +26,15 @@ def test_unknown_backbone_is_a_clear_error():
         get_spec("vgg99")
 
 
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_torchvision_checkpoint_maps_onto_units(tmp_path, suffix):
-    ref = torchvision.models.resnet18(weights=None).eval()
-    path = tmp_path / f"r18{suffix}"
+@pytest.mark.parametrize("arch,suffix", [("resnet18", ".pth"), ("resnet18", ".safetensors"), ("resnet50", ".pth")])
+def test_torchvision_checkpoint_maps_onto_units(tmp_path, arch, suffix):
+    ref = getattr(torchvision.models, arch)(weights=None).eval()
+    path = tmp_path / f"{arch}{suffix}"
     if suffix == ".pth":
         torch.save({"state_dict": ref.state_dict()}, path)
     else:
         save_tensors(path, ref.state_dict())
-    model, source = build_backbone("resnet18", weights=path)
+    model, source = build_backbone(arch, weights=path)
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     ref.fc = torch.nn.Identity()
@@ -80,3 +80,26 @@ def test_embedded_backbone_is_shipped_small_and_loads():
     model, source = build_backbone(backbones.EMBEDDED)
     assert source.kind == "embedded"
     assert sum(p.numel() for p in model.parameters()) > 1_000_000
+
+
+def test_decathlon_wrn26_checkpoint_names_map_onto_units(tmp_path):
+    """NetTailor's wide_resnet26.pth.tar names: conv1, bn1, layers.N.*, ends_bn, linear (dropped)."""
+    torch.manual_seed(0)
+    ours = UniversalBackbone(get_spec("wrn26")).eval()
+    renames = (("stem.0.", "conv1."), ("stem.1.", "bn1."), ("blocks.", "layers."), ("head_norm.", "ends_bn."))
+    theirs = {}
+    for k, v in ours.state_dict().items():
+        for a, b in renames:
+            if k.startswith(a):
+                k = b + k[len(a):]
+                break
+        theirs[k] = v
+    theirs["linear.weight"] = torch.zeros(10, 256)
+    path = tmp_path / "wide_resnet26.pth.tar"
+    torch.save({"state_dict": theirs, "epoch": 1}, path)
+    loaded, _ = build_backbone("wrn26", weights=path)
+    x = torch.randn(2, 3, 72, 72)
+    assert torch.equal(loaded.eval()(x), ours(x))
+    outs = ours.forward_units(x)
+    assert [o.shape[1] for o in outs[1:]] == [64] * 4 + [128] * 4 + [256] * 4 and outs[-1].shape[-1] == 9
+    assert not any("downsample" in k for k in ours.state_dict())  # avg-pool + zero-pad shortcuts

@@ -109,3 +109,18 @@ def test_task_state_excludes_universal_weights_and_reloads_exactly(backbone):
     n_task = sum(v.numel() for v in state.values())
     n_backbone = sum(p.numel() for p in backbone.parameters())
     assert n_task < n_backbone
+
+
+def test_decathlon_student_owns_head_norm_statistics():
+    torch.manual_seed(0)
+    bb = UniversalBackbone(get_spec("wrn26")).eval()
+    s = Student(bb, 3)
+    s.train()
+    s(torch.randn(4, 3, 72, 72))
+    s.eval()
+    state = s.task_state()
+    assert "head_norm.running_mean" in state and "head_norm.weight" not in state
+    fresh = Student(bb, 3)
+    fresh.load_task_state(state)
+    x = torch.randn(2, 3, 72, 72)
+    assert torch.equal(fresh.eval()(x), s(x))
