@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tailorrt.backbones import UniversalBackbone, build_backbone
+from tailorrt.backbones import BackboneSpec, UniversalBackbone, build_backbone, get_spec
 from tailorrt.datasets import Preprocess, load_task, pack_name
 from tailorrt.errors import ConfigError
 from tailorrt.io import read_json, write_json
@@ -56,13 +56,28 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _uses_model_dir_backbone(req: TrainRequest, mdir: ModelDir) -> bool:
+    return req.backbone is None and req.backbone_weights is None and mdir.has_backbone()
+
+
+def _backbone_name(req: TrainRequest) -> str:
+    return req.backbone or ("embedded" if req.task in BUILTIN_TASKS else "resnet34")
+
+
+def _spec_for(req: TrainRequest, mdir: ModelDir) -> BackboneSpec:
+    """The architecture (and so the preprocessing) without loading or downloading any weights."""
+    if _uses_model_dir_backbone(req, mdir):
+        return BackboneSpec.from_json(mdir.backbone_meta()["spec"])
+    return get_spec(_backbone_name(req))
+
+
 def _backbone_for(req: TrainRequest, mdir: ModelDir) -> tuple[UniversalBackbone, str]:
     """The backbone to train on, written into the model dir (once) and its sha256."""
-    if req.backbone is None and req.backbone_weights is None and mdir.has_backbone():
+    if _uses_model_dir_backbone(req, mdir):
         backbone, meta = mdir.load_backbone()
         return backbone, meta["sha256"]
-    name = req.backbone or ("embedded" if req.task in BUILTIN_TASKS else "resnet34")
-    backbone, source = build_backbone(name, weights=req.backbone_weights, pretrained=not req.random_init)
+    backbone, source = build_backbone(_backbone_name(req), weights=req.backbone_weights,
+                                      pretrained=not req.random_init)
     sha = mdir.write_backbone(backbone, source)
     return backbone, sha
 
@@ -79,14 +94,14 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
     elif work.exists():
         shutil.rmtree(work)
     torch.manual_seed(req.seed)
-    backbone, sha = _backbone_for(req, mdir)
-    backbone.to(device).eval()
-    spec = backbone.spec
+    spec = _spec_for(req, mdir)
     preprocess = Preprocess(spec.input_size, spec.mean, spec.std)
     data = load_task(req.task, data_dir=Path(req.data_dir), preprocess=preprocess, download=req.download,
-                     seed=req.seed)
+                     seed=req.seed)  # data first: a missing dataset fails before any weights are fetched
     if len(data.classes) < 2:
         raise ConfigError(f"task {req.task!r} has {len(data.classes)} class; at least 2 are needed")
+    backbone, sha = _backbone_for(req, mdir)
+    backbone.to(device).eval()
     work.mkdir(parents=True, exist_ok=True)
     write_json(saved, req.to_json())
     t0 = time.perf_counter()

@@ -60,6 +60,13 @@ def test_missing_dataset_is_one_line(tmp_path):
     assert "train_32x32.mat" in line
 
 
+def test_missing_image_folder_fails_before_any_weights(tmp_path):
+    line = _one_line_error(run_cli("train", "--task", f"imagefolder:{tmp_path / 'nope'}", "--backbone", "resnet18",
+                                   "--model-dir", str(tmp_path / "m")))
+    assert "does not exist" in line
+    assert not (tmp_path / "m" / "backbone").exists()
+
+
 def test_wrong_backbone_for_pack_is_one_line(trained, tmp_path):
     other = tmp_path / "other"
     proc = run_cli("train", "--task", f"imagefolder:{make_imagefolder(tmp_path / 'blue', classes=2)}",
