@@ -180,7 +180,7 @@ def _prune(cfg: NetTailorConfig, student: Student, data: TaskData, trainer: Trai
                         f"within {cfg.max_val_drop} points")
         tried = []
         for l in student.universal_order():
-            snapshot = {k: v.clone() for k, v in student.state_dict().items()}
+            snapshot = {k: v.clone() for k, v in student.named_buffers()}  # pruning changes buffers only
             with torch.no_grad():
                 student.layers[l].keep[0] = False
             connected = student.settle()
@@ -191,10 +191,11 @@ def _prune(cfg: NetTailorConfig, student: Student, data: TaskData, trainer: Trai
             ok = connected and acc >= before - cfg.max_val_drop
             tried.append({"layer": l + 1, "val_accuracy": round(acc, 3), "dropped": ok})
             if not ok:
-                student.load_state_dict(snapshot)
+                student.load_state_dict(snapshot, strict=False)
         info["tried"] = tried
     recalibrate_bn(student, data.train, device)
     info["val_accuracy_after"] = round(accuracy(student, val, device), 3)
     if path is not None:
-        save_tensors(path, {f"state.{k}": v for k, v in student.state_dict().items()}, {"info": json.dumps(info)})
+        # keep flags and recalibrated BN statistics; the weights come from the student phase's checkpoint
+        save_tensors(path, {f"state.{k}": v for k, v in student.named_buffers()}, {"info": json.dumps(info)})
     return info
