@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tailorrt.errors import TailorError
@@ -24,7 +25,7 @@ ModelDirOpt = typer.Option("runs", "--model-dir", help="Model directory holding 
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -109,23 +110,101 @@ def eval_(
 
 @app.command(epilog="Examples:\n\n  tailor info\n\n  tailor info --model-dir runs --json")
 def info(model_dir: str = ModelDirOpt, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """One row per task: accuracy, blocks kept, parameters, FLOPs and pack size against the backbone."""
-    from tailorrt.train import info_rows
+    """One row per task (accuracy, blocks kept, parameters, FLOPs, bytes of pack, ONNX graph and engine) and
+    the bytes on disk against one fine-tuned model per task."""
+    from tailorrt.inventory import info_rows, size_summary
 
     bmeta, rows = info_rows(model_dir)
+    sizes = size_summary(model_dir, bmeta, rows)
     if as_json:
         out.print_json(data={"backbone": {k: bmeta[k] for k in ("name", "sha256", "params", "bytes")},
-                             "tasks": rows})
+                             "tasks": rows, "sizes": sizes})
         return
-    out.print(f"backbone {bmeta['name']} ({bmeta['params'] / 1e6:.2f} M params, {bmeta['bytes'] / 1e6:.2f} MB, "
+    out.print(f"backbone {bmeta['name']} ({bmeta['params'] / 1e6:.2f} M params, {_mb(bmeta['bytes'])}, "
               f"sha256 {bmeta['sha256'][:12]}) in {model_dir}", highlight=False)
     table = Table("task", "method", "acc %", "teacher %", "universal", "task params", "shared params",
-                  "MFLOPs", "teacher MFLOPs", "pack KB", "pack/backbone")
+                  "MFLOPs", "teacher MFLOPs", "pack KB", "pack/backbone", "onnx KB", "engine KB")
     for r in rows:
+        onnx_kb = "-" if r["onnx_bytes"] is None else f"{r['onnx_bytes'] / 1e3:.1f}" + (" (stale)" * r["onnx_stale"])
         table.add_row(r["task"], r["method"], f"{r['accuracy']:.2f}", f"{r['teacher_accuracy']:.2f}",
                       r["universal_blocks"], f"{r['task_params']:,}", f"{r['shared_params_used']:,}",
                       f"{r['flops'] / 1e6:.2f}", f"{r['teacher_flops'] / 1e6:.2f}", f"{r['pack_bytes'] / 1e3:.1f}",
-                      f"{100 * r['pack_vs_backbone']:.1f}%")
+                      f"{100 * r['pack_vs_backbone']:.1f}%", onnx_kb,
+                      "-" if r["engine_bytes"] is None else f"{r['engine_bytes'] / 1e3:.1f}")
+    out.print(table)
+    n = sizes["tasks"]
+    out.print(f"on disk: backbone {_mb(sizes['backbone_bytes'])} once + {n} task packs {_mb(sizes['packs_bytes'])} = "
+              f"{_mb(sizes['tailorrt_bytes'])}; one fine-tuned model per task would be "
+              f"{_mb(sizes['finetuned_per_task_bytes'])} "
+              f"({sizes['finetuned_per_task_bytes'] / sizes['tailorrt_bytes']:.2f}x)", highlight=False)
+    if "onnx" in sizes:
+        o = sizes["onnx"]
+        out.print(f"onnx/: shared universal.data {_mb(o['shared_bytes'])} once + {o['tasks']} task graphs "
+                  f"{_mb(o['graphs_bytes'])} = {_mb(o['total_bytes'])}", highlight=False)
+    if "trt" in sizes:
+        t = sizes["trt"]
+        out.print(f"trt/: {t['tasks']} engines ({'fp16' if t['fp16'] else 'fp32'}) {_mb(t['engines_bytes'])}",
+                  highlight=False)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+@app.command("export", epilog="Examples:\n\n  tailor export   # ONNX for every task in runs/\n\n"
+             "  tailor export --model-dir runs/demo --tasks synth-digits,synth-signs --bench\n\n"
+             "  tailor export --trt --fp16 --max-batch 64   # needs an NVIDIA GPU: pip install 'tailorrt[gpu]'")
+def export_(
+    model_dir: str = ModelDirOpt,
+    tasks: Optional[str] = typer.Option(None, help="Comma-separated task names (default: every task)."),
+    onnx: bool = typer.Option(False, "--onnx", help="Write ONNX graphs (the default when no format is named)."),
+    trt: bool = typer.Option(False, "--trt", help="Also build TensorRT engines (from the ONNX graphs)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Build fp16 TensorRT engines (with --trt)."),
+    max_batch: int = typer.Option(32, help="Largest batch of the TensorRT optimisation profile."),
+    data_dir: Path = typer.Option(Path("data"), help="Where the tasks' datasets live (validation images for "
+                                  "the parity check)."),
+    download: bool = typer.Option(True, help="Try to download a missing dataset."),
+    parity_images: int = typer.Option(256, help="Validation images used for the parity check."),
+    bench: bool = typer.Option(False, "--bench", help="Also time PyTorch eager vs ONNX Runtime (vs TensorRT) "
+                               "at batch 1 and 32, side by side, into export.json."),
+) -> None:
+    """Export task packs: ONNX graphs that share one universal weight file (<model-dir>/onnx/) and optionally
+    TensorRT engines (<model-dir>/trt/). Every graph is checked against PyTorch on validation images; the
+    export fails, keeping the previous one, when the logits differ by more than 1e-4."""
+    from tailorrt.export.exporter import ExportRequest, export_model
+
+    del onnx  # ONNX is always written: engines are built from it
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    req = ExportRequest(model_dir=model_dir, tasks=names,
+                        trt=trt, fp16=fp16, max_batch=max_batch, data_dir=str(data_dir), download=download,
+                        parity_images=parity_images, bench=bench)
+    result = export_model(req, report=lambda line: err.print(line, highlight=False, markup=False,
+                                                                         soft_wrap=True))
+    for kind, manifest in result.items():
+        if manifest is None:
+            continue
+        folder = Path(model_dir) / kind
+        total = sum(t["bytes"] for t in manifest["tasks"].values())
+        if kind == "onnx":
+            total += manifest["shared"]["bytes"]
+        out.print(f"[green]wrote[/green] {folder}: {len(manifest['tasks'])} tasks, {_mb(total)} "
+                  f"(manifest {folder / 'export.json'})", highlight=False)
+        if bench:
+            _print_speed(kind, manifest)
+
+
+def _print_speed(kind: str, manifest: dict) -> None:
+    table = Table("task", "batch", *(["pytorch img/s", "onnxruntime img/s", "ort/pytorch"]
+                                     + (["tensorrt img/s"] if kind == "trt" else [])), title=f"{kind} speed")
+    for name, entry in manifest["tasks"].items():
+        for key, res in entry.get("speed", {}).items():
+            if not key.startswith("batch_"):
+                continue
+            row = [name, key.removeprefix("batch_"), f"{res['pytorch']['images_per_s']:.0f}",
+                   f"{res['onnxruntime']['images_per_s']:.0f}", f"{res['onnxruntime_vs_pytorch']:.2f}x"]
+            if kind == "trt":
+                row.append(f"{res['tensorrt']['images_per_s']:.0f}")
+            table.add_row(*row)
     out.print(table)
 
 
@@ -169,12 +248,13 @@ def tasks() -> None:
 
 
 def main() -> None:
-    """Entry point: typed library errors become one line on stderr and exit code 1."""
+    """Entry point: typed library errors become one line on stderr and exit code 1 (2: a missing optional
+    dependency such as TensorRT)."""
     try:
         app()
     except TailorError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(getattr(e, "exit_code", 1))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,11 @@ class BackboneSpec:
         if self.stem not in ("imagenet", "cifar"):
             raise ConfigError(f"stem must be 'imagenet' or 'cifar', not {self.stem!r}")
 
+    @property
+    def feature_dim(self) -> int:
+        """Channels of the last unit (the classifier's input)."""
+        return self.widths[-1] * BLOCKS[self.block].expansion
+
     def to_json(self) -> dict:
         return asdict(self)
 

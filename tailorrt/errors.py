@@ -31,3 +31,13 @@ class ConfigError(TailorError):
 
 class TrainingDivergedError(TailorError):
     """The loss became NaN or infinite."""
+
+
+class ExportError(TailorError):
+    """An export failed: an unsupported module, an invalid graph, or outputs that do not match PyTorch."""
+
+
+class DependencyMissingError(TailorError):
+    """An optional dependency or device (TensorRT, a CUDA GPU) is not available; exit code 2."""
+
+    exit_code = 2

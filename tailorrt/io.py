@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -111,8 +112,48 @@ def load_metadata(path: Path) -> dict[str, str]:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from e
 
 
+def staging_dir(parent: Path, prefix: str) -> Path:
+    """A fresh folder (mode 755) under ``parent`` in which to assemble something before :func:`replace_dir`."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path.chmod(0o755)
+    return path
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (used to tell abandoned work folders from busy ones)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def recover_swaps(parent: Path) -> None:
+    """Finish what a killed :func:`replace_dir` left in ``parent``: an old folder whose replacement never
+    arrived is put back; one whose replacement did is deleted."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return
+    for old in parent.glob(".*.old-*"):
+        m = re.fullmatch(r"\.(.+)\.old-(\d+)", old.name)
+        if not m or pid_alive(int(m.group(2))):
+            continue
+        final = parent / m.group(1)
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
+
+
 def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
-    """Swap a fully written ``tmp_dir`` into place of ``final_dir`` (old one removed after the swap)."""
+    """Swap a fully written ``tmp_dir`` into place of ``final_dir`` (old one removed after the swap).
+
+    Killed between its two renames, it leaves ``.<name>.old-<pid>``, which :func:`recover_swaps` puts back.
+    """
     final_dir = Path(final_dir)
     old = None
     if final_dir.exists():

@@ -21,10 +21,19 @@ from pathlib import Path
 import torch
 
 from tailorrt import __version__
-from tailorrt.backbones import BackboneSpec, BackboneSource, UniversalBackbone, load_weights
+from tailorrt.backbones import BackboneSource, BackboneSpec, UniversalBackbone, load_weights
 from tailorrt.datasets import TASK_NAME, Preprocess
-from tailorrt.errors import BackboneMismatchError, PackError
-from tailorrt.io import load_tensors, read_json, replace_dir, save_tensors, sha256_file, write_json
+from tailorrt.errors import BackboneMismatchError, CheckpointError, PackError
+from tailorrt.io import (
+    load_tensors,
+    read_json,
+    recover_swaps,
+    replace_dir,
+    save_tensors,
+    sha256_file,
+    staging_dir,
+    write_json,
+)
 from tailorrt.student import Student
 
 FORMAT_VERSION = 1
@@ -65,6 +74,8 @@ class ModelDir:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+        recover_swaps(self.root)
+        recover_swaps(self.tasks_dir)
 
     @property
     def backbone_dir(self) -> Path:
@@ -73,6 +84,23 @@ class ModelDir:
     @property
     def tasks_dir(self) -> Path:
         return self.root / "tasks"
+
+    def export_dir(self, kind: str) -> Path:
+        """``onnx/`` or ``trt/``: the outputs of ``tailor export``."""
+        if kind not in ("onnx", "trt"):
+            raise ValueError(f"unknown export kind {kind!r}")
+        return self.root / kind
+
+    def export_manifest(self, kind: str) -> dict | None:
+        """The ``export.json`` of an export folder, or None when there is none (or it is unreadable)."""
+        path = self.export_dir(kind) / "export.json"
+        if not path.is_file():
+            return None
+        try:
+            meta = read_json(path)
+        except CheckpointError:
+            return None
+        return meta if meta.get("format_version") == FORMAT_VERSION else None
 
     def work_dir(self, task: str) -> Path:
         return self.root / ".work" / check_task_name(task)
@@ -138,9 +166,7 @@ class ModelDir:
     def write_task(self, name: str, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
         """Assemble the pack in ``.work`` and rename it into ``tasks/`` in one step."""
         check_task_name(name)
-        tmp_root = self.root / ".work"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"pack-{name}-", dir=tmp_root))
+        tmp = staging_dir(self.root / ".work", f"pack-{name}-")
         try:
             save_tensors(tmp / TASK_FILE, tensors, {"format_version": str(FORMAT_VERSION), "task": name})
             meta = {**meta, "format_version": FORMAT_VERSION, "task": name,

@@ -130,22 +130,3 @@ def evaluate_task(model_dir: str | Path, task: str, *, data_dir: str | Path = "d
     acc = accuracy(student.to(device), getattr(data, split), device)
     return {"task": task, "split": split, "accuracy": round(acc, 3),
             "recorded_accuracy": meta["metrics"]["accuracy"], "images": len(getattr(data, split))}
-
-
-def info_rows(model_dir: str | Path) -> tuple[dict, list[dict]]:
-    """The backbone's summary and one row per task, from the JSON files alone (no weights loaded)."""
-    mdir = ModelDir(model_dir)
-    bmeta = mdir.backbone_meta()
-    rows = []
-    for name in mdir.task_names():
-        meta = mdir.task_meta(name)
-        m = meta["metrics"]
-        pack_bytes = sum(f["bytes"] for f in meta["files"].values())
-        rows.append({"task": name, "method": meta["method"], "classes": len(meta["classes"]),
-                     "accuracy": m["accuracy"], "teacher_accuracy": m["teacher_accuracy"],
-                     "universal_blocks": f"{m['universal_blocks_kept']}/{m['universal_blocks_total']}",
-                     "task_params": m["task_params"], "shared_params_used": m["shared_params_used"],
-                     "flops": m["flops"], "teacher_flops": m["teacher_flops"], "pack_bytes": pack_bytes,
-                     "pack_vs_backbone": pack_bytes / bmeta["bytes"],
-                     "backbone_ok": meta["backbone_sha256"] == bmeta["sha256"]})
-    return bmeta, rows

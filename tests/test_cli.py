@@ -44,7 +44,7 @@ def test_train_writes_pack_info_and_eval_agree(trained):
 
 
 def test_help_has_examples():
-    for cmd in ("train", "eval", "info", "pretrain"):
+    for cmd in ("train", "eval", "info", "pretrain", "export"):
         proc = run_cli(cmd, "--help", check=True)
         assert "Example" in proc.stdout
 

@@ -1,0 +1,289 @@
+"""``tailor export``: task packs to ONNX graphs (one shared weight file) and TensorRT engines.
+
+```
+<model-dir>/onnx/universal.data     universal conv weights, once, external data of every graph
+                 <task>.onnx        one task graph: private initializers inline, shared ones by reference
+                 export.json        manifest: files, sha256, sizes, opset, IR version, I/O, parity (, speed)
+<model-dir>/trt/<task>.engine       one TensorRT engine per task (batch 1..max_batch)
+                timing.cache        reused across tasks and exports
+                export.json
+```
+Each folder is assembled in ``<model-dir>/.work`` and swapped in whole, so an interrupted or
+failed export leaves the previous one untouched. Tasks not named in an export are carried over
+from the previous one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from tailorrt.backbones import UniversalBackbone
+from tailorrt.datasets import load_task
+from tailorrt.errors import ConfigError, ExportError, PackError
+from tailorrt.export import parity, speed
+from tailorrt.export.graph import (
+    INPUT,
+    IR_VERSION,
+    LOGITS,
+    OPSET,
+    PROBS,
+    SHARED_FILE,
+    GraphBuilder,
+    SharedWeights,
+    save_graph,
+)
+from tailorrt.export.networks import emit_student
+from tailorrt.export.sessions import cpu_session
+from tailorrt.io import pid_alive, replace_dir, sha256_file, staging_dir, write_json
+from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, preprocess_of, versions
+from tailorrt.student import Student
+
+MANIFEST = "export.json"
+TIMING_CACHE = "timing.cache"
+FP32_TOLERANCE = 1e-4
+TRT_TOLERANCE = {False: 1e-3, True: 0.1}  # max |logit difference| against ONNX Runtime, fp32 / fp16
+TRT_MIN_AGREEMENT = {False: 0.999, True: 0.98}
+Report = Callable[[str], None]
+
+
+@dataclass
+class ExportRequest:
+    """What ``tailor export`` does."""
+
+    model_dir: str = "runs"
+    tasks: list[str] | None = None  # None: every task in the model dir
+    trt: bool = False
+    fp16: bool = False
+    max_batch: int = 32
+    data_dir: str = "data"
+    download: bool = True
+    parity_images: int = 256
+    tolerance: float = FP32_TOLERANCE
+    bench: bool = False
+
+    def validate(self) -> None:
+        if self.fp16 and not self.trt:
+            raise ConfigError("--fp16 applies to TensorRT engines; add --trt")
+        if self.max_batch < 1:
+            raise ConfigError(f"--max-batch must be at least 1, not {self.max_batch}")
+        if self.parity_images < 1:
+            raise ConfigError(f"--parity-images must be at least 1, not {self.parity_images}")
+
+
+@dataclass
+class TaskNetwork:
+    """A task ready to export: its PyTorch module, metadata, and parity images."""
+
+    name: str
+    meta: dict
+    module: Student
+    images: np.ndarray
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        size = preprocess_of(self.meta).size
+        return (3, size, size)
+
+
+def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict:
+    """Export the requested tasks; returns ``{"onnx": manifest, "trt": manifest or None}``."""
+    req.validate()
+    trt = None
+    if req.trt:
+        from tailorrt.export.tensorrt_engines import require_tensorrt
+
+        trt = require_tensorrt()  # before any work: a missing TensorRT fails in a second
+    mdir = ModelDir(req.model_dir)
+    backbone, bmeta = mdir.load_backbone()
+    names = _task_names(mdir, req.tasks)
+    _clean_stale_work(mdir)
+    shared = SharedWeights(backbone)
+    networks = []
+    for name in names:
+        net = _load_network(mdir, name, backbone, bmeta["sha256"], req)
+        networks.append(net)
+    onnx_manifest = export_onnx(mdir, bmeta, shared, networks, req, report)
+    trt_manifest = None
+    if trt is not None:
+        from tailorrt.export.trt_export import export_trt
+
+        trt_manifest = export_trt(trt, mdir, onnx_manifest, networks, req, report)
+    return {"onnx": onnx_manifest, "trt": trt_manifest}
+
+
+def _task_names(mdir: ModelDir, wanted: list[str] | None) -> list[str]:
+    have = mdir.task_names()
+    if not have:
+        raise PackError(f"no task packs in {mdir.root}; train one first (tailor train --task ...)")
+    if not wanted:
+        return have
+    for name in wanted:
+        mdir.task_meta(name)  # raises with the list of tasks
+    return list(dict.fromkeys(wanted))
+
+
+def _load_network(mdir: ModelDir, name: str, backbone: UniversalBackbone, sha: str, req: ExportRequest
+                  ) -> TaskNetwork:
+    student, meta = mdir.load_student(name, backbone, sha)
+    data = load_task(meta["data"]["spec"], data_dir=Path(req.data_dir), preprocess=preprocess_of(meta),
+                     download=req.download)
+    n = min(req.parity_images, len(data.val))
+    if n == 0:
+        raise ExportError(f"task {name!r} has no validation images to check the export against")
+    images = np.stack([data.val[i][0].numpy() for i in range(n)]).astype(np.float32)
+    return TaskNetwork(name, meta, student, images)
+
+
+def _clean_stale_work(mdir: ModelDir) -> None:
+    """Remove export folders left by killed exports (their process is gone)."""
+    work = mdir.root / ".work"
+    if not work.is_dir():
+        return
+    for d in work.glob("export-*"):
+        m = re.match(r"export-\w+-(\d+)-", d.name)
+        if m and not pid_alive(int(m.group(1))):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def export_staging(mdir: ModelDir, kind: str) -> Path:
+    """Where ``onnx/`` or ``trt/`` is assembled; the pid in the name lets a later export remove it if killed."""
+    return staging_dir(mdir.root / ".work", f"export-{kind}-{os.getpid()}-")
+
+
+def carry_over(prev: dict | None, folder: Path, tmp: Path, skip: set[str], same: Callable[[dict], bool],
+               report: Report) -> dict[str, dict]:
+    """Copy the previous export's entries (and files) for tasks not being re-exported."""
+    if prev is None:
+        return {}
+    kept = {}
+    for name, entry in prev.get("tasks", {}).items():
+        if name in skip:
+            continue
+        src = folder / entry["file"]
+        if not same(prev) or not src.is_file() or sha256_file(src) != entry["sha256"]:
+            report(f"dropped {name} from the previous export (out of date or damaged); re-export it")
+            continue
+        shutil.copy2(src, tmp / entry["file"])
+        kept[name] = entry
+    return kept
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+
+
+def export_onnx(mdir: ModelDir, bmeta: dict, shared: SharedWeights, networks: list[TaskNetwork],
+                req: ExportRequest, report: Report) -> dict:
+    """Write ``onnx/`` (shared weights once, one graph per task), checked against PyTorch."""
+    folder = mdir.export_dir("onnx")
+    tmp = export_staging(mdir, "onnx")
+    try:
+        shared.write(tmp / SHARED_FILE)
+        shared_sha = sha256_file(tmp / SHARED_FILE)
+        prev = mdir.export_manifest("onnx")
+        tasks = carry_over(prev, folder, tmp, {n.name for n in networks},
+                           lambda p: p["shared"]["sha256"] == shared_sha, report)
+        for net in networks:
+            tasks[net.name] = _export_task_graph(tmp, shared, bmeta, net, req)
+            p = tasks[net.name]["parity"]
+            report(f"onnx {net.name}: {tasks[net.name]['bytes'] / 1e6:.2f} MB, parity max |logit diff| "
+                   f"{p['max_abs_logit_diff']:.1e}, top-1 agreement {100 * p['top1_agreement']:.2f}% "
+                   f"on {p['images']} val images")
+        manifest = {"format_version": FORMAT_VERSION, "kind": "onnx",
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "backbone": {"name": bmeta["name"], "sha256": bmeta["sha256"]},
+                    "opset": OPSET, "ir_version": IR_VERSION,
+                    "shared": {"file": SHARED_FILE, "sha256": shared_sha, "bytes": (tmp / SHARED_FILE).stat().st_size,
+                               "tensors": len(shared.tensors)},
+                    "tasks": dict(sorted(tasks.items())),
+                    "versions": {**versions(), "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+                    "machine": machine()}
+        write_json(tmp / MANIFEST, manifest)
+        replace_dir(tmp, folder)
+        return manifest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: dict, net: TaskNetwork, req: ExportRequest) -> dict:
+    meta = net.meta
+    g = GraphBuilder(net.name, shared)
+    emit_student(g, net.module)
+    classes = len(meta["classes"])
+    props = {"tailorrt.task": net.name, "tailorrt.method": meta["method"], "tailorrt.backbone_sha256": bmeta["sha256"],
+             "tailorrt.shared_file": SHARED_FILE, "tailorrt.pack_sha256": _pack_sha(meta),
+             "tailorrt.preprocess": _json(meta["preprocess"]), "tailorrt.classes": _json(meta["classes"])}
+    model = g.model(net.input_shape, classes, props)
+    path = tmp / f"{net.name}.onnx"
+    save_graph(model, path)
+    session = cpu_session(path)
+    check = parity.compare(lambda x: _torch_logits(net.module, x), lambda x: session.run([LOGITS], {INPUT: x})[0],
+                           net.images)
+    check.update({"reference": "pytorch", "runtime": "onnxruntime CPUExecutionProvider", "split": "val",
+                  "tolerance": req.tolerance})
+    if not check["max_abs_logit_diff"] <= req.tolerance:
+        raise ExportError(f"task {net.name!r}: ONNX Runtime's logits differ from PyTorch's by up to "
+                          f"{check['max_abs_logit_diff']:.2e} (tolerance {req.tolerance:.0e}); the export was "
+                          "not written and the previous one is kept")
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    batch = ["batch"]
+    entry = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "method": meta["method"],
+             "pack_sha256": _pack_sha(meta), "classes": classes,
+             "inputs": [{"name": INPUT, "dtype": "float32", "shape": batch + list(net.input_shape)}],
+             "outputs": [{"name": LOGITS, "dtype": "float32", "shape": batch + [classes]},
+                         {"name": PROBS, "dtype": "float32", "shape": batch + [classes]}],
+             "preprocess": meta["preprocess"], "shared_initializers": len(g.shared_used),
+             "private_initializers": len(g.private), "private_bytes": int(sum(a.nbytes for a in g.private.values())),
+             "ops": dict(sorted(ops.items())), "parity": check}
+    if req.bench:
+        entry["speed"] = bench_task(net, session)
+    return entry
+
+
+def _pack_sha(meta: dict) -> str:
+    return next(iter(meta["files"].values()))["sha256"]
+
+
+def _json(obj) -> str:
+    import json
+
+    return json.dumps(obj, separators=(",", ":"))
+
+
+@torch.inference_mode()
+def _torch_logits(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    return module(torch.from_numpy(x)).numpy()
+
+
+def bench_task(net: TaskNetwork, session: ort.InferenceSession, batches: tuple[int, ...] = (1, 32),
+               extra: dict[str, Callable[[np.ndarray], object]] | None = None) -> dict:
+    """Images/s of PyTorch eager and ONNX Runtime (and ``extra`` runners) on the same images, side by side."""
+    out = {"threads": {"torch": torch.get_num_threads(),
+                       "onnxruntime": session.get_session_options().intra_op_num_threads}}
+    for b in batches:
+        x = np.resize(net.images, (b, *net.images.shape[1:])).astype(np.float32)
+        xt = torch.from_numpy(x)
+
+        def eager() -> object:
+            with torch.inference_mode():
+                return net.module(xt)
+
+        fns = {"pytorch": eager, "onnxruntime": lambda: session.run([LOGITS], {INPUT: x})}
+        for name, fn in (extra or {}).items():
+            fns[name] = lambda fn=fn: fn(x)
+        res = speed.time_side_by_side(fns, batch=b)
+        res["onnxruntime_vs_pytorch"] = round(res["pytorch"]["ms_per_batch"] / res["onnxruntime"]["ms_per_batch"], 3)
+        out[f"batch_{b}"] = res
+    return out

@@ -1,0 +1,86 @@
+"""The ``--trt`` half of ``tailor export``: one engine per task from its ONNX graph, checked against
+ONNX Runtime, written to ``<model-dir>/trt/`` in one swap."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from types import ModuleType
+
+import torch
+
+from tailorrt.errors import ExportError
+from tailorrt.export import parity
+from tailorrt.export.exporter import (
+    MANIFEST,
+    TIMING_CACHE,
+    TRT_MIN_AGREEMENT,
+    TRT_TOLERANCE,
+    ExportRequest,
+    Report,
+    TaskNetwork,
+    bench_task,
+    carry_over,
+    export_staging,
+)
+from tailorrt.export.graph import INPUT, LOGITS
+from tailorrt.export.sessions import cpu_session
+from tailorrt.export.tensorrt_engines import EngineRunner, gpu_name, timed_build
+from tailorrt.io import atomic_path, replace_dir, sha256_file, write_json
+from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, versions
+
+
+def export_trt(trt: ModuleType, mdir: ModelDir, onnx_manifest: dict, networks: list[TaskNetwork],
+               req: ExportRequest, report: Report) -> dict:
+    """Build, check and write one engine per task; the timing cache carries over between builds."""
+    folder, onnx_dir = mdir.export_dir("trt"), mdir.export_dir("onnx")
+    tmp = export_staging(mdir, "trt")
+    try:
+        cache_path = folder / TIMING_CACHE
+        cache = cache_path.read_bytes() if cache_path.is_file() else b""
+        settings = {"fp16": req.fp16, "max_batch": req.max_batch, "tensorrt": trt.__version__, "gpu": gpu_name()}
+        prev = mdir.export_manifest("trt")
+        tasks = carry_over(prev, folder, tmp, {n.name for n in networks},
+                           lambda p: all(p.get(k) == v for k, v in settings.items())
+                           and p.get("backbone_sha256") == onnx_manifest["backbone"]["sha256"], report)
+        for net in networks:
+            onnx_path = onnx_dir / onnx_manifest["tasks"][net.name]["file"]
+            plan, cache, seconds = timed_build(trt, onnx_path, input_shape=net.input_shape, max_batch=req.max_batch,
+                                               fp16=req.fp16, timing_cache=cache)
+            engine_path = tmp / f"{net.name}.engine"
+            with atomic_path(engine_path) as t:
+                t.write_bytes(plan)
+            runner = EngineRunner(trt, plan)
+            session = cpu_session(onnx_path)
+            check = parity.compare(lambda x: session.run([LOGITS], {INPUT: x})[0], runner.logits, net.images,
+                                   batch_size=req.max_batch)
+            tol, agree = TRT_TOLERANCE[req.fp16], TRT_MIN_AGREEMENT[req.fp16]
+            check.update({"reference": "onnxruntime CPUExecutionProvider", "runtime": "tensorrt", "split": "val",
+                          "tolerance": tol, "min_top1_agreement": agree, "precision": "fp16" if req.fp16 else "fp32"})
+            if not (check["max_abs_logit_diff"] <= tol and check["top1_agreement"] >= agree):
+                raise ExportError(f"task {net.name!r}: the TensorRT engine differs from ONNX Runtime (max |logit diff| "
+                                  f"{check['max_abs_logit_diff']:.2e}, tolerance {tol:g}; top-1 agreement "
+                                  f"{check['top1_agreement']:.4f}, needed {agree}); nothing was written")
+            tasks[net.name] = {"file": engine_path.name, "sha256": sha256_file(engine_path),
+                               "bytes": engine_path.stat().st_size,
+                               "onnx_sha256": onnx_manifest["tasks"][net.name]["sha256"],
+                               "build_seconds": round(seconds, 2), "parity": check}
+            if req.bench:
+                tasks[net.name]["speed"] = bench_task(net, session, extra={"tensorrt": runner.logits},
+                                                      batches=tuple(sorted({1, min(32, req.max_batch)})))
+                torch.cuda.synchronize()
+            report(f"trt {net.name}: {engine_path.stat().st_size / 1e6:.2f} MB engine in {seconds:.1f} s, parity max "
+                   f"|logit diff| {check['max_abs_logit_diff']:.1e} vs ONNX Runtime")
+        with atomic_path(tmp / TIMING_CACHE) as t:
+            t.write_bytes(cache)
+        manifest = {"format_version": FORMAT_VERSION, "kind": "tensorrt", **settings,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "backbone_sha256": onnx_manifest["backbone"]["sha256"],
+                    "profile": {"input": INPUT, "min_batch": 1, "opt_batch": req.max_batch, "max_batch": req.max_batch},
+                    "timing_cache": {"file": TIMING_CACHE, "bytes": len(cache)},
+                    "tasks": dict(sorted(tasks.items())), "versions": versions(), "machine": machine()}
+        write_json(tmp / MANIFEST, manifest)
+        replace_dir(tmp, folder)
+        return manifest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

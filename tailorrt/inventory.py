@@ -1,0 +1,57 @@
+"""What a model directory holds and what it weighs on disk, from its JSON files alone (no weights loaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tailorrt.backbones import BackboneSpec
+from tailorrt.pack import ModelDir
+
+
+def info_rows(model_dir: str | Path) -> tuple[dict, list[dict]]:
+    """The backbone's summary and one row per task: metrics, and bytes of its pack, ONNX graph and engine."""
+    mdir = ModelDir(model_dir)
+    bmeta = mdir.backbone_meta()
+    exports = {kind: (mdir.export_manifest(kind) or {}).get("tasks", {}) for kind in ("onnx", "trt")}
+    rows = []
+    for name in mdir.task_names():
+        meta = mdir.task_meta(name)
+        m = meta["metrics"]
+        pack = next(iter(meta["files"].values()))
+        onnx_entry, trt_entry = exports["onnx"].get(name), exports["trt"].get(name)
+        rows.append({"task": name, "method": meta["method"], "classes": len(meta["classes"]),
+                     "accuracy": m["accuracy"], "teacher_accuracy": m["teacher_accuracy"],
+                     "universal_blocks": f"{m['universal_blocks_kept']}/{m['universal_blocks_total']}",
+                     "task_params": m["task_params"], "shared_params_used": m["shared_params_used"],
+                     "flops": m["flops"], "teacher_flops": m["teacher_flops"], "pack_bytes": pack["bytes"],
+                     "pack_vs_backbone": pack["bytes"] / bmeta["bytes"],
+                     "onnx_bytes": onnx_entry["bytes"] if onnx_entry else None,
+                     "onnx_stale": bool(onnx_entry) and onnx_entry.get("pack_sha256") != pack["sha256"],
+                     "engine_bytes": trt_entry["bytes"] if trt_entry else None,
+                     "backbone_ok": meta["backbone_sha256"] == bmeta["sha256"]})
+    return bmeta, rows
+
+
+def finetuned_bytes(bmeta: dict, classes: int) -> int:
+    """On-disk fp32 size of one fully fine-tuned model for a task: the whole backbone plus its classifier."""
+    spec = BackboneSpec.from_json(bmeta["spec"])
+    return bmeta["bytes"] + 4 * (spec.feature_dim + 1) * classes
+
+
+def size_summary(model_dir: str | Path, bmeta: dict, rows: list[dict]) -> dict:
+    """Bytes on disk: the backbone once plus the task packs, the ONNX export, the engines, and the
+    alternative of one fine-tuned model per task."""
+    mdir = ModelDir(model_dir)
+    packs = sum(r["pack_bytes"] for r in rows)
+    out = {"backbone_bytes": bmeta["bytes"], "packs_bytes": packs, "tailorrt_bytes": bmeta["bytes"] + packs,
+           "finetuned_per_task_bytes": sum(finetuned_bytes(bmeta, r["classes"]) for r in rows), "tasks": len(rows)}
+    onnx = mdir.export_manifest("onnx")
+    if onnx:
+        graphs = sum(t["bytes"] for t in onnx["tasks"].values())
+        out["onnx"] = {"shared_bytes": onnx["shared"]["bytes"], "graphs_bytes": graphs,
+                       "total_bytes": onnx["shared"]["bytes"] + graphs, "tasks": len(onnx["tasks"])}
+    trt = mdir.export_manifest("trt")
+    if trt:
+        out["trt"] = {"engines_bytes": sum(t["bytes"] for t in trt["tasks"].values()), "tasks": len(trt["tasks"]),
+                      "fp16": trt["fp16"]}
+    return out
