@@ -27,7 +27,7 @@ from tailorrt.errors import ExportError
 from tailorrt.io import atomic_path
 
 OPSET = 17
-IR_VERSION = 10  # accepted by every onnxruntime >= 1.17 (the pinned minimum is newer)
+IR_VERSION = 10  # ONNX 1.16; read by onnxruntime >= 1.18 (pyproject pins >= 1.20)
 INPUT = "input"
 LOGITS = "logits"
 PROBS = "probabilities"
