@@ -174,8 +174,7 @@ def export_(
     from tailorrt.export.exporter import ExportRequest, export_model
 
     del onnx  # ONNX is always written: engines are built from it
-    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    req = ExportRequest(model_dir=model_dir, tasks=names,
+    req = ExportRequest(model_dir=model_dir, tasks=_names(tasks),
                         trt=trt, fp16=fp16, max_batch=max_batch, data_dir=str(data_dir), download=download,
                         parity_images=parity_images, bench=bench)
     result = export_model(req, report=lambda line: err.print(line, highlight=False, markup=False,
@@ -208,6 +207,69 @@ def _print_speed(kind: str, manifest: dict) -> None:
     out.print(table)
 
 
+@app.command(epilog="Examples:\n\n  tailor serve --tasks synth-digits,synth-signs --model-dir runs/demo\n\n"
+             "  tailor serve --backend onnx --port 8080 --max-batch 64 --api-key $KEY\n\n"
+             "  curl -F file=@digit.png 'http://127.0.0.1:8000/v1/tasks/synth-digits:predict?top_k=3'")
+def serve(
+    tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks to load (default: every task)."),
+    model_dir: str = ModelDirOpt,
+    backend: str = typer.Option("onnx", help="torch, onnx (needs tailor export) or tensorrt."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    max_batch: int = typer.Option(32, help="Largest batch run at once per task."),
+    max_delay_ms: float = typer.Option(5.0, help="Longest wait for a batch to fill."),
+    max_queue: int = typer.Option(512, help="Images waiting per task before answering 503."),
+    max_body_mb: float = typer.Option(16.0, help="Largest request body."),
+    api_key: Optional[str] = typer.Option(None, envvar="TAILOR_API_KEY", help="Require this key on every "
+                                          "endpoint but health (header Authorization: Bearer KEY or X-API-Key)."),
+) -> None:
+    """Serve tasks over HTTP: KServe v2 (/v2/models/{task}/infer), POST /v1/tasks/{task}:predict with an
+    image, GET /v1/tasks, Prometheus /metrics. The backbone is loaded once for all tasks."""
+    import uvicorn
+
+    from tailorrt.runtime import Runtime
+    from tailorrt.serving.app import ServerConfig, create_app
+    from tailorrt.serving.batcher import BatchConfig
+
+    if max_batch < 1 or max_delay_ms < 0 or max_queue < max_batch:
+        _fail("--max-batch must be >= 1, --max-delay-ms >= 0 and --max-queue >= --max-batch")
+    runtime = Runtime(model_dir, tasks=_names(tasks), backend=backend, device=device)
+    cfg = ServerConfig(max_body_bytes=int(max_body_mb * 1024 * 1024), api_key=api_key,
+                       batch=BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue))
+    err.print(f"serving {', '.join(runtime.tasks)} ({backend} backend) on http://{host}:{port}", highlight=False,
+              markup=False, soft_wrap=True)
+    uvicorn.run(create_app(runtime, cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+@app.command(epilog="Examples:\n\n  tailor predict --task synth-digits digit.png other.jpg\n\n"
+             "  tailor predict --task svhn --backend onnx --top-k 3 --json house.png")
+def predict(
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    task: str = typer.Option(..., "--task", help="Task pack name in the model dir."),
+    model_dir: str = ModelDirOpt,
+    backend: str = typer.Option("torch", help="torch, onnx or tensorrt."),
+    top_k: int = typer.Option(1, help="How many classes to show per image."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Classify image files with one task (one-off, local; use tailor serve for many requests)."""
+    from tailorrt.runtime import Runtime
+
+    runtime = Runtime(model_dir, tasks=[task], backend=backend)
+    preds = runtime.predict(task, [str(p) for p in images], top_k=top_k)
+    if as_json:
+        out.print_json(data=[{"image": str(p), "labels": r.labels, "indices": r.indices, "scores": r.scores}
+                             for p, r in zip(images, preds)])
+        return
+    for path, r in zip(images, preds):
+        answers = ", ".join(f"{l} ({s:.3f})" for l, s in zip(r.labels, r.scores))
+        out.print(f"{path}: {answers}", highlight=False, markup=False)
+
+
+def _names(csv: Optional[str]) -> Optional[list[str]]:
+    return [t.strip() for t in csv.split(",") if t.strip()] if csv else None
+
+
 @app.command(epilog="Examples:\n\n  tailor pretrain   # rewrites the embedded backbone\n\n"
              "  tailor pretrain --out my.safetensors --epochs 20")
 def pretrain(
@@ -218,8 +280,8 @@ def pretrain(
     work_dir: Path = typer.Option(Path(".pretrain-work"), help="Checkpoints (resumes when present)."),
 ) -> None:
     """Pretrain a backbone on the built-in source task (reproduces the embedded backbone)."""
-    from tailorrt.cli.progress import RichProgress
     from tailorrt.backbones import embedded_weights_path
+    from tailorrt.cli.progress import RichProgress
     from tailorrt.pretrain import PretrainConfig
     from tailorrt.pretrain import pretrain as run
     from tailorrt.train import resolve_device

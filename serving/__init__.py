@@ -1,1 +1,1 @@
-"""The HTTP server (installed as ``tailorrt.serving``): comes in a later issue."""
+"""The HTTP server (installed as ``tailorrt.serving``): ``create_app(runtime)`` in :mod:`tailorrt.serving.app`."""

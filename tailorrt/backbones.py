@@ -8,10 +8,10 @@ torchvision ResNet checkpoint maps onto the units key by key.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -8,9 +8,9 @@ of preprocessed tensors. A dataset that is absent and cannot be downloaded raise
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -285,9 +285,10 @@ class CocoImageLabels(Dataset):
     the largest total area in it (images without annotations are skipped)."""
 
     def __init__(self, annotations: Path, transform: Callable, image_dir: Path | None = None) -> None:
-        from pycocotools.coco import COCO
         import contextlib
         import io as _io
+
+        from pycocotools.coco import COCO
 
         with contextlib.redirect_stdout(_io.StringIO()):  # pycocotools prints progress
             coco = COCO(str(annotations))

@@ -41,3 +41,15 @@ class DependencyMissingError(TailorError):
     """An optional dependency or device (TensorRT, a CUDA GPU) is not available; exit code 2."""
 
     exit_code = 2
+
+
+class BadInputError(TailorError):
+    """A request or image that cannot be used: undecodable, truncated, wrong dtype or shape, empty (HTTP 400)."""
+
+
+class InputTooLargeError(TailorError):
+    """A body, batch or image over the configured limits, decompression bombs included (HTTP 413)."""
+
+
+class OverloadedError(TailorError):
+    """A task's request queue is full; try again later (HTTP 503)."""

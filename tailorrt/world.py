@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw

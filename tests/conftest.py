@@ -47,3 +47,17 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, check: bo
 
 QUICK = ("--backbone", "tiny", "--random-init", "--teacher-epochs", "1", "--student-epochs", "1",
          "--finetune-epochs", "1", "--batch-size", "8")
+
+
+@pytest.fixture(scope="session")
+def exported_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two tiny tasks ('colors', 3 classes; 'hues', 4 classes) in one model dir, exported to ONNX with --bench.
+    Tests copy it before changing it."""
+    root = tmp_path_factory.mktemp("exported")
+    data = tmp_path_factory.mktemp("exporteddata")
+    for name, classes, seed in (("colors", 3, 0), ("hues", 4, 1)):
+        folder = make_imagefolder(data / name, classes=classes, per_class=12, seed=seed)
+        run_cli("train", "--task", f"imagefolder:{folder}", "--model-dir", str(root), *QUICK, check=True)
+    proc = run_cli("export", "--model-dir", str(root), "--bench", check=True)
+    assert "wrote" in proc.stdout and "onnxruntime" in proc.stdout
+    return root

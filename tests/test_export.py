@@ -23,7 +23,7 @@ from tailorrt.export.networks import emit_student
 from tailorrt.io import read_json
 from tailorrt.pack import ModelDir
 from tailorrt.student import Student
-from tests.conftest import QUICK, make_imagefolder, run_cli
+from tests.conftest import run_cli
 
 SPECS = {
     "basic-cifar": get_spec("tiny"),
@@ -124,17 +124,10 @@ def test_shared_weights_are_named_like_the_backbone_and_aligned(tmp_path):
 # ---------------------------------------------------------------------------------------------- the real CLI
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """Two tiny tasks trained into one model dir, then exported."""
-    root = tmp_path_factory.mktemp("export")
-    data = tmp_path_factory.mktemp("exportdata")
-    for name, classes, seed in (("colors", 3, 0), ("hues", 4, 1)):
-        folder = make_imagefolder(data / name, classes=classes, per_class=12, seed=seed)
-        run_cli("train", "--task", f"imagefolder:{folder}", "--model-dir", str(root), *QUICK, check=True)
-    proc = run_cli("export", "--model-dir", str(root), "--bench", check=True)
-    assert "wrote" in proc.stdout and "onnxruntime" in proc.stdout
-    return root
+@pytest.fixture()
+def model_dir(exported_dir: Path) -> Path:
+    """Two tiny tasks trained into one model dir, then exported with --bench (see conftest)."""
+    return exported_dir
 
 
 def _digest(folder: Path) -> dict[str, str]:

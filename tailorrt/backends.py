@@ -1,0 +1,191 @@
+"""Execution backends of :class:`tailorrt.Runtime`. Each loads the universal weights once and adds or
+removes tasks while running; ``logits(task, x)`` takes a preprocessed ``[N,3,S,S]`` float32 batch.
+
+- ``torch``: one backbone module; every task's student shares its Parameter objects.
+- ``onnx``: one ONNX Runtime session over the merged graph of all loaded tasks, at full optimisation
+  with the conv-affine fusions disabled (they would copy the shared conv weights per task). The
+  shared weight file is memory-mapped once and its tensors are handed to every session that is
+  built; adding or removing a task builds a new session in place of the old (design.md section 9).
+- ``tensorrt``: one engine per task from ``<model-dir>/trt`` (the engine holds its own weights).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from tailorrt.errors import ConfigError, DependencyMissingError, PackError
+from tailorrt.pack import ModelDir
+
+DISABLED_FUSIONS = ["ConvBNFusion", "ConvAddFusion", "ConvMulFusion"]
+BACKENDS = ("torch", "onnx", "tensorrt")
+
+
+class Backend(Protocol):
+    name: str
+    max_batch: int
+
+    def add(self, task: str) -> None: ...
+
+    def remove(self, task: str) -> None: ...
+
+    def logits(self, task: str, x: np.ndarray) -> np.ndarray: ...
+
+
+def make_backend(name: str, mdir: ModelDir, device: str, threads: int | None = None) -> Backend:
+    if name == "torch":
+        return TorchBackend(mdir, device)
+    if name == "onnx":
+        return OnnxBackend(mdir, device, threads)
+    if name == "tensorrt":
+        return TensorRTBackend(mdir, device)
+    raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+class TorchBackend:
+    """PyTorch eager: the backbone is loaded once, students share its weights."""
+
+    name = "torch"
+    max_batch = 256
+
+    def __init__(self, mdir: ModelDir, device: str) -> None:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise DependencyMissingError("device cuda was asked for but PyTorch sees no CUDA GPU; use device cpu")
+        self.mdir, self.device = mdir, torch.device(device)
+        self.backbone, self.meta = mdir.load_backbone()
+        self.backbone.to(self.device)
+        self.models: dict[str, torch.nn.Module] = {}
+
+    def add(self, task: str) -> None:
+        student, _ = self.mdir.load_student(task, self.backbone, self.meta["sha256"])
+        self.models[task] = student.to(self.device).eval()
+
+    def remove(self, task: str) -> None:
+        self.models.pop(task, None)
+
+    @torch.inference_mode()
+    def logits(self, task: str, x: np.ndarray) -> np.ndarray:
+        return self.models[task](torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+
+
+class OnnxBackend:
+    """One ONNX Runtime session over every loaded task's graph, sharing one copy of the universal weights."""
+
+    name = "onnx"
+    max_batch = 256
+
+    def __init__(self, mdir: ModelDir, device: str, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.ort = ort
+        self.providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise DependencyMissingError("the onnx backend on cuda needs onnxruntime-gpu: pip install 'tailorrt[gpu]'")
+            self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        self.mdir, self.threads = mdir, threads or torch.get_num_threads()
+        manifest = mdir.export_manifest("onnx")
+        if manifest is None:
+            raise PackError(f"no ONNX export in {mdir.root}; run: tailor export --model-dir {mdir.root}")
+        if manifest["backbone"]["sha256"] != mdir.backbone_meta()["sha256"]:
+            raise PackError(f"{mdir.export_dir('onnx')} was exported from another backbone; run tailor export again")
+        self.manifest = manifest
+        self.folder = mdir.export_dir("onnx")
+        self._mapped: dict[str, np.memmap] = {}
+        self._shared: dict[str, object] = {}  # name -> OrtValue over the memory map, reused by every session
+        self.graphs: dict[str, object] = {}
+        self.session = None
+        self._lock = threading.Lock()
+
+    def _shared_value(self, name: str, location: tuple[str, int, int], dims: list[int]) -> object:
+        if name not in self._shared:
+            file, offset, length = location
+            if file not in self._mapped:
+                self._mapped[file] = np.memmap(self.folder / file, dtype=np.uint8, mode="r")
+            arr = np.frombuffer(self._mapped[file], dtype=np.float32, count=length // 4, offset=offset).reshape(dims)
+            self._shared[name] = self.ort.OrtValue.ortvalue_from_numpy(arr)
+        return self._shared[name]
+
+    def add(self, task: str) -> None:
+        import onnx
+
+        entry = self.manifest["tasks"].get(task)
+        if entry is None:
+            raise PackError(f"task {task!r} is not in the ONNX export; run: tailor export --tasks {task}")
+        pack_sha = next(iter(self.mdir.task_meta(task)["files"].values()))["sha256"]
+        if entry.get("pack_sha256") != pack_sha:
+            raise PackError(f"the ONNX export of {task!r} is older than its task pack; run: tailor export --tasks {task}")
+        with self._lock:
+            graphs = {**self.graphs, task: onnx.load(str(self.folder / entry["file"]), load_external_data=False)}
+            self._build(graphs)
+
+    def remove(self, task: str) -> None:
+        with self._lock:
+            graphs = {t: g for t, g in self.graphs.items() if t != task}
+            self._build(graphs)
+
+    def _build(self, graphs: dict) -> None:
+        from tailorrt.export.merge import external_location, merge_graphs
+
+        if not graphs:
+            self.graphs, self.session = {}, None
+            return
+        merged = merge_graphs(graphs)
+        names, values = [], []
+        for init in merged.graph.initializer:
+            loc = external_location(init)
+            if loc is not None:
+                names.append(init.name)
+                values.append(self._shared_value(init.name, loc, list(init.dims)))
+        opts = self.ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.add_external_initializers(names, values)
+        session = self.ort.InferenceSession(merged.SerializeToString(), opts, providers=self.providers,
+                                            disabled_optimizers=DISABLED_FUSIONS)
+        self.graphs, self.session = graphs, session  # swapped in whole; running calls keep the old one
+
+    def logits(self, task: str, x: np.ndarray) -> np.ndarray:
+        from tailorrt.export.merge import io_name
+
+        session, graphs = self.session, self.graphs
+        if session is None or task not in graphs:
+            raise PackError(f"task {task!r} is not loaded")
+        empty = np.zeros((0, *x.shape[1:]), np.float32)
+        feed = {io_name(t, "input"): empty for t in graphs}
+        feed[io_name(task, "input")] = np.ascontiguousarray(x, dtype=np.float32)
+        return session.run([io_name(task, "logits")], feed)[0]
+
+
+class TensorRTBackend:
+    """One TensorRT engine per task, from ``tailor export --trt``."""
+
+    name = "tensorrt"
+
+    def __init__(self, mdir: ModelDir, device: str) -> None:
+        from tailorrt.export.tensorrt_engines import require_tensorrt
+
+        self.trt = require_tensorrt()
+        manifest = mdir.export_manifest("trt")
+        if manifest is None:
+            raise PackError(f"no TensorRT engines in {mdir.root}; run: tailor export --trt --model-dir {mdir.root}")
+        self.mdir, self.manifest, self.max_batch = mdir, manifest, int(manifest["max_batch"])
+        self.runners: dict[str, object] = {}
+
+    def add(self, task: str) -> None:
+        from tailorrt.export.tensorrt_engines import EngineRunner
+
+        entry = self.manifest["tasks"].get(task)
+        if entry is None:
+            raise PackError(f"task {task!r} has no TensorRT engine; run: tailor export --trt --tasks {task}")
+        self.runners[task] = EngineRunner(self.trt, Path(self.mdir.export_dir("trt") / entry["file"]).read_bytes())
+
+    def remove(self, task: str) -> None:
+        self.runners.pop(task, None)
+
+    def logits(self, task: str, x: np.ndarray) -> np.ndarray:
+        return self.runners[task].logits(x)

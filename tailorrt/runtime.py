@@ -1,0 +1,128 @@
+"""``Runtime``: many tasks in one process over one copy of the backbone (design.md section 6).
+
+```python
+from tailorrt import Runtime
+
+rt = Runtime("runs/demo", backend="onnx")            # every task in the model dir
+rt.predict("synth-digits", "digit.png", top_k=3)     # -> Prediction(labels, indices, scores)
+rt.add_task("synth-glyphs"); rt.remove_task("synth-signs")
+```
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tailorrt.backends import make_backend
+from tailorrt.datasets import Preprocess
+from tailorrt.errors import ConfigError, UnknownTaskError
+from tailorrt.images import Limits, is_batch, to_batch
+from tailorrt.pack import ModelDir, preprocess_of
+
+
+@dataclass
+class Prediction:
+    """Top-k answer for one image: class names, class indices and probabilities, best first."""
+
+    labels: list[str]
+    indices: list[int]
+    scores: list[float]
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+
+@dataclass
+class TaskInfo:
+    """A loaded task: its classes, preprocessing and on-disk sizes."""
+
+    name: str
+    classes: list[str]
+    preprocess: Preprocess
+    method: str
+    pack_bytes: int
+    meta: dict = field(repr=False)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "classes": self.classes, "method": self.method, "pack_bytes": self.pack_bytes,
+                "input_size": self.preprocess.size, "preprocess": self.preprocess.to_json()}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Runtime:
+    """Loads the backbone once, then any number of task packs; predicts with each task's preprocessing."""
+
+    def __init__(self, model_dir: str | Path = "runs", tasks: list[str] | None = None, backend: str = "torch",
+                 device: str = "cpu", *, threads: int | None = None, limits: Limits = Limits()) -> None:
+        self.model_dir = ModelDir(model_dir)
+        self.limits = limits
+        self.backbone_meta = self.model_dir.backbone_meta()
+        self.backend = make_backend(backend, self.model_dir, device, threads)
+        self._tasks: dict[str, TaskInfo] = {}
+        self._lock = threading.Lock()
+        for name in tasks if tasks is not None else self.model_dir.task_names():
+            self.add_task(name)
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted(self._tasks)
+
+    def task(self, name: str) -> TaskInfo:
+        info = self._tasks.get(name)
+        if info is None:
+            raise UnknownTaskError(f"task {name!r} is not loaded (loaded: {', '.join(self.tasks) or 'none'})")
+        return info
+
+    def add_task(self, name: str) -> TaskInfo:
+        """Load a task pack next to the others (the backbone is not reloaded)."""
+        with self._lock:
+            meta = self.model_dir.task_meta(name)
+            self.backend.add(name)
+            info = TaskInfo(name, list(meta["classes"]), preprocess_of(meta), meta["method"],
+                            next(iter(meta["files"].values()))["bytes"], meta)
+            self._tasks[name] = info
+            return info
+
+    def remove_task(self, name: str) -> None:
+        with self._lock:
+            self.task(name)
+            self.backend.remove(name)
+            del self._tasks[name]
+
+    def preprocess(self, task: str, images: Any) -> np.ndarray:
+        """Images of any accepted kind as the task's ``[N,3,S,S]`` float32 input."""
+        return to_batch(images, self.task(task).preprocess, self.limits)
+
+    def logits(self, task: str, batch: np.ndarray) -> np.ndarray:
+        """Logits of a preprocessed batch, run in chunks of the backend's largest batch."""
+        self.task(task)
+        step = self.backend.max_batch
+        parts = [self.backend.logits(task, batch[i:i + step]) for i in range(0, len(batch), step)]
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def predict(self, task: str, images: Any, top_k: int = 1) -> Prediction | list[Prediction]:
+        """Top-k predictions: one :class:`Prediction` for one image, a list for a batch."""
+        if top_k < 1:
+            raise ConfigError(f"top_k must be at least 1, not {top_k}")
+        preds = self.decode(task, self.logits(task, self.preprocess(task, images)), top_k)
+        return preds if is_batch(images) else preds[0]
+
+    def decode(self, task: str, logits: np.ndarray, top_k: int = 1) -> list[Prediction]:
+        """Top-k class names, indices and probabilities from logits."""
+        classes = self.task(task).classes
+        probs = softmax(logits.astype(np.float64))
+        k = min(top_k, probs.shape[1])
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [Prediction([classes[i] for i in row], [int(i) for i in row], [float(p[i]) for i in row])
+                for row, p in zip(order, probs)]

@@ -1,0 +1,151 @@
+"""Runtime: inputs of every kind, backends that agree, tasks added and removed without reloading weights."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tailorrt import Prediction, Runtime
+from tailorrt.datasets import load_task
+from tailorrt.errors import BadInputError, InputTooLargeError, OverloadedError, PackError, UnknownTaskError
+from tailorrt.images import Limits
+from tailorrt.pack import ModelDir
+from tailorrt.serving.batcher import BatchConfig, Batcher
+from tests.conftest import class_image
+
+
+@pytest.fixture(scope="module")
+def runtimes(exported_dir):
+    return {b: Runtime(exported_dir, backend=b) for b in ("torch", "onnx")}
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_backends_agree_on_every_task_test_split(runtimes):
+    rt = runtimes["torch"]
+    for task in rt.tasks:
+        meta = rt.task(task).meta
+        data = load_task(meta["data"]["spec"], data_dir=Path("data"), preprocess=rt.task(task).preprocess)
+        x = np.stack([data.test[i][0].numpy() for i in range(len(data.test))])
+        a, b = runtimes["torch"].logits(task, x), runtimes["onnx"].logits(task, x)
+        assert np.abs(a - b).max() <= 1e-4 and (a.argmax(1) == b.argmax(1)).all()
+
+
+def test_predict_accepts_every_kind_of_image(runtimes, tmp_path):
+    rt = runtimes["onnx"]
+    img = class_image(1, np.random.default_rng(0), size=23)
+    path = tmp_path / "a.png"
+    img.save(path)
+    arr = np.array(img)
+    single = rt.predict("colors", img, top_k=2)
+    assert isinstance(single, Prediction) and len(single.labels) == 2 and single.scores[0] >= single.scores[1]
+    same = [rt.predict("colors", x, top_k=2) for x in (arr, torch.from_numpy(arr), str(path), path, _png(img))]
+    assert all(p.indices == single.indices and np.allclose(p.scores, single.scores, atol=1e-6) for p in same)
+    batch = rt.predict("colors", [img, _png(img), arr], top_k=1)
+    assert isinstance(batch, list) and [p.indices for p in batch] == [single.indices[:1]] * 3
+    pre = rt.preprocess("colors", img)
+    assert rt.predict("colors", pre[0]).indices == single.indices[:1]  # a preprocessed float tensor
+    assert len(rt.predict("colors", np.stack([arr, arr]))) == 2  # NHWC uint8 batch
+
+
+def test_bad_inputs_raise_typed_errors(runtimes):
+    rt = runtimes["torch"]
+    png = _png(class_image(0, np.random.default_rng(1)))
+    for bad in (b"", b"not an image", png[: len(png) // 2], np.zeros((3, 5, 5), np.int32),
+                np.zeros((2, 3, 7, 7), np.float32), [], "/no/such/file.png", 3.5):
+        with pytest.raises(BadInputError):
+            rt.predict("colors", bad)
+    with pytest.raises(UnknownTaskError):
+        rt.predict("nope", png)
+    small = Runtime(rt.model_dir.root, tasks=["colors"], limits=Limits(max_pixels=100, max_images=2))
+    with pytest.raises(InputTooLargeError):
+        small.predict("colors", png)  # 20x20 = 400 pixels
+    with pytest.raises(InputTooLargeError):
+        small.predict("colors", [np.zeros((5, 5, 3), np.uint8)] * 3)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_add_and_remove_tasks_without_reloading_the_backbone(exported_dir, backend, monkeypatch):
+    rt = Runtime(exported_dir, tasks=["colors"], backend=backend)
+    img = class_image(2, np.random.default_rng(3))
+    before = rt.predict("colors", img)
+    shared = dict(getattr(rt.backend, "_shared", {}))
+
+    def no_reload(*_a, **_k):
+        raise AssertionError("the universal weights were read again")
+
+    monkeypatch.setattr(ModelDir, "load_backbone", no_reload)
+    monkeypatch.setattr(np, "memmap", no_reload)
+    rt.add_task("hues")
+    assert rt.tasks == ["colors", "hues"]
+    assert rt.predict("colors", img).scores == pytest.approx(before.scores, abs=1e-6)
+    assert len(rt.predict("hues", img).indices) == 1
+    if backend == "onnx":  # the same OrtValues (over one memory map) went into the rebuilt session
+        assert all(rt.backend._shared[n] is v for n, v in shared.items())
+    else:
+        student = rt.backend.models["hues"]
+        assert student.layers[0].universal.conv1.weight is rt.backend.backbone.blocks[0].conv1.weight
+    rt.remove_task("colors")
+    assert rt.tasks == ["hues"]
+    with pytest.raises(UnknownTaskError):
+        rt.predict("colors", img)
+
+
+def test_onnx_backend_needs_a_current_export(exported_dir, tmp_path):
+    copy = tmp_path / "m"
+    shutil.copytree(exported_dir, copy)
+    meta = (copy / "tasks" / "hues" / "task.json")
+    meta.write_text(meta.read_text().replace('"sha256": "', '"sha256": "0', 1))  # the pack changed since export
+    with pytest.raises(PackError, match="older than its task pack"):
+        Runtime(copy, tasks=["hues"], backend="onnx")
+    shutil.rmtree(copy / "onnx")
+    with pytest.raises(PackError, match="tailor export"):
+        Runtime(copy, backend="onnx")
+
+
+# ---------------------------------------------------------------------------------------------- batcher
+
+
+def test_batcher_groups_requests_and_bounds_its_queue():
+    gate, sizes = threading.Event(), []
+
+    def run(task, x):
+        gate.wait(10)
+        sizes.append(len(x))
+        return x.sum(axis=(1, 2, 3))[:, None]
+
+    b = Batcher(run, BatchConfig(max_batch=4, max_delay_ms=50, max_queue=9))
+    first = b.submit("t", np.ones((1, 1, 1, 1)))
+    time.sleep(0.1)  # the worker is now blocked on the first batch
+    futs = [b.submit("t", np.full((1, 1, 1, 1), i, np.float32)) for i in range(6)]
+    with pytest.raises(OverloadedError):
+        b.submit("t", np.ones((4, 1, 1, 1)))  # 6 + 4 > 9 waiting
+    gate.set()
+    assert first.result(5)[0, 0] == 1
+    assert [f.result(5)[0, 0] for f in futs] == list(range(6))
+    assert sizes == [1, 4, 2]
+    b.close()
+
+
+def test_batcher_hands_errors_to_every_waiting_caller():
+    def run(task, x):
+        raise RuntimeError("boom")
+
+    b = Batcher(run, BatchConfig(max_batch=8, max_delay_ms=20))
+    futs = [b.submit("t", np.ones((1, 1))) for _ in range(3)]
+    for f in futs:
+        with pytest.raises(RuntimeError, match="boom"):
+            f.result(5)
+    b.close()
