@@ -3,16 +3,17 @@ removes tasks while running; ``logits(task, x)`` takes a preprocessed ``[N,3,S,S
 
 - ``torch``: one backbone module; every task's student shares its Parameter objects.
 - ``onnx``: one ONNX Runtime session over the merged graph of all loaded tasks, at full optimisation
-  with the conv-affine fusions disabled (they would copy the shared conv weights per task). The
-  shared weight file is memory-mapped once and its tensors are handed to every session that is
-  built; adding or removing a task builds a new session in place of the old (design.md section 9).
+  with the conv-affine fusions disabled (they would copy the shared conv weights per task). Inside
+  the session every task's branch uses the one (re-laid) copy of each universal weight; adding or
+  removing a task builds a new session from the export folder and swaps it in (design.md section 9).
+  Measured in ``benchmarks/runtime.py``: handing the session memory-mapped OrtValues instead
+  (``add_external_initializers``) cost more per task than letting ONNX Runtime read the file.
 - ``tensorrt``: one engine per task from ``<model-dir>/trt`` (the engine holds its own weights).
 """
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -29,7 +30,7 @@ class Backend(Protocol):
     name: str
     max_batch: int
 
-    def add(self, task: str) -> None: ...
+    def add(self, *tasks: str) -> None: ...
 
     def remove(self, task: str) -> None: ...
 
@@ -60,9 +61,10 @@ class TorchBackend:
         self.backbone.to(self.device)
         self.models: dict[str, torch.nn.Module] = {}
 
-    def add(self, task: str) -> None:
-        student, _ = self.mdir.load_student(task, self.backbone, self.meta["sha256"])
-        self.models[task] = student.to(self.device).eval()
+    def add(self, *tasks: str) -> None:
+        for task in tasks:
+            student, _ = self.mdir.load_student(task, self.backbone, self.meta["sha256"])
+            self.models[task] = student.to(self.device).eval()
 
     def remove(self, task: str) -> None:
         self.models.pop(task, None)
@@ -85,7 +87,8 @@ class OnnxBackend:
         self.providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise DependencyMissingError("the onnx backend on cuda needs onnxruntime-gpu: pip install 'tailorrt[gpu]'")
+                raise DependencyMissingError("the onnx backend on cuda needs onnxruntime-gpu: "
+                                             "pip install 'tailorrt[gpu]'")
             self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         self.mdir, self.threads = mdir, threads or torch.get_num_threads()
         manifest = mdir.export_manifest("onnx")
@@ -95,33 +98,26 @@ class OnnxBackend:
             raise PackError(f"{mdir.export_dir('onnx')} was exported from another backbone; run tailor export again")
         self.manifest = manifest
         self.folder = mdir.export_dir("onnx")
-        self._mapped: dict[str, np.memmap] = {}
-        self._shared: dict[str, object] = {}  # name -> OrtValue over the memory map, reused by every session
         self.graphs: dict[str, object] = {}
         self.session = None
         self._lock = threading.Lock()
 
-    def _shared_value(self, name: str, location: tuple[str, int, int], dims: list[int]) -> object:
-        if name not in self._shared:
-            file, offset, length = location
-            if file not in self._mapped:
-                self._mapped[file] = np.memmap(self.folder / file, dtype=np.uint8, mode="r")
-            arr = np.frombuffer(self._mapped[file], dtype=np.float32, count=length // 4, offset=offset).reshape(dims)
-            self._shared[name] = self.ort.OrtValue.ortvalue_from_numpy(arr)
-        return self._shared[name]
-
-    def add(self, task: str) -> None:
+    def add(self, *tasks: str) -> None:
+        """Add tasks; one new session is built for all of them."""
         import onnx
 
-        entry = self.manifest["tasks"].get(task)
-        if entry is None:
-            raise PackError(f"task {task!r} is not in the ONNX export; run: tailor export --tasks {task}")
-        pack_sha = next(iter(self.mdir.task_meta(task)["files"].values()))["sha256"]
-        if entry.get("pack_sha256") != pack_sha:
-            raise PackError(f"the ONNX export of {task!r} is older than its task pack; run: tailor export --tasks {task}")
+        new = {}
+        for task in tasks:
+            entry = self.manifest["tasks"].get(task)
+            if entry is None:
+                raise PackError(f"task {task!r} is not in the ONNX export; run: tailor export --tasks {task}")
+            pack_sha = next(iter(self.mdir.task_meta(task)["files"].values()))["sha256"]
+            if entry.get("pack_sha256") != pack_sha:
+                raise PackError(f"the ONNX export of {task!r} is older than its task pack; "
+                                f"run: tailor export --tasks {task}")
+            new[task] = onnx.load(str(self.folder / entry["file"]), load_external_data=False)
         with self._lock:
-            graphs = {**self.graphs, task: onnx.load(str(self.folder / entry["file"]), load_external_data=False)}
-            self._build(graphs)
+            self._build({**self.graphs, **new})
 
     def remove(self, task: str) -> None:
         with self._lock:
@@ -129,25 +125,22 @@ class OnnxBackend:
             self._build(graphs)
 
     def _build(self, graphs: dict) -> None:
-        from tailorrt.export.merge import external_location, merge_graphs
+        from tailorrt.export.merge import merge_graphs
 
         if not graphs:
             self.graphs, self.session = {}, None
+            release_freed_memory()
             return
         merged = merge_graphs(graphs)
-        names, values = [], []
-        for init in merged.graph.initializer:
-            loc = external_location(init)
-            if loc is not None:
-                names.append(init.name)
-                values.append(self._shared_value(init.name, loc, list(init.dims)))
         opts = self.ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
-        opts.add_external_initializers(names, values)
+        # the merged graph never touches disk: its shared initializers are read from the export folder
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.folder))
         session = self.ort.InferenceSession(merged.SerializeToString(), opts, providers=self.providers,
                                             disabled_optimizers=DISABLED_FUSIONS)
         self.graphs, self.session = graphs, session  # swapped in whole; running calls keep the old one
+        release_freed_memory()
 
     def logits(self, task: str, x: np.ndarray) -> np.ndarray:
         from tailorrt.export.merge import io_name
@@ -159,6 +152,21 @@ class OnnxBackend:
         feed = {io_name(t, "input"): empty for t in graphs}
         feed[io_name(task, "input")] = np.ascontiguousarray(x, dtype=np.float32)
         return session.run([io_name(task, "logits")], feed)[0]
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by a replaced session back to the OS (glibc keeps it otherwise)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
 
 
 class TensorRTBackend:
@@ -176,13 +184,14 @@ class TensorRTBackend:
         self.mdir, self.manifest, self.max_batch = mdir, manifest, int(manifest["max_batch"])
         self.runners: dict[str, object] = {}
 
-    def add(self, task: str) -> None:
+    def add(self, *tasks: str) -> None:
         from tailorrt.export.tensorrt_engines import EngineRunner
 
-        entry = self.manifest["tasks"].get(task)
-        if entry is None:
-            raise PackError(f"task {task!r} has no TensorRT engine; run: tailor export --trt --tasks {task}")
-        self.runners[task] = EngineRunner(self.trt, Path(self.mdir.export_dir("trt") / entry["file"]).read_bytes())
+        for task in tasks:
+            entry = self.manifest["tasks"].get(task)
+            if entry is None:
+                raise PackError(f"task {task!r} has no TensorRT engine; run: tailor export --trt --tasks {task}")
+            self.runners[task] = EngineRunner(self.trt, (self.mdir.export_dir("trt") / entry["file"]).read_bytes())
 
     def remove(self, task: str) -> None:
         self.runners.pop(task, None)

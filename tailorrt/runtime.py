@@ -71,8 +71,9 @@ class Runtime:
         self.backend = make_backend(backend, self.model_dir, device, threads)
         self._tasks: dict[str, TaskInfo] = {}
         self._lock = threading.Lock()
-        for name in tasks if tasks is not None else self.model_dir.task_names():
-            self.add_task(name)
+        names = tasks if tasks is not None else self.model_dir.task_names()
+        if names:
+            self.add_tasks(names)
 
     @property
     def tasks(self) -> list[str]:
@@ -86,13 +87,19 @@ class Runtime:
 
     def add_task(self, name: str) -> TaskInfo:
         """Load a task pack next to the others (the backbone is not reloaded)."""
+        return self.add_tasks([name])[0]
+
+    def add_tasks(self, names: list[str]) -> list[TaskInfo]:
+        """Load several task packs at once (the ONNX backend builds one session for all of them)."""
         with self._lock:
-            meta = self.model_dir.task_meta(name)
-            self.backend.add(name)
-            info = TaskInfo(name, list(meta["classes"]), preprocess_of(meta), meta["method"],
-                            next(iter(meta["files"].values()))["bytes"], meta)
-            self._tasks[name] = info
-            return info
+            infos = []
+            for name in dict.fromkeys(names):
+                meta = self.model_dir.task_meta(name)
+                infos.append(TaskInfo(name, list(meta["classes"]), preprocess_of(meta), meta["method"],
+                                      next(iter(meta["files"].values()))["bytes"], meta))
+            self.backend.add(*[i.name for i in infos])
+            self._tasks.update({i.name: i for i in infos})
+            return infos
 
     def remove_task(self, name: str) -> None:
         with self._lock:
