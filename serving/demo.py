@@ -1,0 +1,63 @@
+"""The end of ``make demo``: start ``tailor serve`` on loopback, send a few test images of every built-in
+task through HTTP (KServe v2 infer with base64 images and the classification extension), print the
+answers next to the truth, and stop the server.
+
+    python -m tailorrt.serving.demo --model-dir runs/demo --per-task 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import urllib.request
+
+from rich.console import Console
+from rich.table import Table
+
+from tailorrt.pack import ModelDir
+from tailorrt.serving.local import local_server, png_bytes
+from tailorrt.world import BUILTIN_TASKS, generate
+
+
+def infer(url: str, task: str, pngs: list[bytes], top_k: int = 1) -> list[tuple[str, float]]:
+    """(label, score) per image through ``POST /v2/models/{task}/infer``."""
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(pngs)],
+                        "data": [base64.b64encode(p).decode() for p in pngs]}],
+            "outputs": [{"name": "probabilities", "parameters": {"classification": top_k}}]}
+    req = urllib.request.Request(f"{url}/v2/models/{task}/infer", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        out = json.loads(r.read())["outputs"][0]
+    rows = [out["data"][i * out["shape"][1]] for i in range(out["shape"][0])]
+    return [(row.split(":", 2)[2], float(row.split(":", 2)[0])) for row in rows]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", default="runs/demo")
+    ap.add_argument("--per-task", type=int, default=4)
+    ap.add_argument("--backend", default="onnx")
+    args = ap.parse_args()
+    console = Console()
+    tasks = [t for t in ModelDir(args.model_dir).task_names() if t in BUILTIN_TASKS]
+    table = Table("task", "image", "truth", "answer", "score", "", title="answers through HTTP (KServe v2 infer)")
+    right = total = 0
+    with local_server(args.model_dir, "--backend", args.backend) as url:
+        console.print(f"tailor serve is up on {url} with {', '.join(tasks)}", highlight=False)
+        for task in tasks:
+            spec = BUILTIN_TASKS[task]
+            size = int(ModelDir(args.model_dir).task_meta(task)["preprocess"]["resize"][0])
+            images, labels = generate(spec, "test", size)
+            pngs = [png_bytes(a) for a in images[: args.per_task]]
+            for i, ((label, score), truth) in enumerate(zip(infer(url, task, pngs), labels)):
+                ok = label == spec.classes[int(truth)]
+                right, total = right + ok, total + 1
+                table.add_row(task, f"test #{i}", spec.classes[int(truth)], label, f"{score:.3f}",
+                              "[green]ok[/green]" if ok else "[red]wrong[/red]")
+    console.print(table)
+    console.print(f"{right}/{total} right; the server was stopped", highlight=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""A ``tailor serve`` subprocess on a free loopback port, for the demo, load tests and scripts."""
+
+from __future__ import annotations
+
+import io
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+from PIL import Image
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    """An ``[H,W,3]`` uint8 image encoded as PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def local_server(model_dir: str, *args: str, timeout: float = 120) -> Iterator[str]:
+    """Run ``tailor serve`` with ``args`` until the block ends (SIGTERM, graceful); yields its base URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tailorrt.cli.app", "serve", "--model-dir", model_dir,
+                             "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"tailor serve exited: {proc.stderr.read().strip()}")
+            try:
+                with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError("tailor serve did not become ready") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
