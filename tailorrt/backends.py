@@ -14,6 +14,7 @@ removes tasks while running; ``logits(task, x)`` takes a preprocessed ``[N,3,S,S
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -98,14 +99,12 @@ class OnnxBackend:
             raise PackError(f"{mdir.export_dir('onnx')} was exported from another backbone; run tailor export again")
         self.manifest = manifest
         self.folder = mdir.export_dir("onnx")
-        self.graphs: dict[str, object] = {}
+        self.graphs: dict[str, Path] = {}  # task -> its graph file (protos are not kept in memory)
         self.session = None
         self._lock = threading.Lock()
 
     def add(self, *tasks: str) -> None:
         """Add tasks; one new session is built for all of them."""
-        import onnx
-
         new = {}
         for task in tasks:
             entry = self.manifest["tasks"].get(task)
@@ -115,7 +114,7 @@ class OnnxBackend:
             if entry.get("pack_sha256") != pack_sha:
                 raise PackError(f"the ONNX export of {task!r} is older than its task pack; "
                                 f"run: tailor export --tasks {task}")
-            new[task] = onnx.load(str(self.folder / entry["file"]), load_external_data=False)
+            new[task] = self.folder / entry["file"]
         with self._lock:
             self._build({**self.graphs, **new})
 
@@ -131,14 +130,19 @@ class OnnxBackend:
             self.graphs, self.session = {}, None
             release_freed_memory()
             return
-        merged = merge_graphs(graphs)
+        import onnx
+
+        merged = merge_graphs({t: onnx.load(str(f), load_external_data=False) for t, f in graphs.items()})
+        model = merged.SerializeToString()
+        del merged  # the protos hold every task's private weights: drop them before the session copies its own
         opts = self.ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         # the merged graph never touches disk: its shared initializers are read from the export folder
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.folder))
-        session = self.ort.InferenceSession(merged.SerializeToString(), opts, providers=self.providers,
+        session = self.ort.InferenceSession(model, opts, providers=self.providers,
                                             disabled_optimizers=DISABLED_FUSIONS)
+        del model
         self.graphs, self.session = graphs, session  # swapped in whole; running calls keep the old one
         release_freed_memory()
 
