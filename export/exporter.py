@@ -46,7 +46,7 @@ from tailorrt.export.graph import (
 from tailorrt.export.networks import emit_student
 from tailorrt.export.sessions import cpu_session
 from tailorrt.io import pid_alive, replace_dir, sha256_file, staging_dir, write_json
-from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, preprocess_of, versions
+from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, pack_file, preprocess_of, versions
 from tailorrt.student import Student
 
 MANIFEST = "export.json"
@@ -221,7 +221,7 @@ def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: dict, net: TaskN
     emit_student(g, net.module)
     classes = len(meta["classes"])
     props = {"tailorrt.task": net.name, "tailorrt.method": meta["method"], "tailorrt.backbone_sha256": bmeta["sha256"],
-             "tailorrt.shared_file": SHARED_FILE, "tailorrt.pack_sha256": _pack_sha(meta),
+             "tailorrt.shared_file": SHARED_FILE, "tailorrt.pack_sha256": pack_file(meta)["sha256"],
              "tailorrt.preprocess": _json(meta["preprocess"]), "tailorrt.classes": _json(meta["classes"])}
     model = g.model(net.input_shape, classes, props)
     path = tmp / f"{net.name}.onnx"
@@ -240,7 +240,7 @@ def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: dict, net: TaskN
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
     batch = ["batch"]
     entry = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "method": meta["method"],
-             "pack_sha256": _pack_sha(meta), "classes": classes,
+             "pack_sha256": pack_file(meta)["sha256"], "classes": classes,
              "inputs": [{"name": INPUT, "dtype": "float32", "shape": batch + list(net.input_shape)}],
              "outputs": [{"name": LOGITS, "dtype": "float32", "shape": batch + [classes]},
                          {"name": PROBS, "dtype": "float32", "shape": batch + [classes]}],
@@ -250,10 +250,6 @@ def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: dict, net: TaskN
     if req.bench:
         entry["speed"] = bench_task(net, session)
     return entry
-
-
-def _pack_sha(meta: dict) -> str:
-    return next(iter(meta["files"].values()))["sha256"]
 
 
 def _json(obj) -> str:

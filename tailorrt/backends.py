@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from tailorrt.errors import ConfigError, DependencyMissingError, PackError
-from tailorrt.pack import ModelDir
+from tailorrt.pack import ModelDir, pack_file
 
 DISABLED_FUSIONS = ["ConvBNFusion", "ConvAddFusion", "ConvMulFusion"]
 BACKENDS = ("torch", "onnx", "tensorrt")
@@ -110,7 +110,7 @@ class OnnxBackend:
             entry = self.manifest["tasks"].get(task)
             if entry is None:
                 raise PackError(f"task {task!r} is not in the ONNX export; run: tailor export --tasks {task}")
-            pack_sha = next(iter(self.mdir.task_meta(task)["files"].values()))["sha256"]
+            pack_sha = pack_file(self.mdir.task_meta(task))["sha256"]
             if entry.get("pack_sha256") != pack_sha:
                 raise PackError(f"the ONNX export of {task!r} is older than its task pack; "
                                 f"run: tailor export --tasks {task}")

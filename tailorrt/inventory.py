@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tailorrt.backbones import BackboneSpec
-from tailorrt.pack import ModelDir
+from tailorrt.pack import ModelDir, pack_file
 
 
 def info_rows(model_dir: str | Path) -> tuple[dict, list[dict]]:
@@ -17,7 +17,7 @@ def info_rows(model_dir: str | Path) -> tuple[dict, list[dict]]:
     for name in mdir.task_names():
         meta = mdir.task_meta(name)
         m = meta["metrics"]
-        pack = next(iter(meta["files"].values()))
+        pack = pack_file(meta)
         onnx_entry, trt_entry = exports["onnx"].get(name), exports["trt"].get(name)
         rows.append({"task": name, "method": meta["method"], "classes": len(meta["classes"]),
                      "accuracy": m["accuracy"], "teacher_accuracy": m["teacher_accuracy"],

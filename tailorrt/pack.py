@@ -212,6 +212,11 @@ class ModelDir:
         return student, meta
 
 
+def pack_file(meta: dict) -> dict:
+    """The ``sha256`` and ``bytes`` of a task's weights file, from its ``task.json``."""
+    return meta["files"][TASK_FILE]
+
+
 def preprocess_of(meta: dict) -> Preprocess:
     return Preprocess.from_json(meta["preprocess"])
 

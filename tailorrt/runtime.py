@@ -22,7 +22,7 @@ from tailorrt.backends import make_backend
 from tailorrt.datasets import Preprocess
 from tailorrt.errors import ConfigError, UnknownTaskError
 from tailorrt.images import Limits, is_batch, to_batch
-from tailorrt.pack import ModelDir, preprocess_of
+from tailorrt.pack import ModelDir, pack_file, preprocess_of
 
 
 @dataclass
@@ -96,7 +96,7 @@ class Runtime:
             for name in dict.fromkeys(names):
                 meta = self.model_dir.task_meta(name)
                 infos.append(TaskInfo(name, list(meta["classes"]), preprocess_of(meta), meta["method"],
-                                      next(iter(meta["files"].values()))["bytes"], meta))
+                                      pack_file(meta)["bytes"], meta))
             self.backend.add(*[i.name for i in infos])
             self._tasks.update({i.name: i for i in infos})
             return infos
