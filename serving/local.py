@@ -16,10 +16,10 @@ import numpy as np
 from PIL import Image
 
 
-def png_bytes(arr: np.ndarray) -> bytes:
-    """An ``[H,W,3]`` uint8 image encoded as PNG."""
+def png_bytes(image: np.ndarray | Image.Image) -> bytes:
+    """A PIL image or an ``[H,W,3]`` uint8 array, encoded as PNG."""
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -45,6 +45,14 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, check: bo
     return proc
 
 
+def one_line_error(proc: subprocess.CompletedProcess, code: int = 1) -> str:
+    """The single stderr line of a failed CLI call (exit ``code``), asserting there is no traceback."""
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
 QUICK = ("--backbone", "tiny", "--random-init", "--teacher-epochs", "1", "--student-epochs", "1",
          "--finetune-epochs", "1", "--batch-size", "8")
 

@@ -9,14 +9,7 @@ import time
 import pytest
 
 from tailorrt.io import read_json
-from tests.conftest import QUICK, TAILOR, make_imagefolder, run_cli
-
-
-def _one_line_error(proc):
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    return lines[0]
+from tests.conftest import QUICK, TAILOR, make_imagefolder, one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +43,18 @@ def test_help_has_examples():
 
 
 def test_unknown_task_is_one_line(tmp_path):
-    line = _one_line_error(run_cli("train", "--task", "mnist", "--model-dir", str(tmp_path), *QUICK))
+    line = one_line_error(run_cli("train", "--task", "mnist", "--model-dir", str(tmp_path), *QUICK))
     assert "unknown task 'mnist'" in line
 
 
 def test_missing_dataset_is_one_line(tmp_path):
-    line = _one_line_error(run_cli("train", "--task", "svhn", "--no-download", "--data-dir", str(tmp_path / "d"),
+    line = one_line_error(run_cli("train", "--task", "svhn", "--no-download", "--data-dir", str(tmp_path / "d"),
                                    "--model-dir", str(tmp_path / "m"), *QUICK))
     assert "train_32x32.mat" in line
 
 
 def test_missing_image_folder_fails_before_any_weights(tmp_path):
-    line = _one_line_error(run_cli("train", "--task", f"imagefolder:{tmp_path / 'nope'}", "--backbone", "resnet18",
+    line = one_line_error(run_cli("train", "--task", f"imagefolder:{tmp_path / 'nope'}", "--backbone", "resnet18",
                                    "--model-dir", str(tmp_path / "m")))
     assert "does not exist" in line
     assert not (tmp_path / "m" / "backbone").exists()
@@ -73,7 +66,7 @@ def test_wrong_backbone_for_pack_is_one_line(trained, tmp_path):
                    "--model-dir", str(other), *QUICK, "--seed", "7", check=True)
     assert proc.returncode == 0
     shutil.copytree(trained / "tasks" / "colors", other / "tasks" / "colors")
-    line = _one_line_error(run_cli("eval", "--task", "colors", "--model-dir", str(other)))
+    line = one_line_error(run_cli("eval", "--task", "colors", "--model-dir", str(other)))
     assert "trained on backbone" in line and "retrain" in line
 
 
@@ -82,10 +75,10 @@ def test_corrupt_pack_and_weights_are_one_line(trained, tmp_path):
     shutil.copytree(trained, copy)
     f = copy / "tasks" / "colors" / "task.safetensors"
     f.write_bytes(f.read_bytes()[:64])
-    assert "corrupt" in _one_line_error(run_cli("eval", "--task", "colors", "--model-dir", str(copy)))
+    assert "corrupt" in one_line_error(run_cli("eval", "--task", "colors", "--model-dir", str(copy)))
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"garbage")
-    line = _one_line_error(run_cli("train", "--task", "synth-digits", "--backbone", "tiny", "--backbone-weights",
+    line = one_line_error(run_cli("train", "--task", "synth-digits", "--backbone", "tiny", "--backbone-weights",
                                    str(bad), "--model-dir", str(tmp_path / "m")))
     assert "bad.safetensors" in line
 

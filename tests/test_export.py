@@ -23,7 +23,7 @@ from tailorrt.export.networks import emit_student
 from tailorrt.io import read_json
 from tailorrt.pack import ModelDir
 from tailorrt.student import Student
-from tests.conftest import run_cli
+from tests.conftest import one_line_error, run_cli
 
 SPECS = {
     "basic-cifar": get_spec("tiny"),
@@ -244,13 +244,6 @@ def test_parity_failure_aborts_and_keeps_the_previous_export(model_dir, tmp_path
     assert _digest(copy / "onnx") == before
 
 
-def _one_line(proc, code: int = 1) -> str:
-    assert proc.returncode == code, proc.stdout + proc.stderr
-    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    return lines[0]
-
-
 def _tensorrt_usable() -> bool:
     try:
         import tensorrt  # noqa: F401
@@ -261,14 +254,14 @@ def _tensorrt_usable() -> bool:
 
 @pytest.mark.skipif(_tensorrt_usable(), reason="TensorRT and a CUDA GPU are present here")
 def test_trt_without_tensorrt_exits_2_with_install_hint(model_dir):
-    line = _one_line(run_cli("export", "--model-dir", str(model_dir), "--trt"), code=2)
+    line = one_line_error(run_cli("export", "--model-dir", str(model_dir), "--trt"), code=2)
     assert "pip install 'tailorrt[gpu]'" in line
 
 
-def test_bad_export_options_are_one_line(model_dir, tmp_path):
-    assert "--trt" in _one_line(run_cli("export", "--model-dir", str(model_dir), "--fp16"))
-    assert "no task 'nope'" in _one_line(run_cli("export", "--model-dir", str(model_dir), "--tasks", "nope"))
-    assert "no backbone" in _one_line(run_cli("export", "--model-dir", str(tmp_path / "empty")))
+def test_bad_export_options_areone_line_error(model_dir, tmp_path):
+    assert "--trt" in one_line_error(run_cli("export", "--model-dir", str(model_dir), "--fp16"))
+    assert "no task 'nope'" in one_line_error(run_cli("export", "--model-dir", str(model_dir), "--tasks", "nope"))
+    assert "no backbone" in one_line_error(run_cli("export", "--model-dir", str(tmp_path / "empty")))
 
 
 @pytest.mark.gpu

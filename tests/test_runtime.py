@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 import threading
 import time
@@ -11,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from tailorrt import Prediction, Runtime
 from tailorrt.datasets import load_task
@@ -19,18 +17,13 @@ from tailorrt.errors import BadInputError, InputTooLargeError, OverloadedError, 
 from tailorrt.images import Limits
 from tailorrt.pack import ModelDir
 from tailorrt.serving.batcher import BatchConfig, Batcher
+from tailorrt.serving.local import png_bytes
 from tests.conftest import class_image
 
 
 @pytest.fixture(scope="module")
 def runtimes(exported_dir):
     return {b: Runtime(exported_dir, backend=b) for b in ("torch", "onnx")}
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def test_backends_agree_on_every_task_test_split(runtimes):
@@ -51,9 +44,9 @@ def test_predict_accepts_every_kind_of_image(runtimes, tmp_path):
     arr = np.array(img)
     single = rt.predict("colors", img, top_k=2)
     assert isinstance(single, Prediction) and len(single.labels) == 2 and single.scores[0] >= single.scores[1]
-    same = [rt.predict("colors", x, top_k=2) for x in (arr, torch.from_numpy(arr), str(path), path, _png(img))]
+    same = [rt.predict("colors", x, top_k=2) for x in (arr, torch.from_numpy(arr), str(path), path, png_bytes(img))]
     assert all(p.indices == single.indices and np.allclose(p.scores, single.scores, atol=1e-6) for p in same)
-    batch = rt.predict("colors", [img, _png(img), arr], top_k=1)
+    batch = rt.predict("colors", [img, png_bytes(img), arr], top_k=1)
     assert isinstance(batch, list) and [p.indices for p in batch] == [single.indices[:1]] * 3
     pre = rt.preprocess("colors", img)
     assert rt.predict("colors", pre[0]).indices == single.indices[:1]  # a preprocessed float tensor
@@ -62,7 +55,7 @@ def test_predict_accepts_every_kind_of_image(runtimes, tmp_path):
 
 def test_bad_inputs_raise_typed_errors(runtimes):
     rt = runtimes["torch"]
-    png = _png(class_image(0, np.random.default_rng(1)))
+    png = png_bytes(class_image(0, np.random.default_rng(1)))
     for bad in (b"", b"not an image", png[: len(png) // 2], np.zeros((3, 5, 5), np.int32),
                 np.zeros((2, 3, 7, 7), np.float32), [], "/no/such/file.png", 3.5):
         with pytest.raises(BadInputError):

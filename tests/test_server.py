@@ -4,11 +4,9 @@ real ``tailor serve`` / ``tailor predict`` commands."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -22,15 +20,10 @@ from tailorrt import Runtime
 from tailorrt.errors import OverloadedError
 from tailorrt.images import Limits
 from tailorrt.serving.app import ServerConfig, create_app
+from tailorrt.serving.local import free_port, png_bytes
 from tests.conftest import TAILOR, class_image, run_cli
 
 KEY = "s3cret"
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +60,14 @@ def test_health_metadata_and_task_list(client, runtime):
 def test_v2_infer_bytes_uint8_and_fp32_agree_with_runtime(client, runtime):
     img = class_image(2, np.random.default_rng(5), size=20)
     want = runtime.predict("hues", img, top_k=2)
-    r = client.post("/v2/models/hues/infer", json=_bytes_request(_png(img), _png(img)))
+    r = client.post("/v2/models/hues/infer", json=_bytes_request(png_bytes(img), png_bytes(img)))
     assert r.status_code == 200, r.text
     out = {o["name"]: o for o in r.json()["outputs"]}
     assert r.json()["id"] == "r1" and out["logits"]["shape"] == [2, 4]
     probs = np.array(out["probabilities"]["data"]).reshape(2, 4)
     assert probs[0].argmax() == want.indices[0] and probs[0][want.indices[0]] == pytest.approx(want.scores[0], abs=1e-5)
     r = client.post("/v2/models/hues/infer", json=_bytes_request(
-        _png(img), outputs=[{"name": "probabilities", "parameters": {"classification": 2}}]))
+        png_bytes(img), outputs=[{"name": "probabilities", "parameters": {"classification": 2}}]))
     (cls,) = r.json()["outputs"]
     assert cls["datatype"] == "BYTES" and cls["shape"] == [1, 2]
     score, index, label = cls["data"][0].split(":", 2)
@@ -93,16 +86,16 @@ def test_v2_infer_bytes_uint8_and_fp32_agree_with_runtime(client, runtime):
 def test_v1_predict_upload_and_raw_body(client, runtime):
     img = class_image(0, np.random.default_rng(6), size=20)
     want = runtime.predict("colors", img, top_k=3)
-    r = client.post("/v1/tasks/colors:predict?top_k=3", files={"file": ("a.png", _png(img), "image/png")})
+    r = client.post("/v1/tasks/colors:predict?top_k=3", files={"file": ("a.png", png_bytes(img), "image/png")})
     assert r.status_code == 200, r.text
     assert [t["label"] for t in r.json()["top_k"]] == want.labels
-    r = client.post("/v1/tasks/colors:predict", content=_png(img), headers={"content-type": "image/png"})
+    r = client.post("/v1/tasks/colors:predict", content=png_bytes(img), headers={"content-type": "image/png"})
     assert r.json()["label"] == want.label
 
 
 def _bomb() -> bytes:
     """A PNG that is tiny on the wire but claims 4000x4000 pixels."""
-    return _png(Image.new("L", (4000, 4000)))
+    return png_bytes(Image.new("L", (4000, 4000)))
 
 
 MALFORMED = [
@@ -131,19 +124,19 @@ MALFORMED = [
      {"json": {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}]}}, 400),
     ("bytes not an image", "post", "/v2/models/colors/infer", {"json": _bytes_request(b"hello")}, 400),
     ("truncated image", "post", "/v1/tasks/colors:predict",
-     {"content": _png(Image.new("RGB", (30, 30), "red"))[:60]}, 400),
+     {"content": png_bytes(Image.new("RGB", (30, 30), "red"))[:60]}, 400),
     ("unknown output", "post", "/v2/models/colors/infer",
-     {"json": _bytes_request(_png(Image.new("RGB", (9, 9))), outputs=[{"name": "features"}])}, 400),
+     {"json": _bytes_request(png_bytes(Image.new("RGB", (9, 9))), outputs=[{"name": "features"}])}, 400),
     ("bad classification", "post", "/v2/models/colors/infer",
-     {"json": _bytes_request(_png(Image.new("RGB", (9, 9))),
+     {"json": _bytes_request(png_bytes(Image.new("RGB", (9, 9))),
                              outputs=[{"name": "probabilities", "parameters": {"classification": 0}}])}, 400),
-    ("bad top_k", "post", "/v1/tasks/colors:predict?top_k=0", {"content": _png(Image.new("RGB", (9, 9)))}, 400),
+    ("bad top_k", "post", "/v1/tasks/colors:predict?top_k=0", {"content": png_bytes(Image.new("RGB", (9, 9)))}, 400),
     ("top_k not a number", "post", "/v1/tasks/colors:predict?top_k=x", {"content": b"x"}, 400),
     ("multipart without file", "post", "/v1/tasks/colors:predict", {"data": {"a": "b"}}, 400),
     ("body over limit", "post", "/v1/tasks/colors:predict", {"content": b"\0" * 300_000}, 413),
     ("decompression bomb", "post", "/v1/tasks/colors:predict", {"content": _bomb()}, 413),
     ("too many images", "post", "/v2/models/colors/infer",
-     {"json": _bytes_request(*[_png(Image.new("RGB", (5, 5)))] * 9)}, 413),
+     {"json": _bytes_request(*[png_bytes(Image.new("RGB", (5, 5)))] * 9)}, 413),
     ("wrong method", "get", "/v2/models/colors/infer", {}, 405),
     ("no such path", "get", "/v3/whatever", {}, 404),
 ]
@@ -154,7 +147,7 @@ def test_malformed_requests_get_their_4xx_and_the_server_keeps_serving(client, n
     r = getattr(client, method)(path, **kwargs)
     assert r.status_code == code, r.text
     assert isinstance(r.json().get("error"), str) and r.json()["error"]
-    ok = client.post("/v1/tasks/colors:predict", content=_png(Image.new("RGB", (9, 9), "blue")))
+    ok = client.post("/v1/tasks/colors:predict", content=png_bytes(Image.new("RGB", (9, 9), "blue")))
     assert ok.status_code == 200
 
 
@@ -166,7 +159,7 @@ def test_overload_is_503(runtime, monkeypatch):
 
     monkeypatch.setattr(app.state.batcher, "submit", full)
     with TestClient(app) as c:
-        r = c.post("/v1/tasks/colors:predict", content=_png(Image.new("RGB", (9, 9))))
+        r = c.post("/v1/tasks/colors:predict", content=png_bytes(Image.new("RGB", (9, 9))))
     assert r.status_code == 503 and "waiting" in r.json()["error"]
 
 
@@ -178,13 +171,13 @@ def test_api_key_guards_everything_but_health(runtime):
             assert r.status_code == 401 and "API key" in r.json()["error"]
         assert c.get("/v1/tasks", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/v1/tasks", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
-        png = _png(Image.new("RGB", (9, 9)))
+        png = png_bytes(Image.new("RGB", (9, 9)))
         assert c.post("/v1/tasks/colors:predict", content=png).status_code == 401
         assert c.post("/v1/tasks/colors:predict", content=png, headers={"X-API-Key": KEY}).status_code == 200
 
 
 def test_metrics_count_requests_failures_and_batches(client):
-    client.post("/v1/tasks/hues:predict", content=_png(Image.new("RGB", (9, 9))))
+    client.post("/v1/tasks/hues:predict", content=png_bytes(Image.new("RGB", (9, 9))))
     client.post("/v1/tasks/hues:predict", content=b"garbage")
     text = client.get("/metrics").text
     assert 'tailorrt_requests_total{endpoint="v1",task="hues"}' in text
@@ -194,16 +187,10 @@ def test_metrics_count_requests_failures_and_batches(client):
         assert f'{name}{{le="1.0",task="hues"}}' in text or f'{name}{{le="1",task="hues"}}' in text, name
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tailor_serve_answers_and_finishes_in_flight_requests_on_sigterm(exported_dir):
     import threading
 
-    port = _free_port()
+    port = free_port()
     # a long batching delay keeps a request in flight while the server is told to stop
     proc = subprocess.Popen([str(TAILOR), "serve", "--model-dir", str(exported_dir), "--port", str(port),
                              "--max-delay-ms", "1500"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -217,7 +204,7 @@ def test_tailor_serve_answers_and_finishes_in_flight_requests_on_sigterm(exporte
                         break
             except OSError:
                 time.sleep(0.2)
-        png = _png(class_image(1, np.random.default_rng(9)))
+        png = png_bytes(class_image(1, np.random.default_rng(9)))
 
         def ask():
             req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/tasks/colors:predict?top_k=2", data=png,
