@@ -15,6 +15,7 @@ from the previous one.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -253,8 +254,6 @@ def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: dict, net: TaskN
 
 
 def _json(obj) -> str:
-    import json
-
     return json.dumps(obj, separators=(",", ":"))
 
 

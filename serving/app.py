@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tailorrt import __version__
 from tailorrt.errors import BadInputError, InputTooLargeError, OverloadedError, TailorError, UnknownTaskError
-from tailorrt.runtime import Runtime
+from tailorrt.runtime import Runtime, softmax
 from tailorrt.serving.batcher import BatchConfig, Batcher
 from tailorrt.serving.metrics import Metrics
 
@@ -279,17 +279,19 @@ def _parse_infer(runtime: Runtime, task: str, body: dict) -> tuple[np.ndarray, l
             raise BadInputError(f"shape {shape} needs {int(np.prod(shape))} values, {arr.size} were sent")
         if arr.size > runtime.limits.max_pixels * 3:
             raise InputTooLargeError("tensor over the pixel limit")
-        if dtype == "UINT8":
-            if arr.size and (arr.min() < 0 or arr.max() > 255):
-                raise BadInputError("UINT8 values must lie in 0..255")
-            arr = arr.astype(np.uint8)
-        x = runtime.preprocess(task, arr.reshape(shape).astype(np.float32) if dtype == "FP32" else arr.reshape(shape))
+        if dtype == "UINT8" and arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise BadInputError("UINT8 values must lie in 0..255")
+        x = runtime.preprocess(task, arr.astype(np.float32 if dtype == "FP32" else np.uint8).reshape(shape))
     else:
         raise BadInputError(f"input datatype must be BYTES, UINT8 or FP32, not {dtype!r}")
     outputs = body.get("outputs") or [{"name": "logits"}, {"name": "probabilities"}]
     if not isinstance(outputs, list) or not all(isinstance(o, dict) and o.get("name") in ("logits", "probabilities")
                                                 for o in outputs):
         raise BadInputError("'outputs' may name only 'logits' and 'probabilities'")
+    for out in outputs:  # checked before any inference is spent on the request
+        top = (out.get("parameters") or {}).get("classification")
+        if top is not None and (not isinstance(top, int) or top < 1):
+            raise BadInputError("'classification' must be a positive integer")
     return x, outputs
 
 
@@ -310,26 +312,18 @@ def _b64(item) -> bytes:
 
 
 def _infer_outputs(runtime: Runtime, task: str, logits: np.ndarray, outputs: list[dict]) -> list[dict]:
+    """The response's outputs (requests already validated by :func:`_parse_infer`)."""
     n, k = logits.shape
-    probs = None
     result = []
     for out in outputs:
         name = out["name"]
         top = (out.get("parameters") or {}).get("classification")
         if top is not None:
-            if not isinstance(top, int) or top < 1:
-                raise BadInputError("'classification' must be a positive integer")
             rows = runtime.decode(task, logits, top)
             data = [f"{s:.6f}:{i}:{l}" for p in rows for l, i, s in zip(p.labels, p.indices, p.scores)]
             result.append({"name": name, "datatype": "BYTES", "shape": [n, min(top, k)], "data": data})
             continue
-        if name == "probabilities":
-            from tailorrt.runtime import softmax
-
-            probs = softmax(logits.astype(np.float64)) if probs is None else probs
-            values = probs
-        else:
-            values = logits
+        values = softmax(logits.astype(np.float64)) if name == "probabilities" else logits
         result.append({"name": name, "datatype": "FP32", "shape": [n, k],
                        "data": [round(float(v), 7) for v in values.reshape(-1)]})
     return result

@@ -7,6 +7,7 @@ of preprocessed tensors. A dataset that is absent and cannot be downloaded raise
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,11 +40,9 @@ class Preprocess:
         return cls(int(data["resize"][0]), tuple(data["mean"]), tuple(data["std"]))
 
     def transform(self) -> Callable:
-        """A torchvision transform from a PIL image to the normalised tensor."""
-        from torchvision.transforms import v2
-
-        return v2.Compose([v2.Lambda(_to_rgb), v2.ToImage(), v2.Resize((self.size, self.size), antialias=True),
-                           v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.mean), list(self.std))])
+        """A torchvision transform from a PIL image to the normalised tensor (built once per setting:
+        the runtime asks for it on every image)."""
+        return _transform(self)
 
     def normalise_uint8(self, images: np.ndarray) -> torch.Tensor:
         """``[N,H,W,3]`` uint8 (already at size) -> normalised ``[N,3,H,W]`` float32."""
@@ -54,6 +53,14 @@ class Preprocess:
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=64)
+def _transform(pre: Preprocess) -> Callable:
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.Lambda(_to_rgb), v2.ToImage(), v2.Resize((pre.size, pre.size), antialias=True),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))])
 
 
 def _to_rgb(image):

@@ -41,8 +41,6 @@ def decode(data: bytes, limits: Limits = Limits()) -> Image.Image:
             img = Image.open(io.BytesIO(data))
             _check_pixels(img.size, limits)
             img.load()
-    except InputTooLargeError:
-        raise
     except Image.DecompressionBombError as e:
         raise InputTooLargeError(f"image too large: {e}") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
