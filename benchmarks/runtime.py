@@ -2,7 +2,8 @@
 
     python benchmarks/runtime.py memory --model-dir runs/demo
     python benchmarks/runtime.py speed --model-dir runs/demo
-    python benchmarks/runtime.py synthetic --model-dir /tmp/r34   # a random ResNet34 + 3 pruned tasks, exported
+    python benchmarks/runtime.py synthetic --model-dir /tmp/r34 --tasks 6  # random ResNet34 + 6 pruned tasks, exported
+    python benchmarks/runtime.py memory --model-dir /tmp/r34 --tasks 6
 
 Memory: each figure comes from a fresh process (resident set size after loading and one prediction
 per task, minus the same process's size after its imports), so allocator leftovers of one setting
@@ -24,7 +25,7 @@ import numpy as np, psutil, onnxruntime as ort, torch
 import tailorrt.runtime, tailorrt.export.sessions
 from tailorrt import Runtime
 from tailorrt.pack import ModelDir
-mode, model_dir, tasks = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+mode, model_dir, tasks, at_once = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4] == "1"
 proc = psutil.Process()
 gc.collect(); base = proc.memory_info().rss
 mdir = ModelDir(model_dir)
@@ -38,72 +39,97 @@ if mode == "separate":
         sessions[t].run(["logits"], {"input": x})
         gc.collect(); steps.append(proc.memory_info().rss - base)
 else:
-    rt = Runtime(model_dir, tasks=[], backend=mode)
-    for t in tasks:
-        rt.add_task(t)
+    rt = Runtime(model_dir, tasks=[], backend=mode.removesuffix("-fused"), share_weights=not mode.endswith("-fused"))
+    def add(group):
+        rt.add_tasks(group)  # one session build for the whole group
         for u in rt.tasks:
             rt.logits(u, x)
         gc.collect(); steps.append(proc.memory_info().rss - base)
+    for group in [tasks] if at_once else [[t] for t in tasks]:
+        add(group)
+    for _ in range(0 if at_once else CHURN):  # remove and add the last task again: does the cost settle?
+        rt.remove_task(tasks[-1])
+        add([tasks[-1]])
 print(json.dumps({"base": base, "steps": steps}))
-"""
+""".replace("CHURN", "5")
 
 
-def _measure(mode: str, model_dir: str, tasks: list[str]) -> dict:
-    out = subprocess.run([sys.executable, "-c", MEASURE, mode, model_dir, ",".join(tasks)], capture_output=True,
-                         text=True, check=True)
+def _measure(mode: str, model_dir: str, tasks: list[str], at_once: bool = False) -> dict:
+    out = subprocess.run([sys.executable, "-c", MEASURE, mode, model_dir, ",".join(tasks), str(int(at_once))],
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def memory(model_dir: str) -> dict:
+def memory(model_dir: str, max_tasks: int) -> dict:
     from tailorrt.inventory import info_rows
 
     bmeta, rows = info_rows(model_dir)
-    tasks = [r["task"] for r in rows][:3]
+    tasks = [r["task"] for r in rows][:max_tasks]
     packs = {r["task"]: r["pack_bytes"] for r in rows}
     mb = 1e6
     result = {"backbone_bytes": bmeta["bytes"], "packs": packs, "modes": {}}
     print(f"backbone {bmeta['name']} {bmeta['bytes'] / mb:.1f} MB; packs "
           + ", ".join(f"{t} {packs[t] / mb:.2f} MB" for t in tasks))
-    print("| backend | 1 task | 2 tasks | 3 tasks | tasks 2+3 add | 1.2 x their packs | fresh process per K: 1 / 2 / 3 |")
-    print("|---|---|---|---|---|---|---|")
-    for mode in ("torch", "onnx", "separate"):
-        inc = _measure(mode, model_dir, tasks)["steps"]
-        fresh = [_measure(mode, model_dir, tasks[:k])["steps"][-1] for k in range(1, len(tasks) + 1)]
-        added = inc[-1] - inc[0]
-        budget = 1.2 * sum(packs[t] for t in tasks[1:])
-        result["modes"][mode] = {"incremental": inc, "fresh": fresh, "added_by_tasks_2_3": added,
-                                 "budget_1_2x_packs": budget}
-        label = {"separate": "one plain ORT session per task"}.get(mode, mode)
-        print(f"| {label} | " + " | ".join(f"+{v / mb:.1f} MB" for v in inc) + f" | {added / mb:+.1f} MB | "
-              f"{budget / mb:.1f} MB | " + " / ".join(f"{v / mb:.1f}" for v in fresh) + " |")
+    budget = 1.2 * sum(packs[t] for t in tasks[1:])
+    k = len(tasks)
+    print("| backend | how the tasks are loaded | " + " | ".join(f"{i} task{'s' * (i > 1)}" for i in range(1, k + 1))
+          + f" | tasks 2..{k} add | 1.2 x their packs | beyond that |")
+    print("|---|---|" + "---|" * (k + 3))
+    churned = {}
+    for mode in ("torch", "onnx", "onnx-fused", "separate"):
+        ways = {"together": [_measure(mode, model_dir, tasks[:k], at_once=True)["steps"][-1]
+                             for k in range(1, len(tasks) + 1)]}
+        if mode in ("torch", "onnx"):
+            steps = _measure(mode, model_dir, tasks)["steps"]
+            ways["one by one"], churned[mode] = steps[:len(tasks)], steps[len(tasks):]
+        result["modes"][mode] = {}
+        for way, steps in ways.items():
+            added = steps[-1] - steps[0]
+            result["modes"][mode][way] = {"rss_added": steps, "added_after_task_1": added,
+                                          "budget_1_2x_packs": budget, "beyond_budget": added - budget}
+            label = {"separate": "one plain ORT session per task",
+                     "onnx-fused": "onnx --fuse-weights"}.get(mode, mode)
+            how = {"together": "fresh process per K, all K at once", "one by one": "added to a running Runtime"}
+            print(f"| {label} | {how[way]} | " + " | ".join(f"+{v / mb:.1f} MB" for v in steps)
+                  + f" | {added / mb:+.1f} MB | {budget / mb:.1f} MB | {(added - budget) / mb:+.1f} MB |")
+    for mode, steps in churned.items():
+        result["modes"][mode]["churn"] = steps
+        print(f"{mode}: the last task removed and added again {len(steps)} times, resident memory after each: "
+              + ", ".join(f"+{v / mb:.1f}" for v in steps) + " MB")
     return result
 
 
 def speed(model_dir: str, batches: tuple[int, ...]) -> dict:
     import numpy as np
+    import onnxruntime as ort
 
     from tailorrt import Runtime
-    from tailorrt.export.sessions import cpu_session
     from tailorrt.export.speed import time_side_by_side
+    from tailorrt.onnx_sessions import session_options
+    from tailorrt.pack import ModelDir
 
-    rt = Runtime(model_dir, backend="onnx")
-    tasks = rt.tasks[:3]
-    for t in rt.tasks[3:]:
-        rt.remove_task(t)
-    size = rt.backbone_meta["input_size"]
+    names = ModelDir(model_dir).task_names()[:3]
+    shared = Runtime(model_dir, tasks=names, backend="onnx")
+    fused = Runtime(model_dir, tasks=names, backend="onnx", share_weights=False)
+    size = shared.backbone_meta["input_size"]
     result = {}
-    print(f"| task | batch | plain session img/s | runtime ({len(tasks)} tasks, one session) img/s | ratio |")
+    print(f"| task | batch | plain session img/s | runtime, {len(names)} tasks, shared weights: img/s (ratio) "
+          "| runtime, --fuse-weights: img/s (ratio) |")
     print("|---|---|---|---|---|")
-    for t in tasks:
-        plain = cpu_session(rt.model_dir.export_dir("onnx") / f"{t}.onnx")
+    for t in names:
+        # default optimisation, same threads as the runtime's sessions: a session that spins when idle would take
+        # the cores from whichever contender runs next in the interleaved rounds
+        plain = ort.InferenceSession(str(shared.model_dir.export_dir("onnx") / f"{t}.onnx"),
+                                     session_options(shared.backend.threads), providers=["CPUExecutionProvider"])
         for b in batches:
             x = np.random.default_rng(0).standard_normal((b, 3, size, size)).astype(np.float32)
             res = time_side_by_side({"plain": lambda: plain.run(["logits"], {"input": x}),
-                                     "runtime": lambda: rt.logits(t, x)}, batch=b)
-            ratio = res["runtime"]["images_per_s"] / res["plain"]["images_per_s"]
-            result[f"{t}/batch_{b}"] = {**res, "ratio": round(ratio, 3)}
-            print(f"| {t} | {b} | {res['plain']['images_per_s']:.1f} | {res['runtime']['images_per_s']:.1f} | "
-                  f"{ratio:.2f} |")
+                                     "shared": lambda: shared.logits(t, x), "fused": lambda: fused.logits(t, x)},
+                                    batch=b, rounds=11)
+            ratios = {k: res[k]["images_per_s"] / res["plain"]["images_per_s"] for k in ("shared", "fused")}
+            result[f"{t}/batch_{b}"] = {**res, "ratio": {k: round(v, 3) for k, v in ratios.items()}}
+            print(f"| {t} | {b} | {res['plain']['images_per_s']:.1f} | "
+                  + " | ".join(f"{res[k]['images_per_s']:.1f} ({ratios[k]:.2f})" for k in ratios) + " |")
     return result
 
 
@@ -112,17 +138,18 @@ def main() -> None:
     ap.add_argument("what", choices=["memory", "speed", "synthetic"])
     ap.add_argument("--model-dir", default="runs/demo")
     ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--tasks", type=int, default=3, help="synthetic: how many tasks to make; memory: how many to load")
     ap.add_argument("--out", help="Also write the figures as JSON here.")
     args = ap.parse_args()
     if args.what == "synthetic":
         from tailorrt.export.exporter import ExportRequest, export_model
         from tailorrt.synthetic import make_model_dir
 
-        make_model_dir(args.model_dir, backbone="resnet34", tasks=3)
+        make_model_dir(args.model_dir, backbone="resnet34", tasks=args.tasks)
         export_model(ExportRequest(model_dir=args.model_dir, parity_images=8), report=print)
         return
     if args.what == "memory":
-        result = memory(args.model_dir)
+        result = memory(args.model_dir, args.tasks)
     else:
         result = speed(args.model_dir, tuple(int(b) for b in args.batches.split(",")))
     if args.out:

@@ -1,7 +1,9 @@
 """The HTTP server: KServe v2 / Triton inference protocol, a convenience upload endpoint, and metrics.
 
-Every task loaded in the :class:`tailorrt.Runtime` is a model. Errors are JSON ``{"error": "..."}``:
-unknown task 404, bad input 400, too large 413, overloaded 503, missing or wrong API key 401.
+Every task loaded in the :class:`tailorrt.Runtime` is a model; the model repository extension
+(``/v2/repository/...``) loads and unloads the tasks of the model directory while serving, without
+reloading the backbone. Errors are JSON ``{"error": "..."}``: unknown task 404, bad input 400, too large
+413, overloaded 503, missing or wrong API key 401, a task the model directory cannot load as asked 409.
 """
 
 from __future__ import annotations
@@ -23,12 +25,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tailorrt import __version__
-from tailorrt.errors import BadInputError, InputTooLargeError, OverloadedError, TailorError, UnknownTaskError
+from tailorrt.errors import (
+    BadInputError,
+    InputTooLargeError,
+    OverloadedError,
+    PackError,
+    TailorError,
+    UnknownTaskError,
+)
 from tailorrt.runtime import Runtime, softmax
 from tailorrt.serving.batcher import BatchConfig, Batcher
 from tailorrt.serving.metrics import Metrics
 
-STATUS = {UnknownTaskError: 404, BadInputError: 400, InputTooLargeError: 413, OverloadedError: 503}
+# PackError: the model directory cannot give what was asked (say, a task exported before its pack changed)
+STATUS = {UnknownTaskError: 404, BadInputError: 400, InputTooLargeError: 413, OverloadedError: 503, PackError: 409}
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 
 
@@ -142,7 +152,7 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig()) -> FastA
 
     @app.get("/v2")
     async def server_metadata():
-        return {"name": "tailorrt", "version": __version__, "extensions": ["classification"],
+        return {"name": "tailorrt", "version": __version__, "extensions": ["classification", "model_repository"],
                 "backend": runtime.backend.name, "tasks": runtime.tasks}
 
     @app.get("/v2/models")
@@ -175,6 +185,34 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig()) -> FastA
     async def prometheus():
         metrics.tasks.set(len(runtime.tasks))
         return Response(metrics.render(), media_type=metrics.content_type)
+
+    # ------------------------------------------------------------------ model repository (load / unload)
+
+    @app.post("/v2/repository/index")
+    async def repository_index():
+        loaded = set(runtime.tasks)
+        return [{"name": t, "version": "1", "state": "READY" if t in loaded else "UNAVAILABLE"}
+                for t in runtime.model_dir.task_names()]
+
+    def _known(task: str) -> None:
+        if task not in runtime.model_dir.task_names():
+            raise UnknownTaskError(f"no task {task!r} in the model directory "
+                                   f"(tasks: {', '.join(runtime.model_dir.task_names()) or 'none'})")
+
+    @app.post("/v2/repository/models/{task}/load")
+    async def load_task(task: str):
+        _known(task)
+        if task not in runtime.tasks:
+            await run_in_threadpool(runtime.add_task, task)  # the backbone stays; only the task is built
+        return {}
+
+    @app.post("/v2/repository/models/{task}/unload")
+    async def unload_task(task: str):
+        runtime.task(task)
+        await run_in_threadpool(batcher.drop, task)  # what is queued for it is answered first
+        await run_in_threadpool(runtime.remove_task, task)
+        await run_in_threadpool(batcher.drop, task)  # a request that slipped in meanwhile gets a 404
+        return {}
 
     # ------------------------------------------------------------------ inference
 

@@ -2,12 +2,9 @@
 removes tasks while running; ``logits(task, x)`` takes a preprocessed ``[N,3,S,S]`` float32 batch.
 
 - ``torch``: one backbone module; every task's student shares its Parameter objects.
-- ``onnx``: one ONNX Runtime session over the merged graph of all loaded tasks, at full optimisation
-  with the conv-affine fusions disabled (they would copy the shared conv weights per task). Inside
-  the session every task's branch uses the one (re-laid) copy of each universal weight; adding or
-  removing a task builds a new session from the export folder and swaps it in (design.md section 9).
-  Measured in ``benchmarks/runtime.py``: handing the session memory-mapped OrtValues instead
-  (``add_external_initializers``) cost more per task than letting ONNX Runtime read the file.
+- ``onnx``: one ONNX Runtime session per task, optimised at full level with the conv-affine fusions
+  off; every session reads the one copy of the universal weights as ONNX Runtime re-lays them for this
+  CPU (:mod:`tailorrt.onnx_sessions`). Adding or removing a task touches no other task's session.
 - ``tensorrt``: one engine per task from ``<model-dir>/trt`` (the engine holds its own weights).
 """
 
@@ -23,7 +20,6 @@ import torch
 from tailorrt.errors import ConfigError, DependencyMissingError, PackError
 from tailorrt.pack import ModelDir, pack_file
 
-DISABLED_FUSIONS = ["ConvBNFusion", "ConvAddFusion", "ConvMulFusion"]
 BACKENDS = ("torch", "onnx", "tensorrt")
 
 
@@ -38,11 +34,12 @@ class Backend(Protocol):
     def logits(self, task: str, x: np.ndarray) -> np.ndarray: ...
 
 
-def make_backend(name: str, mdir: ModelDir, device: str, threads: int | None = None) -> Backend:
+def make_backend(name: str, mdir: ModelDir, device: str, threads: int | None = None, *,
+                 share_weights: bool = True) -> Backend:
     if name == "torch":
         return TorchBackend(mdir, device)
     if name == "onnx":
-        return OnnxBackend(mdir, device, threads)
+        return OnnxBackend(mdir, device, threads, share_weights=share_weights)
     if name == "tensorrt":
         return TensorRTBackend(mdir, device)
     raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
@@ -66,9 +63,11 @@ class TorchBackend:
         for task in tasks:
             student, _ = self.mdir.load_student(task, self.backbone, self.meta["sha256"])
             self.models[task] = student.to(self.device).eval()
+        release_freed_memory()
 
     def remove(self, task: str) -> None:
         self.models.pop(task, None)
+        release_freed_memory()
 
     @torch.inference_mode()
     def logits(self, task: str, x: np.ndarray) -> np.ndarray:
@@ -76,15 +75,17 @@ class TorchBackend:
 
 
 class OnnxBackend:
-    """One ONNX Runtime session over every loaded task's graph, sharing one copy of the universal weights."""
+    """One ONNX Runtime session per task, all reading one copy of the universal weights (see
+    :mod:`tailorrt.onnx_sessions`)."""
 
     name = "onnx"
     max_batch = 256
 
-    def __init__(self, mdir: ModelDir, device: str, threads: int | None = None) -> None:
+    def __init__(self, mdir: ModelDir, device: str, threads: int | None = None, *, share_weights: bool = True) -> None:
         import onnxruntime as ort
 
-        self.ort = ort
+        from tailorrt.onnx_sessions import WeightStore
+
         self.providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -99,63 +100,49 @@ class OnnxBackend:
             raise PackError(f"{mdir.export_dir('onnx')} was exported from another backbone; run tailor export again")
         self.manifest = manifest
         self.folder = mdir.export_dir("onnx")
-        self.graphs: dict[str, Path] = {}  # task -> its graph file (protos are not kept in memory)
-        self.session = None
+        self.store, self.share_weights = WeightStore(), share_weights
+        self.sessions: dict = {}  # task -> TaskSession; replaced whole, so running calls keep what they read
         self._lock = threading.Lock()
 
+    def graph_file(self, task: str) -> Path:
+        entry = self.manifest["tasks"].get(task)
+        if entry is None:
+            raise PackError(f"task {task!r} is not in the ONNX export; run: tailor export --tasks {task}")
+        if entry.get("pack_sha256") != pack_file(self.mdir.task_meta(task))["sha256"]:
+            raise PackError(f"the ONNX export of {task!r} is older than its task pack; "
+                            f"run: tailor export --tasks {task}")
+        return self.folder / entry["file"]
+
     def add(self, *tasks: str) -> None:
-        """Add tasks; one new session is built for all of them."""
-        new = {}
-        for task in tasks:
-            entry = self.manifest["tasks"].get(task)
-            if entry is None:
-                raise PackError(f"task {task!r} is not in the ONNX export; run: tailor export --tasks {task}")
-            pack_sha = pack_file(self.mdir.task_meta(task))["sha256"]
-            if entry.get("pack_sha256") != pack_sha:
-                raise PackError(f"the ONNX export of {task!r} is older than its task pack; "
-                                f"run: tailor export --tasks {task}")
-            new[task] = self.folder / entry["file"]
+        """Build a session for each task; the ones already loaded are not touched."""
+        from tailorrt.onnx_sessions import task_session
+
+        graphs = {task: self.graph_file(task) for task in tasks}
         with self._lock:
-            self._build({**self.graphs, **new})
+            built = {}
+            try:
+                for task, graph in graphs.items():
+                    built[task] = task_session(task, graph, self.store, threads=self.threads,
+                                               providers=self.providers, fuse=not self.share_weights)
+            except BaseException:
+                for task in built:
+                    if task not in self.sessions:
+                        self.store.release(task)
+                raise
+            self.sessions = {**self.sessions, **built}
+        release_freed_memory()
 
     def remove(self, task: str) -> None:
         with self._lock:
-            graphs = {t: g for t, g in self.graphs.items() if t != task}
-            self._build(graphs)
-
-    def _build(self, graphs: dict) -> None:
-        from tailorrt.export.merge import merge_graphs
-
-        if not graphs:
-            self.graphs, self.session = {}, None
-            release_freed_memory()
-            return
-        import onnx
-
-        merged = merge_graphs({t: onnx.load(str(f), load_external_data=False) for t, f in graphs.items()})
-        model = merged.SerializeToString()
-        del merged  # the protos hold every task's private weights: drop them before the session copies its own
-        opts = self.ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        # the merged graph never touches disk: its shared initializers are read from the export folder
-        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.folder))
-        session = self.ort.InferenceSession(model, opts, providers=self.providers,
-                                            disabled_optimizers=DISABLED_FUSIONS)
-        del model
-        self.graphs, self.session = graphs, session  # swapped in whole; running calls keep the old one
+            self.sessions = {t: s for t, s in self.sessions.items() if t != task}
+            self.store.release(task)
         release_freed_memory()
 
     def logits(self, task: str, x: np.ndarray) -> np.ndarray:
-        from tailorrt.export.merge import io_name
-
-        session, graphs = self.session, self.graphs
-        if session is None or task not in graphs:
+        session = self.sessions.get(task)
+        if session is None:
             raise PackError(f"task {task!r} is not loaded")
-        empty = np.zeros((0, *x.shape[1:]), np.float32)
-        feed = {io_name(t, "input"): empty for t in graphs}
-        feed[io_name(task, "input")] = np.ascontiguousarray(x, dtype=np.float32)
-        return session.run([io_name(task, "logits")], feed)[0]
+        return session.run(np.ascontiguousarray(x, dtype=np.float32))
 
 
 def release_freed_memory() -> None:

@@ -19,6 +19,7 @@ from PIL import Image
 from tailorrt import Runtime
 from tailorrt.errors import OverloadedError
 from tailorrt.images import Limits
+from tailorrt.pack import ModelDir
 from tailorrt.serving.app import ServerConfig, create_app
 from tailorrt.serving.local import free_port, png_bytes
 from tests.conftest import TAILOR, class_image, run_cli
@@ -48,7 +49,7 @@ def _bytes_request(*images: bytes, outputs=None) -> dict:
 def test_health_metadata_and_task_list(client, runtime):
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").status_code == 200
-    assert client.get("/v2").json()["extensions"] == ["classification"]
+    assert client.get("/v2").json()["extensions"] == ["classification", "model_repository"]
     assert {m["name"] for m in client.get("/v2/models").json()["models"]} == {"colors", "hues"}
     meta = client.get("/v2/models/hues").json()
     assert meta["outputs"][0] == {"name": "logits", "datatype": "FP32", "shape": [-1, 4]}
@@ -149,6 +150,39 @@ def test_malformed_requests_get_their_4xx_and_the_server_keeps_serving(client, n
     assert isinstance(r.json().get("error"), str) and r.json()["error"]
     ok = client.post("/v1/tasks/colors:predict", content=png_bytes(Image.new("RGB", (9, 9), "blue")))
     assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_repository_loads_and_unloads_tasks_without_reloading_the_backbone(exported_dir, backend, monkeypatch):
+    rt = Runtime(exported_dir, tasks=["colors"], backend=backend)
+    before = rt.backend.sessions["colors"] if backend == "onnx" else rt.backend.backbone
+
+    def no_reload(*_a, **_k):
+        raise AssertionError("the backbone was loaded again")
+
+    monkeypatch.setattr(ModelDir, "load_backbone", no_reload)
+    img = png_bytes(class_image(1, np.random.default_rng(8)))
+
+    def predict(c, task):
+        return c.post(f"/v1/tasks/{task}:predict", content=img, headers={"content-type": "image/png"})
+
+    with TestClient(create_app(rt)) as c:
+        index = {m["name"]: m["state"] for m in c.post("/v2/repository/index").json()}
+        assert index == {"colors": "READY", "hues": "UNAVAILABLE"}
+        assert predict(c, "hues").status_code == 404
+        assert c.post("/v2/repository/models/hues/load").status_code == 200
+        r = predict(c, "hues")
+        assert r.status_code == 200 and r.json()["label"] == rt.predict("hues", img).label
+        if backend == "onnx":  # colors' session is untouched and hues reads the universal weights stored for it
+            assert rt.backend.sessions["colors"] is before
+            assert any(e.users == {"colors", "hues"} for e in rt.backend.store._entries.values())
+        else:
+            assert rt.backend.backbone is before
+        assert c.post("/v2/repository/models/hues/load").status_code == 200  # already loaded: nothing to do
+        assert c.post("/v2/repository/models/nope/load").status_code == 404
+        assert c.post("/v2/repository/models/hues/unload").status_code == 200
+        assert predict(c, "hues").status_code == 404 and predict(c, "colors").status_code == 200
+        assert c.post("/v2/repository/models/hues/unload").json()["error"].startswith("task 'hues' is not loaded")
 
 
 def test_overload_is_503(runtime, monkeypatch):

@@ -1,0 +1,176 @@
+"""ONNX Runtime sessions, one per task, that share one copy of the universal weights as ONNX Runtime lays them out.
+
+At full optimisation ONNX Runtime re-lays every conv weight out for this CPU (the NCHWc layout) and
+would do so once per session: K tasks, K copies of the backbone. And one session over all tasks runs
+every task's nodes on every call, since ONNX Runtime does not skip nodes that the requested outputs
+do not need. So each task gets its own session, built in two steps:
+
+1. ONNX Runtime optimises the task's exported graph at full level with the conv-affine fusions off
+   (they would fold the task's batch norms into the shared weights) and writes the optimised graph,
+   its tensors in a side file.
+2. The optimised tensors are looked up by content in a :class:`WeightStore`: a re-laid universal
+   weight is byte-identical for every task, so it is kept once and handed to every session through
+   ``SessionOptions.add_initializer`` (no copy). The session then loads the optimised graph as it is.
+
+Sessions allocate activations from one shared arena (``session.use_env_allocators``), so K sessions do
+not keep K arenas, and their threads stop spinning when a call returns (``session.force_spinning_stop``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+DISABLED_FUSIONS = ["ConvBNFusion", "ConvAddFusion", "ConvMulFusion"]
+OPTIMIZED_DATA = "optimized.data"
+MIN_EXTERNAL_BYTES = 64  # tensors at least this big go through the store; smaller ones stay in the graph
+ALIGN = 64
+
+
+@dataclass
+class _Entry:
+    array: np.ndarray
+    value: ort.OrtValue
+    users: set[str] = field(default_factory=set)
+
+
+class WeightStore:
+    """Tensors kept once by content (sha256), each with the set of tasks that use it."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+
+    def put(self, task: str, data: memoryview | np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> ort.OrtValue:
+        """The stored OrtValue for these bytes, stored now (64-byte aligned) if no task had them yet."""
+        key = hashlib.sha256(data).hexdigest() + f"/{np.dtype(dtype).str}/{shape}"
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                array = aligned_copy(np.frombuffer(data, dtype=dtype).reshape(shape))
+                entry = self._entries[key] = _Entry(array, ort.OrtValue.ortvalue_from_numpy(array))
+            entry.users.add(task)
+            return entry.value
+
+    def release(self, task: str) -> None:
+        """Forget the task; tensors no other task uses are freed (once no session holds them)."""
+        with self._lock:
+            for key in [k for k, e in self._entries.items() if e.users == {task}]:
+                del self._entries[key]
+            for entry in self._entries.values():
+                entry.users.discard(task)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.array.nbytes for e in self._entries.values())
+
+    def shared_bytes(self) -> int:
+        """Bytes of tensors that more than one task uses."""
+        return sum(e.array.nbytes for e in self._entries.values() if len(e.users) > 1)
+
+
+def aligned_copy(array: np.ndarray, align: int = ALIGN) -> np.ndarray:
+    """A C-contiguous copy whose data starts on an ``align``-byte boundary (vector loads need it)."""
+    raw = np.empty(array.nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    out = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def register_shared_arena() -> None:
+    """Register one CPU arena with ONNX Runtime's environment, once per process, for sessions that opt in."""
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+
+
+def session_options(threads: int, external_folder: Path | None = None) -> ort.SessionOptions:
+    """Options of every task session (and of the plain sessions they are compared with): ``threads`` intra-op
+    threads that spin while a call runs (fast dispatch of small ops) and stop as soon as it returns, so that
+    idle sessions do not take the cores from the busy one and from the server."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
+    if external_folder is not None:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
+    return opts
+
+
+def optimize_graph(graph: Path, out: Path, *, fuse: bool = False) -> None:
+    """Write ``graph`` as ONNX Runtime optimises it for this CPU (full level; conv-affine fusions off unless
+    ``fuse``) to ``out``; tensors of at least MIN_EXTERNAL_BYTES go to ``OPTIMIZED_DATA`` beside it."""
+    opts = session_options(1, graph.parent)
+    opts.optimized_model_filepath = str(out)
+    opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", OPTIMIZED_DATA)
+    opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                  str(MIN_EXTERNAL_BYTES))
+    opts.log_severity_level = 3  # the "optimised for this hardware" warning is the point here
+    ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=[] if fuse else DISABLED_FUSIONS)
+
+
+@dataclass
+class TaskSession:
+    """A task's session and the stored tensors it reads: they live as long as this object, so a call that is
+    still running keeps them even after the task was removed from the store."""
+
+    session: ort.InferenceSession
+    values: list[ort.OrtValue]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(["logits"], {"input": x})[0]
+
+
+def task_session(task: str, graph: Path, store: WeightStore, *, threads: int,
+                 providers: list[str] | None = None, fuse: bool = False) -> TaskSession:
+    """A session for one exported task graph whose large tensors come from (and are added to) ``store``.
+
+    ``fuse`` lets ONNX Runtime fold the task's batch norms into the conv weights: the fused weights are the
+    task's own (nothing to share), which is faster on small inputs and costs about one backbone per task.
+    """
+    providers = providers or ["CPUExecutionProvider"]
+    if providers[0] != "CPUExecutionProvider":
+        # The re-laid weights are a CPU layout. On a GPU each task's session holds its own copy of the weights
+        # (not measured: no GPU was at hand).
+        return TaskSession(ort.InferenceSession(str(graph), session_options(threads), providers=providers), [])
+    with tempfile.TemporaryDirectory(prefix="tailorrt-optimized-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        optimize_graph(graph, optimized, fuse=fuse)
+        model = onnx.load(str(optimized), load_external_data=False)
+        opts = session_options(threads, Path(tmp))
+        data = np.memmap(Path(tmp) / OPTIMIZED_DATA, np.uint8, mode="r") if (Path(tmp) / OPTIMIZED_DATA).exists() \
+            else None
+        values = []
+        for tensor in model.graph.initializer:
+            location = _external_location(tensor)
+            if location is not None:
+                offset, length = location
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+                values.append(store.put(task, data[offset:offset + length], dtype, tuple(tensor.dims)))
+                opts.add_initializer(tensor.name, values[-1])
+        del model, data
+        register_shared_arena()
+        opts.add_session_config_entry("session.use_env_allocators", "1")
+        # already optimised for this CPU; the basic level has nothing left to do but must not undo it
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        session = ort.InferenceSession(str(optimized), opts, providers=providers,
+                                       disabled_optimizers=DISABLED_FUSIONS)
+        return TaskSession(session, values)
+
+
+def _external_location(tensor: onnx.TensorProto) -> tuple[int, int] | None:
+    """(offset, length) of an initializer stored as external data, else None."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    info = {e.key: e.value for e in tensor.external_data}
+    return int(info.get("offset", 0)), int(info["length"])
