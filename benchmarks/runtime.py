@@ -2,6 +2,7 @@
 
     python benchmarks/runtime.py memory --model-dir runs/demo
     python benchmarks/runtime.py speed --model-dir runs/demo
+    python benchmarks/runtime.py agree --model-dir runs/demo   # torch vs onnx on every task's test split
     python benchmarks/runtime.py synthetic --model-dir /tmp/r34 --tasks 6  # random ResNet34 + 6 pruned tasks, exported
     python benchmarks/runtime.py memory --model-dir /tmp/r34 --tasks 6
 
@@ -133,9 +134,35 @@ def speed(model_dir: str, batches: tuple[int, ...]) -> dict:
     return result
 
 
+def agree(model_dir: str) -> dict:
+    """torch and onnx (shared and fused) logits on every task's full test split."""
+    import numpy as np
+
+    from tailorrt import Runtime
+    from tailorrt.datasets import load_task
+
+    rts = {"torch": Runtime(model_dir, backend="torch"), "onnx": Runtime(model_dir, backend="onnx"),
+           "onnx --fuse-weights": Runtime(model_dir, backend="onnx", share_weights=False)}
+    ref = rts["torch"]
+    result = {}
+    print("| task | test images | backend | max abs logit diff vs torch | top-1 agreement |")
+    print("|---|---|---|---|---|")
+    for task in ref.tasks:
+        info = ref.task(task)
+        data = load_task(info.meta["data"]["spec"], data_dir=Path("data"), preprocess=info.preprocess)
+        x = np.stack([data.test[i][0].numpy() for i in range(len(data.test))])
+        a = ref.logits(task, x)
+        for name in ("onnx", "onnx --fuse-weights"):
+            b = rts[name].logits(task, x)
+            diff, top1 = float(np.abs(a - b).max()), float((a.argmax(1) == b.argmax(1)).mean())
+            result[f"{task}/{name}"] = {"images": len(x), "max_abs_diff": diff, "top1_agreement": top1}
+            print(f"| {task} | {len(x)} | {name} | {diff:.1e} | {100 * top1:.2f}% |")
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["memory", "speed", "synthetic"])
+    ap.add_argument("what", choices=["memory", "speed", "agree", "synthetic"])
     ap.add_argument("--model-dir", default="runs/demo")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--tasks", type=int, default=3, help="synthetic: how many tasks to make; memory: how many to load")
@@ -150,6 +177,8 @@ def main() -> None:
         return
     if args.what == "memory":
         result = memory(args.model_dir, args.tasks)
+    elif args.what == "agree":
+        result = agree(args.model_dir)
     else:
         result = speed(args.model_dir, tuple(int(b) for b in args.batches.split(",")))
     if args.out:
