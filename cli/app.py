@@ -24,6 +24,18 @@ err = Console(stderr=True)
 ModelDirOpt = typer.Option("runs", "--model-dir", help="Model directory holding backbone/ and tasks/.")
 
 
+def _with_phases(cfg, epochs: dict[str, int | None], batch_size: int | None):
+    """``cfg`` with the named phases' epochs (where given) and every named phase's batch size (if given)."""
+    from dataclasses import replace
+
+    for name, n in epochs.items():
+        p = getattr(cfg, name)
+        p = replace(p, epochs=n if n is not None else p.epochs,
+                    batch_size=batch_size if batch_size is not None else p.batch_size)
+        cfg = replace(cfg, **{name: p})
+    return cfg
+
+
 def _fail(message: str, code: int = 1) -> None:
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -32,9 +44,14 @@ def _fail(message: str, code: int = 1) -> None:
 @app.command(epilog="Examples:\n\n  tailor train --task synth-digits\n\n"
              "  tailor train --task svhn --backbone resnet34 --data-dir ~/data\n\n"
              "  tailor train --task imagefolder:/data/pets --backbone resnet18 --backbone-weights r18.pth\n\n"
-             "  tailor train --task synth-glyphs --resume   # after an interruption")
+             "  tailor train --task synth-glyphs --resume   # after an interruption\n\n"
+             "  tailor train --task synth-signs --method fast-flex   # writes the pack synth-signs--fast-flex\n\n"
+             "  tailor train --task synth-signs --method finetune-last:2 --tune-epochs 5")
 def train(
     task: str = typer.Option(..., "--task", help="Task: synth-digits, gtsrb, imagefolder:PATH, coco:FILE.json ..."),
+    method: str = typer.Option("nettailor", help="nettailor; flex, fast-flex, faster-flex (fine-tune the one best "
+                               "unit); linear[:U], finetune-last:K, finetune-all, scale-shift. Any method but "
+                               "nettailor writes the pack <task>--<method>."),
     model_dir: str = ModelDirOpt,
     backbone: Optional[str] = typer.Option(None, help="Backbone: embedded, resnet18/34/50, wrn26, tiny. "
                                            "Default: the model dir's, else embedded for built-in tasks, resnet34."),
@@ -56,27 +73,30 @@ def train(
                                                   "(default: drop while val accuracy stays within --max-val-drop)."),
     max_val_drop: Optional[float] = typer.Option(None, help="Accuracy budget (points) of automatic pruning (1.0)."),
     alpha_lr_mult: Optional[float] = typer.Option(None, help="Learning-rate multiplier of the attention logits."),
+    head_epochs: Optional[int] = typer.Option(None, help="Other methods: epochs of the linear head phase."),
+    tune_epochs: Optional[int] = typer.Option(None, help="Other methods: most epochs of each tuning phase "
+                                              "(early stopping on validation accuracy)."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
-    """Train a task with NetTailor (teacher -> student -> prune -> fine-tune) and write its task pack."""
+    """Train a task and write its task pack: NetTailor (teacher -> student -> prune -> fine-tune) by default,
+    or another --method."""
     from dataclasses import replace
 
     from tailorrt.cli.progress import RichProgress
-    from tailorrt.train import TrainRequest, default_config, resolve_device, train_task
+    from tailorrt.train import TrainRequest, default_config, default_transfer_config, resolve_device, train_task
 
     cfg = default_config(task)
     overrides = {"max_skip": max_skip, "complexity_coeff": complexity_coeff, "teacher_coeff": teacher_coeff,
                  "proxy_threshold": proxy_threshold, "universal_drop": prune_universal, "max_val_drop": max_val_drop,
                  "alpha_lr_mult": alpha_lr_mult}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    for phase, epochs in (("teacher", teacher_epochs), ("student", student_epochs), ("finetune", finetune_epochs)):
-        p = getattr(cfg, phase)
-        p = replace(p, epochs=epochs if epochs is not None else p.epochs,
-                    batch_size=batch_size if batch_size is not None else p.batch_size)
-        cfg = replace(cfg, **{phase: p})
+    cfg = _with_phases(cfg, {"teacher": teacher_epochs, "student": student_epochs, "finetune": finetune_epochs},
+                       batch_size)
+    transfer = _with_phases(default_transfer_config(task), {"head": head_epochs, "tune": tune_epochs}, batch_size)
     req = TrainRequest(task=task, model_dir=model_dir, backbone=backbone,
                        backbone_weights=str(backbone_weights) if backbone_weights else None, random_init=random_init,
-                       data_dir=str(data_dir), download=download, seed=seed, config=cfg)
+                       data_dir=str(data_dir), download=download, seed=seed, method=method, config=cfg,
+                       transfer=transfer)
     dev = resolve_device(device)
     try:
         path = train_task(req, device=dev, resume=resume, progress=RichProgress(err, prefix=f"{task} "))
@@ -84,7 +104,9 @@ def train(
         _fail("interrupted; rerun the same command with --resume to continue from the last finished epoch", 130)
     meta = json.loads((path / "task.json").read_text())
     m = meta["metrics"]
-    out.print(f"[green]wrote[/green] {path}: accuracy {m['accuracy']:.2f}% (teacher {m['teacher_accuracy']:.2f}%), "
+    teacher = "" if m["teacher_accuracy"] is None else f" (teacher {m['teacher_accuracy']:.2f}%)"
+    chosen = f", unit {meta['selection']['chosen_unit']} chosen" if "selection" in meta else ""
+    out.print(f"[green]wrote[/green] {path}: {meta['method']}{chosen}, accuracy {m['accuracy']:.2f}%{teacher}, "
               f"{m['universal_blocks_kept']}/{m['universal_blocks_total']} universal blocks, "
               f"{m['task_params']:,} task parameters, {m['flops'] / 1e6:.1f} MFLOPs "
               f"(teacher {m['teacher_flops'] / 1e6:.1f})", highlight=False)
@@ -126,7 +148,8 @@ def info(model_dir: str = ModelDirOpt, as_json: bool = typer.Option(False, "--js
                   "MFLOPs", "teacher MFLOPs", "pack KB", "pack/backbone", "onnx KB", "engine KB")
     for r in rows:
         onnx_kb = "-" if r["onnx_bytes"] is None else f"{r['onnx_bytes'] / 1e3:.1f}" + (" (stale)" * r["onnx_stale"])
-        table.add_row(r["task"], r["method"], f"{r['accuracy']:.2f}", f"{r['teacher_accuracy']:.2f}",
+        teacher = "-" if r["teacher_accuracy"] is None else f"{r['teacher_accuracy']:.2f}"
+        table.add_row(r["task"], r["method"], f"{r['accuracy']:.2f}", teacher,
                       r["universal_blocks"], f"{r['task_params']:,}", f"{r['shared_params_used']:,}",
                       f"{r['flops'] / 1e6:.2f}", f"{r['teacher_flops'] / 1e6:.2f}", f"{r['pack_bytes'] / 1e3:.1f}",
                       f"{100 * r['pack_vs_backbone']:.1f}%", onnx_kb,

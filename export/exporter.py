@@ -44,7 +44,7 @@ from tailorrt.export.graph import (
     SharedWeights,
     save_graph,
 )
-from tailorrt.export.networks import emit_student
+from tailorrt.export.networks import emit_network
 from tailorrt.export.sessions import cpu_session
 from tailorrt.io import pid_alive, replace_dir, sha256_file, staging_dir, write_json
 from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, pack_file, preprocess_of, versions
@@ -136,7 +136,7 @@ def _task_names(mdir: ModelDir, wanted: list[str] | None) -> list[str]:
 
 def _load_network(mdir: ModelDir, name: str, backbone: UniversalBackbone, sha: str, req: ExportRequest
                   ) -> TaskNetwork:
-    student, meta = mdir.load_student(name, backbone, sha)
+    student, meta = mdir.load_model(name, backbone, sha)
     data = load_task(meta["data"]["spec"], data_dir=Path(req.data_dir), preprocess=preprocess_of(meta),
                      download=req.download)
     n = min(req.parity_images, len(data.val))
@@ -219,7 +219,7 @@ def export_onnx(mdir: ModelDir, bmeta: dict, shared: SharedWeights, networks: li
 def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: dict, net: TaskNetwork, req: ExportRequest) -> dict:
     meta = net.meta
     g = GraphBuilder(net.name, shared)
-    emit_student(g, net.module)
+    emit_network(g, net.module)
     classes = len(meta["classes"])
     props = {"tailorrt.task": net.name, "tailorrt.method": meta["method"], "tailorrt.backbone_sha256": bmeta["sha256"],
              "tailorrt.shared_file": SHARED_FILE, "tailorrt.pack_sha256": pack_file(meta)["sha256"],

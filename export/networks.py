@@ -19,6 +19,7 @@ from tailorrt.backbones import DecathlonBlock
 from tailorrt.errors import ExportError
 from tailorrt.export.graph import INPUT, GraphBuilder, bn_fold, check_positive
 from tailorrt.student import Student
+from tailorrt.tuned import TunedNet
 
 
 def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: float, mult: float = 1.0
@@ -142,3 +143,23 @@ def emit_head(g: GraphBuilder, head_norm: nn.Module, classifier: nn.Linear, x: s
     else:
         raise ExportError(f"cannot export head norm {type(head_norm).__name__}")
     g.classifier(x, w * scale[None, :], b + w @ shift)
+
+
+def emit_tuned(g: GraphBuilder, net: TunedNet) -> None:
+    """A tuned network: its units in order (shared ones keep the backbone's weights), then the head."""
+    net.eval()
+    x, c = emit_sequence(g, list(net.units[0]), INPUT, 1.0)
+    for block in net.units[1:]:
+        x = emit_block(g, block, x, c, 1.0 / c)
+        c = 1.0
+    emit_head(g, net.head_norm, net.classifier, x, c)
+
+
+def emit_network(g: GraphBuilder, net: nn.Module) -> None:
+    """Any task's network, from ``input`` to ``logits``."""
+    if isinstance(net, Student):
+        emit_student(g, net)
+    elif isinstance(net, TunedNet):
+        emit_tuned(g, net)
+    else:
+        raise ExportError(f"cannot export a {type(net).__name__}")

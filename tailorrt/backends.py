@@ -61,8 +61,8 @@ class TorchBackend:
 
     def add(self, *tasks: str) -> None:
         for task in tasks:
-            student, _ = self.mdir.load_student(task, self.backbone, self.meta["sha256"])
-            self.models[task] = student.to(self.device).eval()
+            model, _ = self.mdir.load_model(task, self.backbone, self.meta["sha256"])
+            self.models[task] = model.to(self.device).eval()
         release_freed_memory()
 
     def remove(self, task: str) -> None:

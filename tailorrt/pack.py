@@ -35,6 +35,7 @@ from tailorrt.io import (
     write_json,
 )
 from tailorrt.student import Student
+from tailorrt.tuned import TunedNet, TuneSpec
 
 FORMAT_VERSION = 1
 BACKBONE_FILE = "backbone.safetensors"
@@ -202,14 +203,26 @@ class ModelDir:
 
     def load_student(self, name: str, backbone: UniversalBackbone, backbone_sha256: str) -> tuple[Student, dict]:
         """A ready-to-run student for a NetTailor task, sharing the backbone's universal weights."""
+        model, meta = self.load_model(name, backbone, backbone_sha256)
+        if not isinstance(model, Student):
+            raise PackError(f"task {name!r} was trained with {meta['method']!r}, not nettailor")
+        return model, meta
+
+    def load_model(self, name: str, backbone: UniversalBackbone, backbone_sha256: str
+                   ) -> tuple[Student | TunedNet, dict]:
+        """A ready-to-run network for a task of any method, sharing the backbone's weights."""
         pack = self.read_task(name, backbone_sha256)
         meta = pack.meta
-        if meta.get("method") != "nettailor":
+        if meta.get("method") == "nettailor":
+            model: Student | TunedNet = Student(backbone, len(meta["classes"]),
+                                                max_skip=int(meta["config"]["max_skip"]))
+        elif "tune" in meta:
+            model = TunedNet(backbone, len(meta["classes"]), TuneSpec.from_json(meta["tune"]))
+        else:
             raise PackError(f"task {name!r} uses method {meta.get('method')!r}, which this version cannot load")
-        student = Student(backbone, len(meta["classes"]), max_skip=int(meta["config"]["max_skip"]))
-        student.load_task_state(pack.tensors)
-        student.eval()
-        return student, meta
+        model.load_task_state(pack.tensors)
+        model.eval()
+        return model, meta
 
 
 def pack_file(meta: dict) -> dict:

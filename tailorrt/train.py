@@ -16,6 +16,7 @@ from tailorrt.io import read_json, write_json
 from tailorrt.nettailor import NetTailorConfig, train_nettailor
 from tailorrt.pack import ModelDir, machine, preprocess_of, versions
 from tailorrt.training import Progress, Trainer, accuracy
+from tailorrt.transfer import TransferConfig, check_method, train_transfer
 from tailorrt.world import BUILTIN_TASKS
 
 
@@ -31,21 +32,28 @@ class TrainRequest:
     data_dir: str = "data"
     download: bool = True
     seed: int = 0
+    method: str = "nettailor"
     config: NetTailorConfig = field(default_factory=NetTailorConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d["config"] = self.config.to_json()
+        d["config"], d["transfer"] = self.config.to_json(), self.transfer.to_json()
         return d
 
     @classmethod
     def from_json(cls, data: dict) -> TrainRequest:
-        return cls(**{**data, "config": NetTailorConfig.from_json(data["config"])})
+        transfer = TransferConfig.from_json(data["transfer"]) if "transfer" in data else TransferConfig()
+        return cls(**{**data, "config": NetTailorConfig.from_json(data["config"]), "transfer": transfer})
 
 
 def default_config(task: str) -> NetTailorConfig:
     """Short schedules for the built-in generated tasks, the paper's for real data."""
     return NetTailorConfig.quick() if task in BUILTIN_TASKS else NetTailorConfig()
+
+
+def default_transfer_config(task: str) -> TransferConfig:
+    return TransferConfig.quick() if task in BUILTIN_TASKS else TransferConfig()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,9 +92,10 @@ def _backbone_for(req: TrainRequest, mdir: ModelDir) -> tuple[UniversalBackbone,
 
 def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
                progress: Progress | None = None) -> Path:
-    """Train ``req.task`` with NetTailor and write its pack; returns the pack's folder."""
+    """Train ``req.task`` with ``req.method`` and write its pack (named after the task, or ``<task>--<method>`` for
+    any method but nettailor, so that several methods of one task live side by side); returns the pack's folder."""
     mdir = ModelDir(req.model_dir)
-    name = pack_name(req.task)
+    name = pack_name(req.task) if req.method == "nettailor" else method_pack_name(req.task, req.method)
     work = mdir.work_dir(name)
     saved = work / "request.json"
     if resume and saved.is_file():
@@ -95,6 +104,8 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
         shutil.rmtree(work)
     torch.manual_seed(req.seed)
     spec = _spec_for(req, mdir)
+    if req.method != "nettailor":
+        check_method(req.method, UniversalBackbone(spec))  # before any data or weights are fetched
     preprocess = Preprocess(spec.input_size, spec.mean, spec.std)
     data = load_task(req.task, data_dir=Path(req.data_dir), preprocess=preprocess, download=req.download,
                      seed=req.seed)  # data first: a missing dataset fails before any weights are fetched
@@ -106,15 +117,29 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
     write_json(saved, req.to_json())
     t0 = time.perf_counter()
     trainer = Trainer(device=device, work_dir=work, progress=progress, seed=req.seed)
-    result = train_nettailor(req.config, backbone, data, trainer)
-    tensors = result.student.task_state()
-    meta = {"method": "nettailor", "backbone": spec.name, "backbone_sha256": sha, "classes": data.classes,
-            "preprocess": preprocess.to_json(), "architecture": result.student.architecture(),
-            "config": req.config.to_json(), "data": {**data.summary(), "spec": req.task}, "metrics": result.metrics,
-            "training": {"phases": result.phases, "seconds": round(time.perf_counter() - t0, 2)},
-            "versions": versions(), "machine": machine(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    meta = {"method": req.method, "backbone": spec.name, "backbone_sha256": sha, "classes": data.classes,
+            "preprocess": preprocess.to_json(), "data": {**data.summary(), "spec": req.task}}
+    if req.method == "nettailor":
+        result = train_nettailor(req.config, backbone, data, trainer)
+        tensors = result.student.task_state()
+        meta.update({"architecture": result.student.architecture(), "config": req.config.to_json(),
+                     "metrics": result.metrics, "training": {"phases": result.phases}})
+    else:
+        tuned = train_transfer(req.method, req.transfer, backbone, data, trainer)
+        tensors = tuned.net.task_state()
+        meta.update({"tune": tuned.net.spec.to_json(), "config": req.transfer.to_json(), "metrics": tuned.metrics,
+                     "training": {"phases": tuned.phases}})
+        if tuned.selection is not None:
+            meta["selection"] = tuned.selection
+    meta["training"]["seconds"] = round(time.perf_counter() - t0, 2)
+    meta.update({"versions": versions(), "machine": machine(),
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return mdir.write_task(name, tensors, meta)
+
+
+def method_pack_name(task: str, method: str) -> str:
+    """``svhn--finetune-last-2``: the pack of ``task`` trained with a method other than nettailor."""
+    return f"{pack_name(task)}--{method.replace(':', '-')}"
 
 
 def evaluate_task(model_dir: str | Path, task: str, *, data_dir: str | Path = "data", split: str = "test",
@@ -124,7 +149,7 @@ def evaluate_task(model_dir: str | Path, task: str, *, data_dir: str | Path = "d
         raise ConfigError(f"split must be train, val or test, not {split!r}")
     mdir = ModelDir(model_dir)
     backbone, bmeta = mdir.load_backbone()
-    student, meta = mdir.load_student(task, backbone, bmeta["sha256"])
+    student, meta = mdir.load_model(task, backbone, bmeta["sha256"])
     spec = meta["data"]["spec"]
     data = load_task(spec, data_dir=Path(data_dir), preprocess=preprocess_of(meta), download=download)
     acc = accuracy(student.to(device), getattr(data, split), device)

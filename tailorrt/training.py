@@ -33,6 +33,7 @@ class PhaseConfig:
     batch_size: int = 64
     warmup_epochs: float = 0.0
     grad_clip: float | None = 5.0  # max gradient norm; None disables clipping
+    patience: int | None = None  # early stopping: end after this many epochs without a better val accuracy
 
     def lr_at(self, progress: float) -> float:
         """Cosine decay over the phase (``progress`` in epochs), with optional linear warm-up."""
@@ -143,7 +144,11 @@ class Trainer:
         loader_len = len(make_loader(train, phase.batch_size, shuffle=True, drop_last=True))
         self.progress.start(phase.name, phase.epochs * loader_len, start_epoch * loader_len)
         val_acc = history[-1]["val_accuracy"] if history else 0.0
+        best = max(history, key=lambda r: r["val_accuracy"]) if history else None
+        best_state = None  # the model at its best epoch, when early stopping may end the phase
         for epoch in range(start_epoch, phase.epochs):
+            if phase.patience is not None and best is not None and epoch - best["epoch"] >= phase.patience:
+                break
             t0 = time.perf_counter()
             model.train()
             loader = make_loader(train, phase.batch_size, shuffle=True, seed=self.seed * 1000 + epoch, drop_last=True)
@@ -173,9 +178,16 @@ class Trainer:
             if on_epoch:
                 row.update(on_epoch(epoch))
             history.append(row)
+            if phase.patience is not None and (best is None or val_acc > best["val_accuracy"]):
+                best = row
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             self._save(phase, model, opt, params, epoch + 1, history, seconds, done=False)
         self.progress.finish()
-        result = PhaseResult(phase.name, phase.epochs, round(seconds, 2), val_acc, history)
+        if best_state is not None and best is not history[-1]:  # early stopping keeps the best epoch's model
+            model.load_state_dict(best_state)
+        if phase.patience is not None and best is not None:
+            val_acc = best["val_accuracy"]
+        result = PhaseResult(phase.name, len(history), round(seconds, 2), val_acc, history)
         self._save(phase, model, opt, params, phase.epochs, history, seconds, done=True, result=result)
         return result
 

@@ -231,14 +231,14 @@ def test_parity_failure_aborts_and_keeps_the_previous_export(model_dir, tmp_path
     copy = tmp_path / "m"
     shutil.copytree(model_dir, copy)
     before = _digest(copy / "onnx")
-    real = exporter.emit_student
+    real = exporter.emit_network
 
     def off_by_a_little(g, student):
         real(g, student)
         bias = next(n for n in g.private if "fc_b" in n)
         g.private[bias] = g.private[bias] + np.float32(1e-3)
 
-    monkeypatch.setattr(exporter, "emit_student", off_by_a_little)
+    monkeypatch.setattr(exporter, "emit_network", off_by_a_little)
     with pytest.raises(ExportError, match="differ from PyTorch"):
         export_model(ExportRequest(model_dir=str(copy)))
     assert _digest(copy / "onnx") == before

@@ -1,0 +1,174 @@
+"""Tasks that own whole units or the batch norms of the backbone: flex-tuning and the classic transfer baselines.
+
+A :class:`TunedNet` runs the backbone's units in order (optionally only up to an earlier unit) and a
+classifier. Each unit is either *shared* (the backbone's own frozen conv weights, the same Parameter
+objects) or *owned* by the task (a trainable copy). A :class:`TuneSpec` says which:
+
+- ``linear[:U]``: nothing owned but the classifier, on the frozen features of the last unit (or unit U);
+- ``finetune-last:K``: the last K units; ``finetune-all``: every unit;
+- ``scale-shift``: the batch-norm affine weights and statistics of every unit, plus the classifier;
+- ``flex`` and its faster variants: exactly one unit (or every unit when that wins, see :mod:`tailorrt.flex`).
+
+Shared units keep the backbone's batch-norm statistics and stay in eval mode while training, except
+under ``scale-shift``, where the task re-estimates them. The task owns exactly :meth:`TunedNet.task_state`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tailorrt.backbones import UniversalBackbone, pool
+from tailorrt.errors import ConfigError, PackError
+from tailorrt.flops import count_flops, count_params
+from tailorrt.student import share_frozen
+
+BN_MODES = ("frozen", "affine")
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """Which parts of the backbone a task owns. Units are numbered 0 (stem) .. L (last block)."""
+
+    units: tuple[int, ...] = ()
+    bn: str = "frozen"  # frozen: the backbone's batch norms; affine: the task's own affine and statistics
+    feature_unit: int | None = None  # the classifier reads this unit's output; None: the last unit
+
+    def __post_init__(self) -> None:
+        if self.bn not in BN_MODES:
+            raise ConfigError(f"bn must be one of {', '.join(BN_MODES)}, not {self.bn!r}")
+
+    def to_json(self) -> dict:
+        return {"units": list(self.units), "bn": self.bn, "feature_unit": self.feature_unit}
+
+    @classmethod
+    def from_json(cls, data: dict) -> TuneSpec:
+        return cls(tuple(int(u) for u in data["units"]), data["bn"], data.get("feature_unit"))
+
+
+def parse_method(method: str, num_units: int) -> TuneSpec | None:
+    """The spec of a classic method name (``linear``, ``linear:U``, ``finetune-last:K``, ``finetune-all``,
+    ``scale-shift``); None for the methods that choose their units by training (nettailor, flex...)."""
+    name, _, arg = method.partition(":")
+    last = num_units - 1
+
+    def int_arg(low: int, high: int) -> int:
+        if not arg.isdigit() or not low <= int(arg) <= high:
+            raise ConfigError(f"method {method!r}: give a unit count or index between {low} and {high}, "
+                              f"e.g. {name}:{min(high, max(low, 2))}")
+        return int(arg)
+
+    if name == "linear":
+        return TuneSpec(feature_unit=int_arg(0, last) if arg else None)
+    if name == "finetune-last":
+        k = int_arg(1, num_units)
+        return TuneSpec(units=tuple(range(num_units - k, num_units)))
+    if name == "finetune-all" and not arg:
+        return TuneSpec(units=tuple(range(num_units)))
+    if name == "scale-shift" and not arg:
+        return TuneSpec(bn="affine")
+    return None
+
+
+def _affine_copy(unit: nn.Module) -> nn.Module:
+    """Shared frozen conv weights, with batch norms whose affine weights are the task's (trainable)."""
+    clone = share_frozen(unit)
+    for m in clone.modules():
+        if isinstance(m, nn.BatchNorm2d) and m.affine:
+            m.weight = nn.Parameter(m.weight.detach().clone())
+            m.bias = nn.Parameter(m.bias.detach().clone())
+    return clone
+
+
+class TunedNet(nn.Module):
+    """The backbone's units (shared or task-owned) and a classifier, as a :class:`TuneSpec` says."""
+
+    def __init__(self, backbone: UniversalBackbone, num_classes: int, spec: TuneSpec) -> None:
+        super().__init__()
+        last = backbone.num_units - 1
+        feature_unit = last if spec.feature_unit is None else spec.feature_unit
+        if not 0 <= feature_unit <= last or any(not 0 <= u <= feature_unit for u in spec.units):
+            raise ConfigError(f"units {list(spec.units)} / feature unit {feature_unit} do not fit a backbone "
+                              f"of {backbone.num_units} units")
+        self.spec = spec
+        source = [backbone.stem, *backbone.blocks][: feature_unit + 1]
+        self.units = nn.ModuleList(self._unit(u, i in spec.units, spec.bn) for i, u in enumerate(source))
+        self.owns_head_norm = feature_unit == last and (last in spec.units or spec.bn == "affine")
+        if feature_unit < last:
+            self.head_norm: nn.Module = nn.Identity()
+        else:
+            self.head_norm = self._unit(backbone.head_norm, last in spec.units, spec.bn)
+        with torch.no_grad():
+            size = backbone.spec.input_size
+            dim = self.features(torch.zeros(1, 3, size, size)).shape[1]
+        self.classifier = nn.Linear(dim, num_classes)
+
+    @staticmethod
+    def _unit(unit: nn.Module, owned: bool, bn: str) -> nn.Module:
+        if owned:
+            clone = copy.deepcopy(unit)
+            for p in clone.parameters():
+                p.requires_grad_(True)
+            return clone
+        return _affine_copy(unit) if bn == "affine" else share_frozen(unit)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        for unit in self.units:
+            x = unit(x)
+        return pool(self.head_norm(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    def train(self, mode: bool = True) -> TunedNet:
+        """Shared units keep the backbone's statistics (eval mode) unless the task owns its batch norms."""
+        super().train(mode)
+        if mode and self.spec.bn == "frozen":
+            for i, unit in enumerate(self.units):
+                if i not in self.spec.units:
+                    unit.eval()
+            if not self.owns_head_norm:
+                self.head_norm.eval()
+        return self
+
+    def _owned_prefixes(self) -> list[str]:
+        prefixes = [f"units.{i}." for i in self.spec.units] + ["classifier."]
+        if self.owns_head_norm:
+            prefixes.append("head_norm.")
+        if self.spec.bn == "affine":
+            for name, m in self.named_modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    prefixes.append(f"{name}.")
+        return prefixes
+
+    def task_state(self) -> dict[str, torch.Tensor]:
+        """Exactly what the task owns (owned units whole, owned batch norms, the classifier)."""
+        prefixes = tuple(self._owned_prefixes())
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if k.startswith(prefixes)}
+
+    def load_task_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`task_state`. Raises PackError on any mismatch."""
+        own = self.state_dict()
+        needed = set(self.task_state())
+        unexpected, missing = sorted(set(state) - needed), sorted(needed - set(state))
+        if unexpected or missing:
+            raise PackError("task weights do not fit this network: "
+                            + (f"unexpected {', '.join(unexpected[:3])} " if unexpected else "")
+                            + (f"missing {', '.join(missing[:3])}" if missing else ""))
+        bad = [k for k, v in state.items() if own[k].shape != v.shape]
+        if bad:
+            raise PackError(f"task weights do not fit this network: wrong shape for {', '.join(bad[:3])}")
+        self.load_state_dict(state, strict=False)
+
+    def accounting(self, input_size: int) -> dict:
+        """Task-owned and shared parameters used, and FLOPs (multiply-accumulates) of one image."""
+        owned = {id(p) for p in self.parameters() if p.requires_grad}
+        params = list({id(p): p for p in self.parameters()}.values())
+        task = sum(p.numel() for p in params if id(p) in owned)
+        total = count_params(self)
+        return {"task_params": int(task), "shared_params_used": int(total - task),
+                "flops": count_flops(self, torch.zeros(1, 3, input_size, input_size)),
+                "units_owned": list(self.spec.units), "units_used": len(self.units)}
