@@ -112,6 +112,39 @@ def train(
               f"(teacher {m['teacher_flops'] / 1e6:.1f})", highlight=False)
 
 
+@app.command(epilog="Examples:\n\n"
+             "  tailor compare --task synth-signs --methods nettailor,fast-flex,linear,scale-shift,finetune-all\n\n"
+             "  tailor compare --task svhn --methods flex,faster-flex --model-dir runs --retrain")
+def compare(
+    task: str = typer.Option(..., "--task", help="Task, as for tailor train."),
+    methods: str = typer.Option("nettailor,fast-flex,linear,scale-shift,finetune-all",
+                                help="Comma-separated methods (see tailor train --help)."),
+    model_dir: str = ModelDirOpt,
+    data_dir: Path = typer.Option(Path("data"), help="Where datasets live or are downloaded to."),
+    download: bool = typer.Option(True, help="Try to download a missing dataset."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    retrain: bool = typer.Option(False, help="Train every method again, even where its pack exists."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for compare.json and compare.md "
+                                           "(default: <model-dir>/compare/<task>)."),
+) -> None:
+    """Train (or reuse) one task with several methods and compare them: test accuracy, task-owned and total
+    parameters, FLOPs, pack size, training time and images/s on this machine."""
+    from tailorrt.cli.progress import RichProgress
+    from tailorrt.compare import CompareRequest, markdown
+    from tailorrt.compare import compare as run_compare
+    from tailorrt.train import resolve_device
+
+    req = CompareRequest(task=task, methods=_names(methods) or [], model_dir=model_dir, data_dir=str(data_dir),
+                         download=download, retrain=retrain, out=str(out_dir) if out_dir else None)
+    try:
+        result = run_compare(req, device=resolve_device(device), progress=RichProgress(err, prefix=f"{task} "),
+                             report=lambda line: err.print(line, highlight=False))
+    except KeyboardInterrupt:
+        _fail("interrupted; packs already trained are kept and reused by the next run", 130)
+    out.print(markdown(result), highlight=False, markup=False)
+    err.print(f"wrote {', '.join(result['written'])}", highlight=False)
+
+
 @app.command("eval", epilog="Example:\n\n  tailor eval --task synth-digits --model-dir runs")
 def eval_(
     task: str = typer.Option(..., "--task", help="Task pack name in the model dir."),

@@ -201,3 +201,22 @@ def test_unknown_method_is_a_one_line_error(methods_dir):
     line = one_line_error(run_cli("train", "--task", "synth-digits", "--model-dir", str(methods_dir),
                                   "--method", "finetune-last:99"))
     assert "finetune-last:99" in line
+
+
+def test_compare_reuses_packs_trains_the_rest_and_writes_the_table(methods_dir, tmp_path):
+    spec = json.loads((methods_dir / "tasks" / "colors" / "task.json").read_text())["data"]["spec"]
+    out = tmp_path / "cmp"
+    proc = run_cli("compare", "--task", spec, "--model-dir", str(methods_dir), "--methods",
+                   "nettailor,linear,fast-flex,finetune-all", "--out", str(out), check=True, timeout=600)
+    assert proc.stderr.count("reusing") == 3 and "training" in proc.stderr and "finetune-all" in proc.stderr
+    result = json.loads((out / "compare.json").read_text())
+    rows = {r["method"]: r for r in result["methods"]}
+    assert list(rows) == ["nettailor", "linear", "fast-flex", "finetune-all"] and result["reference"] == "finetune-all"
+    assert rows["finetune-all"]["vs_finetune_all"] == 0
+    assert rows["linear"]["task_params"] < rows["nettailor"]["task_params"]
+    assert all(r["images_per_s"] > 0 and r["train_seconds"] > 0 and r["flops"] > 0 for r in rows.values())
+    table = (out / "compare.md").read_text()
+    assert table.count("\n| ") == 5 and "| method | test acc %" in table and table in proc.stdout.replace("\r", "")
+    line = one_line_error(run_cli("compare", "--task", spec, "--model-dir", str(methods_dir), "--methods",
+                                  "linear,attentionx"))
+    assert "attentionx" in line
