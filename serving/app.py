@@ -195,9 +195,9 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig()) -> FastA
                 for t in runtime.model_dir.task_names()]
 
     def _known(task: str) -> None:
-        if task not in runtime.model_dir.task_names():
-            raise UnknownTaskError(f"no task {task!r} in the model directory "
-                                   f"(tasks: {', '.join(runtime.model_dir.task_names()) or 'none'})")
+        have = runtime.model_dir.task_names()
+        if task not in have:
+            raise UnknownTaskError(f"no task {task!r} in the model directory (tasks: {', '.join(have) or 'none'})")
 
     @app.post("/v2/repository/models/{task}/load")
     async def load_task(task: str):

@@ -51,6 +51,11 @@ class BackboneSpec:
             raise ConfigError(f"stem must be 'imagenet' or 'cifar', not {self.stem!r}")
 
     @property
+    def num_units(self) -> int:
+        """The stem plus one unit per residual block."""
+        return 1 + sum(self.depths)
+
+    @property
     def feature_dim(self) -> int:
         """Channels of the last unit (the classifier's input)."""
         return self.widths[-1] * BLOCKS[self.block].expansion
@@ -175,7 +180,7 @@ class UniversalBackbone(nn.Module):
 
     @property
     def num_units(self) -> int:
-        return 1 + len(self.blocks)
+        return self.spec.num_units
 
     def forward_units(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of every unit, stem first."""

@@ -124,8 +124,8 @@ class OnnxBackend:
                 for task, graph in graphs.items():
                     built[task] = task_session(task, graph, self.store, threads=self.threads,
                                                providers=self.providers, fuse=not self.share_weights)
-            except BaseException:
-                for task in built:
+            except BaseException:  # the new tasks (the failing one included) may have stored tensors already
+                for task in graphs:
                     if task not in self.sessions:
                         self.store.release(task)
                 raise

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tailorrt.backbones import BackboneSpec, UniversalBackbone
+from tailorrt.backbones import BackboneSpec
 from tailorrt.datasets import pack_name
 from tailorrt.errors import ConfigError
 from tailorrt.export.speed import time_side_by_side
@@ -33,19 +33,14 @@ class CompareRequest:
     out: str | None = None  # folder for compare.json and compare.md; default <model-dir>/compare/<task>
 
 
-def pack_for(task: str, method: str) -> str:
-    return pack_name(task) if method == "nettailor" else method_pack_name(task, method)
-
-
 def _check_methods(req: CompareRequest, mdir: ModelDir) -> None:
     if not req.methods:
         raise ConfigError("give at least one method, e.g. --methods nettailor,flex,linear,finetune-all")
     if not mdir.has_backbone():
         return  # the first training writes the backbone; methods are checked then
-    backbone = UniversalBackbone(BackboneSpec.from_json(mdir.backbone_meta()["spec"]))
+    num_units = BackboneSpec.from_json(mdir.backbone_meta()["spec"]).num_units
     for method in req.methods:
-        if method != "nettailor":
-            check_method(method, backbone)
+        check_method(method, num_units)
 
 
 def _reusable(mdir: ModelDir, name: str, task: str) -> bool:
@@ -62,7 +57,7 @@ def compare(req: CompareRequest, *, device: torch.device, progress: Progress | N
     _check_methods(req, mdir)
     names = {}
     for method in dict.fromkeys(req.methods):
-        name = pack_for(req.task, method)
+        name = method_pack_name(req.task, method)
         if req.retrain or not _reusable(mdir, name, req.task):
             report(f"training {req.task} with {method}")
             train_task(TrainRequest(task=req.task, model_dir=req.model_dir, data_dir=req.data_dir,

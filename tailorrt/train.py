@@ -95,7 +95,7 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
     """Train ``req.task`` with ``req.method`` and write its pack (named after the task, or ``<task>--<method>`` for
     any method but nettailor, so that several methods of one task live side by side); returns the pack's folder."""
     mdir = ModelDir(req.model_dir)
-    name = pack_name(req.task) if req.method == "nettailor" else method_pack_name(req.task, req.method)
+    name = method_pack_name(req.task, req.method)
     work = mdir.work_dir(name)
     saved = work / "request.json"
     if resume and saved.is_file():
@@ -104,8 +104,7 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
         shutil.rmtree(work)
     torch.manual_seed(req.seed)
     spec = _spec_for(req, mdir)
-    if req.method != "nettailor":
-        check_method(req.method, UniversalBackbone(spec))  # before any data or weights are fetched
+    check_method(req.method, spec.num_units)  # before any data or weights are fetched
     preprocess = Preprocess(spec.input_size, spec.mean, spec.std)
     data = load_task(req.task, data_dir=Path(req.data_dir), preprocess=preprocess, download=req.download,
                      seed=req.seed)  # data first: a missing dataset fails before any weights are fetched
@@ -138,8 +137,8 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
 
 
 def method_pack_name(task: str, method: str) -> str:
-    """``svhn--finetune-last-2``: the pack of ``task`` trained with a method other than nettailor."""
-    return f"{pack_name(task)}--{method.replace(':', '-')}"
+    """The pack of ``task`` trained with ``method``: ``svhn`` for nettailor, ``svhn--finetune-last-2`` otherwise."""
+    return pack_name(task) if method == "nettailor" else f"{pack_name(task)}--{method.replace(':', '-')}"
 
 
 def evaluate_task(model_dir: str | Path, task: str, *, data_dir: str | Path = "data", split: str = "test",

@@ -16,7 +16,7 @@ The chosen unit, every candidate's score and the cost of each step go into the r
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch.nn import functional as F
@@ -62,8 +62,9 @@ class TunedTask:
     selection: dict | None = None  # flex: the chosen unit, every candidate's score, the cost of each step
 
 
-def check_method(method: str, backbone: UniversalBackbone) -> None:
-    if method not in FLEX_METHODS and parse_method(method, backbone.num_units) is None:
+def check_method(method: str, num_units: int) -> None:
+    """Raise ConfigError unless ``method`` is nettailor, a flex method or a classic method for ``num_units``."""
+    if method != "nettailor" and method not in FLEX_METHODS and parse_method(method, num_units) is None:
         raise ConfigError(f"unknown method {method!r}; choose one of {METHOD_HELP}")
 
 
@@ -76,7 +77,7 @@ def _ce(net: TunedNet):
 
 
 def _phase(p: PhaseConfig, name: str, epochs: int | None = None) -> PhaseConfig:
-    return PhaseConfig(**{**asdict(p), "name": name, **({"epochs": epochs} if epochs is not None else {})})
+    return replace(p, name=name, epochs=p.epochs if epochs is None else epochs)
 
 
 class _Runner:
@@ -104,7 +105,7 @@ class _Runner:
 def train_transfer(method: str, cfg: TransferConfig, backbone: UniversalBackbone, data: TaskData,
                    trainer: Trainer) -> TunedTask:
     """Train ``method`` (see the module docstring) and return the task's network with its metrics."""
-    check_method(method, backbone)
+    check_method(method, backbone.num_units)
     run = _Runner(backbone, data, trainer, cfg)
     spec = parse_method(method, backbone.num_units)
     selection = None

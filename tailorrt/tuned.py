@@ -165,9 +165,7 @@ class TunedNet(nn.Module):
 
     def accounting(self, input_size: int) -> dict:
         """Task-owned and shared parameters used, and FLOPs (multiply-accumulates) of one image."""
-        owned = {id(p) for p in self.parameters() if p.requires_grad}
-        params = list({id(p): p for p in self.parameters()}.values())
-        task = sum(p.numel() for p in params if id(p) in owned)
+        task = sum(p.numel() for p in self.parameters() if p.requires_grad)
         total = count_params(self)
         return {"task_params": int(task), "shared_params_used": int(total - task),
                 "flops": count_flops(self, torch.zeros(1, 3, input_size, input_size)),
