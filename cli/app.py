@@ -46,12 +46,14 @@ def _fail(message: str, code: int = 1) -> None:
              "  tailor train --task imagefolder:/data/pets --backbone resnet18 --backbone-weights r18.pth\n\n"
              "  tailor train --task synth-glyphs --resume   # after an interruption\n\n"
              "  tailor train --task synth-signs --method fast-flex   # writes the pack synth-signs--fast-flex\n\n"
-             "  tailor train --task synth-signs --method finetune-last:2 --tune-epochs 5")
+             "  tailor train --task synth-signs --method finetune-last:2 --tune-epochs 5\n\n"
+             "  tailor train --task synth-signs --method attention:l1:prune --attention-schedule FFAAABAAABAA")
 def train(
     task: str = typer.Option(..., "--task", help="Task: synth-digits, gtsrb, imagefolder:PATH, coco:FILE.json ..."),
     method: str = typer.Option("nettailor", help="nettailor; flex, fast-flex, faster-flex (fine-tune the one best "
-                               "unit); linear[:U], finetune-last:K, finetune-all, scale-shift. Any method but "
-                               "nettailor writes the pack <task>--<method>."),
+                               "unit); linear[:U], finetune-last:K, finetune-all, scale-shift; "
+                               "attention[:channel|filter][:l1|l2|distance-to-1][:prune]. Any method but "
+                               "nettailor writes the pack <task>--<method> (':' becomes '-')."),
     model_dir: str = ModelDirOpt,
     backbone: Optional[str] = typer.Option(None, help="Backbone: embedded, resnet18/34/50, wrn26, tiny. "
                                            "Default: the model dir's, else embedded for built-in tasks, resnet34."),
@@ -76,6 +78,11 @@ def train(
     head_epochs: Optional[int] = typer.Option(None, help="Other methods: epochs of the linear head phase."),
     tune_epochs: Optional[int] = typer.Option(None, help="Other methods: most epochs of each tuning phase "
                                               "(early stopping on validation accuracy)."),
+    attention_schedule: Optional[str] = typer.Option(None, help="Attention: one letter per epoch, F head, "
+                                                     "A attention, B batch norms, P prune (FFAAABAAABAA)."),
+    penalty_weight: Optional[float] = typer.Option(None, help="Attention: lambda of the scale penalty (1e-3)."),
+    prune_below: Optional[float] = typer.Option(None, help="Attention with :prune: remove channels whose "
+                                                "|scale| is below this (0.05)."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Train a task and write its task pack: NetTailor (teacher -> student -> prune -> fine-tune) by default,
@@ -93,6 +100,9 @@ def train(
     cfg = _with_phases(cfg, {"teacher": teacher_epochs, "student": student_epochs, "finetune": finetune_epochs},
                        batch_size)
     transfer = _with_phases(default_transfer_config(task), {"head": head_epochs, "tune": tune_epochs}, batch_size)
+    attention = {"schedule": attention_schedule, "penalty_weight": penalty_weight, "prune_below": prune_below}
+    transfer = replace(transfer, attention=replace(transfer.attention,
+                                                   **{k: v for k, v in attention.items() if v is not None}))
     req = TrainRequest(task=task, model_dir=model_dir, backbone=backbone,
                        backbone_weights=str(backbone_weights) if backbone_weights else None, random_init=random_init,
                        data_dir=str(data_dir), download=download, seed=seed, method=method, config=cfg,
@@ -106,6 +116,9 @@ def train(
     m = meta["metrics"]
     teacher = "" if m["teacher_accuracy"] is None else f" (teacher {m['teacher_accuracy']:.2f}%)"
     chosen = f", unit {meta['selection']['chosen_unit']} chosen" if "selection" in meta else ""
+    if meta.get("attention", {}).get("pruning"):
+        p = meta["attention"]["pruning"]
+        chosen = f", {p['pruned_channels']}/{p['prunable_channels']} channels pruned"
     out.print(f"[green]wrote[/green] {path}: {meta['method']}{chosen}, accuracy {m['accuracy']:.2f}%{teacher}, "
               f"{m['universal_blocks_kept']}/{m['universal_blocks_total']} universal blocks, "
               f"{m['task_params']:,} task parameters, {m['flops'] / 1e6:.1f} MFLOPs "
@@ -325,6 +338,50 @@ def predict(
     for path, r in zip(images, preds):
         answers = ", ".join(f"{l} ({s:.3f})" for l, s in zip(r.labels, r.scores))
         out.print(f"{path}: {answers}", highlight=False, markup=False)
+
+
+@app.command(epilog="Examples:\n\n  tailor bench --model-dir runs/demo\n\n"
+             "  tailor bench --model-dir runs --tasks svhn,omniglot --batches 1,8,32 --out bench.json\n\n"
+             "  tailor bench --model-dir runs/demo --scaling 1,2,4,8,16")
+def bench(
+    model_dir: str = ModelDirOpt,
+    tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: every task)."),
+    backend: str = typer.Option("onnx", help="tailorrt's backend: onnx, torch or tensorrt."),
+    batches: str = typer.Option("1,32", help="Batch sizes of the per-task timing."),
+    rounds: int = typer.Option(7, help="Interleaved timing rounds (median, min and max are reported)."),
+    requests: int = typer.Option(1000, help="Requests per stream through the dynamic batcher."),
+    clients: int = typer.Option(16, help="Concurrent clients of each stream."),
+    max_batch: int = typer.Option(32, help="The batcher's batch limit."),
+    threads: Optional[int] = typer.Option(None, help="Threads of every session (default: torch's)."),
+    scaling: Optional[str] = typer.Option(None, help="Instead: memory and load time for these task counts "
+                                          "(copies of the packs under new names), with a PNG plot."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="The JSON to write (default "
+                                            "<model-dir>/bench/bench.json or scaling.json); markdown goes next to it."),
+) -> None:
+    """Measure tailorrt against one fine-tuned model per task in its own ONNX Runtime session and against the
+    machine's dense limit: memory, disk, load time, images/s per task, speedup next to the FLOP ratio, and a
+    mixed-task request stream through the batcher."""
+    from tailorrt import bench as b
+    from tailorrt.io import write_json
+
+    req = b.BenchRequest(model_dir=model_dir, tasks=_names(tasks), backend=backend,
+                         batches=tuple(int(x) for x in batches.split(",")), rounds=rounds, requests=requests,
+                         clients=clients, max_batch=max_batch, threads=threads,
+                         out=str(out_path) if out_path else None)
+    report = lambda m: err.print(m, highlight=False)  # noqa: E731
+    if scaling:
+        result = b.scaling(req, tuple(int(x) for x in scaling.split(",")), report=report)
+        path = out_path or Path(model_dir) / "bench" / "scaling.json"
+        write_json(path, result)
+        text = b.scaling_summary(result)
+        path.with_suffix(".md").write_text(text)
+        b.scaling_plot(result, path.with_suffix(".png"))
+        out.print(text, highlight=False, markup=False)
+        err.print(f"wrote {path} and {path.with_suffix('.png')}", highlight=False)
+        return
+    result = b.bench(req, report=report)
+    out.print(result["summary"], highlight=False, markup=False)
+    err.print(f"wrote {result['path']}", highlight=False)
 
 
 def _names(csv: Optional[str]) -> Optional[list[str]]:

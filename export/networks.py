@@ -15,6 +15,7 @@ import numpy as np
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from tailorrt.attention import conv_weight
 from tailorrt.backbones import DecathlonBlock
 from tailorrt.errors import ExportError
 from tailorrt.export.graph import INPUT, GraphBuilder, bn_fold, check_positive
@@ -41,18 +42,19 @@ def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: f
             if bn is None:
                 if m.bias is not None and c != 1.0:
                     raise ExportError("cannot carry a scale through a biased convolution without a batch norm")
-                x = g.conv(x, m)
+                private = conv_weight(m) is not m.weight
+                x = g.conv(x, m, weight=conv_weight(m).detach().cpu().numpy() if private else None)
             else:
                 k = mult if i + 1 == last_bn else 1.0
                 scale, shift = bn_fold(bn, c, k)
                 if m.bias is not None:
                     shift = shift + scale / c * m.bias.detach().double().cpu().numpy()
-                if g.shared.name_of(m.weight) is not None:  # universal: shared weight, private affine
+                if g.shared.name_of(conv_weight(m)) is not None:  # universal: shared weight, private affine
                     if m.bias is not None:
                         raise ExportError("universal convolutions with a bias are not supported")
                     x = g.affine(g.conv(x, m), scale, shift)
                 else:  # task-owned: fold the batch norm into the convolution
-                    w = m.weight.detach().double().cpu().numpy() * scale[:, None, None, None]
+                    w = conv_weight(m).detach().double().cpu().numpy() * scale[:, None, None, None]
                     x = g.conv(x, m, weight=w.astype(np.float32), bias=shift.astype(np.float32))
                 c = 1.0 / k
                 i += 1

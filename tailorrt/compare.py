@@ -75,7 +75,8 @@ def compare(req: CompareRequest, *, device: torch.device, progress: Progress | N
         rows.append({"method": method, "pack": name, "accuracy": m["accuracy"], "task_params": m["task_params"],
                      "total_params_used": m["task_params"] + m["shared_params_used"], "flops": m["flops"],
                      "train_seconds": training_seconds(meta), "pack_bytes": pack_file(meta)["bytes"],
-                     "chosen_unit": meta.get("selection", {}).get("chosen_unit")})
+                     "chosen_unit": meta.get("selection", {}).get("chosen_unit"),
+                     "pruning": (meta.get("attention") or {}).get("pruning")})
     speed = _images_per_s(models, backbone.spec.input_size, req.batch, device)
     reference = next((r["accuracy"] for r in rows if r["method"] == REFERENCE), None)
     for r in rows:
@@ -118,6 +119,9 @@ def markdown(result: dict) -> str:
     for r in result["methods"]:
         vs = "-" if r["vs_finetune_all"] is None else f"{r['vs_finetune_all']:+.2f}"
         unit = "" if r["chosen_unit"] is None else f" (unit {r['chosen_unit']})"
+        if r.get("pruning"):
+            p = r["pruning"]
+            unit = f" ({p['pruned_channels']}/{p['prunable_channels']} channels cut)"
         lines.append(f"| {r['method']}{unit} | {r['accuracy']:.2f} | {vs} | {r['task_params']:,} | "
                      f"{r['total_params_used']:,} | {r['flops'] / 1e6:.1f} | {r['pack_bytes'] / 1e3:.1f} | "
                      f"{r['train_seconds']:.0f} | {r['images_per_s']:.0f} |")

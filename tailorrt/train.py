@@ -130,6 +130,8 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
                      "training": {"phases": tuned.phases}})
         if tuned.selection is not None:
             meta["selection"] = tuned.selection
+        if tuned.attention is not None:
+            meta["attention"] = tuned.attention
     meta["training"]["seconds"] = round(time.perf_counter() - t0, 2)
     meta.update({"versions": versions(), "machine": machine(),
                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

@@ -9,18 +9,25 @@
   keep it, or the all-units model if that is better on validation.
 - ``faster-flex``: the same with a single epoch of all-unit fine-tuning (its all-units model is not
   a candidate).
+- ``attention[:...]``: scales on every convolution (:mod:`tailorrt.attention`), trained on a schedule of
+  head (F), attention (A, statistics fixed, with the penalty) and batch-norm (B, statistics re-estimated)
+  epochs; ``:prune`` removes the channels whose scale fell below the threshold (P) and recovers (B).
 
-The chosen unit, every candidate's score and the cost of each step go into the result.
+The chosen unit, every candidate's score and the cost of each step go into the result (the attention
+schedule, its scales per epoch and what pruning removed, for attention).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch.nn import functional as F
 
+from tailorrt.attention import (AttentionConfig, AttentionMethod, attention_parameters, attention_summary, penalty,
+                                prune_by_scale)
 from tailorrt.backbones import UniversalBackbone
 from tailorrt.datasets import TaskData
 from tailorrt.errors import ConfigError
@@ -29,7 +36,7 @@ from tailorrt.tuned import TunedNet, TuneSpec, parse_method
 
 FLEX_METHODS = ("flex", "fast-flex", "faster-flex")
 METHOD_HELP = ("nettailor, flex, fast-flex, faster-flex, linear, linear:U, finetune-last:K, finetune-all, "
-               "scale-shift")
+               "scale-shift, attention[:channel|filter][:l1|l2|distance-to-1][:prune]")
 
 
 @dataclass
@@ -38,18 +45,21 @@ class TransferConfig:
 
     head: PhaseConfig = field(default_factory=lambda: PhaseConfig("head", 10, 0.1, batch_size=32))
     tune: PhaseConfig = field(default_factory=lambda: PhaseConfig("tune", 20, 0.01, batch_size=32, patience=4))
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
 
     @classmethod
     def quick(cls) -> TransferConfig:
         return cls(head=PhaseConfig("head", 2, 0.1, batch_size=64),
-                   tune=PhaseConfig("tune", 3, 0.02, batch_size=64, patience=2))
+                   tune=PhaseConfig("tune", 3, 0.02, batch_size=64, patience=2),
+                   attention=AttentionConfig(schedule="FFAABA", penalty_weight=2e-3, attention_lr=0.2, bn_lr=0.02))
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> TransferConfig:
-        return cls(**{k: PhaseConfig(**v) for k, v in data.items()})
+        attention = AttentionConfig(**data["attention"]) if "attention" in data else AttentionConfig()
+        return cls(head=PhaseConfig(**data["head"]), tune=PhaseConfig(**data["tune"]), attention=attention)
 
 
 @dataclass
@@ -60,6 +70,7 @@ class TunedTask:
     metrics: dict
     phases: list[dict]
     selection: dict | None = None  # flex: the chosen unit, every candidate's score, the cost of each step
+    attention: dict | None = None  # attention: its options, the schedule's steps, what pruning removed
 
 
 def check_method(method: str, num_units: int) -> None:
@@ -68,10 +79,12 @@ def check_method(method: str, num_units: int) -> None:
         raise ConfigError(f"unknown method {method!r}; choose one of {METHOD_HELP}")
 
 
-def _ce(net: TunedNet):
+def _ce(net: TunedNet, extra: Callable[[], torch.Tensor] | None = None):
+    """Cross-entropy, plus ``extra()`` (a penalty) when given."""
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = net(x)
-        return F.cross_entropy(logits, y), logits
+        loss = F.cross_entropy(logits, y)
+        return (loss + extra() if extra is not None else loss), logits
 
     return loss_fn
 
@@ -93,8 +106,9 @@ class _Runner:
             net.classifier.load_state_dict(head_from.classifier.state_dict())
         return net
 
-    def train(self, net: TunedNet, phase: PhaseConfig) -> float:
-        result = self.trainer.run(phase, net, _ce(net), self.data.train, self.data.val)
+    def train(self, net: TunedNet, phase: PhaseConfig, extra: Callable[[], torch.Tensor] | None = None,
+              **run_kwargs) -> float:
+        result = self.trainer.run(phase, net, _ce(net, extra), self.data.train, self.data.val, **run_kwargs)
         self.phases.append(result.to_json())
         return result.val_accuracy
 
@@ -108,8 +122,10 @@ def train_transfer(method: str, cfg: TransferConfig, backbone: UniversalBackbone
     check_method(method, backbone.num_units)
     run = _Runner(backbone, data, trainer, cfg)
     spec = parse_method(method, backbone.num_units)
-    selection = None
-    if spec is not None:
+    selection = attention = None
+    if spec is not None and spec.attention:
+        net, attention = _attention(method, run)
+    elif spec is not None:
         net = run.net(TuneSpec(feature_unit=spec.feature_unit))  # a linear head first
         run.train(net, cfg.head)
         if spec.units or spec.bn == "affine":  # then the owned parts, starting from that head
@@ -123,7 +139,9 @@ def train_transfer(method: str, cfg: TransferConfig, backbone: UniversalBackbone
     blocks = [i for i in range(1, len(net.units)) if i not in net.spec.units]
     metrics = {"accuracy": round(acc, 3), "teacher_accuracy": None, "teacher_flops": dense["flops"],
                "universal_blocks_kept": len(blocks), "universal_blocks_total": backbone.num_units - 1, **acct}
-    return TunedTask(net, metrics, run.phases, selection)
+    if attention is not None:
+        metrics["pruned_channels"] = attention["pruning"]["pruned_channels"] if attention["pruning"] else 0
+    return TunedTask(net, metrics, run.phases, selection, attention)
 
 
 def _flex(method: str, run: _Runner) -> tuple[TunedNet, dict]:
@@ -180,3 +198,52 @@ def _flex(method: str, run: _Runner) -> tuple[TunedNet, dict]:
                  "steps": steps, "epochs": sum(x["epochs"] for x in steps),
                  "seconds": round(sum(x["seconds"] for x in steps), 2)}
     return net, selection
+
+
+def _set_trainable(net: TunedNet, letter: str) -> None:
+    """F: the classifier; A: the attention scales and the classifier, statistics fixed; B: the batch norms'
+    affine weights (statistics re-estimated) and the classifier."""
+    scales = {id(p) for p in attention_parameters(net)}
+    for name, p in net.named_parameters():
+        p.requires_grad_(name.startswith("classifier.") or (letter == "A" and id(p) in scales))
+    if letter == "B":
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d) and m.affine:
+                m.weight.requires_grad_(True)
+                m.bias.requires_grad_(True)
+    net.freeze_bn_stats = letter != "B"
+
+
+def _attention(method: str, run: _Runner) -> tuple[TunedNet, dict]:
+    """Train channel (or filter) attention on the schedule of ``run.cfg.attention``; prune where asked."""
+    opts = AttentionMethod.parse(method)
+    acfg = run.cfg.attention
+    net = run.net(parse_method(method, run.backbone.num_units))
+    steps: list[dict] = []
+    pruning = None
+    for i, (letter, epochs) in enumerate(acfg.steps(opts.prune), start=1):
+        t0 = time.perf_counter()
+        if letter == "P":
+            before = run.val(net)
+            pruning = prune_by_scale(net.units, acfg.prune_below)
+            pruning.update(val_accuracy_before=before, val_accuracy_after=run.val(net))
+            steps.append({"step": f"{i}-P", "seconds": round(time.perf_counter() - t0, 2), "epochs": 0, **pruning})
+            continue
+        _set_trainable(net, letter)
+        base = run.cfg.head if letter == "F" else replace(run.cfg.tune, lr=acfg.attention_lr if letter == "A"
+                                                          else acfg.bn_lr, patience=None)
+        scales = attention_parameters(net)
+        extra = ((lambda: acfg.penalty_weight * penalty(scales, opts.penalty))
+                 if letter == "A" and acfg.penalty_weight else None)
+        val = run.train(net, replace(base, name=f"attention-{i}-{letter}", epochs=epochs), extra,
+                        special=scales if letter == "A" else None,
+                        on_epoch=lambda _e: {"attention": attention_summary(net.units, acfg.prune_below)})
+        steps.append({"step": f"{i}-{letter}", "seconds": round(time.perf_counter() - t0, 2), "epochs": epochs,
+                      "val_accuracy": val})
+    for p in net.parameters():
+        p.requires_grad_(False)
+    net.freeze_bn_stats = False
+    record = {"method": method, "granularity": opts.granularity, "penalty": opts.penalty, **acfg.to_json(),
+              "steps": steps, "pruning": pruning, "scales": attention_summary(net.units, acfg.prune_below),
+              "epochs": sum(s["epochs"] for s in steps), "seconds": round(sum(s["seconds"] for s in steps), 2)}
+    return net, record

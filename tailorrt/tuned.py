@@ -7,7 +7,9 @@ objects) or *owned* by the task (a trainable copy). A :class:`TuneSpec` says whi
 - ``linear[:U]``: nothing owned but the classifier, on the frozen features of the last unit (or unit U);
 - ``finetune-last:K``: the last K units; ``finetune-all``: every unit;
 - ``scale-shift``: the batch-norm affine weights and statistics of every unit, plus the classifier;
-- ``flex`` and its faster variants: exactly one unit (or every unit when that wins, see :mod:`tailorrt.flex`).
+- ``flex`` and its faster variants: exactly one unit (or every unit when that wins, see :mod:`tailorrt.transfer`);
+- ``attention...``: the batch norms of every unit, with a trainable scale per channel or per filter
+  (see :mod:`tailorrt.attention`), plus the classifier; pruned channels are gone from the network.
 
 Shared units keep the backbone's batch-norm statistics and stay in eval mode while training, except
 under ``scale-shift``, where the task re-estimates them. The task owns exactly :meth:`TunedNet.task_state`.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tailorrt.attention import GRANULARITIES, AttentionMethod, add_attention, prune_channels
 from tailorrt.backbones import UniversalBackbone, pool
 from tailorrt.errors import ConfigError, PackError
 from tailorrt.flops import count_flops, count_params
@@ -36,22 +39,29 @@ class TuneSpec:
     units: tuple[int, ...] = ()
     bn: str = "frozen"  # frozen: the backbone's batch norms; affine: the task's own affine and statistics
     feature_unit: int | None = None  # the classifier reads this unit's output; None: the last unit
+    attention: str | None = None  # channel | filter: trainable scales on every conv (needs bn="affine")
 
     def __post_init__(self) -> None:
         if self.bn not in BN_MODES:
             raise ConfigError(f"bn must be one of {', '.join(BN_MODES)}, not {self.bn!r}")
+        if self.attention is not None and (self.attention not in GRANULARITIES or self.bn != "affine"):
+            raise ConfigError(f"attention must be one of {', '.join(GRANULARITIES)}, with the task's own batch norms")
 
     def to_json(self) -> dict:
-        return {"units": list(self.units), "bn": self.bn, "feature_unit": self.feature_unit}
+        return {"units": list(self.units), "bn": self.bn, "feature_unit": self.feature_unit,
+                "attention": self.attention}
 
     @classmethod
     def from_json(cls, data: dict) -> TuneSpec:
-        return cls(tuple(int(u) for u in data["units"]), data["bn"], data.get("feature_unit"))
+        return cls(tuple(int(u) for u in data["units"]), data["bn"], data.get("feature_unit"), data.get("attention"))
 
 
 def parse_method(method: str, num_units: int) -> TuneSpec | None:
-    """The spec of a classic method name (``linear``, ``linear:U``, ``finetune-last:K``, ``finetune-all``,
-    ``scale-shift``); None for the methods that choose their units by training (nettailor, flex...)."""
+    """The spec of a method name (``linear``, ``linear:U``, ``finetune-last:K``, ``finetune-all``, ``scale-shift``,
+    ``attention[:...]``); None for the methods that choose their units by training (nettailor, flex...)."""
+    attention = AttentionMethod.parse(method)
+    if attention is not None:
+        return TuneSpec(bn="affine", attention=attention.granularity)
     name, _, arg = method.partition(":")
     last = num_units - 1
 
@@ -94,8 +104,13 @@ class TunedNet(nn.Module):
             raise ConfigError(f"units {list(spec.units)} / feature unit {feature_unit} do not fit a backbone "
                               f"of {backbone.num_units} units")
         self.spec = spec
+        self.freeze_bn_stats = False  # attention phases train with the norms' statistics fixed
+        self._backbone_params = tuple(backbone.parameters())  # held, so their ids stay theirs (accounting)
         source = [backbone.stem, *backbone.blocks][: feature_unit + 1]
         self.units = nn.ModuleList(self._unit(u, i in spec.units, spec.bn) for i, u in enumerate(source))
+        if spec.attention:
+            for unit in self.units:
+                add_attention(unit, spec.attention)
         self.owns_head_norm = feature_unit == last and (last in spec.units or spec.bn == "affine")
         if feature_unit < last:
             self.head_norm: nn.Module = nn.Identity()
@@ -124,9 +139,10 @@ class TunedNet(nn.Module):
         return self.classifier(self.features(x))
 
     def train(self, mode: bool = True) -> TunedNet:
-        """Shared units keep the backbone's statistics (eval mode) unless the task owns its batch norms."""
+        """Shared units keep the backbone's statistics (eval mode) unless the task owns its batch norms and
+        :attr:`freeze_bn_stats` is off."""
         super().train(mode)
-        if mode and self.spec.bn == "frozen":
+        if mode and (self.spec.bn == "frozen" or self.freeze_bn_stats):
             for i, unit in enumerate(self.units):
                 if i not in self.spec.units:
                     unit.eval()
@@ -145,12 +161,23 @@ class TunedNet(nn.Module):
         return prefixes
 
     def task_state(self) -> dict[str, torch.Tensor]:
-        """Exactly what the task owns (owned units whole, owned batch norms, the classifier)."""
+        """Exactly what the task owns (owned units whole, owned batch norms with their attention scales and
+        keep masks, filter attention scales, the classifier); never a backbone weight, pruned or not."""
         prefixes = tuple(self._owned_prefixes())
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if k.startswith(prefixes)}
+        return {k: v.detach().clone() for k, v in self.state_dict().items()
+                if k.startswith(prefixes) or k.endswith(".attention")}
 
     def load_task_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Inverse of :meth:`task_state`. Raises PackError on any mismatch."""
+        """Inverse of :meth:`task_state` (pruning first where keep masks say so). Raises PackError on any
+        mismatch."""
+        for key in sorted(k for k in state if k.endswith(".keep")):
+            path = key[: -len(".keep")]
+            parent, _, norm = path.rpartition(".")
+            try:
+                block = self.get_submodule(parent)
+            except AttributeError as e:
+                raise PackError(f"task weights do not fit this network: unexpected {key}") from e
+            prune_channels(block, norm, state[key])
         own = self.state_dict()
         needed = set(self.task_state())
         unexpected, missing = sorted(set(state) - needed), sorted(needed - set(state))
@@ -164,8 +191,11 @@ class TunedNet(nn.Module):
         self.load_state_dict(state, strict=False)
 
     def accounting(self, input_size: int) -> dict:
-        """Task-owned and shared parameters used, and FLOPs (multiply-accumulates) of one image."""
-        task = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        """Task-owned and shared parameters used, and FLOPs (multiply-accumulates) of one image. Task-owned is
+        every parameter that is not the backbone's own: with pruning, the task's smaller copies of the
+        convolutions it cut count too (the pack stores only their keep masks)."""
+        shared = {id(p) for p in self._backbone_params}
+        task = sum(p.numel() for p in self.parameters() if id(p) not in shared)
         total = count_params(self)
         return {"task_params": int(task), "shared_params_used": int(total - task),
                 "flops": count_flops(self, torch.zeros(1, 3, input_size, input_size)),

@@ -15,6 +15,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from tailorrt import Runtime
+from tailorrt.attention import AttentionConfig, AttentionMethod, attention_parameters, prune_by_scale
 from tailorrt.backbones import UniversalBackbone, get_spec
 from tailorrt.errors import ConfigError, PackError
 from tailorrt.export.graph import GraphBuilder, SharedWeights, save_graph
@@ -26,7 +27,7 @@ from tailorrt.tuned import TunedNet, TuneSpec, parse_method
 from tests.conftest import class_image, one_line_error, run_cli
 from tests.test_export import SPECS, _randomise_bn
 
-METHODS = ["linear", "linear:2", "finetune-last:2", "finetune-all", "scale-shift"]
+METHODS = ["linear", "linear:2", "finetune-last:2", "finetune-all", "scale-shift", "attention", "attention:filter"]
 
 
 def _backbone(spec=None, seed: int = 0) -> UniversalBackbone:
@@ -64,8 +65,12 @@ def test_each_method_owns_exactly_its_parts(method):
         assert any(k.startswith(f"units.{i}.") for k in state) == (owned or spec.bn == "affine")
     if method.startswith("linear"):
         assert set(state) == {"classifier.weight", "classifier.bias"}
-    if method == "scale-shift":
+    if method == "scale-shift" or method.startswith("attention"):
         assert not any(k.endswith("conv1.weight") or k.endswith("conv2.weight") for k in state)
+    if method.startswith("attention"):
+        scales = [k for k in state if k.endswith(".attention")]
+        kind = torch.nn.BatchNorm2d if method == "attention" else torch.nn.Conv2d
+        assert len(scales) == sum(isinstance(m, kind) for m in net.units.modules())
     if method == "linear:2":
         assert len(net.units) == 3  # the classifier reads unit 2; later units are not run
     fresh = TunedNet(backbone, 5, spec).eval()
@@ -84,6 +89,78 @@ def test_method_names_are_checked():
         with pytest.raises(ConfigError):
             parse_method(bad, n)
     assert parse_method("finetune-all:2", n) is None  # not a classic method: rejected by check_method
+    assert AttentionMethod.parse("attention:prune:l2") == AttentionMethod("channel", "l2", True)
+    assert AttentionMethod.parse("attention:filter:distance-to-1") == AttentionMethod("filter", "distance-to-1")
+    for bad in ("attention:l1:l2", "attention:filter:prune", "attention:x", "attention:prune:prune"):
+        with pytest.raises(ConfigError):
+            parse_method(bad, n)
+
+
+def test_attention_schedule_runs_and_letters():
+    cfg = AttentionConfig(schedule="FFAABA")
+    assert cfg.steps(prune=False) == [("F", 2), ("A", 2), ("B", 1), ("A", 1)]
+    assert cfg.steps(prune=True) == [("F", 2), ("A", 2), ("B", 1), ("A", 1), ("P", 1), ("B", 1)]
+    assert AttentionConfig(schedule="FAPPB").steps(prune=False) == [("F", 1), ("A", 1), ("B", 1)]
+    for bad in ("FAX", ""):
+        with pytest.raises(ConfigError, match="letters"):
+            AttentionConfig(schedule=bad)
+
+
+def test_attention_phases_train_what_their_letter_says():
+    """A: scales and classifier move, batch-norm statistics and affine stay; B: the reverse for the scales."""
+    from tailorrt.transfer import _ce, _set_trainable
+
+    backbone = _backbone()
+    net = TunedNet(backbone, 3, parse_method("attention", backbone.num_units))
+    data = [(torch.randn(3, 16, 16), i % 3) for i in range(24)]
+    trainer = Trainer(device=torch.device("cpu"))
+
+    def snapshot():
+        bns = [m for m in net.units.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        return ([m.running_mean.clone() for m in bns], [m.weight.detach().clone() for m in bns],
+                [a.detach().clone() for a in attention_parameters(net)], net.classifier.weight.detach().clone())
+
+    def changed(before, after):
+        return [any(not torch.equal(a, b) for a, b in zip(x, y)) if isinstance(x, list) else not torch.equal(x, y)
+                for x, y in zip(before, after)]
+
+    for letter, expect in (("A", [False, False, True, True]), ("B", [True, True, False, True]),
+                           ("F", [False, False, False, True])):
+        _set_trainable(net, letter)
+        before = snapshot()
+        trainer.run(PhaseConfig(letter, 1, 0.1, batch_size=8), net, _ce(net), data, data)
+        assert changed(before, snapshot()) == expect, letter
+
+
+@pytest.mark.parametrize("kind", SPECS)
+@pytest.mark.parametrize("variant", ["channel", "filter", "pruned"])
+def test_attention_graphs_match_pytorch_and_pruning_shrinks_them(kind, variant, tmp_path):
+    backbone = _backbone(SPECS[kind])
+    net = _net(backbone, TuneSpec(bn="affine", attention="filter" if variant == "filter" else "channel"))
+    full_flops = net.accounting(backbone.spec.input_size)["flops"]
+    if variant == "pruned":  # switch off every other internal channel, then cut them out
+        with torch.no_grad():
+            for a in attention_parameters(net):
+                a[::2] = 0.0
+        x = torch.randn(2, 3, backbone.spec.input_size, backbone.spec.input_size)
+        before = net(x)
+        result = prune_by_scale(net.units, 0.01)
+        assert result["pruned_channels"] > 0
+        assert torch.allclose(net(x), before, atol=1e-5)  # a zero scale is an exact zero: pruning changes nothing
+        assert net.accounting(backbone.spec.input_size)["flops"] < full_flops
+        fresh = TunedNet(backbone, 5, net.spec).eval()
+        fresh.load_task_state(net.task_state())  # the keep masks rebuild the pruned network
+        assert torch.equal(fresh(x), net(x))
+    external = _external_after_parity(backbone, net, tmp_path)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in backbone.modules())
+    if variant == "channel":
+        assert len(external) == convs  # every conv weight read from the shared file, scales folded away
+    elif variant == "filter":
+        assert not external  # every conv carries the task's filter scales: private
+    else:
+        ids = {id(p) for p in backbone.parameters()}
+        still_shared = sum(isinstance(m, torch.nn.Conv2d) and id(m.weight) in ids for m in net.units.modules())
+        assert 0 < still_shared < convs and len(external) == still_shared  # cut convs are private, smaller
 
 
 def test_shared_units_keep_the_backbones_statistics_while_training():
@@ -94,14 +171,8 @@ def test_shared_units_keep_the_backbones_statistics_while_training():
     assert all(u.training for u in net.units)
 
 
-@pytest.mark.parametrize("kind", SPECS)
-@pytest.mark.parametrize("spec", [TuneSpec(), TuneSpec(feature_unit=1), TuneSpec(units=(1,)), TuneSpec(units=(0, 2)),
-                                  TuneSpec(bn="affine")], ids=["linear", "linear-1", "flex-1", "units-0-2", "ss"])
-def test_tuned_graphs_match_pytorch_and_share_what_is_shared(kind, spec, tmp_path):
-    backbone = _backbone(SPECS[kind])
-    if spec.feature_unit is None and spec.units and max(spec.units) >= backbone.num_units:
-        pytest.skip("backbone too short")
-    net = _net(backbone, spec)
+def _external_after_parity(backbone: UniversalBackbone, net: TunedNet, tmp_path: Path) -> set[str]:
+    """Export ``net``, check its graph against PyTorch, and return the names it reads from the shared file."""
     shared = SharedWeights(backbone)
     shared.write(tmp_path / "universal.data")
     g = GraphBuilder("t", shared)
@@ -114,7 +185,19 @@ def test_tuned_graphs_match_pytorch_and_share_what_is_shared(kind, spec, tmp_pat
     with torch.no_grad():
         ref = net(x).numpy()
     assert np.abs(session.run(["logits"], {"input": x.numpy()})[0] - ref).max() < 1e-5
-    external = {t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+    assert all(op.op_type != "Mul" for op in model.graph.node)  # every scale folded away
+    return {t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+
+
+@pytest.mark.parametrize("kind", SPECS)
+@pytest.mark.parametrize("spec", [TuneSpec(), TuneSpec(feature_unit=1), TuneSpec(units=(1,)), TuneSpec(units=(0, 2)),
+                                  TuneSpec(bn="affine")], ids=["linear", "linear-1", "flex-1", "units-0-2", "ss"])
+def test_tuned_graphs_match_pytorch_and_share_what_is_shared(kind, spec, tmp_path):
+    backbone = _backbone(SPECS[kind])
+    if spec.feature_unit is None and spec.units and max(spec.units) >= backbone.num_units:
+        pytest.skip("backbone too short")
+    net = _net(backbone, spec)
+    external = _external_after_parity(backbone, net, tmp_path)
     used = len(net.units) - 1  # blocks run
     for b in range(1, backbone.num_units):
         in_graph = any(n.startswith(f"blocks.{b - 1}.") for n in external)
@@ -152,8 +235,10 @@ def methods_dir(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     root = tmp_path_factory.mktemp("methods") / "m"
     shutil.copytree(exported_dir, root)
     spec = json.loads((root / "tasks" / "colors" / "task.json").read_text())["data"]["spec"]
-    for method in ("fast-flex", "flex", "linear", "scale-shift", "finetune-last:1"):
-        proc = run_cli("train", "--task", spec, "--model-dir", str(root), "--method", method, *TRAIN, check=True)
+    extra = {"attention:prune": ("--attention-schedule", "FAB", "--prune-below", "1.0")}  # cut most channels
+    for method in ("fast-flex", "flex", "linear", "scale-shift", "finetune-last:1", "attention:prune"):
+        proc = run_cli("train", "--task", spec, "--model-dir", str(root), "--method", method, *TRAIN,
+                       *extra.get(method, ()), check=True)
         assert method.split(":")[0] in proc.stdout
     run_cli("export", "--model-dir", str(root), check=True)
     return root
@@ -161,8 +246,8 @@ def methods_dir(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_methods_write_their_own_packs_with_selection_and_cost(methods_dir):
     names = sorted(p.name for p in (methods_dir / "tasks").iterdir())
-    assert names == ["colors", "colors--fast-flex", "colors--finetune-last-1", "colors--flex", "colors--linear",
-                     "colors--scale-shift", "hues"]
+    assert names == ["colors", "colors--attention-prune", "colors--fast-flex", "colors--finetune-last-1",
+                     "colors--flex", "colors--linear", "colors--scale-shift", "hues"]
     for method in ("flex", "fast-flex"):
         meta = json.loads((methods_dir / "tasks" / f"colors--{method}" / "task.json").read_text())
         sel = meta["selection"]
@@ -172,6 +257,13 @@ def test_methods_write_their_own_packs_with_selection_and_cost(methods_dir):
         assert sel["epochs"] == sum(s["epochs"] for s in sel["steps"]) and sel["seconds"] > 0
         trained = [s["step"] for s in sel["steps"] if s["step"].startswith("unit-")]
         assert len(trained) == (len(sel["candidate_scores"]) if method == "flex" else 1)
+    att = json.loads((methods_dir / "tasks" / "colors--attention-prune" / "task.json").read_text())
+    rec = att["attention"]
+    assert [s["step"] for s in rec["steps"]] == ["1-F", "2-A", "3-B", "4-P", "5-B"]
+    assert 0 < rec["pruning"]["pruned_channels"] == att["metrics"]["pruned_channels"] < rec["pruning"]["prunable_channels"]
+    assert all("attention" in row for p in att["training"]["phases"] for row in p["history"])
+    ss = json.loads((methods_dir / "tasks" / "colors--scale-shift" / "task.json").read_text())
+    assert att["metrics"]["flops"] < ss["metrics"]["flops"]
     linear = json.loads((methods_dir / "tasks" / "colors--linear" / "task.json").read_text())
     backbone = json.loads((methods_dir / "backbone" / "backbone.json").read_text())
     assert linear["files"]["task.safetensors"]["bytes"] < 0.01 * backbone["bytes"]
@@ -179,7 +271,7 @@ def test_methods_write_their_own_packs_with_selection_and_cost(methods_dir):
 
 def test_every_method_exports_with_parity_and_serves_next_to_nettailor(methods_dir):
     manifest = json.loads((methods_dir / "onnx" / "export.json").read_text())
-    assert len(manifest["tasks"]) == 7
+    assert len(manifest["tasks"]) == 8
     assert all(t["parity"]["max_abs_logit_diff"] <= 1e-4 for t in manifest["tasks"].values())
     torch_rt, onnx_rt = Runtime(methods_dir, backend="torch"), Runtime(methods_dir, backend="onnx")
     rng = np.random.default_rng(4)
@@ -189,7 +281,7 @@ def test_every_method_exports_with_parity_and_serves_next_to_nettailor(methods_d
         a, b = torch_rt.logits(task, x), onnx_rt.logits(task, x)
         assert np.abs(a - b).max() <= 1e-4 and (a.argmax(1) == b.argmax(1)).all()
     methods = {onnx_rt.task(t).method for t in onnx_rt.tasks}
-    assert {"nettailor", "fast-flex", "linear", "scale-shift"} <= methods
+    assert {"nettailor", "fast-flex", "linear", "scale-shift", "attention:prune"} <= methods
     with TestClient(create_app(onnx_rt)) as client:  # one server, tasks of every method
         for task in onnx_rt.tasks:
             r = client.post(f"/v1/tasks/{task}:predict", content=png_bytes(images[0]),

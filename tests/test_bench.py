@@ -1,0 +1,88 @@
+"""``tailor bench``: the per-task models it times are the real teachers, every figure is there, and the scaling
+run loads 1..K tasks in fresh processes and draws its plot."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from tailorrt.bench import per_task_model, teacher_checkpoint
+from tailorrt.pack import ModelDir
+from tailorrt.teacher import Teacher
+from tests.conftest import one_line_error, run_cli
+
+FAST = ("--rounds", "2", "--requests", "24", "--clients", "4", "--batches", "1,4", "--threads", "1")
+
+
+@pytest.fixture(scope="module")
+def bench_dir(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench") / "m"
+    shutil.copytree(exported_dir, root)
+    return root
+
+
+def test_the_per_task_model_is_the_tasks_teacher(bench_dir, tmp_path):
+    mdir = ModelDir(bench_dir)
+    backbone, _ = mdir.load_backbone()
+    task = mdir.task_names()[0]
+    state = teacher_checkpoint(mdir, task)
+    assert state is not None  # tailor train left the finished teacher phase in .work
+    teacher = Teacher(backbone, len(mdir.task_meta(task)["classes"]))
+    teacher.load_state_dict(state)
+    model = per_task_model(mdir, task, backbone, tmp_path)
+    assert model.kind == "teacher" and model.flops > mdir.task_meta(task)["metrics"]["flops"] * 0.5
+    size = backbone.spec.input_size
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        ref = teacher.eval()(x).numpy()
+    got = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"]).run(["logits"],
+                                                                                       {"input": x.numpy()})[0]
+    assert np.abs(got - ref).max() < 1e-4
+
+
+def test_bench_reports_every_figure(bench_dir):
+    proc = run_cli("bench", "--model-dir", str(bench_dir), *FAST, check=True, timeout=600)
+    r = json.loads((bench_dir / "bench" / "bench.json").read_text())
+    assert set(r["tasks"]) == {"colors", "hues"}
+    for row in r["tasks"].values():
+        assert row["per_task_model"] == "teacher" and row["flop_ratio"] > 0
+        for b in ("1", "4"):
+            m = row["batches"][b]
+            assert m["tailorrt"]["images_per_s"] > 0 and m["per_task"]["images_per_s"] > 0
+            assert m["tailorrt"]["ms_min"] <= m["tailorrt"]["ms_per_batch"] <= m["tailorrt"]["ms_max"]
+            assert 0 < m["fraction_of_limit"] and m["speedup"] > 0
+    assert r["limit"]["best_gmacs_per_s"] > 0
+    for k in ("tailorrt", "per_task"):
+        assert r["load"][k]["rss_added"] > 0 and r["load"][k]["load_seconds"] > 0 and r["disk_bytes"][k] > 0
+        s = r["stream"][k]
+        assert s["mixed"]["requests"] == 24 and s["mixed"]["p50_ms"] <= s["mixed"]["p99_ms"]
+        assert set(s["single"]) == {"colors", "hues"} and s["mixed_over_single"] > 0
+    assert r["versions"]["onnxruntime"] and r["machine"]["cpus"] and r["threads"] == 1
+    assert "| tailorrt, one Runtime |" in proc.stdout and "mixed / single" in proc.stdout
+    assert (bench_dir / "bench" / "bench.md").read_text() == r["summary"]
+
+
+def test_scaling_loads_copies_and_draws_the_plot(bench_dir):
+    out = bench_dir / "scale" / "s.json"
+    proc = run_cli("bench", "--model-dir", str(bench_dir), "--scaling", "1,2,3", "--threads", "1", "--out", str(out),
+                   check=True, timeout=600)
+    r = json.loads(out.read_text())
+    rows = r["rows"]
+    assert [row["tasks"] for row in rows] == [1, 2, 3]
+    packs = ModelDir(bench_dir / "bench" / "scaling").task_names()
+    assert len(packs) == 3 and "colors-copy1" in packs  # the third task is a copy of the first, renamed
+    assert rows[0]["ideal_bytes"] < rows[1]["ideal_bytes"] < rows[2]["ideal_bytes"]
+    assert all(row["tailorrt_rss"] > 0 and row["per_task_rss"] > 0 for row in rows)
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "fixed overhead" in proc.stdout
+
+
+def test_bench_bad_input_is_one_line(bench_dir, tmp_path):
+    assert "no tasks" in one_line_error(run_cli("bench", "--model-dir", str(tmp_path / "empty"), *FAST))
+    assert "scaling" in one_line_error(run_cli("bench", "--model-dir", str(bench_dir), "--scaling", "0,2"))
