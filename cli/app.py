@@ -362,7 +362,6 @@ def bench(
     machine's dense limit: memory, disk, load time, images/s per task, speedup next to the FLOP ratio, and a
     mixed-task request stream through the batcher."""
     from tailorrt import bench as b
-    from tailorrt.io import write_json
 
     req = b.BenchRequest(model_dir=model_dir, tasks=_names(tasks), backend=backend,
                          batches=tuple(int(x) for x in batches.split(",")), rounds=rounds, requests=requests,
@@ -371,17 +370,10 @@ def bench(
     report = lambda m: err.print(m, highlight=False)  # noqa: E731
     if scaling:
         result = b.scaling(req, tuple(int(x) for x in scaling.split(",")), report=report)
-        path = out_path or Path(model_dir) / "bench" / "scaling.json"
-        write_json(path, result)
-        text = b.scaling_summary(result)
-        path.with_suffix(".md").write_text(text)
-        b.scaling_plot(result, path.with_suffix(".png"))
-        out.print(text, highlight=False, markup=False)
-        err.print(f"wrote {path} and {path.with_suffix('.png')}", highlight=False)
-        return
-    result = b.bench(req, report=report)
+    else:
+        result = b.bench(req, report=report)
     out.print(result["summary"], highlight=False, markup=False)
-    err.print(f"wrote {result['path']}", highlight=False)
+    err.print(f"wrote {result['path']} (and .md{', .png' if scaling else ''} next to it)", highlight=False)
 
 
 def _names(csv: Optional[str]) -> Optional[list[str]]:

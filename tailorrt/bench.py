@@ -18,6 +18,7 @@ is timed instead, which costs the same memory and time but says nothing about ac
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -33,6 +34,7 @@ from onnx import TensorProto, helper
 
 from tailorrt.backbones import UniversalBackbone
 from tailorrt.errors import ConfigError
+from tailorrt.io import load_metadata, load_tensors, read_json, write_json
 from tailorrt.pack import ModelDir, machine, pack_file, versions
 from tailorrt.tuned import TunedNet, TuneSpec
 
@@ -90,8 +92,6 @@ def teacher_state_for(net: TunedNet, teacher_state: dict[str, torch.Tensor]) -> 
 
 def teacher_checkpoint(mdir: ModelDir, task: str) -> dict[str, torch.Tensor] | None:
     """The weights of ``task``'s finished NetTailor teacher phase, if its training left them in the model dir."""
-    from tailorrt.io import load_metadata, load_tensors
-
     path = mdir.work_dir(task) / "teacher.safetensors"
     if mdir.task_meta(task).get("method") != "nettailor" or not path.is_file() or load_metadata(path).get("done") != "1":
         return None
@@ -284,14 +284,15 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
     probe = {"model_dir": str(mdir.root), "tasks": tasks, "backend": req.backend, "threads": threads, "size": size}
     load = {"tailorrt": probe_load({**probe, "kind": "tailorrt"}),
             "per_task": probe_load({**probe, "kind": "per-task", "graphs": [str(m.path) for m in models.values()]})}
-    disk = {"tailorrt": bmeta["bytes"] + sum(pack_file(mdir.task_meta(t))["bytes"] for t in tasks),
+    metas = {t: mdir.task_meta(t) for t in tasks}
+    disk = {"tailorrt": bmeta["bytes"] + sum(pack_file(metas[t])["bytes"] for t in tasks),
             "per_task": sum(m.bytes for m in models.values())}
 
     per_task: dict[str, dict] = {}
     rng = np.random.default_rng(0)
     for t in tasks:
-        metrics = mdir.task_meta(t)["metrics"]
-        row = {"method": mdir.task_meta(t)["method"], "flops": metrics["flops"], "per_task_flops": models[t].flops,
+        metrics = metas[t]["metrics"]
+        row = {"method": metas[t]["method"], "flops": metrics["flops"], "per_task_flops": models[t].flops,
                "per_task_model": models[t].kind, "flop_ratio": round(models[t].flops / metrics["flops"], 3),
                "batches": {}}
         for b in req.batches:
@@ -318,11 +319,13 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
               "threads": threads, "limit": limit, "load": load, "disk_bytes": disk, "tasks": per_task,
               "stream": stream_result}
     result["summary"] = summary(result)
-    path = Path(req.out) if req.out else out_dir / "bench.json"
-    from tailorrt.io import write_json
+    return _written(result, Path(req.out) if req.out else out_dir / "bench.json")
 
+
+def _written(result: dict, path: Path) -> dict:
+    """Write ``result`` as JSON at ``path`` and its summary as markdown next to it; records the path."""
     write_json(path, result)
-    (path.with_suffix(".md")).write_text(result["summary"])
+    path.with_suffix(".md").write_text(result["summary"])
     result["path"] = str(path)
     return result
 
@@ -362,14 +365,13 @@ def summary(r: dict) -> str:
 # --------------------------------------------------------------------------------------------------- scaling
 
 def scaling(req: BenchRequest, counts: tuple[int, ...], report: Callable[[str], None] = print) -> dict:
-    """Resident memory and load time for K = ``counts`` tasks, tailorrt against one per-task model each.
+    """Resident memory and load time for K = ``counts`` tasks, tailorrt against one per-task model each; writes
+    the JSON (``req.out``, default ``<model-dir>/bench/scaling.json``), its markdown and a PNG plot next to it.
 
     Extra tasks are copies of the model dir's packs under new names, in ``<model-dir>/bench/scaling/`` (exported
     there for the onnx backend); each copy's per-task model is a session of its own over the original's graph.
     The ideal is one backbone plus the K packs; the fixed overhead is what tailorrt adds beyond the ideal at K=1.
     """
-    import shutil
-
     from tailorrt.export.exporter import ExportRequest, export_model
 
     mdir = ModelDir(req.model_dir)
@@ -410,16 +412,17 @@ def scaling(req: BenchRequest, counts: tuple[int, ...], report: Callable[[str], 
     overhead = rows[0]["tailorrt_rss"] - rows[0]["ideal_bytes"]
     for r in rows:
         r["beyond_overhead_over_ideal"] = round((r["tailorrt_rss"] - overhead) / r["ideal_bytes"], 3)
-    return {"backbone": {"name": bmeta["name"], "bytes": bmeta["bytes"]}, "backend": req.backend,
-            "fixed_overhead_bytes": overhead, "rows": rows, "threads": threads}
+    result = {"backbone": {"name": bmeta["name"], "bytes": bmeta["bytes"]}, "backend": req.backend,
+              "fixed_overhead_bytes": overhead, "rows": rows, "threads": threads}
+    result["summary"] = scaling_summary(result)
+    path = Path(req.out) if req.out else mdir.root / "bench" / "scaling.json"
+    _written(result, path)
+    scaling_plot(result, path.with_suffix(".png"))
+    return result
 
 
 def _copy_pack(mdir: ModelDir, src: str, dest: Path, name: str) -> None:
     """A pack of ``src`` under the name ``name`` (the pack's own record of its name changes with it)."""
-    from tailorrt.io import read_json, write_json
-
-    import shutil
-
     shutil.copytree(mdir.tasks_dir / src, dest)
     meta = read_json(dest / "task.json")
     meta["task"] = name
