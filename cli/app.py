@@ -293,6 +293,8 @@ def serve(
     max_batch: int = typer.Option(32, help="Largest batch run at once per task."),
     max_delay_ms: float = typer.Option(5.0, help="Longest wait for a batch to fill."),
     max_queue: int = typer.Option(512, help="Images waiting per task before answering 503."),
+    batch_workers: int = typer.Option(1, help="Batches run at once over all tasks (1: each batch uses every "
+                                      "CPU core and other tasks' requests gather meanwhile)."),
     max_body_mb: float = typer.Option(16.0, help="Largest request body."),
     api_key: Optional[str] = typer.Option(None, envvar="TAILOR_API_KEY", help="Require this key on every "
                                           "endpoint but health (header Authorization: Bearer KEY or X-API-Key)."),
@@ -306,11 +308,12 @@ def serve(
     from tailorrt.serving.app import ServerConfig, create_app
     from tailorrt.serving.batcher import BatchConfig
 
-    if max_batch < 1 or max_delay_ms < 0 or max_queue < max_batch:
-        _fail("--max-batch must be >= 1, --max-delay-ms >= 0 and --max-queue >= --max-batch")
+    if max_batch < 1 or max_delay_ms < 0 or max_queue < max_batch or batch_workers < 1:
+        _fail("--max-batch and --batch-workers must be >= 1, --max-delay-ms >= 0 and --max-queue >= --max-batch")
     runtime = Runtime(model_dir, tasks=_names(tasks), backend=backend, device=device, share_weights=share_weights)
     cfg = ServerConfig(max_body_bytes=int(max_body_mb * 1024 * 1024), api_key=api_key,
-                       batch=BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue))
+                       batch=BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
+                                         workers=batch_workers))
     err.print(f"serving {', '.join(runtime.tasks)} ({backend} backend) on http://{host}:{port}", highlight=False,
               markup=False, soft_wrap=True)
     uvicorn.run(create_app(runtime, cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
@@ -349,7 +352,7 @@ def bench(
     backend: str = typer.Option("onnx", help="tailorrt's backend: onnx, torch or tensorrt."),
     batches: str = typer.Option("1,32", help="Batch sizes of the per-task timing."),
     rounds: int = typer.Option(7, help="Interleaved timing rounds (median, min and max are reported)."),
-    requests: int = typer.Option(1000, help="Requests per stream through the dynamic batcher."),
+    requests: int = typer.Option(3000, help="Requests per stream through the dynamic batcher."),
     clients: int = typer.Option(16, help="Concurrent clients of each stream."),
     max_batch: int = typer.Option(32, help="The batcher's batch limit."),
     threads: Optional[int] = typer.Option(None, help="Threads of every session (default: torch's)."),
@@ -362,6 +365,7 @@ def bench(
     machine's dense limit: memory, disk, load time, images/s per task, speedup next to the FLOP ratio, and a
     mixed-task request stream through the batcher."""
     from tailorrt import bench as b
+    from tailorrt.scaling import scaling as scale
 
     req = b.BenchRequest(model_dir=model_dir, tasks=_names(tasks), backend=backend,
                          batches=tuple(int(x) for x in batches.split(",")), rounds=rounds, requests=requests,
@@ -369,11 +373,29 @@ def bench(
                          out=str(out_path) if out_path else None)
     report = lambda m: err.print(m, highlight=False)  # noqa: E731
     if scaling:
-        result = b.scaling(req, tuple(int(x) for x in scaling.split(",")), report=report)
+        result = scale(req, tuple(int(x) for x in scaling.split(",")), report=report)
     else:
         result = b.bench(req, report=report)
     out.print(result["summary"], highlight=False, markup=False)
     err.print(f"wrote {result['path']} (and .md{', .png' if scaling else ''} next to it)", highlight=False)
+
+
+@app.command(epilog="Examples:\n\n  tailor report --model-dir runs/demo   # writes runs/demo/report/index.html\n\n"
+             "  tailor report --model-dir runs --out /tmp/report")
+def report(
+    model_dir: str = ModelDirOpt,
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder of the page and its PNGs "
+                                           "(default <model-dir>/report)."),
+) -> None:
+    """A static HTML page (open it from disk) showing per task its architecture (universal blocks gray, task
+    blocks blue, opacity = attention weight, pruned blocks absent), the attention weights over training,
+    accuracy against parameters and FLOPs next to its teacher, the table of tailor info, and the latest
+    tailor bench figures."""
+    from tailorrt.report import ReportRequest, build_report
+
+    page = build_report(ReportRequest(model_dir, str(out_dir) if out_dir else None),
+                        report=lambda m: err.print(m, highlight=False))
+    out.print(f"wrote {page}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _names(csv: Optional[str]) -> Optional[list[str]]:

@@ -1,9 +1,12 @@
 """Dynamic batching: requests queue per task and run together, bounded in batch size, wait and queue length.
 
-A worker thread per task takes the first waiting request, then gathers more until ``max_batch``
-images are waiting or ``max_delay_ms`` has passed since the first arrived, and runs them as one
-batch. A task's queue holds at most ``max_queue`` images; beyond that, ``submit`` raises
-:class:`OverloadedError` at once instead of letting latency grow without bound.
+Every task has its own queue, and a small pool of workers (one by default) serves all of them: a worker takes
+the queue whose first request has waited longest among those that are ready (``max_batch`` images waiting, or
+``max_delay_ms`` passed since the first arrived) and runs up to ``max_batch`` of its images as one batch.
+One worker for all tasks is the right default on a CPU, where one batch already uses every core: while it
+runs, the other tasks' queues fill, so mixing tasks keeps batches large instead of splitting the cores (and
+the requests) between concurrent small batches. A task's queue holds at most ``max_queue`` images; beyond
+that, ``submit`` raises :class:`OverloadedError` at once instead of letting latency grow without bound.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,6 +28,7 @@ class BatchConfig:
     max_batch: int = 32
     max_delay_ms: float = 5.0
     max_queue: int = 512  # images waiting per task
+    workers: int = 1  # batches run at once, over all tasks
 
 
 @dataclass
@@ -32,6 +36,14 @@ class _Item:
     x: np.ndarray
     future: Future
     queued_at: float
+
+
+@dataclass
+class _Queue:
+    items: deque[_Item] = field(default_factory=deque)
+    pending: int = 0  # images waiting
+    running: int = 0  # batches of this task being run now
+    closed: bool = False
 
 
 class Observer:
@@ -42,105 +54,122 @@ class Observer:
     def queued(self, task: str, wait_s: float) -> None: ...
 
 
-class _TaskQueue:
-    def __init__(self, task: str, run: Callable[[str, np.ndarray], np.ndarray], cfg: BatchConfig,
-                 observer: Observer) -> None:
-        self.task, self.run, self.cfg, self.observer = task, run, cfg, observer
-        self.items: deque[_Item] = deque()
-        self.pending = 0
-        self.cond = threading.Condition()
-        self.closed = False
-        self.thread = threading.Thread(target=self._loop, name=f"batcher-{task}", daemon=True)
-        self.thread.start()
-
-    def submit(self, x: np.ndarray) -> Future:
-        fut: Future = Future()
-        with self.cond:
-            if self.closed:
-                raise OverloadedError(f"task {self.task!r} is shutting down")
-            if self.pending + len(x) > self.cfg.max_queue:
-                raise OverloadedError(f"task {self.task!r} has {self.pending} images waiting (limit "
-                                      f"{self.cfg.max_queue}); retry later")
-            self.items.append(_Item(x, fut, time.perf_counter()))
-            self.pending += len(x)
-            self.cond.notify()
-        return fut
-
-    def _take(self) -> list[_Item] | None:
-        with self.cond:
-            while not self.items:
-                if self.closed:
-                    return None
-                self.cond.wait()
-            deadline = self.items[0].queued_at + self.cfg.max_delay_ms / 1e3
-            while sum(len(i.x) for i in self.items) < self.cfg.max_batch and not self.closed:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                self.cond.wait(left)
-            batch, size = [], 0
-            while self.items and (not batch or size + len(self.items[0].x) <= self.cfg.max_batch):
-                item = self.items.popleft()
-                batch.append(item)
-                size += len(item.x)
-            self.pending -= size
-            return batch
-
-    def _loop(self) -> None:
-        while (batch := self._take()) is not None:
-            start = time.perf_counter()
-            for item in batch:
-                self.observer.queued(self.task, start - item.queued_at)
-            try:
-                x = np.concatenate([i.x for i in batch]) if len(batch) > 1 else batch[0].x
-                logits = self.run(self.task, x)
-            except BaseException as e:  # every waiting caller gets the error, the worker goes on
-                for item in batch:
-                    item.future.set_exception(e)
-                continue
-            self.observer.batch(self.task, len(x), time.perf_counter() - start)
-            offset = 0
-            for item in batch:
-                item.future.set_result(logits[offset:offset + len(item.x)])
-                offset += len(item.x)
-
-    def close(self) -> None:
-        """Stop taking requests; the ones already queued are still run."""
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
-        self.thread.join()
-
-
 class Batcher:
-    """One queue and worker per task, over a function ``run(task, batch) -> logits``."""
+    """Per-task queues over a function ``run(task, batch) -> logits``, served by ``cfg.workers`` threads."""
 
     def __init__(self, run: Callable[[str, np.ndarray], np.ndarray], cfg: BatchConfig = BatchConfig(),
                  observer: Observer | None = None) -> None:
+        if cfg.workers < 1:
+            raise ValueError("a batcher needs at least one worker")
         self.run, self.cfg, self.observer = run, cfg, observer or Observer()
-        self._queues: dict[str, _TaskQueue] = {}
-        self._lock = threading.Lock()
+        self._queues: dict[str, _Queue] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        self._workers = [threading.Thread(target=self._loop, name=f"batcher-{i}", daemon=True)
+                         for i in range(cfg.workers)]
+        for w in self._workers:
+            w.start()
 
     def submit(self, task: str, x: np.ndarray) -> Future:
-        with self._lock:
+        """Queue ``x`` (a batch of one or more images) for ``task``; the future gets its logits."""
+        fut: Future = Future()
+        with self._cond:
             q = self._queues.get(task)
+            if self._closed or (q is not None and q.closed):
+                raise OverloadedError(f"task {task!r} is shutting down")
             if q is None:
-                q = self._queues[task] = _TaskQueue(task, self.run, self.cfg, self.observer)
-        return q.submit(x)
+                q = self._queues[task] = _Queue()
+            if q.pending + len(x) > self.cfg.max_queue:
+                raise OverloadedError(f"task {task!r} has {q.pending} images waiting (limit "
+                                      f"{self.cfg.max_queue}); retry later")
+            q.items.append(_Item(x, fut, time.perf_counter()))
+            q.pending += len(x)
+            self._cond.notify_all()
+        return fut
 
     def pending(self, task: str) -> int:
+        """Images waiting for ``task``."""
         q = self._queues.get(task)
         return q.pending if q else 0
 
+    def _ready(self, now: float) -> tuple[str | None, float | None]:
+        """The task to run next (the ready queue whose first request is oldest), else how long until one is
+        ready (None: nothing is waiting). Called with the lock held."""
+        best, best_at, wait = None, 0.0, None
+        for task, q in self._queues.items():
+            if not q.items:
+                continue
+            first = q.items[0].queued_at
+            due = first + self.cfg.max_delay_ms / 1e3
+            if q.pending >= self.cfg.max_batch or due <= now or q.closed or self._closed:
+                if best is None or first < best_at:
+                    best, best_at = task, first
+            else:
+                wait = due - now if wait is None else min(wait, due - now)
+        return best, wait
+
+    def _take(self) -> tuple[str, _Queue, list[_Item]] | None:
+        with self._cond:
+            while True:
+                task, wait = self._ready(time.perf_counter())
+                if task is not None:
+                    q = self._queues[task]
+                    batch, size = [], 0
+                    while q.items and (not batch or size + len(q.items[0].x) <= self.cfg.max_batch):
+                        item = q.items.popleft()
+                        batch.append(item)
+                        size += len(item.x)
+                    q.pending -= size
+                    q.running += 1
+                    return task, q, batch
+                if wait is None and self._closed:
+                    return None
+                self._cond.wait(wait)
+
+    def _run(self, task: str, batch: list[_Item]) -> None:
+        start = time.perf_counter()
+        for item in batch:
+            self.observer.queued(task, start - item.queued_at)
+        try:
+            x = np.concatenate([i.x for i in batch]) if len(batch) > 1 else batch[0].x
+            logits = self.run(task, x)
+        except BaseException as e:  # every waiting caller gets the error, the worker goes on
+            for item in batch:
+                item.future.set_exception(e)
+            return
+        self.observer.batch(task, len(x), time.perf_counter() - start)
+        offset = 0
+        for item in batch:
+            item.future.set_result(logits[offset:offset + len(item.x)])
+            offset += len(item.x)
+
+    def _loop(self) -> None:
+        while (got := self._take()) is not None:
+            task, q, batch = got
+            try:
+                self._run(task, batch)
+            finally:
+                with self._cond:
+                    q.running -= 1
+                    self._cond.notify_all()
+
     def drop(self, task: str) -> None:
-        with self._lock:
-            q = self._queues.pop(task, None)
-        if q:
-            q.close()
+        """Stop taking requests for ``task``; the ones already queued are still run before this returns."""
+        with self._cond:
+            q = self._queues.get(task)
+            if q is None:
+                return
+            q.closed = True
+            self._cond.notify_all()
+            while q.items or q.running:
+                self._cond.wait()
+            if self._queues.get(task) is q:
+                del self._queues[task]
 
     def close(self) -> None:
         """Finish every queued request, then stop the workers."""
-        with self._lock:
-            queues, self._queues = list(self._queues.values()), {}
-        for q in queues:
-            q.close()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for w in self._workers:
+            w.join()

@@ -7,6 +7,7 @@ user would deploy otherwise), and against the machine's dense limit, measured si
   (median, min and max), each task's speedup over its per-task model next to its FLOP ratio.
 - Limit: the best multiply-accumulates per second of a large MatMul and a large convolution in ONNX Runtime
   with the same threads, and each task's achieved rate as a fraction of it.
+- Profile: at the smallest batch, where each setting's time goes by operator type (ONNX Runtime's profiler).
 - Stream: latency (p50/p99) and throughput of a closed-loop stream of single-image requests through the
   dynamic batcher, tasks mixed, against the same requests run one task at a time.
 
@@ -18,7 +19,6 @@ is timed instead, which costs the same memory and time but says nothing about ac
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -34,7 +34,7 @@ from onnx import TensorProto, helper
 
 from tailorrt.backbones import UniversalBackbone
 from tailorrt.errors import ConfigError
-from tailorrt.io import load_metadata, load_tensors, read_json, write_json
+from tailorrt.io import load_metadata, load_tensors, write_json
 from tailorrt.pack import ModelDir, machine, pack_file, versions
 from tailorrt.tuned import TunedNet, TuneSpec
 
@@ -50,7 +50,7 @@ class BenchRequest:
     backend: str = "onnx"
     batches: tuple[int, ...] = (1, 32)
     rounds: int = 7
-    requests: int = 1000  # per stream
+    requests: int = 3000  # per stream
     clients: int = 16
     max_batch: int = 32
     threads: int | None = None  # None: torch's default
@@ -175,22 +175,26 @@ proc = psutil.Process()
 gc.collect(); base = proc.memory_info().rss
 t0 = time.perf_counter()
 x = np.zeros((1, 3, args["size"], args["size"]), np.float32)
+store = None
 if args["kind"] == "tailorrt":
     rt = tailorrt.runtime.Runtime(args["model_dir"], tasks=args["tasks"], backend=args["backend"],
                                   threads=args["threads"])
     run = lambda t: rt.logits(t, x)
     names = args["tasks"]
+    store = getattr(rt.backend, "store", None)  # onnx: the weights it holds, each kept once
 else:
     opts = tailorrt.onnx_sessions.session_options(args["threads"])
-    sessions = {p: onnxruntime.InferenceSession(p, opts, providers=["CPUExecutionProvider"]) for p in args["graphs"]}
-    run = lambda p: sessions[p].run(["logits"], {"input": x})
-    names = args["graphs"]
+    # one session per entry, even where two entries name the same graph (copies of a task)
+    sessions = [onnxruntime.InferenceSession(p, opts, providers=["CPUExecutionProvider"]) for p in args["graphs"]]
+    run = lambda i: sessions[i].run(["logits"], {"input": x})
+    names = range(len(sessions))
 loaded = time.perf_counter() - t0
 for n in names:
     run(n)
 gc.collect()
 print(json.dumps({"base_rss": base, "rss_added": proc.memory_info().rss - base, "load_seconds": loaded,
-                  "first_call_seconds": time.perf_counter() - t0 - loaded}))
+                  "first_call_seconds": time.perf_counter() - t0 - loaded,
+                  "weights_bytes": store.nbytes if args["kind"] == "tailorrt" and store is not None else None}))
 """
 
 
@@ -200,6 +204,19 @@ def probe_load(args: dict) -> dict:
     if proc.returncode != 0:
         raise ConfigError(f"the load probe failed: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def profiles(rt, task: str, per_task_graph: Path, batch: int, size: int, threads: int) -> dict:
+    """Operator-type profiles of ``task`` as tailorrt runs it (shared weights, its own batch norms), as
+    ``--fuse-weights`` runs it, and of its per-task model, at ``batch``."""
+    from tailorrt.onnx_profile import op_profile
+
+    graph = rt.backend.graph_file(task)
+    x = np.random.default_rng(1).standard_normal((batch, 3, size, size)).astype(np.float32)
+    return {"batch": batch,
+            "tailorrt": op_profile(graph, x, threads=threads, fuse=False),
+            "tailorrt_fused": op_profile(graph, x, threads=threads, fuse=True),
+            "per_task": op_profile(per_task_graph, x, threads=threads, fuse=True)}
 
 
 # ---------------------------------------------------------------------------------------------------- stream
@@ -275,6 +292,10 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
     report(f"writing the per-task models of {len(tasks)} tasks to {out_dir / 'per-task'}")
     models = {t: per_task_model(mdir, t, backbone, out_dir / "per-task") for t in tasks}
     rt = Runtime(req.model_dir, tasks=tasks, backend=req.backend, threads=threads)
+    contenders = {"tailorrt": rt.logits}
+    if req.backend == "onnx":  # the --fuse-weights trade: each task's own folded copy of the weights
+        contenders["tailorrt_fused"] = Runtime(req.model_dir, tasks=tasks, backend="onnx", threads=threads,
+                                               share_weights=False).logits
     sessions = {t: ort.InferenceSession(str(m.path), session_options(threads), providers=["CPUExecutionProvider"])
                 for t, m in models.items()}
 
@@ -298,8 +319,8 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
         for b in req.batches:
             report(f"timing {t} at batch {b}")
             x = rng.standard_normal((b, 3, size, size)).astype(np.float32)
-            res = time_side_by_side({"tailorrt": lambda: rt.logits(t, x),
-                                     "per_task": lambda: sessions[t].run(["logits"], {"input": x})},
+            fns = {k: (lambda f=f: f(t, x)) for k, f in contenders.items()}
+            res = time_side_by_side({**fns, "per_task": lambda: sessions[t].run(["logits"], {"input": x})},
                                     batch=b, rounds=req.rounds)
             speedup = res["tailorrt"]["images_per_s"] / res["per_task"]["images_per_s"]
             achieved = metrics["flops"] * res["tailorrt"]["images_per_s"] / 1e9
@@ -307,6 +328,12 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
                                       "speedup_over_flop_ratio": round(speedup / row["flop_ratio"], 3),
                                       "achieved_gmacs_per_s": round(achieved, 2),
                                       "fraction_of_limit": round(achieved / limit["best_gmacs_per_s"], 3)}
+            if "tailorrt_fused" in res:
+                fused = res["tailorrt_fused"]["images_per_s"] / res["per_task"]["images_per_s"]
+                row["batches"][str(b)]["fused_speedup_over_flop_ratio"] = round(fused / row["flop_ratio"], 3)
+        if req.backend == "onnx":
+            report(f"profiling {t} at batch {min(req.batches)}")
+            row["profile"] = profiles(rt, t, models[t].path, min(req.batches), size, threads)
         per_task[t] = row
 
     report(f"streaming {req.requests} requests per stream with {req.clients} clients")
@@ -319,10 +346,10 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
               "threads": threads, "limit": limit, "load": load, "disk_bytes": disk, "tasks": per_task,
               "stream": stream_result}
     result["summary"] = summary(result)
-    return _written(result, Path(req.out) if req.out else out_dir / "bench.json")
+    return written(result, Path(req.out) if req.out else out_dir / "bench.json")
 
 
-def _written(result: dict, path: Path) -> dict:
+def written(result: dict, path: Path) -> dict:
     """Write ``result`` as JSON at ``path`` and its summary as markdown next to it; records the path."""
     write_json(path, result)
     path.with_suffix(".md").write_text(result["summary"])
@@ -343,14 +370,29 @@ def summary(r: dict) -> str:
     lines += ["", f"Dense limit: {lim['best_gmacs_per_s']:.1f} GMAC/s (MatMul {lim['matmul']['gmacs_per_s']:.1f}, "
               f"conv {lim['conv']['gmacs_per_s']:.1f}).", "",
               "| task | per-task model | MFLOPs (per-task) | FLOP ratio | batch | tailorrt img/s | per-task img/s | "
-              "speedup | speedup / FLOP ratio | GMAC/s | of limit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "speedup | speedup / FLOP ratio | fused: speedup / FLOP ratio | GMAC/s | of limit |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t, row in r["tasks"].items():
         for b, m in row["batches"].items():
+            fused = m.get("fused_speedup_over_flop_ratio")
             lines.append(f"| {t} | {row['per_task_model']} | {row['flops'] / 1e6:.1f} ({row['per_task_flops'] / 1e6:.1f}) "
                          f"| {row['flop_ratio']:.2f} | {b} | {m['tailorrt']['images_per_s']:.0f} "
                          f"({m['tailorrt']['ms_min']:.2f}-{m['tailorrt']['ms_max']:.2f} ms) | "
                          f"{m['per_task']['images_per_s']:.0f} | {m['speedup']:.2f} | {m['speedup_over_flop_ratio']:.2f} "
+                         f"| {'-' if fused is None else f'{fused:.2f}'} "
                          f"| {m['achieved_gmacs_per_s']:.1f} | {100 * m['fraction_of_limit']:.0f}% |")
+    profiled = {t: row["profile"] for t, row in r["tasks"].items() if "profile" in row}
+    if profiled:
+        batch = next(iter(profiled.values()))["batch"]
+        lines += ["", f"Where the time goes at batch {batch} (ONNX Runtime's profiler, which adds a cost per node: "
+                  "compare the rows with each other, not with the timings above):", "",
+                  "| task | setting | nodes | µs per call | µs by operator (nodes) |", "|---|---|---|---|---|"]
+        for t, prof in profiled.items():
+            for k, label in (("tailorrt", "tailorrt"), ("tailorrt_fused", "tailorrt --fuse-weights"),
+                             ("per_task", "per-task model")):
+                p = prof[k]
+                ops = ", ".join(f"{op} {us:.0f} ({p['nodes'][op]})" for op, us in list(p["kernel_us"].items())[:4])
+                lines.append(f"| {t} | {label} | {sum(p['nodes'].values())} | {p['call_us']:.0f} | {ops} |")
     lines += ["", "| stream (batch limit " + str(r["request"]["max_batch"]) + ") | mixed img/s | p50 ms | p99 ms | "
               "one task at a time img/s | mixed / single |", "|---|---|---|---|---|---|"]
     for k, label in (("tailorrt", "tailorrt"), ("per_task", "per-task models")):
@@ -359,107 +401,3 @@ def summary(r: dict) -> str:
                      f"{s['mixed']['p99_ms']:.1f} | {s['single_equivalent_images_per_s']:.0f} | "
                      f"{s['mixed_over_single']:.2f} |")
     return "\n".join(lines) + "\n"
-
-
-
-# --------------------------------------------------------------------------------------------------- scaling
-
-def scaling(req: BenchRequest, counts: tuple[int, ...], report: Callable[[str], None] = print) -> dict:
-    """Resident memory and load time for K = ``counts`` tasks, tailorrt against one per-task model each; writes
-    the JSON (``req.out``, default ``<model-dir>/bench/scaling.json``), its markdown and a PNG plot next to it.
-
-    Extra tasks are copies of the model dir's packs under new names, in ``<model-dir>/bench/scaling/`` (exported
-    there for the onnx backend); each copy's per-task model is a session of its own over the original's graph.
-    The ideal is one backbone plus the K packs; the fixed overhead is what tailorrt adds beyond the ideal at K=1.
-    """
-    from tailorrt.export.exporter import ExportRequest, export_model
-
-    mdir = ModelDir(req.model_dir)
-    base = req.tasks or mdir.task_names()
-    if not base or not counts or min(counts) < 1:
-        raise ConfigError("scaling needs at least one task and task counts of 1 or more, e.g. --scaling 1,2,4,8,16")
-    threads = req.threads or torch.get_num_threads()
-    backbone, bmeta = mdir.load_backbone()
-    size = backbone.spec.input_size
-    root = mdir.root / "bench" / "scaling"
-    if root.exists():
-        shutil.rmtree(root)
-    (root / "tasks").mkdir(parents=True)
-    shutil.copytree(mdir.backbone_dir, root / "backbone")
-    names, sources = [], {}
-    for i in range(max(counts)):
-        src = base[i % len(base)]
-        name = src if i < len(base) else f"{src}-copy{i // len(base)}"
-        _copy_pack(mdir, src, root / "tasks" / name, name)
-        names.append(name)
-        sources[name] = src
-    if req.backend == "onnx":
-        report(f"exporting {len(names)} tasks to {root / 'onnx'}")
-        export_model(ExportRequest(model_dir=str(root), parity_images=4), report=lambda _m: None)
-    models = {t: per_task_model(mdir, t, backbone, mdir.root / "bench" / "per-task") for t in base}
-    sub = ModelDir(root)
-    rows = []
-    for k in counts:
-        tasks = names[:k]
-        report(f"loading {k} task{'s' * (k > 1)}")
-        probe = {"model_dir": str(root), "tasks": tasks, "backend": req.backend, "threads": threads, "size": size}
-        ours = probe_load({**probe, "kind": "tailorrt"})
-        theirs = probe_load({**probe, "kind": "per-task", "graphs": [str(models[sources[t]].path) for t in tasks]})
-        packs = sum(pack_file(sub.task_meta(t))["bytes"] for t in tasks)
-        rows.append({"tasks": k, "ideal_bytes": bmeta["bytes"] + packs, "tailorrt_rss": ours["rss_added"],
-                     "tailorrt_load_s": round(ours["load_seconds"], 3), "per_task_rss": theirs["rss_added"],
-                     "per_task_load_s": round(theirs["load_seconds"], 3)})
-    overhead = rows[0]["tailorrt_rss"] - rows[0]["ideal_bytes"]
-    for r in rows:
-        r["beyond_overhead_over_ideal"] = round((r["tailorrt_rss"] - overhead) / r["ideal_bytes"], 3)
-    result = {"backbone": {"name": bmeta["name"], "bytes": bmeta["bytes"]}, "backend": req.backend,
-              "fixed_overhead_bytes": overhead, "rows": rows, "threads": threads}
-    result["summary"] = scaling_summary(result)
-    path = Path(req.out) if req.out else mdir.root / "bench" / "scaling.json"
-    _written(result, path)
-    scaling_plot(result, path.with_suffix(".png"))
-    return result
-
-
-def _copy_pack(mdir: ModelDir, src: str, dest: Path, name: str) -> None:
-    """A pack of ``src`` under the name ``name`` (the pack's own record of its name changes with it)."""
-    shutil.copytree(mdir.tasks_dir / src, dest)
-    meta = read_json(dest / "task.json")
-    meta["task"] = name
-    write_json(dest / "task.json", meta)
-
-
-def scaling_summary(r: dict) -> str:
-    lines = [f"Scaling on {r['backbone']['name']} ({r['backbone']['bytes'] / MB:.1f} MB), {r['backend']}: fixed "
-             f"overhead {r['fixed_overhead_bytes'] / MB:.1f} MB (tailorrt at K=1 minus one backbone and one pack)", "",
-             "| tasks | ideal (backbone + packs) | tailorrt | (tailorrt - overhead) / ideal | per-task models | "
-             "tailorrt load s | per-task load s |", "|---|---|---|---|---|---|---|"]
-    for row in r["rows"]:
-        lines.append(f"| {row['tasks']} | {row['ideal_bytes'] / MB:.1f} MB | {row['tailorrt_rss'] / MB:.1f} MB | "
-                     f"{row['beyond_overhead_over_ideal']:.3f} | {row['per_task_rss'] / MB:.1f} MB | "
-                     f"{row['tailorrt_load_s']:.2f} | {row['per_task_load_s']:.2f} |")
-    return "\n".join(lines) + "\n"
-
-
-def scaling_plot(r: dict, path: Path) -> Path:
-    """Resident memory against the number of tasks, tailorrt, per-task models and the ideal, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = [row["tasks"] for row in r["rows"]]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot(k, [row["per_task_rss"] / MB for row in r["rows"]], "o-", color="tab:gray", label="one model per task")
-    ax.plot(k, [row["tailorrt_rss"] / MB for row in r["rows"]], "o-", color="tab:blue", label="tailorrt")
-    ax.plot(k, [(row["ideal_bytes"] + r["fixed_overhead_bytes"]) / MB for row in r["rows"]], "--", color="tab:green",
-            label="ideal + fixed overhead")
-    ax.set_xlabel("tasks loaded")
-    ax.set_ylabel("resident memory added (MB)")
-    ax.set_title(f"{r['backbone']['name']} backbone, {r['backend']}")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

@@ -57,6 +57,12 @@ def test_bench_reports_every_figure(bench_dir):
             assert m["tailorrt"]["images_per_s"] > 0 and m["per_task"]["images_per_s"] > 0
             assert m["tailorrt"]["ms_min"] <= m["tailorrt"]["ms_per_batch"] <= m["tailorrt"]["ms_max"]
             assert 0 < m["fraction_of_limit"] and m["speedup"] > 0
+            assert m["tailorrt_fused"]["images_per_s"] > 0 and m["fused_speedup_over_flop_ratio"] > 0
+        prof = row["profile"]
+        assert prof["batch"] == 1
+        # sharing keeps each task's batch norms apart from the shared convs: more nodes than the folded graph
+        assert sum(prof["tailorrt"]["nodes"].values()) > sum(prof["tailorrt_fused"]["nodes"].values())
+        assert prof["per_task"]["kernel_us"]["Conv"] > 0 and prof["tailorrt"]["call_us"] > 0
     assert r["limit"]["best_gmacs_per_s"] > 0
     for k in ("tailorrt", "per_task"):
         assert r["load"][k]["rss_added"] > 0 and r["load"][k]["load_seconds"] > 0 and r["disk_bytes"][k] > 0
@@ -65,6 +71,7 @@ def test_bench_reports_every_figure(bench_dir):
         assert set(s["single"]) == {"colors", "hues"} and s["mixed_over_single"] > 0
     assert r["versions"]["onnxruntime"] and r["machine"]["cpus"] and r["threads"] == 1
     assert "| tailorrt, one Runtime |" in proc.stdout and "mixed / single" in proc.stdout
+    assert "Where the time goes at batch 1" in proc.stdout
     assert (bench_dir / "bench" / "bench.md").read_text() == r["summary"]
 
 

@@ -152,6 +152,49 @@ def test_batcher_groups_requests_and_bounds_its_queue():
     b.close()
 
 
+def test_batcher_serves_every_task_from_one_worker_oldest_first():
+    gate, runs, active, overlap = threading.Event(), [], [0], [0]
+    lock = threading.Lock()
+
+    def run(task, x):
+        with lock:
+            active[0] += 1
+            overlap[0] = max(overlap[0], active[0])
+        gate.wait(10)
+        runs.append((task, len(x)))
+        with lock:
+            active[0] -= 1
+        return x.reshape(len(x), -1)[:, :1]
+
+    b = Batcher(run, BatchConfig(max_batch=4, max_delay_ms=30))
+    first = b.submit("a", np.ones((1, 1)))
+    time.sleep(0.1)  # the one worker is now blocked on task a
+    later = [b.submit("b", np.ones((1, 1))) for _ in range(3)] + [b.submit("a", np.ones((1, 1))) for _ in range(2)]
+    time.sleep(0.1)
+    gate.set()
+    for f in [first, *later]:
+        f.result(5)
+    # while a ran, b's requests (queued first) and a's gathered: each task's waiting requests run as one batch
+    assert runs == [("a", 1), ("b", 3), ("a", 2)]
+    assert overlap[0] == 1
+    # dropping a task answers what is queued for it first; closing refuses new requests
+    gate.clear()
+    blocked = b.submit("a", np.ones((1, 1)))
+    queued = b.submit("a", np.ones((2, 1)))
+    dropper = threading.Thread(target=b.drop, args=("a",))
+    dropper.start()
+    time.sleep(0.1)
+    assert dropper.is_alive() and not queued.done()
+    with pytest.raises(OverloadedError, match="shutting down"):
+        b.submit("a", np.ones((1, 1)))
+    gate.set()
+    dropper.join(5)
+    assert blocked.done() and queued.result(0).shape == (2, 1)
+    b.close()
+    with pytest.raises(OverloadedError, match="shutting down"):
+        b.submit("b", np.ones((1, 1)))
+
+
 def test_batcher_hands_errors_to_every_waiting_caller():
     def run(task, x):
         raise RuntimeError("boom")
