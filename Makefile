@@ -18,6 +18,7 @@ demo: .venv
 	@for t in $(DEMO_TASKS); do $(BIN)/tailor train --task $$t --model-dir $(DEMO_DIR) --resume || exit 1; done
 	$(BIN)/tailor export --model-dir $(DEMO_DIR) --bench
 	$(BIN)/tailor info --model-dir $(DEMO_DIR)
+	$(BIN)/tailor report --model-dir $(DEMO_DIR)
 	$(BIN)/python -m tailorrt.serving.demo --model-dir $(DEMO_DIR)
 
 test: .venv

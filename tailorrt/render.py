@@ -32,7 +32,7 @@ def screenshot(page: Path, png: Path, *, browser: str | None = None, width: int 
         proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                                f"--user-data-dir={profile}", f"--window-size={width},{height}",
                                f"--screenshot={png}", page.resolve().as_uri()],
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, check=False)
     if not png.is_file():
         raise RuntimeError(f"{browser} wrote no screenshot: {proc.stderr.strip()[-300:]}")
     return png
