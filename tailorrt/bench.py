@@ -194,7 +194,7 @@ for n in names:
 gc.collect()
 print(json.dumps({"base_rss": base, "rss_added": proc.memory_info().rss - base, "load_seconds": loaded,
                   "first_call_seconds": time.perf_counter() - t0 - loaded,
-                  "weights_bytes": store.nbytes if args["kind"] == "tailorrt" and store is not None else None}))
+                  "weights_bytes": None if store is None else store.nbytes}))
 """
 
 

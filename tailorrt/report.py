@@ -257,8 +257,7 @@ section{border-top:2px solid #333;margin-top:2em}pre{background:#f6f6f6;padding:
 def build_report(req: ReportRequest, report: Callable[[str], None] = print) -> Path:
     """Write ``index.html`` and its PNGs into ``req.out`` (default ``<model-dir>/report``); returns the page."""
     mdir = ModelDir(req.model_dir)
-    tasks = mdir.task_names()
-    if not tasks:
+    if not mdir.task_names():
         raise ConfigError(f"{mdir.root} has no tasks; train one first (tailor train --task synth-digits)")
     bmeta, rows = info_rows(mdir.root)
     sizes = size_summary(mdir.root, bmeta, rows)
@@ -267,12 +266,13 @@ def build_report(req: ReportRequest, report: Callable[[str], None] = print) -> P
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>tailorrt report: {esc(str(mdir.root))}"
              f"</title><style>{CSS}</style></head><body>",
-             f"<h1>tailorrt report</h1><p>{len(tasks)} tasks on backbone <b>{esc(bmeta['name'])}</b> "
+             f"<h1>tailorrt report</h1><p>{len(rows)} tasks on backbone <b>{esc(bmeta['name'])}</b> "
              f"({bmeta['params'] / 1e6:.2f} M params, {bmeta['bytes'] / 1e6:.1f} MB) in <code>{esc(str(mdir.root))}"
              f"</code>. On disk: backbone once plus packs {sizes['tailorrt_bytes'] / 1e6:.1f} MB; one fine-tuned "
              f"model per task would be {sizes['finetuned_per_task_bytes'] / 1e6:.1f} MB.</p>",
              "<h2>Tasks (tailor info)</h2>", info_table(rows)]
-    for task, row in zip(tasks, rows):
+    for row in rows:
+        task = row["task"]
         report(f"drawing {task}")
         meta = mdir.task_meta(task)
         arch = architecture_plot(meta, out / f"{task}-architecture.png")
