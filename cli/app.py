@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -13,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tailorrt.errors import TailorError
+from tailorrt.limits import DEFAULT_FORMATS
 
 app = typer.Typer(help="tailorrt: one frozen backbone, many small task networks.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -296,27 +298,52 @@ def serve(
     batch_workers: int = typer.Option(1, help="Batches run at once over all tasks (1: each batch uses every "
                                       "CPU core and other tasks' requests gather meanwhile)."),
     max_body_mb: float = typer.Option(16.0, help="Largest request body."),
+    header_timeout_s: float = typer.Option(10.0, help="A request's headers must arrive whole within this many "
+                                           "seconds (else the connection is closed)."),
+    body_timeout_s: float = typer.Option(30.0, help="A request body must arrive whole within this many seconds "
+                                         "of its headers (else 408 and the connection is closed)."),
+    max_image_mpx: float = typer.Option(40.0, help="Largest image, in megapixels (read from its header, "
+                                        "before decoding)."),
+    max_images: int = typer.Option(256, help="Most images in one request."),
+    max_decode_mb: float = typer.Option(1024.0, help="Memory that image decodes in flight may take together, "
+                                        "over all requests (an image needing more is refused with 413; one "
+                                        "finding it taken waits up to 2 s, then gets 503). 0: unbounded."),
+    image_formats: str = typer.Option(",".join(DEFAULT_FORMATS), help="Encoded image formats accepted "
+                                      "(PIL names; others are refused with 400)."),
     api_key: Optional[str] = typer.Option(None, envvar="TAILOR_API_KEY", help="Require this key on every "
                                           "endpoint but health (header Authorization: Bearer KEY or X-API-Key)."),
 ) -> None:
     """Serve tasks over HTTP: KServe v2 (/v2/models/{task}/infer), POST /v1/tasks/{task}:predict with an
     image, GET /v1/tasks, Prometheus /metrics. The backbone is loaded once for all tasks; POST
-    /v2/repository/models/{task}/load (or /unload) adds (or drops) a task while serving."""
+    /v2/repository/models/{task}/load (or /unload) adds (or drops) a task while serving. Every file is
+    checked against its recorded sha256 before it is used; every request is bounded (body size and time,
+    image pixels and count, decode memory over all requests)."""
     import uvicorn
 
+    from tailorrt.limits import Limits
     from tailorrt.runtime import Runtime
     from tailorrt.serving.app import ServerConfig, create_app
     from tailorrt.serving.batcher import BatchConfig
+    from tailorrt.serving.connections import header_timeout_protocol
 
+    if header_timeout_s <= 0:
+        _fail("--header-timeout-s must be positive")
     if max_batch < 1 or max_delay_ms < 0 or max_queue < max_batch or batch_workers < 1:
         _fail("--max-batch and --batch-workers must be >= 1, --max-delay-ms >= 0 and --max-queue >= --max-batch")
-    runtime = Runtime(model_dir, tasks=_names(tasks), backend=backend, device=device, share_weights=share_weights)
-    cfg = ServerConfig(max_body_bytes=int(max_body_mb * 1024 * 1024), api_key=api_key,
+    if api_key is None and "TAILOR_API_KEY" in os.environ:  # click reads an empty variable as unset
+        api_key = os.environ["TAILOR_API_KEY"]
+    cfg = ServerConfig(max_body_bytes=int(max_body_mb * 1024 * 1024), body_timeout_s=body_timeout_s, api_key=api_key,
                        batch=BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
                                          workers=batch_workers))
+    limits = Limits(max_pixels=int(max_image_mpx * 1e6), max_images=max_images,
+                    max_decode_bytes=int(max_decode_mb * 1024 * 1024),
+                    formats=tuple(f.upper() for f in _names(image_formats) or []))
+    runtime = Runtime(model_dir, tasks=_names(tasks), backend=backend, device=device, share_weights=share_weights,
+                      limits=limits)
     err.print(f"serving {', '.join(runtime.tasks)} ({backend} backend) on http://{host}:{port}", highlight=False,
               markup=False, soft_wrap=True)
-    uvicorn.run(create_app(runtime, cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    uvicorn.run(create_app(runtime, cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
+                http=header_timeout_protocol(header_timeout_s))
 
 
 @app.command(epilog="Examples:\n\n  tailor predict --task synth-digits digit.png other.jpg\n\n"

@@ -46,8 +46,9 @@ from tailorrt.export.graph import (
 )
 from tailorrt.export.networks import emit_network
 from tailorrt.export.sessions import cpu_session
-from tailorrt.io import pid_alive, replace_dir, sha256_file, staging_dir, write_json
+from tailorrt.io import pid_alive, replace_dir, sha256_file, staging_dir
 from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, pack_file, preprocess_of, versions
+from tailorrt.records import write_record
 from tailorrt.student import Student
 
 MANIFEST = "export.json"
@@ -162,6 +163,15 @@ def export_staging(mdir: ModelDir, kind: str) -> Path:
     return staging_dir(mdir.root / ".work", f"export-{kind}-{os.getpid()}-")
 
 
+def previous_export(mdir: ModelDir, kind: str, report: Report) -> dict | None:
+    """The manifest of the export being replaced; one that cannot be read is reported and nothing is carried over."""
+    try:
+        return mdir.export_manifest(kind)
+    except PackError as e:
+        report(f"the previous {kind} export is not used: {e}")
+        return None
+
+
 def carry_over(prev: dict | None, folder: Path, tmp: Path, skip: set[str], same: Callable[[dict], bool],
                report: Report) -> dict[str, dict]:
     """Copy the previous export's entries (and files) for tasks not being re-exported."""
@@ -191,7 +201,7 @@ def export_onnx(mdir: ModelDir, bmeta: dict, shared: SharedWeights, networks: li
     try:
         shared.write(tmp / SHARED_FILE)
         shared_sha = sha256_file(tmp / SHARED_FILE)
-        prev = mdir.export_manifest("onnx")
+        prev = previous_export(mdir, "onnx", report)
         tasks = carry_over(prev, folder, tmp, {n.name for n in networks},
                            lambda p: p["shared"]["sha256"] == shared_sha, report)
         for net in networks:
@@ -209,7 +219,7 @@ def export_onnx(mdir: ModelDir, bmeta: dict, shared: SharedWeights, networks: li
                     "tasks": dict(sorted(tasks.items())),
                     "versions": {**versions(), "onnx": onnx.__version__, "onnxruntime": ort.__version__},
                     "machine": machine()}
-        write_json(tmp / MANIFEST, manifest)
+        write_record(tmp / MANIFEST, manifest)
         replace_dir(tmp, folder)
         return manifest
     finally:

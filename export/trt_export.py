@@ -3,8 +3,10 @@ ONNX Runtime, written to ``<model-dir>/trt/`` in one swap."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -22,12 +24,14 @@ from tailorrt.export.exporter import (
     bench_task,
     carry_over,
     export_staging,
+    previous_export,
 )
 from tailorrt.export.graph import INPUT, LOGITS
 from tailorrt.export.sessions import cpu_session
 from tailorrt.export.tensorrt_engines import EngineRunner, gpu_name, timed_build
-from tailorrt.io import atomic_path, replace_dir, sha256_file, write_json
-from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, versions
+from tailorrt.io import atomic_path, replace_dir, sha256_file
+from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, pack_file, versions
+from tailorrt.records import write_record
 
 
 def export_trt(trt: ModuleType, mdir: ModelDir, onnx_manifest: dict, networks: list[TaskNetwork],
@@ -36,10 +40,9 @@ def export_trt(trt: ModuleType, mdir: ModelDir, onnx_manifest: dict, networks: l
     folder, onnx_dir = mdir.export_dir("trt"), mdir.export_dir("onnx")
     tmp = export_staging(mdir, "trt")
     try:
-        cache_path = folder / TIMING_CACHE
-        cache = cache_path.read_bytes() if cache_path.is_file() else b""
         settings = {"fp16": req.fp16, "max_batch": req.max_batch, "tensorrt": trt.__version__, "gpu": gpu_name()}
-        prev = mdir.export_manifest("trt")
+        prev = previous_export(mdir, "trt", report)
+        cache = _timing_cache(folder, prev, report)
         tasks = carry_over(prev, folder, tmp, {n.name for n in networks},
                            lambda p: all(p.get(k) == v for k, v in settings.items())
                            and p.get("backbone_sha256") == onnx_manifest["backbone"]["sha256"], report)
@@ -64,6 +67,7 @@ def export_trt(trt: ModuleType, mdir: ModelDir, onnx_manifest: dict, networks: l
             tasks[net.name] = {"file": engine_path.name, "sha256": sha256_file(engine_path),
                                "bytes": engine_path.stat().st_size,
                                "onnx_sha256": onnx_manifest["tasks"][net.name]["sha256"],
+                               "pack_sha256": pack_file(net.meta)["sha256"],
                                "build_seconds": round(seconds, 2), "parity": check}
             if req.bench:
                 tasks[net.name]["speed"] = bench_task(net, session, extra={"tensorrt": runner.logits},
@@ -77,10 +81,24 @@ def export_trt(trt: ModuleType, mdir: ModelDir, onnx_manifest: dict, networks: l
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "backbone_sha256": onnx_manifest["backbone"]["sha256"],
                     "profile": {"input": INPUT, "min_batch": 1, "opt_batch": req.max_batch, "max_batch": req.max_batch},
-                    "timing_cache": {"file": TIMING_CACHE, "bytes": len(cache)},
+                    "timing_cache": {"file": TIMING_CACHE, "bytes": len(cache),
+                                     "sha256": sha256_file(tmp / TIMING_CACHE)},
                     "tasks": dict(sorted(tasks.items())), "versions": versions(), "machine": machine()}
-        write_json(tmp / MANIFEST, manifest)
+        write_record(tmp / MANIFEST, manifest)
         replace_dir(tmp, folder)
         return manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _timing_cache(folder: Path, prev: dict | None, report: Report) -> bytes:
+    """The previous export's timing cache, if its sha256 is the one recorded for it (else start a new one)."""
+    path = folder / TIMING_CACHE
+    entry = (prev or {}).get("timing_cache") or {}
+    if not path.is_file():
+        return b""
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        report(f"{path} does not match the sha256 recorded for it; building with a new timing cache")
+        return b""
+    return data

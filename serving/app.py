@@ -2,17 +2,16 @@
 
 Every task loaded in the :class:`tailorrt.Runtime` is a model; the model repository extension
 (``/v2/repository/...``) loads and unloads the tasks of the model directory while serving, without
-reloading the backbone. Errors are JSON ``{"error": "..."}``: unknown task 404, bad input 400, too large
-413, overloaded 503, missing or wrong API key 401, a task the model directory cannot load as asked 409.
+reloading the backbone. Errors are JSON ``{"error": "..."}``: unknown task 404, bad input 400, a body that
+does not arrive in time 408, too large 413, overloaded 503 (with ``Retry-After``), missing or wrong API key
+401, a task the model directory cannot load as asked (missing, corrupt, stale, another backbone) 409.
+Requests are parsed, decoded and answered in worker threads; the event loop only moves bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hmac
-import json
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,19 +25,25 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tailorrt import __version__
 from tailorrt.errors import (
+    BackboneMismatchError,
     BadInputError,
+    CheckpointError,
+    ConfigError,
     InputTooLargeError,
     OverloadedError,
     PackError,
+    RequestTimeoutError,
     TailorError,
     UnknownTaskError,
 )
-from tailorrt.runtime import Runtime, softmax
+from tailorrt.runtime import Runtime
 from tailorrt.serving.batcher import BatchConfig, Batcher
 from tailorrt.serving.metrics import Metrics
+from tailorrt.serving.protocol import parse_json, request_batch, response_body
 
-# PackError: the model directory cannot give what was asked (say, a task exported before its pack changed)
-STATUS = {UnknownTaskError: 404, BadInputError: 400, InputTooLargeError: 413, OverloadedError: 503, PackError: 409}
+# 409: the model directory cannot give what was asked (a task whose files are corrupt, stale or from another backbone)
+STATUS = {UnknownTaskError: 404, BadInputError: 400, RequestTimeoutError: 408, InputTooLargeError: 413,
+          OverloadedError: 503, PackError: 409, CheckpointError: 409, BackboneMismatchError: 409}
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 
 
@@ -47,8 +52,16 @@ class ServerConfig:
     """Limits and access of one server."""
 
     max_body_bytes: int = 16 * 1024 * 1024
+    body_timeout_s: float = 30.0  # the whole body must arrive within this time of the request's headers
     api_key: str | None = None
     batch: BatchConfig = BatchConfig()
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and not self.api_key.strip():
+            raise ConfigError("the API key is empty, which would turn authentication off; set a non-empty key "
+                              "or leave it unset")
+        if self.max_body_bytes < 1 or self.body_timeout_s <= 0:
+            raise ConfigError("the body limit and the body timeout must be positive")
 
 
 class Unauthorized(TailorError):
@@ -62,11 +75,14 @@ def _status(e: Exception) -> int:
     return 401 if isinstance(e, Unauthorized) else 500
 
 
-class BodyLimit:
-    """ASGI middleware: refuse bodies over the limit, by Content-Length or while they stream in."""
+class BodyGuard:
+    """ASGI middleware bounding request bodies: over ``limit`` bytes (by Content-Length, or while streaming in)
+    is 413, not complete within ``timeout_s`` of the headers is 408. The refusal is sent whatever the app
+    made of the interrupted read (a multipart parser turns it into its own 400), and the connection is closed,
+    since the rest of the body is never read."""
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, timeout_s: float) -> None:
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -74,25 +90,54 @@ class BodyLimit:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            response = _error(413, f"request body of {int(length):,} bytes is over the limit of {self.limit:,}")
-            await response(scope, receive, send)
+            await _error(413, f"request body of {int(length):,} bytes is over the limit of {self.limit:,}",
+                         close=True)(scope, receive, send)
             return
-        seen = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        seen, complete, failure, started = 0, False, None, False
 
-        async def limited():
-            nonlocal seen
-            message = await receive()
+        async def guarded_receive():
+            nonlocal seen, complete, failure
+            if failure is not None:
+                raise failure
+            if complete:  # the body is in; later reads wait for a disconnect and are not timed
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
+            except asyncio.TimeoutError:
+                failure = RequestTimeoutError(f"the request body did not arrive within {self.timeout_s:g} s")
+                raise failure from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if seen > self.limit:
-                    raise InputTooLargeError(f"request body is over the limit of {self.limit:,} bytes")
+                    failure = InputTooLargeError(f"request body is over the limit of {self.limit:,} bytes")
+                    raise failure
             return message
 
-        await self.app(scope, limited, send)
+        async def guarded_send(message) -> None:
+            nonlocal started
+            if failure is not None and not started:  # answer the failure, whatever the app made of it
+                started = True
+                await _error(_status(failure), str(failure), close=True)(scope, receive, send)
+            elif not (failure is not None and started and message["type"].startswith("http.response")):
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except Exception:
+            if failure is None or started:
+                raise
+            await _error(_status(failure), str(failure), close=True)(scope, receive, send)
 
 
-def _error(code: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=code)
+def _error(code: int, message: str, *, close: bool = False) -> JSONResponse:
+    headers = {"Retry-After": str(OverloadedError.retry_after_s)} if code == 503 else {}
+    if close:
+        headers["Connection"] = "close"
+    return JSONResponse({"error": message}, status_code=code, headers=headers)
 
 
 def create_app(runtime: Runtime, config: ServerConfig = ServerConfig()) -> FastAPI:
@@ -107,7 +152,7 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig()) -> FastA
 
     app = FastAPI(title="tailorrt", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.runtime, app.state.batcher, app.state.metrics = runtime, batcher, metrics
-    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(BodyGuard, limit=config.max_body_bytes, timeout_s=config.body_timeout_s)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -223,11 +268,11 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig()) -> FastA
     async def infer(task: str, request: Request):
         runtime.task(task)
         metrics.requests.labels(task, "v2").inc()
-        body = await _json_body(request)
-        x, outputs = await run_in_threadpool(_parse_infer, runtime, task, body)
+        parsed = await run_in_threadpool(parse_json, await request.body())
+        x = await run_in_threadpool(request_batch, runtime, task, parsed)
         logits = await infer_batch(task, x)
-        return {"model_name": task, "model_version": "1", "id": body.get("id", ""),
-                "outputs": _infer_outputs(runtime, task, logits, outputs)}
+        body = await run_in_threadpool(response_body, runtime, task, parsed, logits)
+        return Response(body, media_type="application/json")
 
     @app.post("/v1/tasks/{task}:predict")
     async def predict(task: str, request: Request, top_k: int = 5):
@@ -263,19 +308,6 @@ def _task_label(request: Request, runtime: Runtime) -> str | None:
     return None
 
 
-async def _json_body(request: Request) -> dict:
-    raw = await request.body()
-    if not raw:
-        raise BadInputError("empty request body; send a KServe v2 inference request (JSON)")
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadInputError(f"the body is not valid JSON: {e}") from e
-    if not isinstance(body, dict):
-        raise BadInputError("the inference request must be a JSON object")
-    return body
-
-
 async def _upload(request: Request) -> bytes:
     """The image of a v1 predict call: a multipart 'file' field, or the raw body."""
     ctype = request.headers.get("content-type", "")
@@ -290,78 +322,3 @@ async def _upload(request: Request) -> bytes:
     if not data:
         raise BadInputError("empty request body; send an image (PNG, JPEG, ...)")
     return data
-
-
-def _parse_infer(runtime: Runtime, task: str, body: dict) -> tuple[np.ndarray, list[dict]]:
-    """The preprocessed batch and the requested outputs of a v2 inference request."""
-    inputs = body.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise BadInputError("'inputs' must be a list holding exactly one input (BYTES images, UINT8 or FP32 tensor)")
-    inp = inputs[0]
-    dtype, shape, data = inp.get("datatype"), inp.get("shape"), inp.get("data")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise BadInputError("input 'shape' must be a list of non-negative integers")
-    if not isinstance(data, list):
-        raise BadInputError("input 'data' must be a list")
-    if dtype == "BYTES":
-        images = [_b64(item) for item in _flatten(data)]
-        if int(np.prod(shape)) != len(images):
-            raise BadInputError(f"shape {shape} does not match the {len(images)} images sent")
-        x = runtime.preprocess(task, images)
-    elif dtype in ("UINT8", "FP32"):
-        try:
-            arr = np.asarray(data, dtype=np.float64 if dtype == "FP32" else np.int64)
-        except (ValueError, TypeError) as e:
-            raise BadInputError(f"input data is not a regular {dtype} array: {e}") from e
-        if arr.size != int(np.prod(shape)):
-            raise BadInputError(f"shape {shape} needs {int(np.prod(shape))} values, {arr.size} were sent")
-        if arr.size > runtime.limits.max_pixels * 3:
-            raise InputTooLargeError("tensor over the pixel limit")
-        if dtype == "UINT8" and arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise BadInputError("UINT8 values must lie in 0..255")
-        x = runtime.preprocess(task, arr.astype(np.float32 if dtype == "FP32" else np.uint8).reshape(shape))
-    else:
-        raise BadInputError(f"input datatype must be BYTES, UINT8 or FP32, not {dtype!r}")
-    outputs = body.get("outputs") or [{"name": "logits"}, {"name": "probabilities"}]
-    if not isinstance(outputs, list) or not all(isinstance(o, dict) and o.get("name") in ("logits", "probabilities")
-                                                for o in outputs):
-        raise BadInputError("'outputs' may name only 'logits' and 'probabilities'")
-    for out in outputs:  # checked before any inference is spent on the request
-        top = (out.get("parameters") or {}).get("classification")
-        if top is not None and (not isinstance(top, int) or top < 1):
-            raise BadInputError("'classification' must be a positive integer")
-    return x, outputs
-
-
-def _flatten(data: list) -> list:
-    out = []
-    for item in data:
-        out.extend(_flatten(item) if isinstance(item, list) else [item])
-    return out
-
-
-def _b64(item) -> bytes:
-    if not isinstance(item, str):
-        raise BadInputError("BYTES data must be base64-encoded strings of encoded images")
-    try:
-        return base64.b64decode(item, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise BadInputError(f"BYTES data is not valid base64: {e}") from e
-
-
-def _infer_outputs(runtime: Runtime, task: str, logits: np.ndarray, outputs: list[dict]) -> list[dict]:
-    """The response's outputs (requests already validated by :func:`_parse_infer`)."""
-    n, k = logits.shape
-    result = []
-    for out in outputs:
-        name = out["name"]
-        top = (out.get("parameters") or {}).get("classification")
-        if top is not None:
-            rows = runtime.decode(task, logits, top)
-            data = [f"{s:.6f}:{i}:{l}" for p in rows for l, i, s in zip(p.labels, p.indices, p.scores)]
-            result.append({"name": name, "datatype": "BYTES", "shape": [n, min(top, k)], "data": data})
-            continue
-        values = softmax(logits.astype(np.float64)) if name == "probabilities" else logits
-        result.append({"name": name, "datatype": "FP32", "shape": [n, k],
-                       "data": [round(float(v), 7) for v in values.reshape(-1)]})
-    return result

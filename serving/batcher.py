@@ -6,7 +6,8 @@ the queue whose first request has waited longest among those that are ready (``m
 One worker for all tasks is the right default on a CPU, where one batch already uses every core: while it
 runs, the other tasks' queues fill, so mixing tasks keeps batches large instead of splitting the cores (and
 the requests) between concurrent small batches. A task's queue holds at most ``max_queue`` images; beyond
-that, ``submit`` raises :class:`OverloadedError` at once instead of letting latency grow without bound.
+that, ``submit`` raises :class:`OverloadedError` at once instead of letting latency grow without bound, and
+a request larger than the whole queue raises :class:`InputTooLargeError` (it could never be queued).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tailorrt.errors import OverloadedError
+from tailorrt.errors import InputTooLargeError, OverloadedError, UnknownTaskError
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,16 @@ class Batcher:
 
     def submit(self, task: str, x: np.ndarray) -> Future:
         """Queue ``x`` (a batch of one or more images) for ``task``; the future gets its logits."""
+        if len(x) > self.cfg.max_queue:  # could never fit: retrying would not help
+            raise InputTooLargeError(f"{len(x)} images in one request; a task's queue holds at most "
+                                     f"{self.cfg.max_queue}")
         fut: Future = Future()
         with self._cond:
             q = self._queues.get(task)
-            if self._closed or (q is not None and q.closed):
-                raise OverloadedError(f"task {task!r} is shutting down")
+            if self._closed:
+                raise OverloadedError("the server is shutting down")
+            if q is not None and q.closed:
+                raise UnknownTaskError(f"task {task!r} is being unloaded")
             if q is None:
                 q = self._queues[task] = _Queue()
             if q.pending + len(x) > self.cfg.max_queue:

@@ -32,6 +32,13 @@ def free_port() -> int:
 @contextmanager
 def local_server(model_dir: str, *args: str, timeout: float = 120) -> Iterator[str]:
     """Run ``tailor serve`` with ``args`` until the block ends (SIGTERM, graceful); yields its base URL."""
+    with serve_process(model_dir, *args, timeout=timeout) as (url, _proc):
+        yield url
+
+
+@contextmanager
+def serve_process(model_dir: str, *args: str, timeout: float = 120) -> Iterator[tuple[str, subprocess.Popen]]:
+    """As :func:`local_server`, yielding the base URL and the server's process (to watch its memory)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tailorrt.cli.app", "serve", "--model-dir", model_dir,
                              "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -49,7 +56,7 @@ def local_server(model_dir: str, *args: str, timeout: float = 120) -> Iterator[s
                 if time.time() > deadline:
                     raise RuntimeError("tailor serve did not become ready") from None
                 time.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from tailorrt.errors import ConfigError, DependencyMissingError, PackError
+from tailorrt.errors import ConfigError, DependencyMissingError, PackError, UnknownTaskError
 from tailorrt.pack import ModelDir, pack_file
 
 BACKENDS = ("torch", "onnx", "tensorrt")
@@ -71,7 +71,10 @@ class TorchBackend:
 
     @torch.inference_mode()
     def logits(self, task: str, x: np.ndarray) -> np.ndarray:
-        return self.models[task](torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+        model = self.models.get(task)
+        if model is None:
+            raise not_loaded(task)
+        return model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
 
 class OnnxBackend:
@@ -93,25 +96,17 @@ class OnnxBackend:
                                              "pip install 'tailorrt[gpu]'")
             self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         self.mdir, self.threads = mdir, threads or torch.get_num_threads()
-        manifest = mdir.export_manifest("onnx")
-        if manifest is None:
-            raise PackError(f"no ONNX export in {mdir.root}; run: tailor export --model-dir {mdir.root}")
-        if manifest["backbone"]["sha256"] != mdir.backbone_meta()["sha256"]:
-            raise PackError(f"{mdir.export_dir('onnx')} was exported from another backbone; run tailor export again")
-        self.manifest = manifest
+        self.manifest = current_export(mdir, "onnx")
         self.folder = mdir.export_dir("onnx")
         self.store, self.share_weights = WeightStore(), share_weights
         self.sessions: dict = {}  # task -> TaskSession; replaced whole, so running calls keep what they read
         self._lock = threading.Lock()
 
     def graph_file(self, task: str) -> Path:
-        entry = self.manifest["tasks"].get(task)
-        if entry is None:
-            raise PackError(f"task {task!r} is not in the ONNX export; run: tailor export --tasks {task}")
-        if entry.get("pack_sha256") != pack_file(self.mdir.task_meta(task))["sha256"]:
-            raise PackError(f"the ONNX export of {task!r} is older than its task pack; "
-                            f"run: tailor export --tasks {task}")
-        return self.folder / entry["file"]
+        """The task's graph, checked against the export's sha256s, with the shared weights it reads beside it."""
+        entry = export_entry(self.mdir, "onnx", self.manifest, task)
+        self.mdir.export_file("onnx", self.manifest["shared"])
+        return self.mdir.export_file("onnx", entry)
 
     def add(self, *tasks: str) -> None:
         """Build a session for each task; the ones already loaded are not touched."""
@@ -141,23 +136,47 @@ class OnnxBackend:
     def logits(self, task: str, x: np.ndarray) -> np.ndarray:
         session = self.sessions.get(task)
         if session is None:
-            raise PackError(f"task {task!r} is not loaded")
+            raise not_loaded(task)
         return session.run(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def not_loaded(task: str) -> UnknownTaskError:
+    """The error of a call for a task that is not (or no longer) loaded."""
+    return UnknownTaskError(f"task {task!r} is not loaded")
+
+
+def current_export(mdir: ModelDir, kind: str) -> dict:
+    """The ``onnx`` or ``trt`` export manifest, refusing a missing one or one made from another backbone."""
+    manifest = mdir.export_manifest(kind)
+    flag = " --trt" if kind == "trt" else ""
+    if manifest is None:
+        raise PackError(f"no {kind} export in {mdir.root}; run: tailor export{flag} --model-dir {mdir.root}")
+    exported_from = manifest["backbone"]["sha256"] if kind == "onnx" else manifest["backbone_sha256"]
+    if exported_from != mdir.backbone_meta()["sha256"]:
+        raise PackError(f"{mdir.export_dir(kind)} was exported from another backbone; run tailor export{flag} again")
+    return manifest
+
+
+def export_entry(mdir: ModelDir, kind: str, manifest: dict, task: str) -> dict:
+    """A task's entry in an export manifest, refusing a task that is absent or exported before its pack changed."""
+    flag = " --trt" if kind == "trt" else ""
+    entry = manifest["tasks"].get(task)
+    if entry is None:
+        raise PackError(f"task {task!r} is not in the {kind} export; run: tailor export{flag} --tasks {task}")
+    if entry.get("pack_sha256") != pack_file(mdir.task_meta(task))["sha256"]:
+        raise PackError(f"the {kind} export of {task!r} is older than its task pack; "
+                        f"run: tailor export{flag} --tasks {task}")
+    return entry
 
 
 def release_freed_memory() -> None:
     """Hand memory freed by a replaced session back to the OS (glibc keeps it otherwise)."""
-    import ctypes
-    import ctypes.util
     import gc
 
+    from tailorrt.heap import trim_heap
+
     gc.collect()
-    name = ctypes.util.find_library("c")
-    if name:
-        try:
-            ctypes.CDLL(name).malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc
-            pass
+    trim_heap()
 
 
 class TensorRTBackend:
@@ -169,9 +188,7 @@ class TensorRTBackend:
         from tailorrt.export.tensorrt_engines import require_tensorrt
 
         self.trt = require_tensorrt()
-        manifest = mdir.export_manifest("trt")
-        if manifest is None:
-            raise PackError(f"no TensorRT engines in {mdir.root}; run: tailor export --trt --model-dir {mdir.root}")
+        manifest = current_export(mdir, "trt")
         self.mdir, self.manifest, self.max_batch = mdir, manifest, int(manifest["max_batch"])
         self.runners: dict[str, object] = {}
 
@@ -179,13 +196,14 @@ class TensorRTBackend:
         from tailorrt.export.tensorrt_engines import EngineRunner
 
         for task in tasks:
-            entry = self.manifest["tasks"].get(task)
-            if entry is None:
-                raise PackError(f"task {task!r} has no TensorRT engine; run: tailor export --trt --tasks {task}")
-            self.runners[task] = EngineRunner(self.trt, (self.mdir.export_dir("trt") / entry["file"]).read_bytes())
+            entry = export_entry(self.mdir, "trt", self.manifest, task)
+            self.runners[task] = EngineRunner(self.trt, self.mdir.export_file("trt", entry).read_bytes())
 
     def remove(self, task: str) -> None:
         self.runners.pop(task, None)
 
     def logits(self, task: str, x: np.ndarray) -> np.ndarray:
-        return self.runners[task].logits(x)
+        runner = self.runners.get(task)
+        if runner is None:
+            raise not_loaded(task)
+        return runner.logits(x)

@@ -189,11 +189,58 @@ def _files_present(ds: Dataset) -> bool:
     return all((root / ds.base_folder / f).is_file() for f in files)
 
 
-def _cifar_meta(ds: Dataset) -> None:
-    import pickle  # the official CIFAR archive is pickled numpy data; torchvision reads it the same way
+def _cifar_arrays(path: Path) -> dict:
+    """One file of the official CIFAR archive: a pickled dict of lists, strings and numpy arrays.
 
-    with open(Path(ds.root) / ds.base_folder / ds.meta["filename"], "rb") as f:
-        ds.classes = pickle.load(f, encoding="latin1")[ds.meta["key"]]
+    Read with an unpickler that builds numpy arrays and nothing else (torchvision calls ``pickle.load``, which
+    imports and calls whatever a file names): any other class or function in the file is refused.
+    """
+    import pickle
+
+    reconstruct = np.ndarray((0,)).__reduce__()[0]  # numpy's array rebuilders, whatever module holds them
+    frombuffer = np.ndarray((1,)).__reduce_ex__(5)[0]  # pickle protocol 5
+    allowed = {(f"numpy{core}.{module}", fn.__name__): fn for core in (".core", "._core")
+               for module, fn in (("multiarray", reconstruct), ("numeric", frombuffer))}
+    allowed.update({("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype})
+
+    class ArraysOnly(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) not in allowed:
+                raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR file never does")
+            return allowed[module, name]
+
+    try:
+        with open(path, "rb") as f:
+            data = ArraysOnly(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise DatasetMissingError(f"{path} is not a file of the official CIFAR archive ({e}); replace it") from e
+    if not isinstance(data, dict):
+        raise DatasetMissingError(f"{path} is not a file of the official CIFAR archive (no dict inside)")
+    return data
+
+
+def _cifar_init(ds: Dataset, root: str, train: bool = True, transform: Callable | None = None,
+                target_transform: Callable | None = None, download: bool = False) -> None:
+    """torchvision's CIFAR ``__init__``, reading the files with :func:`_cifar_arrays` instead of ``pickle.load``."""
+    from torchvision.datasets.vision import VisionDataset
+
+    VisionDataset.__init__(ds, root, transform=transform, target_transform=target_transform)
+    ds.train = train
+    if download:
+        ds.download()
+    if not ds._check_integrity():
+        raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+    data, ds.targets = [], []
+    for name, _ in ds.train_list if train else ds.test_list:
+        entry = _cifar_arrays(Path(ds.root) / ds.base_folder / name)
+        data.append(entry["data"])
+        ds.targets.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+    ds.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC, as torchvision keeps it
+    ds._load_meta()
+
+
+def _cifar_meta(ds: Dataset) -> None:
+    ds.classes = _cifar_arrays(Path(ds.root) / ds.base_folder / ds.meta["filename"])[ds.meta["key"]]
     ds.class_to_idx = {c: i for i, c in enumerate(ds.classes)}
 
 
@@ -204,7 +251,7 @@ def _lenient(cls: type) -> type:
         return cls
     body: dict = {"_check_integrity": _files_present}
     if cls.__name__ == "CIFAR100":
-        body["_load_meta"] = _cifar_meta
+        body.update(__init__=_cifar_init, _load_meta=_cifar_meta)
     return type(f"Local{cls.__name__}", (cls,), body)
 
 

@@ -25,6 +25,11 @@ class PackError(TailorError):
     """A task pack or model directory is missing, malformed or of an unknown format version."""
 
 
+class IntegrityError(PackError):
+    """A file does not match the sha256 recorded for it: it was changed, truncated or corrupted after it was
+    written. Nothing read from it is used."""
+
+
 class ConfigError(TailorError):
     """An invalid option or combination of options."""
 
@@ -52,4 +57,10 @@ class InputTooLargeError(TailorError):
 
 
 class OverloadedError(TailorError):
-    """A task's request queue is full; try again later (HTTP 503)."""
+    """A task's request queue is full, or the decode budget is taken; try again later (HTTP 503)."""
+
+    retry_after_s = 1
+
+
+class RequestTimeoutError(TailorError):
+    """A request body that did not arrive in time (HTTP 408)."""

@@ -1,14 +1,27 @@
 """Turning what callers send (PIL images, arrays, tensors, paths, encoded bytes) into a task's input batch.
 
-Every image goes through the task's own preprocessing (:class:`tailorrt.datasets.Preprocess`).
-Encoded images are checked before they are decoded: their header gives the pixel count, so a
-decompression bomb is refused without allocating it.
+Every image goes through the task's own preprocessing (:class:`tailorrt.datasets.Preprocess`). Encoded images
+are bounded before any pixel is decoded:
+
+- only the formats in ``Limits.formats`` are opened (PIL knows dozens, some with decoders that run external
+  programs or were never meant for untrusted input);
+- every image's header is read first: its pixel count against ``max_pixels``, the request's total against
+  ``max_request_pixels`` and its image count against ``max_images``, so a request that would be refused is
+  refused before any decoding work;
+- the memory a decode will take (pixels x bytes per pixel of its mode, the RGB conversion and the full-size
+  tensor) is reserved from a :class:`DecodeBudget` that all requests of a process share; an image larger
+  than the whole budget is refused (413), and one that finds the budget taken waits a little, then gets
+  :class:`~tailorrt.errors.OverloadedError` (503). A request's images are decoded one at a time.
 """
 
 from __future__ import annotations
 
 import io
+import threading
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,34 +31,93 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from tailorrt.datasets import Preprocess
-from tailorrt.errors import BadInputError, InputTooLargeError
+from tailorrt.errors import BadInputError, InputTooLargeError, OverloadedError
+from tailorrt.heap import trim_heap
+from tailorrt.limits import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, MB, Limits
 
-DEFAULT_MAX_PIXELS = 40_000_000
+__all__ = ["DEFAULT_FORMATS", "DEFAULT_MAX_PIXELS", "DecodeBudget", "Limits", "decode", "open_image", "to_batch"]
+
+# Bytes per pixel that PIL stores for a mode (1-bit images are stored a byte per pixel); others use 4
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+# Decoders that fill a buffer of their own (bytes per pixel) before PIL copies it into the image
+_DECODER_BYTES = {"WEBP": 8}
+TRIM_AFTER_BYTES = 64 * MB  # a decode this large hands its memory back to the OS when it is done
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on one image (pixels) and on a batch (images)."""
+class DecodeBudget:
+    """The memory that image decodes in flight may take together; shared by every request of a process."""
 
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_images: int = 256
+    def __init__(self, limit_bytes: int, wait_s: float = 2.0) -> None:
+        self.limit, self.wait_s = limit_bytes, wait_s
+        self.used = self.peak = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        """Hold ``nbytes`` of the budget while the block runs (waiting at most ``wait_s`` for it)."""
+        if self.limit and nbytes > self.limit:
+            raise InputTooLargeError(f"decoding this image needs about {nbytes / MB:,.0f} MB, over the decode "
+                                     f"budget of {self.limit / MB:,.0f} MB")
+        deadline = time.monotonic() + self.wait_s
+        with self._cond:
+            while self.limit and self.used + nbytes > self.limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise OverloadedError(f"{self.used / MB:,.0f} MB of images are being decoded (budget "
+                                          f"{self.limit / MB:,.0f} MB); retry later")
+                self._cond.wait(left)
+            self.used += nbytes
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()
+
+
+def open_image(data: bytes, limits: Limits = Limits()) -> Image.Image:
+    """Read an encoded image's header (no pixels yet), refusing empty data, other formats and oversized images."""
+    if not data:
+        raise BadInputError("empty image")
+    Image.init()  # registers every plugin once (otherwise formats=... fails on one not loaded yet)
+    with _decode_errors(limits):
+        img = Image.open(io.BytesIO(data), formats=limits.formats)
+    _check_pixels(img.size, limits)
+    return img
 
 
 def decode(data: bytes, limits: Limits = Limits()) -> Image.Image:
-    """Decode an encoded image (PNG, JPEG, ...) to RGB, refusing empty, undecodable, truncated or huge ones."""
-    if not data:
-        raise BadInputError("empty image")
+    """Decode an encoded image (in its own mode), refusing what :func:`open_image` refuses and truncated data."""
+    img = open_image(data, limits)
+    with _decode_errors(limits):
+        img.load()
+    return img
+
+
+def decode_cost(img: Image.Image) -> int:
+    """Upper bound of the bytes that decoding and preprocessing ``img`` hold at once: the decoded image, its RGB
+    conversion, two full-size uint8 copies made by the tensor conversion and the resize, and the decoder's own
+    buffer (checked against measured peaks by ``benchmarks/decode_bomb.py calibrate``)."""
+    w, h = img.size
+    per_pixel = (_STORED_BYTES.get(img.mode, 4) + (0 if img.mode == "RGB" else 4) + 6
+                 + _DECODER_BYTES.get(img.format or "", 0))
+    return int(w * h * per_pixel * 1.1) + MB
+
+
+@contextmanager
+def _decode_errors(limits: Limits) -> Iterator[None]:
+    """PIL's errors while opening or decoding untrusted bytes, as 400 (bad) or 413 (too large)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            _check_pixels(img.size, limits)
-            img.load()
-    except Image.DecompressionBombError as e:
+            yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputTooLargeError(f"image too large: {e}") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
+    except UnidentifiedImageError as e:
+        raise BadInputError(f"cannot decode the image: not a {'/'.join(limits.formats)} image") from e
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
         raise BadInputError(f"cannot decode the image: {e}") from e
-    return img.convert("RGB")
 
 
 def _check_pixels(size: tuple[int, int], limits: Limits) -> None:
@@ -64,7 +136,7 @@ def _from_array(arr: np.ndarray, pre: Preprocess, limits: Limits) -> list[torch.
         if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
             raise BadInputError(f"uint8 images must be [H,W,C] or [N,H,W,C] with C in 1/3/4, not {list(arr.shape)}")
         _check_pixels((arr.shape[2], arr.shape[1]), limits)
-        return [_from_pil(Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).convert("RGB"), pre) for a in arr]
+        return [_from_pil(Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a), pre) for a in arr]
     if arr.dtype in (np.float32, np.float64, np.float16):
         want = (3, pre.size, pre.size)
         if arr.ndim == 3:
@@ -78,25 +150,58 @@ def _from_array(arr: np.ndarray, pre: Preprocess, limits: Limits) -> list[torch.
 
 
 def _from_pil(img: Image.Image, pre: Preprocess) -> torch.Tensor:
-    return pre.transform()(img.convert("RGB"))
+    return pre.transform()(img)  # the transform converts to RGB (once) when the mode is another
 
 
-def _one(item: Any, pre: Preprocess, limits: Limits) -> list[torch.Tensor]:
-    if isinstance(item, Image.Image):
-        _check_pixels(item.size, limits)
-        return [_from_pil(item, pre)]
+@dataclass
+class _Encoded:
+    """An encoded image of the request, opened to its header; its pixels are decoded later, under the budget."""
+
+    image: Image.Image
+
+    @property
+    def pixels(self) -> int:
+        return self.image.size[0] * self.image.size[1]
+
+
+def _header(item: Any, limits: Limits) -> Any:
+    """An encoded image (bytes or a file) opened to its header; other kinds of image as they are."""
     if isinstance(item, (bytes, bytearray, memoryview)):
-        return [_from_pil(decode(bytes(item), limits), pre)]
+        return _Encoded(open_image(bytes(item), limits))
     if isinstance(item, (str, Path)):
         path = Path(item)
         if not path.is_file():
             raise BadInputError(f"no image file at {path}")
-        return [_from_pil(decode(path.read_bytes(), limits), pre)]
+        return _Encoded(open_image(path.read_bytes(), limits))
+    return item
+
+
+def _tensors(item: Any, pre: Preprocess, limits: Limits, budget: DecodeBudget | None) -> list[torch.Tensor]:
+    if isinstance(item, _Encoded):
+        img, item.image = item.image, None  # this function holds the only reference: freed when it returns
+        cost = decode_cost(img)
+        with budget.reserve(cost) if budget is not None else _nothing():
+            with _decode_errors(limits):
+                img.load()
+            tensor = _from_pil(img, pre)
+            img.close()
+            del img
+        if cost >= TRIM_AFTER_BYTES:
+            trim_heap()
+        return [tensor]
+    if isinstance(item, Image.Image):
+        _check_pixels(item.size, limits)
+        return [_from_pil(item, pre)]
     if isinstance(item, torch.Tensor):
         return _from_array(item.detach().cpu().numpy(), pre, limits)
     if isinstance(item, np.ndarray):
         return _from_array(item, pre, limits)
     raise BadInputError(f"cannot read an image from {type(item).__name__}")
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 def is_batch(images: Any) -> bool:
@@ -106,12 +211,26 @@ def is_batch(images: Any) -> bool:
     return isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4
 
 
-def to_batch(images: Any, pre: Preprocess, limits: Limits = Limits()) -> np.ndarray:
-    """One image or many, of any accepted kind, as a preprocessed ``[N,3,S,S]`` float32 array."""
+def to_batch(images: Any, pre: Preprocess, limits: Limits = Limits(), budget: DecodeBudget | None = None
+             ) -> np.ndarray:
+    """One image or many, of any accepted kind, as a preprocessed ``[N,3,S,S]`` float32 array.
+
+    Every limit that can be checked without decoding is checked before the first image is decoded; encoded
+    images then decode one at a time, each holding its share of ``budget`` (if given) while it does.
+    """
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     if not items:
         raise BadInputError("no images")
-    tensors = [t for item in items for t in _one(item, pre, limits)]
+    if len(items) > limits.max_images:
+        raise InputTooLargeError(f"{len(items)} images in one request; the limit is {limits.max_images}")
+    items = [_header(item, limits) for item in items]
+    pixels = sum(i.pixels for i in items if isinstance(i, _Encoded))
+    if pixels > limits.max_request_pixels:
+        raise InputTooLargeError(f"the request's images hold {pixels:,} pixels together; the limit is "
+                                 f"{limits.max_request_pixels:,}")
+    tensors = [t for item in items for t in _tensors(item, pre, limits, budget)]
+    if not tensors:
+        raise BadInputError("no images (an empty batch)")
     if len(tensors) > limits.max_images:
         raise InputTooLargeError(f"{len(tensors)} images in one request; the limit is {limits.max_images}")
     return torch.stack(tensors).numpy().astype(np.float32, copy=False)

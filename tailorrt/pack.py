@@ -23,21 +23,14 @@ import torch
 from tailorrt import __version__
 from tailorrt.backbones import BackboneSource, BackboneSpec, UniversalBackbone, load_weights
 from tailorrt.datasets import TASK_NAME, Preprocess
-from tailorrt.errors import BackboneMismatchError, CheckpointError, PackError
-from tailorrt.io import (
-    load_tensors,
-    read_json,
-    recover_swaps,
-    replace_dir,
-    save_tensors,
-    sha256_file,
-    staging_dir,
-    write_json,
-)
+from tailorrt.errors import BackboneMismatchError, PackError
+from tailorrt.integrity import FileVerifier
+from tailorrt.io import load_tensors, recover_swaps, replace_dir, save_tensors, sha256_file, staging_dir
+from tailorrt.records import FORMAT_VERSION, REMEDY, read_record, write_record
 from tailorrt.student import Student
 from tailorrt.tuned import TunedNet, TuneSpec
 
-FORMAT_VERSION = 1
+__all__ = ["FORMAT_VERSION", "ModelDir", "TaskPack", "pack_file", "preprocess_of"]
 BACKBONE_FILE = "backbone.safetensors"
 TASK_FILE = "task.safetensors"
 
@@ -71,10 +64,12 @@ class TaskPack:
 
 
 class ModelDir:
-    """Reads and writes one model directory."""
+    """Reads and writes one model directory. Every file it hands out was checked against its recorded sha256
+    (each file hashed once per identity, see :class:`~tailorrt.integrity.FileVerifier`)."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+        self.files = FileVerifier()
         recover_swaps(self.root)
         recover_swaps(self.tasks_dir)
 
@@ -93,15 +88,16 @@ class ModelDir:
         return self.root / kind
 
     def export_manifest(self, kind: str) -> dict | None:
-        """The ``export.json`` of an export folder, or None when there is none (or it is unreadable)."""
+        """The ``export.json`` of an export folder (checked), or None when there is none."""
         path = self.export_dir(kind) / "export.json"
         if not path.is_file():
             return None
-        try:
-            meta = read_json(path)
-        except CheckpointError:
-            return None
-        return meta if meta.get("format_version") == FORMAT_VERSION else None
+        return read_record(path, "export")
+
+    def export_file(self, kind: str, entry: dict) -> Path:
+        """A file named by an export manifest's entry, checked against the sha256 recorded for it."""
+        return self.files.verify(self.export_dir(kind) / entry["file"], entry["sha256"],
+                                 recorded_in=self.export_dir(kind) / "export.json", remedy=REMEDY["export"])
 
     def work_dir(self, task: str) -> Path:
         return self.root / ".work" / check_task_name(task)
@@ -115,9 +111,7 @@ class ModelDir:
         path = self.backbone_dir / "backbone.json"
         if not path.is_file():
             raise PackError(f"no backbone in {self.root} (expected {path}); train a task into it first")
-        meta = read_json(path)
-        _check_version(meta, path)
-        return meta
+        return read_record(path, "backbone")
 
     def write_backbone(self, backbone: UniversalBackbone, source: BackboneSource) -> str:
         """Write the backbone once; an identical one already there is kept, a different one refused."""
@@ -143,17 +137,20 @@ class ModelDir:
                 "normalize": {"mean": list(backbone.spec.mean), "std": list(backbone.spec.std)},
                 "bytes": (self.backbone_dir / BACKBONE_FILE).stat().st_size, "versions": versions(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_json(self.backbone_dir / "backbone.json", meta)
+        write_record(self.backbone_dir / "backbone.json", meta)
         return sha
 
     def load_backbone(self) -> tuple[UniversalBackbone, dict]:
-        """Rebuild the backbone from its JSON spec and weights, verifying the sha256."""
+        """Rebuild the backbone from its JSON spec and weights, verifying the sha256 first."""
         meta = self.backbone_meta()
-        path = self.backbone_dir / BACKBONE_FILE
-        model = UniversalBackbone(BackboneSpec.from_json(meta["spec"]))
+        path = self.files.verify(self.backbone_dir / BACKBONE_FILE, meta["sha256"],
+                                 recorded_in=self.backbone_dir / "backbone.json", remedy=REMEDY["backbone"])
+        try:
+            model = UniversalBackbone(BackboneSpec.from_json(meta["spec"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise PackError(f"{self.backbone_dir / 'backbone.json'} holds an unusable spec ({type(e).__name__}: "
+                            f"{e}); {REMEDY['backbone']}") from e
         load_weights(model, load_tensors(path), str(path))
-        if sha256_file(path) != meta["sha256"]:
-            raise PackError(f"{path} does not match the sha256 in backbone.json; the file was changed or corrupted")
         model.eval()
         return model, meta
 
@@ -173,7 +170,7 @@ class ModelDir:
             meta = {**meta, "format_version": FORMAT_VERSION, "task": name,
                     "files": {TASK_FILE: {"sha256": sha256_file(tmp / TASK_FILE),
                                           "bytes": (tmp / TASK_FILE).stat().st_size}}}
-            write_json(tmp / "task.json", meta)
+            write_record(tmp / "task.json", meta)
             self.tasks_dir.mkdir(parents=True, exist_ok=True)
             final = self.tasks_dir / name
             replace_dir(tmp, final)
@@ -187,19 +184,24 @@ class ModelDir:
         if not path.is_file():
             have = ", ".join(self.task_names()) or "none"
             raise PackError(f"no task {name!r} in {self.root} (tasks: {have})")
-        meta = read_json(path)
-        _check_version(meta, path)
+        return read_record(path, "task")
+
+    def task_meta_for(self, name: str, backbone_sha256: str) -> dict:
+        """A task's record, refusing a task trained on another backbone than ``backbone_sha256``."""
+        meta = self.task_meta(name)
+        if meta["backbone_sha256"] != backbone_sha256:
+            raise BackboneMismatchError(
+                f"task {name!r} was trained on backbone sha256 {meta['backbone_sha256'][:12]}, but the "
+                f"loaded backbone is {backbone_sha256[:12]}; retrain the task on this backbone")
         return meta
 
     def read_task(self, name: str, backbone_sha256: str) -> TaskPack:
-        """Read a pack, refusing one trained on another backbone."""
-        meta = self.task_meta(name)
-        if meta.get("backbone_sha256") != backbone_sha256:
-            raise BackboneMismatchError(
-                f"task {name!r} was trained on backbone sha256 {str(meta.get('backbone_sha256'))[:12]}, but the "
-                f"loaded backbone is {backbone_sha256[:12]}; retrain the task on this backbone")
-        path = self.tasks_dir / name / TASK_FILE
-        return TaskPack(name, meta, load_tensors(path), path.parent)
+        """Read a pack, refusing one trained on another backbone or whose weights do not match their sha256."""
+        meta = self.task_meta_for(name, backbone_sha256)
+        folder = self.tasks_dir / name
+        path = self.files.verify(folder / TASK_FILE, pack_file(meta)["sha256"], recorded_in=folder / "task.json",
+                                 remedy=REMEDY["task"])
+        return TaskPack(name, meta, load_tensors(path), folder)
 
     def load_student(self, name: str, backbone: UniversalBackbone, backbone_sha256: str) -> tuple[Student, dict]:
         """A ready-to-run student for a NetTailor task, sharing the backbone's universal weights."""
@@ -213,13 +215,17 @@ class ModelDir:
         """A ready-to-run network for a task of any method, sharing the backbone's weights."""
         pack = self.read_task(name, backbone_sha256)
         meta = pack.meta
-        if meta.get("method") == "nettailor":
-            model: Student | TunedNet = Student(backbone, len(meta["classes"]),
-                                                max_skip=int(meta["config"]["max_skip"]))
-        elif "tune" in meta:
-            model = TunedNet(backbone, len(meta["classes"]), TuneSpec.from_json(meta["tune"]))
-        else:
-            raise PackError(f"task {name!r} uses method {meta.get('method')!r}, which this version cannot load")
+        try:
+            if meta["method"] == "nettailor":
+                model: Student | TunedNet = Student(backbone, len(meta["classes"]),
+                                                    max_skip=int(meta["config"]["max_skip"]))
+            elif "tune" in meta:
+                model = TunedNet(backbone, len(meta["classes"]), TuneSpec.from_json(meta["tune"]))
+            else:
+                raise PackError(f"task {name!r} uses method {meta['method']!r}, which this version cannot load")
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise PackError(f"{pack.path / 'task.json'} does not describe a network this version can build "
+                            f"({type(e).__name__}: {e}); {REMEDY['task']}") from e
         model.load_task_state(pack.tensors)
         model.eval()
         return model, meta
@@ -232,11 +238,3 @@ def pack_file(meta: dict) -> dict:
 
 def preprocess_of(meta: dict) -> Preprocess:
     return Preprocess.from_json(meta["preprocess"])
-
-
-def _check_version(meta: dict, path: Path) -> None:
-    v = meta.get("format_version")
-    if v != FORMAT_VERSION:
-        raise PackError(f"{path} has format_version {v!r}; this tailorrt {__version__} reads version "
-                        f"{FORMAT_VERSION}; upgrade tailorrt or re-export")
-

@@ -21,7 +21,7 @@ import numpy as np
 from tailorrt.backends import make_backend
 from tailorrt.datasets import Preprocess
 from tailorrt.errors import ConfigError, UnknownTaskError
-from tailorrt.images import Limits, is_batch, to_batch
+from tailorrt.images import DecodeBudget, Limits, is_batch, to_batch
 from tailorrt.pack import ModelDir, pack_file, preprocess_of
 
 
@@ -70,6 +70,7 @@ class Runtime:
         conv weights: a little faster on small inputs, about one backbone of memory per task."""
         self.model_dir = ModelDir(model_dir)
         self.limits = limits
+        self.decode_budget = DecodeBudget(limits.max_decode_bytes, limits.decode_wait_s)  # shared by all callers
         self.backbone_meta = self.model_dir.backbone_meta()
         self.backend = make_backend(backend, self.model_dir, device, threads, share_weights=share_weights)
         self._tasks: dict[str, TaskInfo] = {}
@@ -97,7 +98,7 @@ class Runtime:
         with self._lock:
             infos = []
             for name in dict.fromkeys(names):
-                meta = self.model_dir.task_meta(name)
+                meta = self.model_dir.task_meta_for(name, self.backbone_meta["sha256"])
                 infos.append(TaskInfo(name, list(meta["classes"]), preprocess_of(meta), meta["method"],
                                       pack_file(meta)["bytes"], meta))
             self.backend.add(*[i.name for i in infos])
@@ -111,8 +112,8 @@ class Runtime:
             del self._tasks[name]
 
     def preprocess(self, task: str, images: Any) -> np.ndarray:
-        """Images of any accepted kind as the task's ``[N,3,S,S]`` float32 input."""
-        return to_batch(images, self.task(task).preprocess, self.limits)
+        """Images of any accepted kind as the task's ``[N,3,S,S]`` float32 input (decodes within ``limits``)."""
+        return to_batch(images, self.task(task).preprocess, self.limits, self.decode_budget)
 
     def logits(self, task: str, batch: np.ndarray) -> np.ndarray:
         """Logits of a preprocessed batch, run in chunks of the backend's largest batch."""

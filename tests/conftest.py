@@ -69,3 +69,24 @@ def exported_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proc = run_cli("export", "--model-dir", str(root), "--bench", check=True)
     assert "wrote" in proc.stdout and "onnxruntime" in proc.stdout
     return root
+
+
+def reseal(path: Path, drop: tuple[str, ...] = (), **changes) -> dict:
+    """Rewrite a metadata record (task.json, backbone.json, export.json) with ``changes`` applied and the keys in
+    ``drop`` removed, sealed again as tailorrt would write it: tests that edit a record on purpose are not
+    corruptions."""
+    from tailorrt.io import read_json
+    from tailorrt.records import write_record
+
+    data = {k: v for k, v in {**read_json(path), **changes}.items() if k not in drop}
+    write_record(path, data)
+    return data
+
+
+def flip(path: Path, offset: int | None = None, count: int = 64) -> None:
+    """Invert ``count`` bytes of a file (in its middle unless ``offset`` is given), keeping its size."""
+    data = bytearray(path.read_bytes())
+    start = len(data) // 2 if offset is None else offset
+    for i in range(start, min(start + count, len(data))):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))

@@ -178,3 +178,26 @@ def test_unknown_and_badly_named_tasks():
         load_task("mnist", data_dir=".", preprocess=PRE)
     with pytest.raises(UnknownTaskError):
         pack_name("Has Spaces!")
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+
+        return os.system, ("touch pwned",)
+
+
+def test_cifar_files_are_unpickled_as_arrays_only(tmp_path, monkeypatch):
+    _cifar100(tmp_path)
+    base = tmp_path / "cifar-100-python"
+    with open(base / "train", "wb") as f:  # protocol 5 keeps array bytes out of band: still just arrays
+        pickle.dump({"data": np.zeros((10, 3072), np.uint8), "fine_labels": [i % 3 for i in range(10)]}, f,
+                    protocol=5)
+    assert len(load_task("cifar100", data_dir=tmp_path, preprocess=PRE, download=False).train)
+    monkeypatch.chdir(tmp_path)
+    with open(base / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": _Exploit()}, f)
+    with pytest.raises(DatasetMissingError, match=r"meta is not a file of the official CIFAR archive \(it names "
+                                                  r"posix.system"):
+        load_task("cifar100", data_dir=tmp_path, preprocess=PRE, download=False)
+    assert not (tmp_path / "pwned").exists()

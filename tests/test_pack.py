@@ -1,12 +1,12 @@
-import json
-
 import pytest
 import torch
 
 from tailorrt.backbones import BackboneSource, UniversalBackbone, get_spec
-from tailorrt.errors import BackboneMismatchError, CheckpointError, PackError
+from tailorrt.datasets import Preprocess
+from tailorrt.errors import BackboneMismatchError, IntegrityError, PackError
 from tailorrt.pack import ModelDir
 from tailorrt.student import Student
+from tests.conftest import reseal
 
 
 def _student(backbone):
@@ -14,7 +14,8 @@ def _student(backbone):
 
 
 def _meta(sha):
-    return {"method": "nettailor", "backbone_sha256": sha, "classes": ["a", "b", "c"], "config": {"max_skip": 3}}
+    return {"method": "nettailor", "backbone_sha256": sha, "classes": ["a", "b", "c"], "config": {"max_skip": 3},
+            "preprocess": Preprocess(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).to_json()}
 
 
 @pytest.fixture()
@@ -57,8 +58,7 @@ def test_pack_roundtrip_and_mismatch(packed):
 
 def test_future_format_version_refused(packed):
     md = packed[0]
-    p = md.tasks_dir / "t" / "task.json"
-    p.write_text(json.dumps({**json.loads(p.read_text()), "format_version": 99}))
+    reseal(md.tasks_dir / "t" / "task.json", format_version=99)
     with pytest.raises(PackError, match="format_version 99"):
         md.task_meta("t")
 
@@ -70,7 +70,7 @@ def test_failed_write_keeps_previous_pack_and_leaves_no_partial(packed, tmp_path
     def crash(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tailorrt.pack.write_json", crash)
+    monkeypatch.setattr("tailorrt.pack.write_record", crash)
     with pytest.raises(KeyboardInterrupt):
         md.write_task("t", s.task_state(), {**_meta(sha), "note": "new"})
     with pytest.raises(KeyboardInterrupt):
@@ -84,5 +84,5 @@ def test_corrupt_task_weights_are_a_clear_error(packed):
     md, bb, sha, _ = packed
     f = md.tasks_dir / "t" / "task.safetensors"
     f.write_bytes(f.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(IntegrityError, match="task.safetensors does not match the sha256 recorded in"):
         md.load_student("t", bb, sha)

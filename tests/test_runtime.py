@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -18,7 +19,7 @@ from tailorrt.images import Limits
 from tailorrt.pack import ModelDir
 from tailorrt.serving.batcher import BatchConfig, Batcher
 from tailorrt.serving.local import png_bytes
-from tests.conftest import class_image
+from tests.conftest import class_image, reseal
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +120,9 @@ def test_onnx_fused_weights_agree_but_are_private(exported_dir):
 def test_onnx_backend_needs_a_current_export(exported_dir, tmp_path):
     copy = tmp_path / "m"
     shutil.copytree(exported_dir, copy)
-    meta = (copy / "tasks" / "hues" / "task.json")
-    meta.write_text(meta.read_text().replace('"sha256": "', '"sha256": "0', 1))  # the pack changed since export
+    path = copy / "tasks" / "hues" / "task.json"
+    files = json.loads(path.read_text())["files"]
+    reseal(path, files={name: {**entry, "sha256": "0" * 64} for name, entry in files.items()})  # retrained since
     with pytest.raises(PackError, match="older than its task pack"):
         Runtime(copy, tasks=["hues"], backend="onnx")
     shutil.rmtree(copy / "onnx")
@@ -185,11 +187,13 @@ def test_batcher_serves_every_task_from_one_worker_oldest_first():
     dropper.start()
     time.sleep(0.1)
     assert dropper.is_alive() and not queued.done()
-    with pytest.raises(OverloadedError, match="shutting down"):
+    with pytest.raises(UnknownTaskError, match="being unloaded"):
         b.submit("a", np.ones((1, 1)))
     gate.set()
     dropper.join(5)
     assert blocked.done() and queued.result(0).shape == (2, 1)
+    with pytest.raises(InputTooLargeError, match="holds at most 512"):  # could never be queued: not a retry
+        b.submit("b", np.ones((513, 1)))
     b.close()
     with pytest.raises(OverloadedError, match="shutting down"):
         b.submit("b", np.ones((1, 1)))

@@ -1,0 +1,56 @@
+"""Connections that cannot be held open for free: a request's headers must arrive within a time limit.
+
+uvicorn bounds the wait between two requests of a kept-alive connection, but not the wait for a request's
+headers: a client that connects and sends nothing, or half a request line, holds its connection (a file
+descriptor, a protocol object) for as long as it likes, and a few thousand of them exhaust the server. The
+app never sees such a request, so no middleware can help. :func:`header_timeout_protocol` is uvicorn's h11
+protocol with that limit: a connection still waiting for a request's complete headers ``timeout_s`` after it
+opened (or after its previous request was answered and more bytes came) is closed. Bodies are bounded
+by :class:`~tailorrt.serving.app.BodyGuard`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+
+class _HeaderTimeoutH11(H11Protocol):
+    header_timeout_s = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE:  # bytes came, but not a request's complete headers yet
+            self._arm()
+        else:
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_overdue)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_overdue(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+def header_timeout_protocol(timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, closing connections that leave a request's headers unfinished for ``timeout_s``."""
+    return type("HeaderTimeoutH11", (_HeaderTimeoutH11,), {"header_timeout_s": timeout_s})
