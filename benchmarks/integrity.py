@@ -42,7 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", default="/tmp/r34")
     ap.add_argument("--backends", default="onnx,torch")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
     print(f"load of every task of {args.model_dir}, fresh process per load, median of {args.rounds} interleaved rounds")
     print("| backend | tasks | bytes hashed | load, files checked | load, check off | cost | hashing rate |")
