@@ -19,6 +19,7 @@ import argparse
 import io
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -100,14 +101,13 @@ CASES = [("1", "PNG"), ("L", "PNG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("I;16", "
          ("RGB", "PPM")]
 
 _PROBE = """
-import io, resource, sys
+import resource, sys
 from PIL import Image
 from tailorrt.datasets import Preprocess
 from tailorrt.images import decode_cost, open_image, to_batch
 from tailorrt.limits import Limits
 from tailorrt.serving.local import png_bytes
-mode, fmt = sys.argv[1], sys.argv[2]
-buf = io.BytesIO(); Image.new(mode, (6300, 6300)).save(buf, format=fmt); data = buf.getvalue(); del buf
+data = open(sys.argv[1], "rb").read()  # encoded by the parent: this process's high-water is the decode's
 pre = Preprocess(32, (0.5,) * 3, (0.25,) * 3)
 to_batch([png_bytes(Image.new("RGB", (8, 8)))], pre)  # load the transform's code first
 limits = Limits(max_pixels=10**9, max_request_pixels=10**9, max_decode_bytes=0)
@@ -122,7 +122,10 @@ def calibrate(_args: argparse.Namespace) -> None:
     print("| format | mode | budget reserves | measured peak | reserve / peak |")
     print("|---|---|---|---|---|")
     for mode, fmt in CASES:
-        out = subprocess.run([sys.executable, "-c", _PROBE, mode, fmt], capture_output=True, text=True, check=True)
+        with tempfile.NamedTemporaryFile(suffix=f".{fmt.lower()}") as f:
+            Image.new(mode, (6300, 6300)).save(f, format=fmt)
+            f.flush()
+            out = subprocess.run([sys.executable, "-c", _PROBE, f.name], capture_output=True, text=True, check=True)
         cost, peak = (int(v) for v in out.stdout.split())
         print(f"| {fmt} | {mode} | {cost / MB:.0f} MB | {peak / MB:.0f} MB | {cost / peak:.2f} |", flush=True)
 

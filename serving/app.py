@@ -95,7 +95,7 @@ class BodyGuard:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
-        seen, complete, failure, started = 0, False, None, False
+        seen, complete, failure, started, replaced = 0, False, None, False, False
 
         async def guarded_receive():
             nonlocal seen, complete, failure
@@ -117,13 +117,15 @@ class BodyGuard:
             return message
 
         async def guarded_send(message) -> None:
-            nonlocal started
+            nonlocal started, replaced
+            if replaced:  # the rest of the app's own answer to the failed read
+                return
             if failure is not None and not started:  # answer the failure, whatever the app made of it
-                started = True
+                replaced = started = True
                 await _error(_status(failure), str(failure), close=True)(scope, receive, send)
-            elif not (failure is not None and started and message["type"].startswith("http.response")):
-                started = started or message["type"] == "http.response.start"
-                await send(message)
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
         try:
             await self.app(scope, guarded_receive, guarded_send)

@@ -103,24 +103,22 @@ def request_batch(runtime: Runtime, task: str, request: InferRequest) -> np.ndar
 
 def _flatten(data: list, depth: int, want: int) -> list:
     """The values of ``data``, flat or nested at most ``depth`` lists deep, which must number ``want``."""
-    flat: list = []
     level = [data]
-    for _ in range(depth + 1):
+    for _ in range(depth + 1):  # one list per level; lists left after the last one are nested too deep
         nested = [item for item in level if isinstance(item, list)]
         if not nested:
             break
         if len(nested) != len(level):
             raise BadInputError("input 'data' mixes lists and values at one level; send it flat or nested evenly")
         level = [v for item in nested for v in item]
-        if len(level) > want:
+        if len(level) > want:  # already too many (lists may remain): the count below refuses it
             break
     else:
         raise BadInputError(f"input 'data' is nested deeper than its shape of {depth} dimensions")
-    flat = level
-    if len(flat) != want or any(isinstance(v, list) for v in flat):
+    if len(level) != want:
         raise BadInputError(f"the shape needs {want:,} values, and 'data' does not hold that many (flat or "
                             "nested as the shape says)")
-    return flat
+    return level
 
 
 def _numbers(values: list, datatype: str) -> np.ndarray:

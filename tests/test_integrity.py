@@ -52,10 +52,8 @@ def test_the_cli_refuses_corrupt_files_in_one_line(copy):
     line = one_line_error(run_cli("export", "--model-dir", str(copy), "--tasks", "colors"))
     assert "task.safetensors" in line
     flip(copy / "onnx" / "universal.data")
-    line = one_line_error(run_cli("serve", "--model-dir", str(copy), "--port", "1"))
+    line = one_line_error(run_cli("serve", "--model-dir", str(copy), "--port", "1"))  # tailor predict loads the same way
     assert "universal.data" in line and "does not match the sha256 recorded in" in line
-    line = one_line_error(run_cli("predict", "--task", "hues", "--backend", "onnx", "--model-dir", str(copy), "x.png"))
-    assert "universal.data" in line
 
 
 def test_files_are_hashed_once_per_identity(tmp_path, monkeypatch):
@@ -89,6 +87,9 @@ def test_records_are_sealed_and_checked(copy):
         ModelDir(copy).task_meta("colors")
     path.write_text(json.dumps({k: v for k, v in edited.items() if k != SEAL_KEY}))  # written before seals
     assert ModelDir(copy).task_meta("colors")["classes"] == ["a", "b", "c"]
+    path.write_text(json.dumps([1]))
+    with pytest.raises(PackError, match="task.json does not hold a JSON object"):
+        ModelDir(copy).task_meta("colors")
 
 
 @pytest.mark.parametrize("changes,message", [
@@ -122,3 +123,29 @@ def test_an_unreadable_previous_export_is_replaced_not_fatal(copy):
     proc = run_cli("export", "--model-dir", str(copy), "--tasks", "colors", check=True)
     assert "previous onnx export is not used" in proc.stderr
     assert Runtime(copy, tasks=["colors"], backend="onnx").tasks == ["colors"]
+
+
+def test_engine_files_and_the_timing_cache_are_checked_without_a_gpu(copy):
+    """The tensorrt backend and ``export --trt`` read trt/ through the same checks (run here without TensorRT)."""
+    from tailorrt.export.trt_export import _timing_cache
+    from tailorrt.io import sha256_file
+    from tailorrt.records import write_record
+
+    trt = copy / "trt"
+    trt.mkdir()
+    (trt / "colors.engine").write_bytes(b"engine" * 1000)
+    (trt / "timing.cache").write_bytes(b"cache" * 100)
+    entry = {"file": "colors.engine", "sha256": sha256_file(trt / "colors.engine")}
+    manifest = {"format_version": 1, "kind": "tensorrt", "backbone_sha256": "0" * 64, "max_batch": 8,
+                "tasks": {"colors": entry}, "timing_cache": {"sha256": sha256_file(trt / "timing.cache")}}
+    write_record(trt / "export.json", manifest)
+    mdir = ModelDir(copy)
+    assert mdir.export_manifest("trt")["tasks"]["colors"] == entry
+    assert mdir.export_file("trt", entry).read_bytes() == b"engine" * 1000
+    assert _timing_cache(trt, manifest, print) == b"cache" * 100
+    flip(trt / "colors.engine", count=8)
+    flip(trt / "timing.cache", count=8)
+    with pytest.raises(IntegrityError, match="colors.engine does not match"):
+        ModelDir(copy).export_file("trt", entry)
+    said = []
+    assert _timing_cache(trt, manifest, said.append) == b"" and "timing.cache" in said[0]
