@@ -97,7 +97,6 @@ class OnnxBackend:
             self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         self.mdir, self.threads = mdir, threads or torch.get_num_threads()
         self.manifest = current_export(mdir, "onnx")
-        self.folder = mdir.export_dir("onnx")
         self.store, self.share_weights = WeightStore(), share_weights
         self.sessions: dict = {}  # task -> TaskSession; replaced whole, so running calls keep what they read
         self._lock = threading.Lock()

@@ -35,7 +35,8 @@ from tailorrt.errors import BadInputError, InputTooLargeError, OverloadedError
 from tailorrt.heap import trim_heap
 from tailorrt.limits import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, MB, Limits
 
-__all__ = ["DEFAULT_FORMATS", "DEFAULT_MAX_PIXELS", "DecodeBudget", "Limits", "decode", "open_image", "to_batch"]
+__all__ = ["DEFAULT_FORMATS", "DEFAULT_MAX_PIXELS", "DecodeBudget", "Limits", "decode", "decode_cost", "is_batch",
+           "open_image", "to_batch"]
 
 # Bytes per pixel that PIL stores for a mode (1-bit images are stored a byte per pixel); others use 4
 _STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}

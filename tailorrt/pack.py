@@ -30,7 +30,6 @@ from tailorrt.records import FORMAT_VERSION, REMEDY, read_record, write_record
 from tailorrt.student import Student
 from tailorrt.tuned import TunedNet, TuneSpec
 
-__all__ = ["FORMAT_VERSION", "ModelDir", "TaskPack", "pack_file", "preprocess_of"]
 BACKBONE_FILE = "backbone.safetensors"
 TASK_FILE = "task.safetensors"
 

@@ -52,7 +52,7 @@ def test_the_cli_refuses_corrupt_files_in_one_line(copy):
     line = one_line_error(run_cli("export", "--model-dir", str(copy), "--tasks", "colors"))
     assert "task.safetensors" in line
     flip(copy / "onnx" / "universal.data")
-    line = one_line_error(run_cli("serve", "--model-dir", str(copy), "--port", "1"))  # tailor predict loads the same way
+    line = one_line_error(run_cli("serve", "--model-dir", str(copy), "--port", "1"))  # as tailor predict loads
     assert "universal.data" in line and "does not match the sha256 recorded in" in line
 
 
