@@ -36,6 +36,8 @@ class Limits:
                 raise ConfigError(f"{name} must be at least 1, not {value}")
         if self.max_decode_bytes < 0 or self.decode_wait_s < 0:
             raise ConfigError("the decode budget and its wait must not be negative")
+        if self.formats == DEFAULT_FORMATS:  # known to PIL; and Limits() is a default argument: no work at import
+            return
         Image.init()
         unknown = [f for f in self.formats if f not in Image.OPEN]
         if unknown or not self.formats:
