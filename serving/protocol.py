@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from tailorrt.errors import BadInputError, InputTooLargeError
-from tailorrt.runtime import Runtime
+from tailorrt.runtime import Runtime, softmax
 
 MAX_DIMS = 8
 OUTPUTS = ("logits", "probabilities")
@@ -160,14 +160,8 @@ def response_body(runtime: Runtime, task: str, request: InferRequest, logits: np
             data = [f"{s:.6f}:{i}:{l}" for p in rows for l, i, s in zip(p.labels, p.indices, p.scores)]
             result.append({"name": out.name, "datatype": "BYTES", "shape": [n, min(top, k)], "data": data})
             continue
-        values = _softmax(logits) if out.name == "probabilities" else logits
+        values = softmax(logits.astype(np.float64)) if out.name == "probabilities" else logits
         result.append({"name": out.name, "datatype": "FP32", "shape": [n, k],
                        "data": [round(float(v), 7) for v in values.reshape(-1)]})
     return json.dumps({"model_name": task, "model_version": "1", "id": request.id or "",
                        "outputs": result}).encode()
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    from tailorrt.runtime import softmax
-
-    return softmax(logits.astype(np.float64))

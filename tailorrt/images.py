@@ -21,7 +21,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,7 +181,7 @@ def _tensors(item: Any, pre: Preprocess, limits: Limits, budget: DecodeBudget | 
     if isinstance(item, _Encoded):
         img, item.image = item.image, None  # this function holds the only reference: freed when it returns
         cost = decode_cost(img)
-        with budget.reserve(cost) if budget is not None else _nothing():
+        with budget.reserve(cost) if budget is not None else nullcontext():
             with _decode_errors(limits):
                 img.load()
             tensor = _from_pil(img, pre)
@@ -198,11 +198,6 @@ def _tensors(item: Any, pre: Preprocess, limits: Limits, budget: DecodeBudget | 
     if isinstance(item, np.ndarray):
         return _from_array(item, pre, limits)
     raise BadInputError(f"cannot read an image from {type(item).__name__}")
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def is_batch(images: Any) -> bool:
