@@ -279,8 +279,10 @@ def _print_speed(kind: str, manifest: dict) -> None:
 
 
 @app.command(epilog="Examples:\n\n  tailor serve --tasks synth-digits,synth-signs --model-dir runs/demo\n\n"
-             "  tailor serve --backend onnx --port 8080 --max-batch 64 --api-key $KEY\n\n"
-             "  curl -F file=@digit.png 'http://127.0.0.1:8000/v1/tasks/synth-digits:predict?top_k=3'")
+             "  tailor serve --backend onnx --port 8080 --grpc-port 8081 --max-batch 64 --api-key $KEY\n\n"
+             "  curl -F file=@digit.png 'http://127.0.0.1:8000/v1/tasks/synth-digits:predict?top_k=3'\n\n"
+             "  python -c 'import tritonclient.grpc as g; print(g.InferenceServerClient(\"127.0.0.1:8001\")"
+             ".get_model_repository_index())'")
 def serve(
     tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks to load (default: every task)."),
     model_dir: str = ModelDirOpt,
@@ -291,7 +293,12 @@ def serve(
                                        "(default), or each task fuses its batch norms into its own copy "
                                        "(a little faster on small inputs, about one backbone of memory per task)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
-    port: int = typer.Option(8000, help="TCP port."),
+    port: int = typer.Option(8000, help="TCP port of the HTTP endpoint."),
+    grpc: bool = typer.Option(True, "--grpc/--no-grpc", help="Also serve the KServe v2 / Triton gRPC protocol "
+                              "(on --host, port --grpc-port)."),
+    grpc_port: int = typer.Option(8001, help="TCP port of the gRPC endpoint."),
+    grpc_workers: int = typer.Option(64, help="gRPC calls served at once (twice as many are accepted; more get "
+                                     "RESOURCE_EXHAUSTED)."),
     max_batch: int = typer.Option(32, help="Largest batch run at once per task."),
     max_delay_ms: float = typer.Option(5.0, help="Longest wait for a batch to fill."),
     max_queue: int = typer.Option(512, help="Images waiting per task before answering 503."),
@@ -313,8 +320,10 @@ def serve(
     api_key: Optional[str] = typer.Option(None, envvar="TAILOR_API_KEY", help="Require this key on every "
                                           "endpoint but health (header Authorization: Bearer KEY or X-API-Key)."),
 ) -> None:
-    """Serve tasks over HTTP: KServe v2 (/v2/models/{task}/infer), POST /v1/tasks/{task}:predict with an
-    image, GET /v1/tasks, Prometheus /metrics. The backbone is loaded once for all tasks; POST
+    """Serve tasks over HTTP and gRPC: the KServe v2 / Triton protocol (/v2/models/{task}/infer with JSON or
+    binary tensor data, model config and statistics; gRPC inference.GRPCInferenceService on --grpc-port),
+    POST /v1/tasks/{task}:predict with an image, GET /v1/tasks, Prometheus /metrics. Inputs: 'image' (BYTES,
+    encoded images), 'pixels' (UINT8 [N,H,W,C]) or 'input' (FP32 [N,3,S,S]). The backbone is loaded once for all tasks; POST
     /v2/repository/models/{task}/load (or /unload) adds (or drops) a task while serving. Every file is
     checked against its recorded sha256 before it is used; every request is bounded (body size and time,
     image pixels and count, decode memory over all requests)."""
@@ -325,6 +334,7 @@ def serve(
     from tailorrt.serving.app import ServerConfig, create_app
     from tailorrt.serving.batcher import BatchConfig
     from tailorrt.serving.connections import header_timeout_protocol
+    from tailorrt.serving.grpc_server import address, check_free
 
     if header_timeout_s <= 0:
         _fail("--header-timeout-s must be positive")
@@ -332,7 +342,10 @@ def serve(
         _fail("--max-batch and --batch-workers must be >= 1, --max-delay-ms >= 0 and --max-queue >= --max-batch")
     if api_key is None and "TAILOR_API_KEY" in os.environ:  # click reads an empty variable as unset
         api_key = os.environ["TAILOR_API_KEY"]
+    if grpc:
+        check_free(host, grpc_port)
     cfg = ServerConfig(max_body_bytes=int(max_body_mb * 1024 * 1024), body_timeout_s=body_timeout_s, api_key=api_key,
+                       grpc_port=grpc_port if grpc else None, grpc_host=host, grpc_workers=grpc_workers,
                        batch=BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
                                          workers=batch_workers))
     limits = Limits(max_pixels=int(max_image_mpx * 1e6), max_images=max_images,
@@ -340,7 +353,8 @@ def serve(
                     formats=tuple(f.upper() for f in _names(image_formats) or []))
     runtime = Runtime(model_dir, tasks=_names(tasks), backend=backend, device=device, share_weights=share_weights,
                       limits=limits)
-    err.print(f"serving {', '.join(runtime.tasks)} ({backend} backend) on http://{host}:{port}", highlight=False,
+    where = f"http://{address(host, port)}" + (f" and grpc://{address(host, grpc_port)}" if grpc else "")
+    err.print(f"serving {', '.join(runtime.tasks)} ({backend} backend) on {where}", highlight=False,
               markup=False, soft_wrap=True)
     uvicorn.run(create_app(runtime, cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
                 http=header_timeout_protocol(header_timeout_s))

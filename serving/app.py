@@ -1,4 +1,6 @@
-"""The HTTP server: KServe v2 / Triton inference protocol, a convenience upload endpoint, and metrics.
+"""The HTTP server: KServe v2 / Triton inference protocol (JSON and binary tensor data), model configuration and
+statistics, a convenience upload endpoint, and metrics; the gRPC endpoint (:mod:`tailorrt.serving.grpc_server`)
+runs beside it over the same :class:`~tailorrt.serving.service.Service`.
 
 Every task loaded in the :class:`tailorrt.Runtime` is a model; the model repository extension
 (``/v2/repository/...``) loads and unloads the tasks of the model directory while serving, without
@@ -11,40 +13,33 @@ Requests are parsed, decoded and answered in worker threads; the event loop only
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tailorrt import __version__
 from tailorrt.errors import (
-    BackboneMismatchError,
     BadInputError,
-    CheckpointError,
     ConfigError,
     InputTooLargeError,
     OverloadedError,
-    PackError,
     RequestTimeoutError,
     TailorError,
-    UnknownTaskError,
 )
 from tailorrt.runtime import Runtime
-from tailorrt.serving.batcher import BatchConfig, Batcher
-from tailorrt.serving.metrics import Metrics
-from tailorrt.serving.protocol import parse_json, request_batch, response_body
+from tailorrt.serving.batcher import BatchConfig
+from tailorrt.serving.protocol import InferRequest, InferResponse, http_response, parse_http
+from tailorrt.serving.service import VERSION, Service, http_status, key_matches
 
-# 409: the model directory cannot give what was asked (a task whose files are corrupt, stale or from another backbone)
-STATUS = {UnknownTaskError: 404, BadInputError: 400, RequestTimeoutError: 408, InputTooLargeError: 413,
-          OverloadedError: 503, PackError: 409, CheckpointError: 409, BackboneMismatchError: 409}
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 @dataclass(frozen=True)
@@ -55,24 +50,17 @@ class ServerConfig:
     body_timeout_s: float = 30.0  # the whole body must arrive within this time of the request's headers
     api_key: str | None = None
     batch: BatchConfig = BatchConfig()
+    grpc_port: int | None = None  # the gRPC endpoint's port (None: no gRPC)
+    grpc_host: str = "127.0.0.1"
+    grpc_workers: int = 64  # gRPC calls served at once (each waits for its batch in a thread)
+    grace_s: float = 30.0  # in-flight gRPC calls get this long to finish on shutdown
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("the API key is empty, which would turn authentication off; set a non-empty key "
                               "or leave it unset")
-        if self.max_body_bytes < 1 or self.body_timeout_s <= 0:
-            raise ConfigError("the body limit and the body timeout must be positive")
-
-
-class Unauthorized(TailorError):
-    """Missing or wrong API key (HTTP 401)."""
-
-
-def _status(e: Exception) -> int:
-    for cls, code in STATUS.items():
-        if isinstance(e, cls):
-            return code
-    return 401 if isinstance(e, Unauthorized) else 500
+        if self.max_body_bytes < 1 or self.body_timeout_s <= 0 or self.grpc_workers < 1:
+            raise ConfigError("the body limit, the body timeout and the gRPC workers must be positive")
 
 
 class BodyGuard:
@@ -122,7 +110,7 @@ class BodyGuard:
                 return
             if failure is not None and not started:  # answer the failure, whatever the app made of it
                 replaced = started = True
-                await _error(_status(failure), str(failure), close=True)(scope, receive, send)
+                await _error(http_status(failure), str(failure), close=True)(scope, receive, send)
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -132,7 +120,7 @@ class BodyGuard:
         except Exception:
             if failure is None or started:
                 raise
-            await _error(_status(failure), str(failure), close=True)(scope, receive, send)
+            await _error(http_status(failure), str(failure), close=True)(scope, receive, send)
 
 
 def _error(code: int, message: str, *, close: bool = False) -> JSONResponse:
@@ -143,17 +131,27 @@ def _error(code: int, message: str, *, close: bool = False) -> JSONResponse:
 
 
 def create_app(runtime: Runtime, config: ServerConfig = ServerConfig()) -> FastAPI:
-    """A FastAPI app serving ``runtime``'s tasks through a per-task batcher."""
-    metrics = Metrics()
-    batcher = Batcher(runtime.logits, config.batch, metrics)
+    """A FastAPI app serving ``runtime``'s tasks through the batcher; with ``config.grpc_port`` set, the gRPC
+    endpoint runs beside it (started and stopped with the app, over the same :class:`Service`)."""
+    service = Service(runtime, config.batch)
+    metrics = service.metrics
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        yield
-        await run_in_threadpool(batcher.close)  # in-flight requests have finished; drain what is queued
+        grpc_server = None
+        if config.grpc_port is not None:
+            from tailorrt.serving.grpc_server import start_grpc_server
 
-    app = FastAPI(title="tailorrt", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.runtime, app.state.batcher, app.state.metrics = runtime, batcher, metrics
+            grpc_server = await run_in_threadpool(start_grpc_server, service, config)
+        yield
+        if grpc_server is not None:
+            await run_in_threadpool(lambda: grpc_server.stop(config.grace_s).wait())
+        await run_in_threadpool(service.close)  # in-flight requests have finished; drain what is queued
+
+    app = FastAPI(title="tailorrt", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description=__doc__)
+    app.state.service, app.state.runtime, app.state.batcher, app.state.metrics = (service, runtime, service.batcher,
+                                                                                  metrics)
     app.add_middleware(BodyGuard, limit=config.max_body_bytes, timeout_s=config.body_timeout_s)
 
     @app.middleware("http")
@@ -163,16 +161,15 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig()) -> FastA
             response = _error(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')")
         else:
             response = await call_next(request)
-        task = _task_label(request, runtime)
-        if task is not None:
-            metrics.latency.labels(task).observe(time.perf_counter() - start)
-            if response.status_code >= 400:
-                metrics.failures.labels(task, str(response.status_code)).inc()
+        task = _infer_task(request, runtime)
+        if task is not None and not getattr(request.state, "counted", False):  # refused before its handler ran
+            metrics.received(task, "v1" if request.url.path.startswith("/v1") else "v2")
+            metrics.answered(task, time.perf_counter() - start, response.status_code)
         return response
 
     @app.exception_handler(TailorError)
     async def tailor_error(_request: Request, e: TailorError):
-        return _error(_status(e), str(e))
+        return _error(http_status(e), str(e))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, e: RequestValidationError):
@@ -194,34 +191,28 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig()) -> FastA
 
     @app.get("/v2/health/ready")
     async def ready():
-        ok = bool(runtime.tasks)
+        ok = service.ready()
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     @app.get("/v2")
     async def server_metadata():
-        return {"name": "tailorrt", "version": __version__, "extensions": ["classification", "model_repository"],
-                "backend": runtime.backend.name, "tasks": runtime.tasks}
+        return service.server_metadata()
 
     @app.get("/v2/models")
     async def models():
-        return {"models": [{"name": t, "versions": ["1"], "state": "READY"} for t in runtime.tasks]}
+        return {"models": [{"name": t, "versions": [VERSION], "state": "READY"} for t in runtime.tasks]}
 
-    @app.get("/v2/models/{task}")
-    async def model_metadata(task: str):
-        info = runtime.task(task)
-        s, k = info.preprocess.size, len(info.classes)
-        return {"name": task, "versions": ["1"], "platform": f"tailorrt_{runtime.backend.name}",
-                "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]},
-                           {"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, 3]},
-                           {"name": "input", "datatype": "FP32", "shape": [-1, 3, s, s]}],
-                "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, k]},
-                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, k]}],
-                "parameters": {"classes": info.classes, "method": info.method, "preprocess": info.preprocess.to_json()}}
+    @app.get("/v2/models/stats")
+    async def all_statistics():
+        return service.statistics()
 
-    @app.get("/v2/models/{task}/ready")
-    async def model_ready(task: str):
-        runtime.task(task)
+    def model_ready(task: str, version: str = "") -> dict:
+        service.check(task, version)
         return {"name": task, "ready": True}
+
+    for suffix, answer in (("", service.model_metadata), ("/ready", model_ready), ("/config", service.model_config),
+                           ("/stats", service.statistics)):
+        _per_task_get(app, suffix, answer)
 
     @app.get("/v1/tasks")
     async def list_tasks():
@@ -237,77 +228,97 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig()) -> FastA
 
     @app.post("/v2/repository/index")
     async def repository_index():
-        loaded = set(runtime.tasks)
-        return [{"name": t, "version": "1", "state": "READY" if t in loaded else "UNAVAILABLE"}
-                for t in runtime.model_dir.task_names()]
-
-    def _known(task: str) -> None:
-        have = runtime.model_dir.task_names()
-        if task not in have:
-            raise UnknownTaskError(f"no task {task!r} in the model directory (tasks: {', '.join(have) or 'none'})")
+        return service.repository_index()
 
     @app.post("/v2/repository/models/{task}/load")
     async def load_task(task: str):
-        _known(task)
-        if task not in runtime.tasks:
-            await run_in_threadpool(runtime.add_task, task)  # the backbone stays; only the task is built
+        await run_in_threadpool(service.load, task)
         return {}
 
     @app.post("/v2/repository/models/{task}/unload")
     async def unload_task(task: str):
-        runtime.task(task)
-        await run_in_threadpool(batcher.drop, task)  # what is queued for it is answered first
-        await run_in_threadpool(runtime.remove_task, task)
-        await run_in_threadpool(batcher.drop, task)  # a request that slipped in meanwhile gets a 404
+        await run_in_threadpool(service.unload, task)
         return {}
 
     # ------------------------------------------------------------------ inference
 
-    async def infer_batch(task: str, x: np.ndarray) -> np.ndarray:
-        return await asyncio.wrap_future(batcher.submit(task, x))
-
-    @app.post("/v2/models/{task}/infer")
-    async def infer(task: str, request: Request):
-        runtime.task(task)
-        metrics.requests.labels(task, "v2").inc()
-        parsed = await run_in_threadpool(parse_json, await request.body())
-        x = await run_in_threadpool(request_batch, runtime, task, parsed)
-        logits = await infer_batch(task, x)
-        body = await run_in_threadpool(response_body, runtime, task, parsed, logits)
-        return Response(body, media_type="application/json")
+    @app.post("/v2/models/{task}/infer", responses=INFER_RESPONSES)
+    @app.post("/v2/models/{task}/versions/{version}/infer", responses=INFER_RESPONSES)
+    async def infer(task: str, request: Request, version: str = ""):
+        """KServe v2 inference: a JSON request, or a JSON header of ``Inference-Header-Content-Length`` bytes
+        followed by the inputs' binary data (Triton's binary tensor data extension)."""
+        request.state.counted = True
+        with service.call(task, "v2", version):
+            body = await request.body()
+            parsed, raws = await run_in_threadpool(parse_http, body, request.headers.get(HEADER_LENGTH))
+            outs = await service.run_async(task, parsed, raws[0])
+            content, header = await run_in_threadpool(http_response, task, parsed, outs)
+        if header is None:
+            return Response(content, media_type="application/json")
+        return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header)})
 
     @app.post("/v1/tasks/{task}:predict")
     async def predict(task: str, request: Request, top_k: int = 5):
-        runtime.task(task)
-        metrics.requests.labels(task, "v1").inc()
-        if not 1 <= top_k <= 1000:
-            raise BadInputError(f"top_k must be between 1 and 1000, not {top_k}")
-        data = await _upload(request)
-        x = await run_in_threadpool(runtime.preprocess, task, data)
-        logits = await infer_batch(task, x)
-        p = runtime.decode(task, logits, top_k)[0]
-        return {"task": task, "label": p.label,
-                "top_k": [{"label": l, "index": i, "score": s} for l, i, s in zip(p.labels, p.indices, p.scores)]}
+        request.state.counted = True
+        with service.call(task, "v1"):
+            if not 1 <= top_k <= 1000:
+                raise BadInputError(f"top_k must be between 1 and 1000, not {top_k}")
+            return await service.predict_async(task, await _upload(request), top_k)
 
+    app.openapi = lambda: _openapi(app)
     return app
 
 
+def _per_task_get(app: FastAPI, suffix: str, answer) -> None:
+    """``GET /v2/models/{task}{suffix}`` and its ``/versions/{version}`` form, answered by ``answer(task, version)``."""
+
+    async def endpoint(task: str, version: str = ""):
+        return answer(task, version)
+
+    for path in (f"/v2/models/{{task}}{suffix}", f"/v2/models/{{task}}/versions/{{version}}{suffix}"):
+        app.add_api_route(path, endpoint, methods=["GET"], name=f"model{suffix.replace('/', '_') or '_metadata'}")
+
+
+INFER_RESPONSES = {200: {"model": InferResponse, "description": "The outputs (JSON; with binary outputs, the "
+                         "JSON header is followed by their bytes and its length is in Inference-Header-"
+                         "Content-Length)"}}
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema, with the infer endpoints' request body (read by hand, for the binary extension)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    defs = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(defs.pop("$defs", {}))
+    components["InferRequest"] = defs
+    body = {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}, "description": (
+            "An InferRequest JSON header of Inference-Header-Content-Length bytes, then each input's "
+            "binary_data_size bytes")}}}
+    for path, item in schema["paths"].items():
+        if path.endswith("/infer"):
+            item["post"]["requestBody"] = body
+    app.openapi_schema = schema
+    return schema
+
+
 def _authorised(request: Request, key: str) -> bool:
-    given = request.headers.get("x-api-key") or ""
-    auth = request.headers.get("authorization") or ""
-    if auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    return hmac.compare_digest(given.encode(), key.encode())
+    return key_matches(key, request.headers.get("x-api-key"), request.headers.get("authorization"))
 
 
-def _task_label(request: Request, runtime: Runtime) -> str | None:
-    """The task a request was about, if it names a loaded one (bounded label values)."""
+def _infer_task(request: Request, runtime: Runtime) -> str | None:
+    """The task an inference request was for, if the path is an inference endpoint (bounded label values)."""
     parts = request.url.path.split("/")
-    for prefix in (["", "v2", "models"], ["", "v1", "tasks"]):
-        if parts[:3] == prefix and len(parts) > 3:
-            name = parts[3].split(":")[0]
-            return name if name in runtime.tasks else "unknown"
-    return None
+    if parts[:3] == ["", "v2", "models"] and parts[-1] == "infer" and len(parts) > 4:
+        name = parts[3]
+    elif parts[:3] == ["", "v1", "tasks"] and len(parts) == 4 and parts[3].endswith(":predict"):
+        name = parts[3].split(":")[0]
+    else:
+        return None
+    return name if name in runtime.tasks else "unknown"
 
 
 async def _upload(request: Request) -> bytes:

@@ -50,9 +50,11 @@ class _Queue:
 class Observer:
     """What the batcher reports (the server's Prometheus metrics implement it)."""
 
-    def batch(self, task: str, size: int, compute_s: float) -> None: ...
+    def batch(self, task: str, size: int, requests: int, compute_s: float) -> None:
+        """A batch of ``size`` images from ``requests`` requests ran in ``compute_s``."""
 
-    def queued(self, task: str, wait_s: float) -> None: ...
+    def queued(self, task: str, wait_s: float) -> None:
+        """A request waited ``wait_s`` in its queue."""
 
 
 class Batcher:
@@ -143,7 +145,7 @@ class Batcher:
             for item in batch:
                 item.future.set_exception(e)
             return
-        self.observer.batch(task, len(x), time.perf_counter() - start)
+        self.observer.batch(task, len(x), len(batch), time.perf_counter() - start)
         offset = 0
         for item in batch:
             item.future.set_result(logits[offset:offset + len(item.x)])

@@ -1,6 +1,6 @@
 """The end of ``make demo``: start ``tailor serve`` on loopback, send a few test images of every built-in
-task through HTTP (KServe v2 infer with base64 images and the classification extension), print the
-answers next to the truth, and stop the server.
+task through HTTP (KServe v2 infer with the PNGs as binary tensor data, and the classification extension
+answering in binary too), print the answers next to the truth, and stop the server.
 
     python -m tailorrt.serving.demo --model-dir runs/demo --per-task 4
 """
@@ -8,7 +8,6 @@ answers next to the truth, and stop the server.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import urllib.request
 
@@ -17,20 +16,27 @@ from rich.table import Table
 
 from tailorrt.pack import ModelDir
 from tailorrt.serving.local import local_server, png_bytes
+from tailorrt.serving.protocol import pack_bytes, unpack_bytes
 from tailorrt.world import BUILTIN_TASKS, generate
 
 
 def infer(url: str, task: str, pngs: list[bytes], top_k: int = 1) -> list[tuple[str, float]]:
-    """(label, score) per image through ``POST /v2/models/{task}/infer``."""
-    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(pngs)],
-                        "data": [base64.b64encode(p).decode() for p in pngs]}],
-            "outputs": [{"name": "probabilities", "parameters": {"classification": top_k}}]}
-    req = urllib.request.Request(f"{url}/v2/models/{task}/infer", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    """(label, score) per image through ``POST /v2/models/{task}/infer``, as ``tritonclient.http`` sends it: a
+    JSON header, then the images as one binary BYTES tensor; the answer is binary too."""
+    data = pack_bytes(pngs)
+    header = json.dumps({
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(pngs)],
+                    "parameters": {"binary_data_size": len(data)}}],
+        "outputs": [{"name": "probabilities", "parameters": {"classification": top_k, "binary_data": True}}]}).encode()
+    req = urllib.request.Request(f"{url}/v2/models/{task}/infer", data=header + data,
+                                 headers={"Inference-Header-Content-Length": str(len(header)),
+                                          "Content-Type": "application/octet-stream"})
     with urllib.request.urlopen(req, timeout=30) as r:
-        out = json.loads(r.read())["outputs"][0]
-    rows = [out["data"][i * out["shape"][1]] for i in range(out["shape"][0])]
-    return [(row.split(":", 2)[2], float(row.split(":", 2)[0])) for row in rows]
+        n = int(r.headers["Inference-Header-Content-Length"])
+        body = r.read()
+    out = json.loads(body[:n])["outputs"][0]
+    rows = unpack_bytes(body[n:], out["shape"][0] * out["shape"][1])[::out["shape"][1]]
+    return [(row.decode().split(":", 2)[2], float(row.decode().split(":", 2)[0])) for row in rows]
 
 
 def main() -> None:
@@ -41,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     console = Console()
     tasks = [t for t in ModelDir(args.model_dir).task_names() if t in BUILTIN_TASKS]
-    table = Table("task", "image", "truth", "answer", "score", "", title="answers through HTTP (KServe v2 infer)")
+    table = Table("task", "image", "truth", "answer", "score", "", title="answers through HTTP (KServe v2 infer, binary tensor data)")
     right = total = 0
     with local_server(args.model_dir, "--backend", args.backend) as url:
         console.print(f"tailor serve is up on {url} with {', '.join(tasks)}", highlight=False)

@@ -40,6 +40,8 @@ def local_server(model_dir: str, *args: str, timeout: float = 120) -> Iterator[s
 def serve_process(model_dir: str, *args: str, timeout: float = 120) -> Iterator[tuple[str, subprocess.Popen]]:
     """As :func:`local_server`, yielding the base URL and the server's process (to watch its memory)."""
     port = free_port()
+    if "--grpc-port" not in args and "--no-grpc" not in args:  # never the default port another server may hold
+        args = (*args, "--grpc-port", str(free_port()))
     proc = subprocess.Popen([sys.executable, "-m", "tailorrt.cli.app", "serve", "--model-dir", model_dir,
                              "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"

@@ -64,3 +64,7 @@ class OverloadedError(TailorError):
 
 class RequestTimeoutError(TailorError):
     """A request body that did not arrive in time (HTTP 408)."""
+
+
+class UnauthorizedError(TailorError):
+    """A request without the server's API key, or with a wrong one (HTTP 401, gRPC UNAUTHENTICATED)."""

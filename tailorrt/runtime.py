@@ -69,7 +69,7 @@ class Runtime:
         """``share_weights=False`` (onnx backend) fuses each task's batch norms into its own copy of the universal
         conv weights: a little faster on small inputs, about one backbone of memory per task."""
         self.model_dir = ModelDir(model_dir)
-        self.limits = limits
+        self.limits, self.device = limits, device
         self.decode_budget = DecodeBudget(limits.max_decode_bytes, limits.decode_wait_s)  # shared by all callers
         self.backbone_meta = self.model_dir.backbone_meta()
         self.backend = make_backend(backend, self.model_dir, device, threads, share_weights=share_weights)

@@ -44,8 +44,12 @@ BOMB = _encoded(Image.new("1", (6300, 6300)), "PNG")  # 5 KB on the wire, 40 M p
 SMALL = png_bytes(Image.new("RGB", (9, 9), "blue"))
 
 
+NAMES = {"BYTES": "image", "UINT8": "pixels", "FP32": "input"}
+
+
 def _v2(datatype: str, shape, data, **extra) -> dict:
-    return {"json": {"inputs": [{"name": "x", "datatype": datatype, "shape": shape, "data": data}], **extra}}
+    return {"json": {"inputs": [{"name": NAMES[datatype], "datatype": datatype, "shape": shape, "data": data}],
+                     **extra}}
 
 
 def _raw(text: str) -> dict:
@@ -67,9 +71,9 @@ INFER = "/v2/models/colors/infer"
 PREDICT = "/v1/tasks/colors:predict"
 HOSTILE = [
     # from the issue
-    ("nested 5000 deep", INFER, _raw('{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":'
+    ("nested 5000 deep", INFER, _raw('{"inputs":[{"name":"input","datatype":"FP32","shape":[1],"data":'
                                      + "[" * 5000 + "]" * 5000 + "}]}"), 400, "nested"),
-    ("integer of 5000 digits", INFER, _raw('{"inputs":[{"name":"x","datatype":"UINT8","shape":[1],"data":['
+    ("integer of 5000 digits", INFER, _raw('{"inputs":[{"name":"pixels","datatype":"UINT8","shape":[1],"data":['
                                            + "9" * 5000 + "]}]}"), 400, "number"),
     ("1e300 as UINT8", INFER, _v2("UINT8", [1, 1, 1, 3], [1e300, 1, 1]), 400, "integers"),
     ("10**30 as UINT8", INFER, _v2("UINT8", [1, 1, 1, 3], [10**30, 1, 1]), 400, "integers"),
@@ -164,7 +168,7 @@ def test_json_is_parsed_and_answered_off_the_event_loop(runtime, monkeypatch):
     import tailorrt.serving.app as app_module
 
     threads = {}
-    for name in ("parse_json", "response_body"):
+    for name in ("parse_http", "http_response"):
         real = getattr(app_module, name)
 
         def spy(*a, _real=real, _name=name, **k):
@@ -175,7 +179,7 @@ def test_json_is_parsed_and_answered_off_the_event_loop(runtime, monkeypatch):
     with TestClient(create_app(runtime)) as c:
         loop_thread = c.portal.call(threading.current_thread)  # the thread the event loop runs in
         assert c.post(INFER, **_images(SMALL)).status_code == 200
-    assert set(threads) == {"parse_json", "response_body"}
+    assert set(threads) == {"parse_http", "http_response"}
     assert all(t is not loop_thread for t in threads.values())
 
 

@@ -49,11 +49,16 @@ def _bytes_request(*images: bytes, outputs=None) -> dict:
 def test_health_metadata_and_task_list(client, runtime):
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").status_code == 200
-    assert client.get("/v2").json()["extensions"] == ["classification", "model_repository"]
+    assert set(client.get("/v2").json()["extensions"]) == {"classification", "model_repository", "model_configuration",
+                                                           "statistics", "binary_tensor_data"}
     assert {m["name"] for m in client.get("/v2/models").json()["models"]} == {"colors", "hues"}
     meta = client.get("/v2/models/hues").json()
     assert meta["outputs"][0] == {"name": "logits", "datatype": "FP32", "shape": [-1, 4]}
     assert client.get("/v2/models/hues/ready").json()["ready"]
+    assert client.get("/v2/models/hues/versions/1/config").json()["max_batch_size"] == 32
+    r = client.get("/v2/models/hues/versions/2/stats")
+    assert r.status_code == 404 and "only version 1" in r.json()["error"]
+    assert [m["name"] for m in client.get("/v2/models/stats").json()["model_stats"]] == ["colors", "hues"]
     tasks = client.get("/v1/tasks").json()["tasks"]
     assert [t["name"] for t in tasks] == ["colors", "hues"] and tasks[1]["classes"] == runtime.task("hues").classes
 
@@ -75,7 +80,7 @@ def test_v2_infer_bytes_uint8_and_fp32_agree_with_runtime(client, runtime):
     assert int(index) == want.indices[0] and label == want.labels[0] and float(score) == pytest.approx(want.scores[0],
                                                                                                          abs=1e-5)
     arr = np.array(img)
-    r = client.post("/v2/models/hues/infer", json={"inputs": [{"name": "image", "datatype": "UINT8",
+    r = client.post("/v2/models/hues/infer", json={"inputs": [{"name": "pixels", "datatype": "UINT8",
                                                                 "shape": list(arr.shape), "data": arr.ravel().tolist()}]})
     assert r.status_code == 200 and np.argmax(r.json()["outputs"][0]["data"]) == want.indices[0]
     x = runtime.preprocess("hues", img)
@@ -110,19 +115,19 @@ MALFORMED = [
     ("no inputs", "post", "/v2/models/colors/infer", {"json": {"inputs": []}}, 400),
     ("two inputs", "post", "/v2/models/colors/infer", {"json": {"inputs": [{}, {}]}}, 400),
     ("bad datatype", "post", "/v2/models/colors/infer",
-     {"json": {"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}]}}, 400),
+     {"json": {"inputs": [{"name": "image", "datatype": "INT64", "shape": [1], "data": [1]}]}}, 400),
     ("bad shape", "post", "/v2/models/colors/infer",
-     {"json": {"inputs": [{"name": "x", "datatype": "UINT8", "shape": [2, 2, 3], "data": [1, 2]}]}}, 400),
+     {"json": {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [2, 2, 3], "data": [1, 2]}]}}, 400),
     ("negative shape", "post", "/v2/models/colors/infer",
-     {"json": {"inputs": [{"name": "x", "datatype": "UINT8", "shape": [-1], "data": [1]}]}}, 400),
+     {"json": {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [-1], "data": [1]}]}}, 400),
     ("uint8 out of range", "post", "/v2/models/colors/infer",
-     {"json": {"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1, 1, 3], "data": [1, 2, 300]}]}}, 400),
+     {"json": {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 1, 3], "data": [1, 2, 300]}]}}, 400),
     ("fp32 wrong size", "post", "/v2/models/colors/infer",
-     {"json": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 4, 4], "data": [0.0] * 48}]}}, 400),
+     {"json": {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 4, 4], "data": [0.0] * 48}]}}, 400),
     ("ragged data", "post", "/v2/models/colors/infer",
-     {"json": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1.0], [1.0, 2.0]]}]}}, 400),
+     {"json": {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 2], "data": [[1.0], [1.0, 2.0]]}]}}, 400),
     ("bad base64", "post", "/v2/models/colors/infer",
-     {"json": {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}]}}, 400),
+     {"json": {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}]}}, 400),
     ("bytes not an image", "post", "/v2/models/colors/infer", {"json": _bytes_request(b"hello")}, 400),
     ("truncated image", "post", "/v1/tasks/colors:predict",
      {"content": png_bytes(Image.new("RGB", (30, 30), "red"))[:60]}, 400),
@@ -227,7 +232,7 @@ def test_tailor_serve_answers_and_finishes_in_flight_requests_on_sigterm(exporte
     port = free_port()
     # a long batching delay keeps a request in flight while the server is told to stop
     proc = subprocess.Popen([str(TAILOR), "serve", "--model-dir", str(exported_dir), "--port", str(port),
-                             "--max-delay-ms", "1500"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--max-delay-ms", "1500", "--grpc-port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     answers = []
     try:
         deadline = time.time() + 60

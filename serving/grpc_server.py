@@ -1,0 +1,219 @@
+"""The KServe v2 / Triton gRPC endpoint (``inference.GRPCInferenceService``), beside the HTTP server in the same
+process and over the same :class:`~tailorrt.serving.service.Service` (one runtime, one batcher, one set of
+counters).
+
+The message classes and the service stub are the code generated from Triton's published protocol,
+``grpc_service.proto`` and ``model_config.proto`` of github.com/triton-inference-server/common
+(``protobuf/``), as the official client package ``tritonclient[grpc]`` ships it: server and clients then
+share one copy of the classes, and nothing is written by hand. Implemented: ServerLive, ServerReady,
+ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelStatistics, ModelInfer (``raw_input_contents``
+or typed contents; outputs as ``raw_output_contents``; the classification extension), RepositoryIndex,
+RepositoryModelLoad and RepositoryModelUnload; the rest (streaming, shared memory, trace and log settings)
+answer UNIMPLEMENTED.
+
+Errors map to status codes: unknown task NOT_FOUND, bad input INVALID_ARGUMENT, a full queue or an input over
+a limit RESOURCE_EXHAUSTED (as is a message over ``max_body_bytes``, refused by gRPC itself), a task the model
+directory cannot load FAILED_PRECONDITION, a missing or wrong API key UNAUTHENTICATED.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from tailorrt.errors import BadInputError, ConfigError
+from tailorrt.serving.protocol import InferRequest, validate_request
+from tailorrt.serving.service import Service, http_status, key_matches
+
+if TYPE_CHECKING:
+    from tailorrt.serving.app import ServerConfig
+
+CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
+         408: grpc.StatusCode.DEADLINE_EXCEEDED, 409: grpc.StatusCode.FAILED_PRECONDITION,
+         413: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.RESOURCE_EXHAUSTED}
+OPEN_METHODS = ("ServerLive", "ServerReady")
+_CONTENTS = {"BYTES": "bytes_contents", "UINT8": "uint_contents", "FP32": "fp32_contents"}
+
+
+def _answers_errors(method):
+    """Turn an error into the call's gRPC status (the process and the other calls go on)."""
+
+    @functools.wraps(method)
+    def call(self, request, context):
+        try:
+            return method(self, request, context)
+        except Exception as e:  # noqa: BLE001 - every error becomes a status, never a dead server
+            code = http_status(e)
+            message = str(e) if code != 500 else f"internal error: {type(e).__name__}: {e}"
+            context.abort(CODES.get(code, grpc.StatusCode.INTERNAL), message)
+
+    return call
+
+
+def _value(p: service_pb2.InferParameter) -> Any:
+    choice = p.WhichOneof("parameter_choice")
+    return getattr(p, choice) if choice else None
+
+
+def _parameters(params) -> dict[str, Any]:
+    return {k: _value(v) for k, v in params.items()}
+
+
+def infer_request(msg: service_pb2.ModelInferRequest) -> tuple[InferRequest, bytes | None]:
+    """The request as the HTTP side sees it, and its one input's raw bytes (None for typed contents)."""
+    if msg.raw_input_contents and len(msg.raw_input_contents) != len(msg.inputs):
+        raise BadInputError(f"{len(msg.raw_input_contents)} raw_input_contents for {len(msg.inputs)} inputs; send "
+                            "one per input, or typed contents for all")
+    inputs = []
+    for t in msg.inputs:
+        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape),
+                                 "parameters": _parameters(t.parameters)}
+        given = {f.name: v for f, v in t.contents.ListFields()}
+        if msg.raw_input_contents and given:
+            raise BadInputError(f"input {t.name!r} has both typed contents and raw_input_contents; send one")
+        if not msg.raw_input_contents:
+            field = _CONTENTS.get(t.datatype)
+            if set(given) - {field}:
+                raise BadInputError(f"{t.datatype} contents go in {field or 'a field of their type'}, not "
+                                    f"{', '.join(given)}")
+            entry["data"] = list(given.get(field, []))
+        inputs.append(entry)
+    outputs = [{"name": o.name, "parameters": _parameters(o.parameters)} for o in msg.outputs] or None
+    request = validate_request({"id": msg.id or None, "inputs": inputs, "outputs": outputs,
+                                "parameters": _parameters(msg.parameters)})
+    return request, (msg.raw_input_contents[0] if msg.raw_input_contents else None)
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """``inference.GRPCInferenceService`` over a :class:`Service`."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    @_answers_errors
+    def ServerLive(self, request, context):
+        return service_pb2.ServerLiveResponse(live=True)
+
+    @_answers_errors
+    def ServerReady(self, request, context):
+        return service_pb2.ServerReadyResponse(ready=self.service.ready())
+
+    @_answers_errors
+    def ModelReady(self, request, context):
+        return service_pb2.ModelReadyResponse(ready=self.service.model_ready(request.name, request.version))
+
+    @_answers_errors
+    def ServerMetadata(self, request, context):
+        return json_format.ParseDict(self.service.server_metadata(), service_pb2.ServerMetadataResponse(),
+                                     ignore_unknown_fields=True)
+
+    @_answers_errors
+    def ModelMetadata(self, request, context):
+        return json_format.ParseDict(self.service.model_metadata(request.name, request.version),
+                                     service_pb2.ModelMetadataResponse(), ignore_unknown_fields=True)
+
+    @_answers_errors
+    def ModelConfig(self, request, context):
+        config = json_format.ParseDict(self.service.model_config(request.name, request.version),
+                                       model_config_pb2.ModelConfig())
+        return service_pb2.ModelConfigResponse(config=config)
+
+    @_answers_errors
+    def ModelStatistics(self, request, context):
+        return json_format.ParseDict(self.service.statistics(request.name, request.version),
+                                     service_pb2.ModelStatisticsResponse())
+
+    @_answers_errors
+    def RepositoryIndex(self, request, context):
+        index = self.service.repository_index()
+        if request.ready:
+            index = [m for m in index if m["state"] == "READY"]
+        return json_format.ParseDict({"models": index}, service_pb2.RepositoryIndexResponse())
+
+    @_answers_errors
+    def RepositoryModelLoad(self, request, context):
+        self.service.load(request.model_name)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    @_answers_errors
+    def RepositoryModelUnload(self, request, context):
+        self.service.unload(request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()
+
+    @_answers_errors
+    def ModelInfer(self, request, context):
+        task = request.model_name
+        with self.service.call(task, "grpc", request.model_version):
+            parsed, raw = infer_request(request)
+            outs = self.service.run(task, parsed, raw, binary=True)
+        return service_pb2.ModelInferResponse(
+            model_name=task, model_version="1", id=request.id,
+            outputs=[service_pb2.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=o.shape)
+                     for o in outs],
+            raw_output_contents=[o.raw() for o in outs])
+
+
+class ApiKeyInterceptor(grpc.ServerInterceptor):
+    """Refuse every call but the health checks without the key in the metadata (``x-api-key: KEY`` or
+    ``authorization: Bearer KEY``)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or details.method.rsplit("/", 1)[-1] in OPEN_METHODS:
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        if key_matches(self.key, metadata.get("x-api-key"), metadata.get("authorization")):
+            return handler
+        message = "missing or wrong API key (send metadata 'authorization: Bearer KEY' or 'x-api-key: KEY')"
+
+        def deny(_request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        if handler.request_streaming or handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_free(host: str, port: int) -> None:
+    """Refuse a port that another process holds (gRPC would otherwise share it with SO_REUSEPORT or fail late)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"cannot listen for gRPC on {address(host, port)}: {e.strerror}; choose another "
+                              "--grpc-port, or --no-grpc") from None
+
+
+def start_grpc_server(service: Service, config: ServerConfig) -> grpc.Server:
+    """Start the gRPC endpoint on ``config.grpc_host:config.grpc_port``: ``config.grpc_workers`` calls run at once
+    (each waits for its batch in a thread), up to twice that many are accepted, messages are limited to
+    ``config.max_body_bytes``."""
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="grpc"),
+        interceptors=[ApiKeyInterceptor(config.api_key)] if config.api_key else [],
+        options=[("grpc.max_receive_message_length", config.max_body_bytes),
+                 ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=2 * config.grpc_workers)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
+    where = address(config.grpc_host, config.grpc_port)
+    try:
+        server.add_insecure_port(where)
+    except RuntimeError as e:
+        raise ConfigError(f"cannot listen for gRPC on {where}: {e}") from None
+    server.start()
+    return server

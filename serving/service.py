@@ -1,0 +1,205 @@
+"""What the server does, whatever the transport: HTTP (:mod:`tailorrt.serving.app`) and gRPC
+(:mod:`tailorrt.serving.grpc_server`) are thin adapters over one :class:`Service`, which holds the
+:class:`~tailorrt.Runtime`, the batcher and the metrics. Answers are plain dicts in the KServe v2 / Triton JSON
+forms (metadata, model configuration, statistics, repository index); the gRPC side parses the same dicts into
+its messages, so both transports say the same thing."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from tailorrt import __version__
+from tailorrt.errors import (
+    BackboneMismatchError,
+    BadInputError,
+    CheckpointError,
+    InputTooLargeError,
+    OverloadedError,
+    PackError,
+    RequestTimeoutError,
+    UnauthorizedError,
+    UnknownTaskError,
+)
+from tailorrt.runtime import Runtime
+from tailorrt.serving.batcher import BatchConfig, Batcher
+from tailorrt.serving.metrics import Metrics
+from tailorrt.serving.protocol import INPUTS, OUTPUTS, InferRequest, Output, outputs, request_batch
+
+EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics", "binary_tensor_data"]
+VERSION = "1"  # every task has one version
+_CONFIG_TYPES = {"BYTES": "TYPE_STRING", "UINT8": "TYPE_UINT8", "FP32": "TYPE_FP32"}
+
+
+# 409: the model directory cannot give what was asked (a task whose files are corrupt, stale or from another backbone)
+STATUS = {UnknownTaskError: 404, BadInputError: 400, UnauthorizedError: 401, RequestTimeoutError: 408,
+          InputTooLargeError: 413, OverloadedError: 503, PackError: 409, CheckpointError: 409,
+          BackboneMismatchError: 409}
+
+
+def http_status(e: BaseException) -> int:
+    """The HTTP status of an error (gRPC maps it on to its own codes); 500 for anything unexpected."""
+    return next((code for cls, code in STATUS.items() if isinstance(e, cls)), 500)
+
+
+def key_matches(key: str, x_api_key: str | None, authorization: str | None) -> bool:
+    """Whether a request carries ``key`` as ``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` (HTTP headers or
+    gRPC metadata), compared in constant time."""
+    given = x_api_key or ""
+    if (authorization or "").lower().startswith("bearer "):
+        given = authorization[7:].strip()
+    return hmac.compare_digest(given.encode(), key.encode())
+
+
+class Service:
+    """Health, metadata, configuration, statistics, repository and inference over one runtime and batcher."""
+
+    def __init__(self, runtime: Runtime, batch: BatchConfig = BatchConfig()) -> None:
+        self.runtime, self.batch_config = runtime, batch
+        self.metrics = Metrics()
+        self.batcher = Batcher(runtime.logits, batch, self.metrics)
+
+    # ------------------------------------------------------------------ health and metadata
+
+    def ready(self) -> bool:
+        return bool(self.runtime.tasks)
+
+    def model_ready(self, task: str, version: str = "") -> bool:
+        return task in self.runtime.tasks and version in ("", VERSION)
+
+    def check(self, task: str, version: str = "") -> None:
+        """Refuse a task that is not loaded, or a version other than the one each task has."""
+        self.runtime.task(task)
+        if version not in ("", VERSION):
+            raise UnknownTaskError(f"task {task!r} has only version {VERSION}, not {version!r}")
+
+    def server_metadata(self) -> dict:
+        return {"name": "tailorrt", "version": __version__, "extensions": EXTENSIONS,
+                "backend": self.runtime.backend.name, "tasks": self.runtime.tasks}
+
+    def model_metadata(self, task: str, version: str = "") -> dict:
+        self.check(task, version)
+        info = self.runtime.task(task)
+        s, k = info.preprocess.size, len(info.classes)
+        return {"name": task, "versions": [VERSION], "platform": self.platform,
+                "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]},
+                           {"name": "pixels", "datatype": "UINT8", "shape": [-1, -1, -1, 3]},
+                           {"name": "input", "datatype": "FP32", "shape": [-1, 3, s, s]}],
+                "outputs": [{"name": name, "datatype": "FP32", "shape": [-1, k]} for name in OUTPUTS],
+                "parameters": {"classes": info.classes, "method": info.method, "preprocess": info.preprocess.to_json()}}
+
+    @property
+    def platform(self) -> str:
+        return f"tailorrt_{self.runtime.backend.name}"
+
+    def model_config(self, task: str, version: str = "") -> dict:
+        """Triton's model configuration (its JSON form): dims leave out the batch dimension."""
+        self.check(task, version)
+        info = self.runtime.task(task)
+        s, k, b = info.preprocess.size, len(info.classes), self.batch_config
+        dims = {"image": [1], "pixels": [-1, -1, 3], "input": [3, s, s]}
+        inputs = [{"name": n, "data_type": _CONFIG_TYPES[t], "dims": dims[n], "optional": True}
+                  for n, t in INPUTS.items()]
+        inputs[0]["reshape"] = {"shape": []}  # one encoded image per batch element
+        return {"name": task, "platform": self.platform, "backend": "tailorrt", "max_batch_size": b.max_batch,
+                "version_policy": {"latest": {"num_versions": 1}},
+                "input": inputs,
+                "output": [{"name": name, "data_type": "TYPE_FP32", "dims": [k]} for name in OUTPUTS],
+                "dynamic_batching": {"preferred_batch_size": [b.max_batch],
+                                     "max_queue_delay_microseconds": int(b.max_delay_ms * 1000),
+                                     "default_queue_policy": {"max_queue_size": b.max_queue}},
+                "instance_group": [{"name": task, "count": b.workers, "kind": "KIND_CPU"
+                                    if self.runtime.device == "cpu" else "KIND_GPU"}],
+                "parameters": {"classes": {"string_value": ",".join(info.classes)},
+                               "method": {"string_value": info.method}}}
+
+    def statistics(self, task: str = "", version: str = "") -> dict:
+        """Triton's statistics: of one task, or of every loaded task."""
+        if task:
+            self.check(task, version)
+        return self.metrics.statistics([task] if task else self.runtime.tasks)
+
+    # ------------------------------------------------------------------ model repository
+
+    def repository_index(self) -> list[dict]:
+        loaded = set(self.runtime.tasks)
+        return [{"name": t, "version": VERSION, "state": "READY"} if t in loaded else
+                {"name": t, "version": VERSION, "state": "UNAVAILABLE", "reason": "unloaded"}
+                for t in self.runtime.model_dir.task_names()]
+
+    def load(self, task: str) -> None:
+        """Add a task of the model directory (the backbone stays; only the task is built). Blocking."""
+        have = self.runtime.model_dir.task_names()
+        if task not in have:
+            raise UnknownTaskError(f"no task {task!r} in the model directory (tasks: {', '.join(have) or 'none'})")
+        if task not in self.runtime.tasks:
+            self.runtime.add_task(task)
+
+    def unload(self, task: str) -> None:
+        """Drop a task: what is queued for it is answered first, later requests get 404. Blocking."""
+        self.runtime.task(task)
+        self.batcher.drop(task)
+        self.runtime.remove_task(task)
+        self.batcher.drop(task)  # a request that slipped in meanwhile gets a 404
+
+    # ------------------------------------------------------------------ inference
+
+    @contextmanager
+    def call(self, task: str, endpoint: str, version: str = "") -> Iterator[None]:
+        """Count and time one inference request; an error is recorded with its HTTP status and re-raised."""
+        start = time.perf_counter()
+        label = task if task in self.runtime.tasks else "unknown"  # bounded label values
+        self.metrics.received(label, endpoint)
+        try:
+            self.check(task, version)
+            yield
+        except BaseException as e:
+            self.metrics.answered(label, time.perf_counter() - start, http_status(e) if isinstance(e, Exception)
+                                  else 499)
+            raise
+        self.metrics.answered(label, time.perf_counter() - start)
+
+    def prepare(self, task: str, request: InferRequest, raw: bytes | None) -> np.ndarray:
+        """The request's input as the task's batch (blocking: decodes images)."""
+        start = time.perf_counter()
+        x = request_batch(self.runtime, task, request, raw)
+        self.metrics.timed(task, "compute_input", time.perf_counter() - start)
+        return x
+
+    def answer(self, task: str, request: InferRequest, logits: np.ndarray, binary: bool = False) -> list[Output]:
+        start = time.perf_counter()
+        outs = outputs(self.runtime, task, request, logits, binary)
+        self.metrics.timed(task, "compute_output", time.perf_counter() - start)
+        return outs
+
+    def run(self, task: str, request: InferRequest, raw: bytes | None, binary: bool = False) -> list[Output]:
+        """Answer a parsed request, blocking until its batch has run (for threaded transports such as gRPC)."""
+        x = self.prepare(task, request, raw)
+        return self.answer(task, request, self.batcher.submit(task, x).result(), binary)
+
+    async def run_async(self, task: str, request: InferRequest, raw: bytes | None) -> list[Output]:
+        """As :meth:`run`, holding no thread while the request waits for its batch (for the HTTP server)."""
+        x = await run_in_threadpool(self.prepare, task, request, raw)
+        logits = await asyncio.wrap_future(self.batcher.submit(task, x))
+        return await run_in_threadpool(self.answer, task, request, logits)
+
+    async def predict_async(self, task: str, data: bytes, top_k: int) -> dict:
+        """The v1 upload endpoint's answer for one encoded image (count it with :meth:`call`)."""
+        start = time.perf_counter()
+        x = await run_in_threadpool(self.runtime.preprocess, task, data)
+        self.metrics.timed(task, "compute_input", time.perf_counter() - start)
+        logits = await asyncio.wrap_future(self.batcher.submit(task, x))
+        p = self.runtime.decode(task, logits, top_k)[0]
+        return {"task": task, "label": p.label,
+                "top_k": [{"label": l, "index": i, "score": s} for l, i, s in zip(p.labels, p.indices, p.scores)]}
+
+    def close(self) -> None:
+        """Answer what is queued, then stop the batch workers."""
+        self.batcher.close()
+
