@@ -329,12 +329,7 @@ def serve(
     image pixels and count, decode memory over all requests)."""
     import uvicorn
 
-    from tailorrt.limits import Limits
-    from tailorrt.runtime import Runtime
-    from tailorrt.serving.app import ServerConfig, create_app
-    from tailorrt.serving.batcher import BatchConfig
-    from tailorrt.serving.connections import header_timeout_protocol
-    from tailorrt.serving.grpc_server import address, check_free
+    from tailorrt.serving.connections import address, check_free, header_timeout_protocol
 
     if header_timeout_s <= 0:
         _fail("--header-timeout-s must be positive")
@@ -343,7 +338,12 @@ def serve(
     if api_key is None and "TAILOR_API_KEY" in os.environ:  # click reads an empty variable as unset
         api_key = os.environ["TAILOR_API_KEY"]
     if grpc:
-        check_free(host, grpc_port)
+        check_free(host, grpc_port)  # before anything is loaded
+    from tailorrt.limits import Limits
+    from tailorrt.runtime import Runtime
+    from tailorrt.serving.app import ServerConfig, create_app
+    from tailorrt.serving.batcher import BatchConfig
+
     cfg = ServerConfig(max_body_bytes=int(max_body_mb * 1024 * 1024), body_timeout_s=body_timeout_s, api_key=api_key,
                        grpc_port=grpc_port if grpc else None, grpc_host=host, grpc_workers=grpc_workers,
                        batch=BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,

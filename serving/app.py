@@ -246,12 +246,15 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig()) -> FastA
     @app.post("/v2/models/{task}/versions/{version}/infer", responses=INFER_RESPONSES)
     async def infer(task: str, request: Request, version: str = ""):
         """KServe v2 inference: a JSON request, or a JSON header of ``Inference-Header-Content-Length`` bytes
-        followed by the inputs' binary data (Triton's binary tensor data extension)."""
+        followed by the inputs' binary data (Triton's binary tensor data extension); gzip or deflate
+        ``Content-Encoding`` as tritonclient sends it."""
         request.state.counted = True
         with service.call(task, "v2", version):
             body = await request.body()
-            parsed, raws = await run_in_threadpool(parse_http, body, request.headers.get(HEADER_LENGTH))
-            outs = await service.run_async(task, parsed, raws[0])
+            started = time.perf_counter()
+            parsed, raws = await run_in_threadpool(parse_http, body, request.headers.get(HEADER_LENGTH),
+                                                   request.headers.get("content-encoding"), config.max_body_bytes)
+            outs = await service.run_async(task, parsed, raws[0], started)
             content, header = await run_in_threadpool(http_response, task, parsed, outs)
         if header is None:
             return Response(content, media_type="application/json")

@@ -7,14 +7,20 @@ app never sees such a request, so no middleware can help. :func:`header_timeout_
 protocol with that limit: a connection still waiting for a request's complete headers ``timeout_s`` after it
 opened (or after its previous request was answered and more bytes came) is closed. Bodies are bounded
 by :class:`~tailorrt.serving.app.BodyGuard`.
+
+Also here, light to import (the CLI checks before loading anything): :func:`check_free`, which refuses a port
+that another process holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from tailorrt.errors import ConfigError
 
 
 class _HeaderTimeoutH11(H11Protocol):
@@ -54,3 +60,18 @@ class _HeaderTimeoutH11(H11Protocol):
 def header_timeout_protocol(timeout_s: float) -> type[asyncio.Protocol]:
     """uvicorn's h11 protocol, closing connections that leave a request's headers unfinished for ``timeout_s``."""
     return type("HeaderTimeoutH11", (_HeaderTimeoutH11,), {"header_timeout_s": timeout_s})
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_free(host: str, port: int) -> None:
+    """Refuse a port that another process holds (gRPC would otherwise share it with SO_REUSEPORT or fail late)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"cannot listen for gRPC on {address(host, port)}: {e.strerror}; choose another "
+                              "--grpc-port, or --no-grpc") from None

@@ -47,7 +47,8 @@ def main() -> None:
     args = ap.parse_args()
     console = Console()
     tasks = [t for t in ModelDir(args.model_dir).task_names() if t in BUILTIN_TASKS]
-    table = Table("task", "image", "truth", "answer", "score", "", title="answers through HTTP (KServe v2 infer, binary tensor data)")
+    table = Table("task", "image", "truth", "answer", "score", "",
+                  title="answers through HTTP (KServe v2 infer, binary tensor data)")
     right = total = 0
     with local_server(args.model_dir, "--backend", args.backend) as url:
         console.print(f"tailor serve is up on {url} with {', '.join(tasks)}", highlight=False)

@@ -19,7 +19,7 @@ directory cannot load FAILED_PRECONDITION, a missing or wrong API key UNAUTHENTI
 from __future__ import annotations
 
 import functools
-import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from tailorrt.errors import BadInputError, ConfigError
+from tailorrt.serving.connections import address
 from tailorrt.serving.protocol import InferRequest, validate_request
 from tailorrt.serving.service import Service, http_status, key_matches
 
@@ -150,8 +151,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request, context):
         task = request.model_name
         with self.service.call(task, "grpc", request.model_version):
+            started = time.perf_counter()
             parsed, raw = infer_request(request)
-            outs = self.service.run(task, parsed, raw, binary=True)
+            outs = self.service.run(task, parsed, raw, binary=True, started=started)
         return service_pb2.ModelInferResponse(
             model_name=task, model_version="1", id=request.id,
             outputs=[service_pb2.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=o.shape)
@@ -182,21 +184,6 @@ class ApiKeyInterceptor(grpc.ServerInterceptor):
             return grpc.stream_stream_rpc_method_handler(deny)
         return grpc.unary_unary_rpc_method_handler(deny, request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)
-
-
-def address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def check_free(host: str, port: int) -> None:
-    """Refuse a port that another process holds (gRPC would otherwise share it with SO_REUSEPORT or fail late)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as s:
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise ConfigError(f"cannot listen for gRPC on {address(host, port)}: {e.strerror}; choose another "
-                              "--grpc-port, or --no-grpc") from None
 
 
 def start_grpc_server(service: Service, config: ServerConfig) -> grpc.Server:

@@ -15,7 +15,6 @@ from tailorrt.serving.batcher import Observer
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-PHASES = ("compute_input", "compute_output")  # decoding and preprocessing; building the answer
 
 
 @dataclass
@@ -69,7 +68,7 @@ class Metrics(Observer):
                                buckets=LATENCY_BUCKETS, registry=r)
         self.compute = Histogram("tailorrt_compute_seconds", "Time to run one batch", ["task"],
                                  buckets=LATENCY_BUCKETS, registry=r)
-        self.phase = Histogram("tailorrt_phase_seconds", "Time a request spent decoding its input "
+        self.phase = Histogram("tailorrt_phase_seconds", "Time a request spent parsing and decoding its input "
                                "(compute_input) or building its answer (compute_output)", ["task", "phase"],
                                buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("tailorrt_batch_size", "Images per batch run", ["task"], buckets=BATCH_BUCKETS,

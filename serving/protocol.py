@@ -25,6 +25,7 @@ import binascii
 import json
 import math
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -179,10 +180,32 @@ def parse_json(raw: bytes | memoryview) -> InferRequest:
     return validate_request(body)
 
 
-def parse_http(body: bytes, header_length: str | None) -> tuple[InferRequest, list[bytes | None]]:
+def decompressed(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body as sent before ``Content-Encoding`` (gzip or deflate, as ``tritonclient`` compresses requests),
+    refused as soon as it would grow past ``limit`` bytes."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise BadInputError(f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or none")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise BadInputError(f"the {encoding} body cannot be decompressed: {e}") from e
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise InputTooLargeError(f"the {encoding} body decompresses to over the limit of {limit:,} bytes")
+    if not inflater.eof:
+        raise BadInputError(f"the {encoding} body is truncated")
+    return out
+
+
+def parse_http(body: bytes, header_length: str | None, encoding: str | None = None, limit: int = 16 * 1024 * 1024
+               ) -> tuple[InferRequest, list[bytes | None]]:
     """A request over HTTP: JSON only, or (with ``Inference-Header-Content-Length``) a JSON header followed by
-    each binary input's ``binary_data_size`` bytes, in input order. Returns the request and each input's raw
-    bytes (None for an input given as JSON data)."""
+    each binary input's ``binary_data_size`` bytes, in input order; compressed as ``encoding`` says, to at most
+    ``limit`` bytes. Returns the request and each input's raw bytes (None for an input given as JSON data)."""
+    body = decompressed(body, encoding, limit)
     if header_length is None:
         request = parse_json(body)
         header, rest = request, memoryview(b"")

@@ -165,9 +165,11 @@ class Service:
             raise
         self.metrics.answered(label, time.perf_counter() - start)
 
-    def prepare(self, task: str, request: InferRequest, raw: bytes | None) -> np.ndarray:
-        """The request's input as the task's batch (blocking: decodes images)."""
-        start = time.perf_counter()
+    def prepare(self, task: str, request: InferRequest, raw: bytes | None, started: float | None = None
+                ) -> np.ndarray:
+        """The request's input as the task's batch (blocking: decodes images). Its ``compute_input`` time runs
+        from ``started`` (when the transport began to parse the request) or from now."""
+        start = time.perf_counter() if started is None else started
         x = request_batch(self.runtime, task, request, raw)
         self.metrics.timed(task, "compute_input", time.perf_counter() - start)
         return x
@@ -178,14 +180,16 @@ class Service:
         self.metrics.timed(task, "compute_output", time.perf_counter() - start)
         return outs
 
-    def run(self, task: str, request: InferRequest, raw: bytes | None, binary: bool = False) -> list[Output]:
+    def run(self, task: str, request: InferRequest, raw: bytes | None, binary: bool = False,
+            started: float | None = None) -> list[Output]:
         """Answer a parsed request, blocking until its batch has run (for threaded transports such as gRPC)."""
-        x = self.prepare(task, request, raw)
+        x = self.prepare(task, request, raw, started)
         return self.answer(task, request, self.batcher.submit(task, x).result(), binary)
 
-    async def run_async(self, task: str, request: InferRequest, raw: bytes | None) -> list[Output]:
+    async def run_async(self, task: str, request: InferRequest, raw: bytes | None, started: float | None = None
+                        ) -> list[Output]:
         """As :meth:`run`, holding no thread while the request waits for its batch (for the HTTP server)."""
-        x = await run_in_threadpool(self.prepare, task, request, raw)
+        x = await run_in_threadpool(self.prepare, task, request, raw, started)
         logits = await asyncio.wrap_future(self.batcher.submit(task, x))
         return await run_in_threadpool(self.answer, task, request, logits)
 

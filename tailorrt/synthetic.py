@@ -53,15 +53,16 @@ def make_student(backbone: UniversalBackbone, classes: int, seed: int) -> Studen
 
 
 def make_model_dir(root: str | Path, *, backbone: str = "resnet34", tasks: int = 3, classes: int = 10,
-                   seed: int = 0) -> ModelDir:
-    """Write a random ``backbone`` and ``tasks`` synthetic task packs named ``synthetic-<i>``."""
+                   seed: int = 0, input_size: int | None = None) -> ModelDir:
+    """Write a random ``backbone`` and ``tasks`` synthetic task packs named ``synthetic-<i>``, whose images are
+    resized to ``input_size`` (default: the backbone's own)."""
     root = Path(root)
     mdir = ModelDir(root)
     torch.manual_seed(seed)
     model = UniversalBackbone(get_spec(backbone)).eval()
     sha = mdir.write_backbone(model, BackboneSource("random", "tailorrt.synthetic"))
     spec = model.spec
-    pre = Preprocess(spec.input_size, spec.mean, spec.std)
+    pre = Preprocess(input_size or spec.input_size, spec.mean, spec.std)
     folder = _image_folder(root.parent / f"{root.name}-images", classes)
     for i in range(tasks):
         student = make_student(model, classes, seed + i)

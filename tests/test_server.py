@@ -215,6 +215,23 @@ def test_api_key_guards_everything_but_health(runtime):
         assert c.post("/v1/tasks/colors:predict", content=png, headers={"X-API-Key": KEY}).status_code == 200
 
 
+def _counter(text: str, prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_each_request_is_counted_once_where_it_was_refused(runtime):
+    fails = 'tailorrt_request_failures_total{code="%s",task="hues"}'
+    with TestClient(create_app(runtime, ServerConfig(api_key=KEY, max_body_bytes=50_000))) as c:
+        auth = {"X-API-Key": KEY}
+        c.post("/v2/models/hues/infer", json=_bytes_request(b"not an image"), headers=auth)  # 400 in the handler
+        c.post("/v2/models/hues/infer", json=_bytes_request(b"x"))  # 401 before it
+        c.post("/v2/models/hues/infer", content=b"x" * 60_000, headers=auth)  # 413 before it
+        text = c.get("/metrics", headers=auth).text
+        stats = c.get("/v2/models/hues/stats", headers=auth).json()["model_stats"][0]["inference_stats"]
+    assert [_counter(text, fails % code) for code in (400, 401, 413)] == [1, 1, 1]
+    assert _counter(text, 'tailorrt_requests_total{endpoint="v2",task="hues"}') == 3 == stats["fail"]["count"]
+
+
 def test_metrics_count_requests_failures_and_batches(client):
     client.post("/v1/tasks/hues:predict", content=png_bytes(Image.new("RGB", (9, 9))))
     client.post("/v1/tasks/hues:predict", content=b"garbage")

@@ -6,6 +6,7 @@ binary and gRPC input, which gets a clean 4xx or gRPC status while the server st
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
 import threading
@@ -159,6 +160,24 @@ def test_http_json_outputs_and_json_inputs_mix_with_binary(server, runtime):
     r = server.http.infer("colors", _inputs(httpclient, "image", images, runtime, "colors"), headers=auth())
     assert {o["name"] for o in r.get_response()["outputs"]} == {"logits", "probabilities"}  # all, binary
     assert all("binary_data_size" in o["parameters"] for o in r.get_response()["outputs"])
+
+
+def test_compressed_requests_are_read_within_the_body_limit(server, runtime):
+    images = [_image(2, 6)]
+    want = _want(runtime, "colors", images)
+    for algorithm in ("gzip", "deflate"):
+        r = server.http.infer("colors", _inputs(httpclient, "image", images, runtime, "colors"), headers=auth(),
+                              request_compression_algorithm=algorithm)
+        np.testing.assert_allclose(r.as_numpy("probabilities"), want, atol=1e-5)
+    bomb = gzip.compress(json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1],
+                                                 "data": [0.0]}], "pad": " " * (2 * LIMIT)}).encode())
+    r = httpx.post(f"{server.url}/v2/models/colors/infer", content=bomb, headers={"Content-Encoding": "gzip", **AUTH})
+    assert len(bomb) < 10_000 and r.status_code == 413 and "decompresses" in r.json()["error"]
+    cut = gzip.compress(b'{"inputs": []}' * 50)[:-12]
+    r = httpx.post(f"{server.url}/v2/models/colors/infer", content=cut, headers={"Content-Encoding": "gzip", **AUTH})
+    assert r.status_code == 400 and "truncated" in r.json()["error"]
+    r = httpx.post(f"{server.url}/v2/models/colors/infer", content=b"{}", headers={"Content-Encoding": "br", **AUTH})
+    assert r.status_code == 400 and "not supported" in r.json()["error"]
 
 
 def test_api_key_is_required_over_both_transports(server, runtime):
@@ -351,3 +370,16 @@ def test_openapi_describes_the_infer_bodies(server):
     components = schema["components"]["schemas"]
     assert {"InferRequest", "InferInput", "RequestedOutput", "InferResponse", "OutputTensor"} <= set(components)
     assert components["InferInput"]["properties"]["name"]["enum"] == ["image", "pixels", "input"]
+
+
+def test_serve_refuses_a_grpc_port_in_use_in_one_line(exported_dir):
+    import socket
+
+    from tests.conftest import one_line_error, run_cli
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = run_cli("serve", "--model-dir", str(exported_dir), "--port", str(free_port()), "--grpc-port", str(port))
+    assert f"cannot listen for gRPC on 127.0.0.1:{port}" in one_line_error(proc)
