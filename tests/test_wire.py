@@ -261,6 +261,10 @@ def test_repository_and_a_task_unloaded_while_requests_arrive(server, runtime):
     np.testing.assert_allclose(r.as_numpy("probabilities"), want, atol=1e-5)
     with pytest.raises(InferenceServerException, match="no task 'nope'"):
         server.grpc.load_model("nope", headers=auth())
+    server.grpc.unload_model("hues", headers=auth())  # and the other way round
+    assert not server.http.is_model_ready("hues", headers=auth())
+    server.http.load_model("hues", headers=auth())
+    assert server.grpc.is_model_ready("hues", headers=auth())
 
 
 def _binary(header: dict, blob: bytes, header_length: int | None = None) -> dict:
