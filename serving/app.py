@@ -161,10 +161,10 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig()) -> FastA
             response = _error(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')")
         else:
             response = await call_next(request)
-        task = _infer_task(request, runtime)
+        task = _infer_task(request)
         if task is not None and not getattr(request.state, "counted", False):  # refused before its handler ran
-            metrics.received(task, "v1" if request.url.path.startswith("/v1") else "v2")
-            metrics.answered(task, time.perf_counter() - start, response.status_code)
+            service.refused(task, "v1" if request.url.path.startswith("/v1") else "v2", response.status_code,
+                            time.perf_counter() - start)
         return response
 
     @app.exception_handler(TailorError)
@@ -312,16 +312,14 @@ def _authorised(request: Request, key: str) -> bool:
     return key_matches(key, request.headers.get("x-api-key"), request.headers.get("authorization"))
 
 
-def _infer_task(request: Request, runtime: Runtime) -> str | None:
-    """The task an inference request was for, if the path is an inference endpoint (bounded label values)."""
+def _infer_task(request: Request) -> str | None:
+    """The task an inference request was for, if the path is an inference endpoint."""
     parts = request.url.path.split("/")
     if parts[:3] == ["", "v2", "models"] and parts[-1] == "infer" and len(parts) > 4:
-        name = parts[3]
-    elif parts[:3] == ["", "v1", "tasks"] and len(parts) == 4 and parts[3].endswith(":predict"):
-        name = parts[3].split(":")[0]
-    else:
-        return None
-    return name if name in runtime.tasks else "unknown"
+        return parts[3]
+    if parts[:3] == ["", "v1", "tasks"] and len(parts) == 4 and parts[3].endswith(":predict"):
+        return parts[3].split(":")[0]
+    return None
 
 
 async def _upload(request: Request) -> bytes:

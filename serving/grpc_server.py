@@ -165,8 +165,8 @@ class ApiKeyInterceptor(grpc.ServerInterceptor):
     """Refuse every call but the health checks without the key in the metadata (``x-api-key: KEY`` or
     ``authorization: Bearer KEY``)."""
 
-    def __init__(self, key: str) -> None:
-        self.key = key
+    def __init__(self, key: str, service: Service) -> None:
+        self.key, self.service = key, service
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
@@ -177,7 +177,9 @@ class ApiKeyInterceptor(grpc.ServerInterceptor):
             return handler
         message = "missing or wrong API key (send metadata 'authorization: Bearer KEY' or 'x-api-key: KEY')"
 
-        def deny(_request, context):
+        def deny(request, context):
+            if details.method.endswith("/ModelInfer"):  # counted as the HTTP server counts its 401s
+                self.service.refused(request.model_name, "grpc", 401)
             context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
         if handler.request_streaming or handler.response_streaming:
@@ -192,7 +194,7 @@ def start_grpc_server(service: Service, config: ServerConfig) -> grpc.Server:
     ``config.max_body_bytes``."""
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="grpc"),
-        interceptors=[ApiKeyInterceptor(config.api_key)] if config.api_key else [],
+        interceptors=[ApiKeyInterceptor(config.api_key, service)] if config.api_key else [],
         options=[("grpc.max_receive_message_length", config.max_body_bytes),
                  ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=2 * config.grpc_workers)

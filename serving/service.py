@@ -150,11 +150,14 @@ class Service:
 
     # ------------------------------------------------------------------ inference
 
+    def _label(self, task: str) -> str:
+        return task if task in self.runtime.tasks else "unknown"  # bounded label values
+
     @contextmanager
     def call(self, task: str, endpoint: str, version: str = "") -> Iterator[None]:
         """Count and time one inference request; an error is recorded with its HTTP status and re-raised."""
         start = time.perf_counter()
-        label = task if task in self.runtime.tasks else "unknown"  # bounded label values
+        label = self._label(task)
         self.metrics.received(label, endpoint)
         try:
             self.check(task, version)
@@ -164,6 +167,13 @@ class Service:
                                   else 499)
             raise
         self.metrics.answered(label, time.perf_counter() - start)
+
+    def refused(self, task: str, endpoint: str, code: int, seconds: float = 0.0) -> None:
+        """Count an inference request refused with HTTP status ``code`` before it reached :meth:`call` (API key,
+        body limits)."""
+        label = self._label(task)
+        self.metrics.received(label, endpoint)
+        self.metrics.answered(label, seconds, code)
 
     def prepare(self, task: str, request: InferRequest, raw: bytes | None, started: float | None = None
                 ) -> np.ndarray:

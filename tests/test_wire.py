@@ -180,8 +180,15 @@ def test_compressed_requests_are_read_within_the_body_limit(server, runtime):
     assert r.status_code == 400 and "not supported" in r.json()["error"]
 
 
+def _metric(server: Server, prefix: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", headers=AUTH).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
 def test_api_key_is_required_over_both_transports(server, runtime):
     images = [_image(0, 1)]
+    denied = 'tailorrt_request_failures_total{code="401",task="hues"}'
+    before = _metric(server, denied)
     with pytest.raises(InferenceServerException, match="API key"):
         server.http.infer("hues", _inputs(httpclient, "image", images, runtime, "hues"))
     with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
@@ -189,6 +196,7 @@ def test_api_key_is_required_over_both_transports(server, runtime):
     with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
         server.grpc.get_model_config("hues", headers={"x-api-key": "wrong"})
     assert server.grpc.get_model_config("hues", headers={"authorization": f"Bearer {KEY}"}).config.name == "hues"
+    assert _metric(server, denied) == before + 2  # each denied infer counted once, over either transport
 
 
 def test_statistics_over_both_clients_follow_the_metrics(server, runtime):
