@@ -207,8 +207,7 @@ def parse_http(body: bytes, header_length: str | None, encoding: str | None = No
     ``limit`` bytes. Returns the request and each input's raw bytes (None for an input given as JSON data)."""
     body = decompressed(body, encoding, limit)
     if header_length is None:
-        request = parse_json(body)
-        header, rest = request, memoryview(b"")
+        header, rest = parse_json(body), memoryview(b"")
     else:
         if not header_length.strip().isdigit():
             raise BadInputError(f"Inference-Header-Content-Length must be a byte count, not {header_length!r}")

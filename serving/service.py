@@ -83,15 +83,18 @@ class Service:
         return {"name": "tailorrt", "version": __version__, "extensions": EXTENSIONS,
                 "backend": self.runtime.backend.name, "tasks": self.runtime.tasks}
 
-    def model_metadata(self, task: str, version: str = "") -> dict:
-        self.check(task, version)
+    def _dims(self, task: str) -> dict[str, list[int]]:
+        """Each input's and output's dimensions without the batch dimension (config), after it (metadata)."""
         info = self.runtime.task(task)
         s, k = info.preprocess.size, len(info.classes)
+        return {"image": [1], "pixels": [-1, -1, 3], "input": [3, s, s], **{name: [k] for name in OUTPUTS}}
+
+    def model_metadata(self, task: str, version: str = "") -> dict:
+        self.check(task, version)
+        info, dims = self.runtime.task(task), self._dims(task)
         return {"name": task, "versions": [VERSION], "platform": self.platform,
-                "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]},
-                           {"name": "pixels", "datatype": "UINT8", "shape": [-1, -1, -1, 3]},
-                           {"name": "input", "datatype": "FP32", "shape": [-1, 3, s, s]}],
-                "outputs": [{"name": name, "datatype": "FP32", "shape": [-1, k]} for name in OUTPUTS],
+                "inputs": [{"name": n, "datatype": t, "shape": [-1, *dims[n]]} for n, t in INPUTS.items()],
+                "outputs": [{"name": name, "datatype": "FP32", "shape": [-1, *dims[name]]} for name in OUTPUTS],
                 "parameters": {"classes": info.classes, "method": info.method, "preprocess": info.preprocess.to_json()}}
 
     @property
@@ -101,16 +104,14 @@ class Service:
     def model_config(self, task: str, version: str = "") -> dict:
         """Triton's model configuration (its JSON form): dims leave out the batch dimension."""
         self.check(task, version)
-        info = self.runtime.task(task)
-        s, k, b = info.preprocess.size, len(info.classes), self.batch_config
-        dims = {"image": [1], "pixels": [-1, -1, 3], "input": [3, s, s]}
+        info, dims, b = self.runtime.task(task), self._dims(task), self.batch_config
         inputs = [{"name": n, "data_type": _CONFIG_TYPES[t], "dims": dims[n], "optional": True}
                   for n, t in INPUTS.items()]
         inputs[0]["reshape"] = {"shape": []}  # one encoded image per batch element
         return {"name": task, "platform": self.platform, "backend": "tailorrt", "max_batch_size": b.max_batch,
                 "version_policy": {"latest": {"num_versions": 1}},
                 "input": inputs,
-                "output": [{"name": name, "data_type": "TYPE_FP32", "dims": [k]} for name in OUTPUTS],
+                "output": [{"name": name, "data_type": "TYPE_FP32", "dims": dims[name]} for name in OUTPUTS],
                 "dynamic_batching": {"preferred_batch_size": [b.max_batch],
                                      "max_queue_delay_microseconds": int(b.max_delay_ms * 1000),
                                      "default_queue_policy": {"max_queue_size": b.max_queue}},
@@ -175,20 +176,23 @@ class Service:
         self.metrics.received(label, endpoint)
         self.metrics.answered(label, seconds, code)
 
+    @contextmanager
+    def _phase(self, task: str, phase: str, started: float | None = None) -> Iterator[None]:
+        """Record the time from ``started`` (default: now) to the end of the block as ``phase`` of a request."""
+        start = time.perf_counter() if started is None else started
+        yield
+        self.metrics.timed(task, phase, time.perf_counter() - start)
+
     def prepare(self, task: str, request: InferRequest, raw: bytes | None, started: float | None = None
                 ) -> np.ndarray:
         """The request's input as the task's batch (blocking: decodes images). Its ``compute_input`` time runs
         from ``started`` (when the transport began to parse the request) or from now."""
-        start = time.perf_counter() if started is None else started
-        x = request_batch(self.runtime, task, request, raw)
-        self.metrics.timed(task, "compute_input", time.perf_counter() - start)
-        return x
+        with self._phase(task, "compute_input", started):
+            return request_batch(self.runtime, task, request, raw)
 
     def answer(self, task: str, request: InferRequest, logits: np.ndarray, binary: bool = False) -> list[Output]:
-        start = time.perf_counter()
-        outs = outputs(self.runtime, task, request, logits, binary)
-        self.metrics.timed(task, "compute_output", time.perf_counter() - start)
-        return outs
+        with self._phase(task, "compute_output"):
+            return outputs(self.runtime, task, request, logits, binary)
 
     def run(self, task: str, request: InferRequest, raw: bytes | None, binary: bool = False,
             started: float | None = None) -> list[Output]:
@@ -205,9 +209,8 @@ class Service:
 
     async def predict_async(self, task: str, data: bytes, top_k: int) -> dict:
         """The v1 upload endpoint's answer for one encoded image (count it with :meth:`call`)."""
-        start = time.perf_counter()
-        x = await run_in_threadpool(self.runtime.preprocess, task, data)
-        self.metrics.timed(task, "compute_input", time.perf_counter() - start)
+        with self._phase(task, "compute_input"):
+            x = await run_in_threadpool(self.runtime.preprocess, task, data)
         logits = await asyncio.wrap_future(self.batcher.submit(task, x))
         p = self.runtime.decode(task, logits, top_k)[0]
         return {"task": task, "label": p.label,
