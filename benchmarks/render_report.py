@@ -15,8 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from tailorrt.render import check_rendering, image_difference
-from tailorrt.report import ReportRequest, build_report
+from tailorrt.tools.render import check_rendering, image_difference
+from tailorrt.tools.report import ReportRequest, build_report
 
 
 def main() -> int:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperCommand
 
 from tailorrt.errors import TailorError
 from tailorrt.limits import DEFAULT_FORMATS
@@ -26,21 +30,56 @@ err = Console(stderr=True)
 ModelDirOpt = typer.Option("runs", "--model-dir", help="Model directory holding backbone/ and tasks/.")
 
 
-def _with_phases(cfg, epochs: dict[str, int | None], batch_size: int | None):
-    """``cfg`` with the named phases' epochs (where given) and every named phase's batch size (if given)."""
-    from dataclasses import replace
-
-    for name, n in epochs.items():
-        p = getattr(cfg, name)
-        p = replace(p, epochs=n if n is not None else p.epochs,
-                    batch_size=batch_size if batch_size is not None else p.batch_size)
-        cfg = replace(cfg, **{name: p})
-    return cfg
-
-
 def _fail(message: str, code: int = 1) -> None:
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+class TrainCommand(TyperCommand):
+    """``tailor train``: the registered methods' options, with their help and panels, are added when the command runs
+    or shows its help (they live with the methods), so that other commands start without importing them."""
+
+    @functools.cached_property
+    def method_params(self) -> list[click.Parameter]:
+        """The registry's options as typer builds them (from a signature, as for any command)."""
+        from tailorrt import methods
+
+        def options(**values: object) -> None: ...
+
+        params = []
+        for option in methods.options():
+            users = ", ".join(m.family for m in methods.families() if option in m.options)
+            params.append(inspect.Parameter(option.param, inspect.Parameter.KEYWORD_ONLY,
+                                            annotation=Optional[option.kind],
+                                            default=typer.Option(None, f"--{option.flag}", help=option.help,
+                                                                 rich_help_panel=f"Options of {users}")))
+        options.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        holder = typer.Typer(add_completion=False)
+        holder.command()(options)
+        return list(typer.main.get_command(holder).params)
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        from tailorrt import methods
+        from tailorrt.auto import default_candidates
+
+        params = super().get_params(ctx)
+        for p in params:
+            if p.name == "candidates":
+                p.help = f"--method auto: comma-separated methods to try (default: {','.join(default_candidates())})."
+            if p.name == "method":
+                p.help = "One of: " + "; ".join(f"{m.syntax} ({m.help})" for m in methods.families()) + \
+                    f". Default: {methods.DEFAULT}. Any method but {methods.DEFAULT} writes the pack <task>--<method> " \
+                    "(':' becomes '-'). Or auto: train the --candidates on a short schedule and keep the smallest pack " \
+                    "within --max-pack-mb, --max-mflops and --max-drop, trained in full (the pack <task>)."
+        return [*params[:-1], *self.method_params, params[-1]]  # --help stays last
+
+    def invoke(self, ctx: click.Context):
+        """The methods' option values go to ``ctx.meta['method_options']`` (flag -> value, given ones only)."""
+        from tailorrt import methods
+
+        values = {p.name: ctx.params.pop(p.name) for p in self.method_params}
+        ctx.meta["method_options"] = {o.flag: values[o.param] for o in methods.options() if values[o.param] is not None}
+        return super().invoke(ctx)
 
 
 @app.command(epilog="Examples:\n\n  tailor train --task synth-digits\n\n"
@@ -49,81 +88,59 @@ def _fail(message: str, code: int = 1) -> None:
              "  tailor train --task synth-glyphs --resume   # after an interruption\n\n"
              "  tailor train --task synth-signs --method fast-flex   # writes the pack synth-signs--fast-flex\n\n"
              "  tailor train --task synth-signs --method finetune-last:2 --tune-epochs 5\n\n"
-             "  tailor train --task synth-signs --method attention:l1:prune --attention-schedule FFAAABAAABAA")
+             "  tailor train --task synth-signs --method attention:l1:prune --attention-schedule FFAAABAAABAA\n\n"
+             "  tailor train --task synth-signs --method adapters\n\n"
+             "  tailor train --task synth-glyphs --method auto --max-drop 1 --max-pack-mb 2", cls=TrainCommand)
 def train(
+    ctx: typer.Context,
     task: str = typer.Option(..., "--task", help="Task: synth-digits, gtsrb, imagefolder:PATH, coco:FILE.json ..."),
-    method: str = typer.Option("nettailor", help="nettailor; flex, fast-flex, faster-flex (fine-tune the one best "
-                               "unit); linear[:U], finetune-last:K, finetune-all, scale-shift; "
-                               "attention[:channel|filter][:l1|l2|distance-to-1][:prune]. Any method but "
-                               "nettailor writes the pack <task>--<method> (':' becomes '-')."),
+    method: str | None = typer.Option(None, help="The method (listed by tailor train --help)."),
     model_dir: str = ModelDirOpt,
-    backbone: Optional[str] = typer.Option(None, help="Backbone: embedded, resnet18/34/50, wrn26, tiny. "
+    backbone: str | None = typer.Option(None, help="Backbone: embedded, resnet18/34/50, wrn26, tiny. "
                                            "Default: the model dir's, else embedded for built-in tasks, resnet34."),
-    backbone_weights: Optional[Path] = typer.Option(None, help="Local checkpoint (.safetensors or .pth)."),
+    backbone_weights: Path | None = typer.Option(None, help="Local checkpoint (.safetensors or .pth)."),
     random_init: bool = typer.Option(False, help="Keep the backbone randomly initialised (testing only)."),
     data_dir: Path = typer.Option(Path("data"), help="Where datasets live or are downloaded to."),
     download: bool = typer.Option(True, help="Try to download a missing dataset."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished epoch."),
-    teacher_epochs: Optional[int] = typer.Option(None, help="Override the teacher phase's epochs."),
-    student_epochs: Optional[int] = typer.Option(None, help="Override the student phase's epochs."),
-    finetune_epochs: Optional[int] = typer.Option(None, help="Override the fine-tune phase's epochs."),
-    batch_size: Optional[int] = typer.Option(None, help="Override every phase's batch size."),
-    max_skip: Optional[int] = typer.Option(None, help="Proxies read the last K layers (default 3)."),
-    complexity_coeff: Optional[float] = typer.Option(None, help="Weight of the expected-complexity term (0.3)."),
-    teacher_coeff: Optional[float] = typer.Option(None, help="Weight of the distillation term (10)."),
-    proxy_threshold: Optional[float] = typer.Option(None, help="Prune proxies whose alpha is below this (0.05)."),
-    prune_universal: Optional[int] = typer.Option(None, help="Drop the N lowest-alpha universal blocks "
-                                                  "(default: drop while val accuracy stays within --max-val-drop)."),
-    max_val_drop: Optional[float] = typer.Option(None, help="Accuracy budget (points) of automatic pruning (1.0)."),
-    alpha_lr_mult: Optional[float] = typer.Option(None, help="Learning-rate multiplier of the attention logits."),
-    head_epochs: Optional[int] = typer.Option(None, help="Other methods: epochs of the linear head phase."),
-    tune_epochs: Optional[int] = typer.Option(None, help="Other methods: most epochs of each tuning phase "
-                                              "(early stopping on validation accuracy)."),
-    attention_schedule: Optional[str] = typer.Option(None, help="Attention: one letter per epoch, F head, "
-                                                     "A attention, B batch norms, P prune (FFAAABAAABAA)."),
-    penalty_weight: Optional[float] = typer.Option(None, help="Attention: lambda of the scale penalty (1e-3)."),
-    prune_below: Optional[float] = typer.Option(None, help="Attention with :prune: remove channels whose "
-                                                "|scale| is below this (0.05)."),
+    batch_size: int | None = typer.Option(None, help="Override every phase's batch size."),
     seed: int = typer.Option(0, help="Random seed."),
+    candidates: str | None = typer.Option(None, help="--method auto: comma-separated methods to try."),
+    max_pack_mb: float | None = typer.Option(None, help="--method auto: largest pack, in MB."),
+    max_mflops: float | None = typer.Option(None, help="--method auto: most MFLOPs per image."),
+    max_drop: float = typer.Option(1.0, help="--method auto: most points of validation accuracy below the best "
+                                   "candidate."),
 ) -> None:
     """Train a task and write its task pack: NetTailor (teacher -> student -> prune -> fine-tune) by default,
     or another --method."""
-    from dataclasses import replace
-
+    from tailorrt import methods
+    from tailorrt.auto import Budget
     from tailorrt.cli.progress import RichProgress
-    from tailorrt.train import TrainRequest, default_config, default_transfer_config, resolve_device, train_task
+    from tailorrt.train import TrainRequest, resolve_device, train_task
 
-    cfg = default_config(task)
-    overrides = {"max_skip": max_skip, "complexity_coeff": complexity_coeff, "teacher_coeff": teacher_coeff,
-                 "proxy_threshold": proxy_threshold, "universal_drop": prune_universal, "max_val_drop": max_val_drop,
-                 "alpha_lr_mult": alpha_lr_mult}
-    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    cfg = _with_phases(cfg, {"teacher": teacher_epochs, "student": student_epochs, "finetune": finetune_epochs},
-                       batch_size)
-    transfer = _with_phases(default_transfer_config(task), {"head": head_epochs, "tune": tune_epochs}, batch_size)
-    attention = {"schedule": attention_schedule, "penalty_weight": penalty_weight, "prune_below": prune_below}
-    transfer = replace(transfer, attention=replace(transfer.attention,
-                                                   **{k: v for k, v in attention.items() if v is not None}))
     req = TrainRequest(task=task, model_dir=model_dir, backbone=backbone,
                        backbone_weights=str(backbone_weights) if backbone_weights else None, random_init=random_init,
-                       data_dir=str(data_dir), download=download, seed=seed, method=method, config=cfg,
-                       transfer=transfer)
+                       data_dir=str(data_dir), download=download, seed=seed, method=method or methods.DEFAULT,
+                       options=ctx.meta["method_options"], batch_size=batch_size,
+                       budget=Budget(max_pack_mb, max_mflops, max_drop), auto_candidates=_names(candidates))
+    for name in req.candidates() if req.auto else [req.method]:  # a bad method or option fails before any loading
+        req.config(methods.get(name))
     dev = resolve_device(device)
     try:
-        path = train_task(req, device=dev, resume=resume, progress=RichProgress(err, prefix=f"{task} "))
+        path = train_task(req, device=dev, resume=resume, progress=RichProgress(err, prefix=f"{task} "),
+                          report=lambda line: err.print(line, highlight=False, markup=False))
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command with --resume to continue from the last finished epoch", 130)
     meta = json.loads((path / "task.json").read_text())
     m = meta["metrics"]
     teacher = "" if m["teacher_accuracy"] is None else f" (teacher {m['teacher_accuracy']:.2f}%)"
-    chosen = f", unit {meta['selection']['chosen_unit']} chosen" if "selection" in meta else ""
-    if meta.get("attention", {}).get("pruning"):
-        p = meta["attention"]["pruning"]
-        chosen = f", {p['pruned_channels']}/{p['prunable_channels']} channels pruned"
-    out.print(f"[green]wrote[/green] {path}: {meta['method']}{chosen}, accuracy {m['accuracy']:.2f}%{teacher}, "
-              f"{m['universal_blocks_kept']}/{m['universal_blocks_total']} universal blocks, "
-              f"{m['task_params']:,} task parameters, {m['flops'] / 1e6:.1f} MFLOPs "
+    chosen = methods.for_record(meta).describe(meta)
+    if "auto" in meta:
+        chosen = ", ".join(x for x in (chosen, f"chosen by auto of {len(meta['auto']['candidates'])}") if x)
+    out.print(f"[green]wrote[/green] {path}: {meta['method']}{', ' + chosen if chosen else ''}, accuracy "
+              f"{m['accuracy']:.2f}%{teacher}, {m['universal_blocks_kept']}/{m['universal_blocks_total']} universal "
+              f"blocks, {m['task_params']:,} task parameters, {m['flops'] / 1e6:.1f} MFLOPs "
               f"(teacher {m['teacher_flops'] / 1e6:.1f})", highlight=False)
 
 
@@ -132,21 +149,21 @@ def train(
              "  tailor compare --task svhn --methods flex,faster-flex --model-dir runs --retrain")
 def compare(
     task: str = typer.Option(..., "--task", help="Task, as for tailor train."),
-    methods: str = typer.Option("nettailor,fast-flex,linear,scale-shift,finetune-all",
+    methods: str = typer.Option("nettailor,fast-flex,linear,scale-shift,adapters,finetune-all",
                                 help="Comma-separated methods (see tailor train --help)."),
     model_dir: str = ModelDirOpt,
     data_dir: Path = typer.Option(Path("data"), help="Where datasets live or are downloaded to."),
     download: bool = typer.Option(True, help="Try to download a missing dataset."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     retrain: bool = typer.Option(False, help="Train every method again, even where its pack exists."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for compare.json and compare.md "
+    out_dir: Path | None = typer.Option(None, "--out", help="Folder for compare.json and compare.md "
                                            "(default: <model-dir>/compare/<task>)."),
 ) -> None:
     """Train (or reuse) one task with several methods and compare them: test accuracy, task-owned and total
     parameters, FLOPs, pack size, training time and images/s on this machine."""
     from tailorrt.cli.progress import RichProgress
-    from tailorrt.compare import CompareRequest, markdown
-    from tailorrt.compare import compare as run_compare
+    from tailorrt.tools.compare import CompareRequest, markdown
+    from tailorrt.tools.compare import compare as run_compare
     from tailorrt.train import resolve_device
 
     req = CompareRequest(task=task, methods=_names(methods) or [], model_dir=model_dir, data_dir=str(data_dir),
@@ -227,7 +244,7 @@ def _mb(n: int) -> str:
              "  tailor export --trt --fp16 --max-batch 64   # needs an NVIDIA GPU: pip install 'tailorrt[gpu]'")
 def export_(
     model_dir: str = ModelDirOpt,
-    tasks: Optional[str] = typer.Option(None, help="Comma-separated task names (default: every task)."),
+    tasks: str | None = typer.Option(None, help="Comma-separated task names (default: every task)."),
     onnx: bool = typer.Option(False, "--onnx", help="Write ONNX graphs (the default when no format is named)."),
     trt: bool = typer.Option(False, "--trt", help="Also build TensorRT engines (from the ONNX graphs)."),
     fp16: bool = typer.Option(False, "--fp16", help="Build fp16 TensorRT engines (with --trt)."),
@@ -284,7 +301,7 @@ def _print_speed(kind: str, manifest: dict) -> None:
              "  python -c 'import tritonclient.grpc as g; print(g.InferenceServerClient(\"127.0.0.1:8001\")"
              ".get_model_repository_index())'")
 def serve(
-    tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks to load (default: every task)."),
+    tasks: str | None = typer.Option(None, help="Comma-separated tasks to load (default: every task)."),
     model_dir: str = ModelDirOpt,
     backend: str = typer.Option("onnx", help="torch, onnx (needs tailor export) or tensorrt."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
@@ -317,7 +334,7 @@ def serve(
                                         "finding it taken waits up to 2 s, then gets 503). 0: unbounded."),
     image_formats: str = typer.Option(",".join(DEFAULT_FORMATS), help="Encoded image formats accepted "
                                       "(PIL names; others are refused with 400)."),
-    api_key: Optional[str] = typer.Option(None, envvar="TAILOR_API_KEY", help="Require this key on every "
+    api_key: str | None = typer.Option(None, envvar="TAILOR_API_KEY", help="Require this key on every "
                                           "endpoint but health (header Authorization: Bearer KEY or X-API-Key)."),
 ) -> None:
     """Serve tasks over HTTP and gRPC: the KServe v2 / Triton protocol (/v2/models/{task}/infer with JSON or
@@ -389,30 +406,30 @@ def predict(
              "  tailor bench --model-dir runs/demo --scaling 1,2,4,8,16")
 def bench(
     model_dir: str = ModelDirOpt,
-    tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: every task)."),
+    tasks: str | None = typer.Option(None, help="Comma-separated tasks (default: every task)."),
     backend: str = typer.Option("onnx", help="tailorrt's backend: onnx, torch or tensorrt."),
     batches: str = typer.Option("1,32", help="Batch sizes of the per-task timing."),
     rounds: int = typer.Option(7, help="Interleaved timing rounds (median, min and max are reported)."),
     requests: int = typer.Option(3000, help="Requests per stream through the dynamic batcher."),
     clients: int = typer.Option(16, help="Concurrent clients of each stream."),
     max_batch: int = typer.Option(32, help="The batcher's batch limit."),
-    threads: Optional[int] = typer.Option(None, help="Threads of every session (default: torch's)."),
-    scaling: Optional[str] = typer.Option(None, help="Instead: memory and load time for these task counts "
+    threads: int | None = typer.Option(None, help="Threads of every session (default: torch's)."),
+    scaling: str | None = typer.Option(None, help="Instead: memory and load time for these task counts "
                                           "(copies of the packs under new names), with a PNG plot."),
-    out_path: Optional[Path] = typer.Option(None, "--out", help="The JSON to write (default "
+    out_path: Path | None = typer.Option(None, "--out", help="The JSON to write (default "
                                             "<model-dir>/bench/bench.json or scaling.json); markdown goes next to it."),
 ) -> None:
     """Measure tailorrt against one fine-tuned model per task in its own ONNX Runtime session and against the
     machine's dense limit: memory, disk, load time, images/s per task, speedup next to the FLOP ratio, and a
     mixed-task request stream through the batcher."""
-    from tailorrt import bench as b
-    from tailorrt.scaling import scaling as scale
+    from tailorrt.tools import bench as b
+    from tailorrt.tools.scaling import scaling as scale
 
     req = b.BenchRequest(model_dir=model_dir, tasks=_names(tasks), backend=backend,
                          batches=tuple(int(x) for x in batches.split(",")), rounds=rounds, requests=requests,
                          clients=clients, max_batch=max_batch, threads=threads,
                          out=str(out_path) if out_path else None)
-    report = lambda m: err.print(m, highlight=False)  # noqa: E731
+    report = lambda m: err.print(m, highlight=False)
     if scaling:
         result = scale(req, tuple(int(x) for x in scaling.split(",")), report=report)
     else:
@@ -425,21 +442,21 @@ def bench(
              "  tailor report --model-dir runs --out /tmp/report")
 def report(
     model_dir: str = ModelDirOpt,
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder of the page and its PNGs "
+    out_dir: Path | None = typer.Option(None, "--out", help="Folder of the page and its PNGs "
                                            "(default <model-dir>/report)."),
 ) -> None:
     """A static HTML page (open it from disk) showing per task its architecture (universal blocks gray, task
     blocks blue, opacity = attention weight, pruned blocks absent), the attention weights over training,
     accuracy against parameters and FLOPs next to its teacher, the table of tailor info, and the latest
     tailor bench figures."""
-    from tailorrt.report import ReportRequest, build_report
+    from tailorrt.tools.report import ReportRequest, build_report
 
     page = build_report(ReportRequest(model_dir, str(out_dir) if out_dir else None),
                         report=lambda m: err.print(m, highlight=False))
     out.print(f"wrote {page}", highlight=False, markup=False, soft_wrap=True)
 
 
-def _names(csv: Optional[str]) -> Optional[list[str]]:
+def _names(csv: str | None) -> list[str] | None:
     return [t.strip() for t in csv.split(",") if t.strip()] if csv else None
 
 
@@ -447,7 +464,7 @@ def _names(csv: Optional[str]) -> Optional[list[str]]:
              "  tailor pretrain --out my.safetensors --epochs 20")
 def pretrain(
     out_path: Path = typer.Option(None, "--out", help="Output weights (default: the package's embedded file)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (default 10)."),
+    epochs: int | None = typer.Option(None, help="Epochs (default 10)."),
     backbone: str = typer.Option("embedded", help="Backbone architecture to pretrain."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     work_dir: Path = typer.Option(Path(".pretrain-work"), help="Checkpoints (resumes when present)."),

@@ -16,24 +16,35 @@ from the previous one.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 
+from tailorrt import methods
 from tailorrt.backbones import UniversalBackbone
 from tailorrt.datasets import load_task
-from tailorrt.errors import ConfigError, ExportError, PackError
-from tailorrt.export import parity, speed
-from tailorrt.export.graph import (
+from tailorrt.errors import ExportError, PackError
+from tailorrt.export import parity
+from tailorrt.export.common import (
+    FP32_TOLERANCE,
+    MANIFEST,
+    ExportRequest,
+    Report,
+    TaskNetwork,
+    bench_task,
+    carry_over,
+    export_staging,
+    previous_export,
+    torch_logits,
+)
+from tailorrt.export.sessions import cpu_session
+from tailorrt.io import pid_alive, replace_dir, sha256_file
+from tailorrt.onnx_graph import (
     INPUT,
     IR_VERSION,
     LOGITS,
@@ -44,58 +55,10 @@ from tailorrt.export.graph import (
     SharedWeights,
     save_graph,
 )
-from tailorrt.export.networks import emit_network
-from tailorrt.export.sessions import cpu_session
-from tailorrt.io import pid_alive, replace_dir, sha256_file, staging_dir
 from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, pack_file, preprocess_of, versions
 from tailorrt.records import write_record
-from tailorrt.student import Student
 
-MANIFEST = "export.json"
-TIMING_CACHE = "timing.cache"
-FP32_TOLERANCE = 1e-4
-TRT_TOLERANCE = {False: 1e-3, True: 0.1}  # max |logit difference| against ONNX Runtime, fp32 / fp16
-TRT_MIN_AGREEMENT = {False: 0.999, True: 0.98}
-Report = Callable[[str], None]
-
-
-@dataclass
-class ExportRequest:
-    """What ``tailor export`` does."""
-
-    model_dir: str = "runs"
-    tasks: list[str] | None = None  # None: every task in the model dir
-    trt: bool = False
-    fp16: bool = False
-    max_batch: int = 32
-    data_dir: str = "data"
-    download: bool = True
-    parity_images: int = 256
-    tolerance: float = FP32_TOLERANCE
-    bench: bool = False
-
-    def validate(self) -> None:
-        if self.fp16 and not self.trt:
-            raise ConfigError("--fp16 applies to TensorRT engines; add --trt")
-        if self.max_batch < 1:
-            raise ConfigError(f"--max-batch must be at least 1, not {self.max_batch}")
-        if self.parity_images < 1:
-            raise ConfigError(f"--parity-images must be at least 1, not {self.parity_images}")
-
-
-@dataclass
-class TaskNetwork:
-    """A task ready to export: its PyTorch module, metadata, and parity images."""
-
-    name: str
-    meta: dict
-    module: Student
-    images: np.ndarray
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        size = preprocess_of(self.meta).size
-        return (3, size, size)
+__all__ = ["FP32_TOLERANCE", "ExportRequest", "export_model"]
 
 
 def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict:
@@ -158,38 +121,6 @@ def _clean_stale_work(mdir: ModelDir) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def export_staging(mdir: ModelDir, kind: str) -> Path:
-    """Where ``onnx/`` or ``trt/`` is assembled; the pid in the name lets a later export remove it if killed."""
-    return staging_dir(mdir.root / ".work", f"export-{kind}-{os.getpid()}-")
-
-
-def previous_export(mdir: ModelDir, kind: str, report: Report) -> dict | None:
-    """The manifest of the export being replaced; one that cannot be read is reported and nothing is carried over."""
-    try:
-        return mdir.export_manifest(kind)
-    except PackError as e:
-        report(f"the previous {kind} export is not used: {e}")
-        return None
-
-
-def carry_over(prev: dict | None, folder: Path, tmp: Path, skip: set[str], same: Callable[[dict], bool],
-               report: Report) -> dict[str, dict]:
-    """Copy the previous export's entries (and files) for tasks not being re-exported."""
-    if prev is None:
-        return {}
-    kept = {}
-    for name, entry in prev.get("tasks", {}).items():
-        if name in skip:
-            continue
-        src = folder / entry["file"]
-        if not same(prev) or not src.is_file() or sha256_file(src) != entry["sha256"]:
-            report(f"dropped {name} from the previous export (out of date or damaged); re-export it")
-            continue
-        shutil.copy2(src, tmp / entry["file"])
-        kept[name] = entry
-    return kept
-
-
 # ---------------------------------------------------------------------------------------------- ONNX
 
 
@@ -229,7 +160,7 @@ def export_onnx(mdir: ModelDir, bmeta: dict, shared: SharedWeights, networks: li
 def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: dict, net: TaskNetwork, req: ExportRequest) -> dict:
     meta = net.meta
     g = GraphBuilder(net.name, shared)
-    emit_network(g, net.module)
+    methods.for_record(meta).emit(g, net.module)
     classes = len(meta["classes"])
     props = {"tailorrt.task": net.name, "tailorrt.method": meta["method"], "tailorrt.backbone_sha256": bmeta["sha256"],
              "tailorrt.shared_file": SHARED_FILE, "tailorrt.pack_sha256": pack_file(meta)["sha256"],
@@ -238,7 +169,7 @@ def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: dict, net: TaskN
     path = tmp / f"{net.name}.onnx"
     save_graph(model, path)
     session = cpu_session(path)
-    check = parity.compare(lambda x: _torch_logits(net.module, x), lambda x: session.run([LOGITS], {INPUT: x})[0],
+    check = parity.compare(lambda x: torch_logits(net.module, x), lambda x: session.run([LOGITS], {INPUT: x})[0],
                            net.images)
     check.update({"reference": "pytorch", "runtime": "onnxruntime CPUExecutionProvider", "split": "val",
                   "tolerance": req.tolerance})
@@ -267,28 +198,3 @@ def _json(obj) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-@torch.inference_mode()
-def _torch_logits(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    return module(torch.from_numpy(x)).numpy()
-
-
-def bench_task(net: TaskNetwork, session: ort.InferenceSession, batches: tuple[int, ...] = (1, 32),
-               extra: dict[str, Callable[[np.ndarray], object]] | None = None) -> dict:
-    """Images/s of PyTorch eager and ONNX Runtime (and ``extra`` runners) on the same images, side by side."""
-    out = {"threads": {"torch": torch.get_num_threads(),
-                       "onnxruntime": session.get_session_options().intra_op_num_threads}}
-    for b in batches:
-        x = np.resize(net.images, (b, *net.images.shape[1:])).astype(np.float32)
-        xt = torch.from_numpy(x)
-
-        def eager() -> object:
-            with torch.inference_mode():
-                return net.module(xt)
-
-        fns = {"pytorch": eager, "onnxruntime": lambda: session.run([LOGITS], {INPUT: x})}
-        for name, fn in (extra or {}).items():
-            fns[name] = lambda fn=fn: fn(x)
-        res = speed.time_side_by_side(fns, batch=b)
-        res["onnxruntime_vs_pytorch"] = round(res["pytorch"]["ms_per_batch"] / res["onnxruntime"]["ms_per_batch"], 3)
-        out[f"batch_{b}"] = res
-    return out

@@ -13,7 +13,7 @@ import torch
 
 from tailorrt.errors import ExportError
 from tailorrt.export import parity
-from tailorrt.export.exporter import (
+from tailorrt.export.common import (
     MANIFEST,
     TIMING_CACHE,
     TRT_MIN_AGREEMENT,
@@ -26,12 +26,13 @@ from tailorrt.export.exporter import (
     export_staging,
     previous_export,
 )
-from tailorrt.export.graph import INPUT, LOGITS
 from tailorrt.export.sessions import cpu_session
-from tailorrt.export.tensorrt_engines import EngineRunner, gpu_name, timed_build
+from tailorrt.export.tensorrt_engines import gpu_name, timed_build
 from tailorrt.io import atomic_path, replace_dir, sha256_file
+from tailorrt.onnx_graph import INPUT, LOGITS
 from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, pack_file, versions
 from tailorrt.records import write_record
+from tailorrt.tensorrt_runner import EngineRunner
 
 
 def export_trt(trt: ModuleType, mdir: ModelDir, onnx_manifest: dict, networks: list[TaskNetwork],

@@ -24,7 +24,6 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tailorrt import __version__
 from tailorrt.errors import (
     BadInputError,
     ConfigError,
@@ -37,6 +36,7 @@ from tailorrt.runtime import Runtime
 from tailorrt.serving.batcher import BatchConfig
 from tailorrt.serving.protocol import InferRequest, InferResponse, http_response, parse_http
 from tailorrt.serving.service import VERSION, Service, http_status, key_matches
+from tailorrt.version import __version__
 
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 HEADER_LENGTH = "Inference-Header-Content-Length"

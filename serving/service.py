@@ -15,7 +15,6 @@ from contextlib import contextmanager
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from tailorrt import __version__
 from tailorrt.errors import (
     BackboneMismatchError,
     BadInputError,
@@ -31,6 +30,7 @@ from tailorrt.runtime import Runtime
 from tailorrt.serving.batcher import BatchConfig, Batcher
 from tailorrt.serving.metrics import Metrics
 from tailorrt.serving.protocol import INPUTS, OUTPUTS, InferRequest, Output, outputs, request_batch
+from tailorrt.version import __version__
 
 EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics", "binary_tensor_data"]
 VERSION = "1"  # every task has one version

@@ -1,6 +1,6 @@
 """tailorrt: one frozen backbone, many small task networks (NetTailor), exported and served together."""
 
-__version__ = "0.1.0"
+from tailorrt.version import __version__
 
 __all__ = ["Prediction", "Runtime", "__version__"]
 

@@ -184,7 +184,7 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, mdir: ModelDir, device: str) -> None:
-        from tailorrt.export.tensorrt_engines import require_tensorrt
+        from tailorrt.tensorrt_runner import require_tensorrt
 
         self.trt = require_tensorrt()
         manifest = current_export(mdir, "trt")
@@ -192,7 +192,7 @@ class TensorRTBackend:
         self.runners: dict[str, object] = {}
 
     def add(self, *tasks: str) -> None:
-        from tailorrt.export.tensorrt_engines import EngineRunner
+        from tailorrt.tensorrt_runner import EngineRunner
 
         for task in tasks:
             entry = export_entry(self.mdir, "trt", self.manifest, task)

@@ -19,7 +19,8 @@ def info_rows(model_dir: str | Path) -> tuple[dict, list[dict]]:
         m = meta["metrics"]
         pack = pack_file(meta)
         onnx_entry, trt_entry = exports["onnx"].get(name), exports["trt"].get(name)
-        rows.append({"task": name, "method": meta["method"], "classes": len(meta["classes"]),
+        rows.append({"task": name, "method": meta["method"] + (" (auto)" if "auto" in meta else ""),
+                     "classes": len(meta["classes"]),
                      "accuracy": m["accuracy"], "teacher_accuracy": m["teacher_accuracy"],
                      "universal_blocks": f"{m['universal_blocks_kept']}/{m['universal_blocks_total']}",
                      "task_params": m["task_params"], "shared_params_used": m["shared_params_used"],

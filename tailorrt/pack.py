@@ -19,16 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from tailorrt import __version__
+from tailorrt import methods
 from tailorrt.backbones import BackboneSource, BackboneSpec, UniversalBackbone, load_weights
 from tailorrt.datasets import TASK_NAME, Preprocess
 from tailorrt.errors import BackboneMismatchError, PackError
 from tailorrt.integrity import FileVerifier
 from tailorrt.io import load_tensors, recover_swaps, replace_dir, save_tensors, sha256_file, staging_dir
 from tailorrt.records import FORMAT_VERSION, REMEDY, read_record, write_record
-from tailorrt.student import Student
-from tailorrt.tuned import TunedNet, TuneSpec
+from tailorrt.version import __version__
 
 BACKBONE_FILE = "backbone.safetensors"
 TASK_FILE = "task.safetensors"
@@ -202,26 +202,13 @@ class ModelDir:
                                  remedy=REMEDY["task"])
         return TaskPack(name, meta, load_tensors(path), folder)
 
-    def load_student(self, name: str, backbone: UniversalBackbone, backbone_sha256: str) -> tuple[Student, dict]:
-        """A ready-to-run student for a NetTailor task, sharing the backbone's universal weights."""
-        model, meta = self.load_model(name, backbone, backbone_sha256)
-        if not isinstance(model, Student):
-            raise PackError(f"task {name!r} was trained with {meta['method']!r}, not nettailor")
-        return model, meta
-
-    def load_model(self, name: str, backbone: UniversalBackbone, backbone_sha256: str
-                   ) -> tuple[Student | TunedNet, dict]:
+    def load_model(self, name: str, backbone: UniversalBackbone, backbone_sha256: str) -> tuple[nn.Module, dict]:
         """A ready-to-run network for a task of any method, sharing the backbone's weights."""
         pack = self.read_task(name, backbone_sha256)
         meta = pack.meta
+        method = methods.for_record(meta)
         try:
-            if meta["method"] == "nettailor":
-                model: Student | TunedNet = Student(backbone, len(meta["classes"]),
-                                                    max_skip=int(meta["config"]["max_skip"]))
-            elif "tune" in meta:
-                model = TunedNet(backbone, len(meta["classes"]), TuneSpec.from_json(meta["tune"]))
-            else:
-                raise PackError(f"task {name!r} uses method {meta['method']!r}, which this version cannot load")
+            model = method.build(backbone, meta)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise PackError(f"{pack.path / 'task.json'} does not describe a network this version can build "
                             f"({type(e).__name__}: {e}); {REMEDY['task']}") from e

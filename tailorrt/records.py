@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tailorrt import __version__
 from tailorrt.errors import CheckpointError, PackError
 from tailorrt.integrity import seal, unseal
 from tailorrt.io import read_json, write_json
+from tailorrt.version import __version__
 
 FORMAT_VERSION = 1
 HEX64 = re.compile(r"[0-9a-f]{64}")

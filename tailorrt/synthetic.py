@@ -17,9 +17,9 @@ from PIL import Image
 
 from tailorrt.backbones import BackboneSource, UniversalBackbone, get_spec
 from tailorrt.datasets import Preprocess
-from tailorrt.nettailor import NetTailorConfig
+from tailorrt.methods.nettailor import NAME, NetTailorConfig
+from tailorrt.methods.student import Student
 from tailorrt.pack import ModelDir, machine, versions
-from tailorrt.student import Student
 
 
 def _image_folder(root: Path, classes: int, per_class: int = 4, size: int = 64) -> Path:
@@ -67,7 +67,7 @@ def make_model_dir(root: str | Path, *, backbone: str = "resnet34", tasks: int =
     for i in range(tasks):
         student = make_student(model, classes, seed + i)
         acc = student.accounting()
-        meta = {"method": "nettailor", "backbone": spec.name, "backbone_sha256": sha,
+        meta = {"method": NAME, "backbone": spec.name, "backbone_sha256": sha,
                 "classes": [f"class{c:03d}" for c in range(classes)], "preprocess": pre.to_json(),
                 "architecture": student.architecture(), "config": NetTailorConfig().to_json(),
                 "data": {"spec": f"imagefolder:{folder}", "name": "synthetic"},

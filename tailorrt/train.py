@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from tailorrt import auto, methods
 from tailorrt.backbones import BackboneSpec, UniversalBackbone, build_backbone, get_spec
 from tailorrt.datasets import Preprocess, load_task, pack_name
 from tailorrt.errors import ConfigError
 from tailorrt.io import read_json, write_json
-from tailorrt.nettailor import NetTailorConfig, train_nettailor
+from tailorrt.methods import Trained
 from tailorrt.pack import ModelDir, machine, preprocess_of, versions
 from tailorrt.training import Progress, Trainer, accuracy
-from tailorrt.transfer import TransferConfig, check_method, train_transfer
 from tailorrt.world import BUILTIN_TASKS
 
 
@@ -32,28 +34,50 @@ class TrainRequest:
     data_dir: str = "data"
     download: bool = True
     seed: int = 0
-    method: str = "nettailor"
-    config: NetTailorConfig = field(default_factory=NetTailorConfig)
-    transfer: TransferConfig = field(default_factory=TransferConfig)
+    method: str = methods.DEFAULT
+    options: dict[str, Any] = field(default_factory=dict)  # the method's options by flag (see methods.options())
+    batch_size: int | None = None  # every phase's, when given
+    budget: auto.Budget = field(default_factory=auto.Budget)  # --method auto: what the chosen method must meet
+    auto_candidates: list[str] | None = None  # --method auto: the methods tried (None: the registry's candidates)
+    saved_config: dict | None = None  # the method's config as the run started (what --resume continues)
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d["config"], d["transfer"] = self.config.to_json(), self.transfer.to_json()
-        return d
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> TrainRequest:
-        transfer = TransferConfig.from_json(data["transfer"]) if "transfer" in data else TransferConfig()
-        return cls(**{**data, "config": NetTailorConfig.from_json(data["config"]), "transfer": transfer})
+        """A saved request; one saved before methods had options of their own (its ``config`` and ``transfer``, one
+        for NetTailor, one for the other methods) continues with the config it saved."""
+        data = dict(data)
+        if "config" in data:
+            nettailor, others = data.pop("config"), data.pop("transfer", None)
+            default = methods.get(data.get("method", methods.DEFAULT)) is methods.get(methods.DEFAULT)
+            data["saved_config"] = nettailor if default else others
+        try:
+            return cls(**{**data, "budget": auto.Budget(**data.get("budget", {}))})
+        except TypeError as e:
+            raise ConfigError(f"the saved run was started by another version of tailorrt ({e}); start it again "
+                              "without --resume") from e
 
+    @property
+    def builtin(self) -> bool:
+        """A built-in generated task (short schedules) rather than real data (the papers' schedules)."""
+        return self.task in BUILTIN_TASKS
 
-def default_config(task: str) -> NetTailorConfig:
-    """Short schedules for the built-in generated tasks, the paper's for real data."""
-    return NetTailorConfig.quick() if task in BUILTIN_TASKS else NetTailorConfig()
+    @property
+    def auto(self) -> bool:
+        """Whether the method is to be chosen (``--method auto``)."""
+        return self.method == auto.NAME
 
+    def candidates(self) -> list[str]:
+        return self.auto_candidates or auto.default_candidates()
 
-def default_transfer_config(task: str) -> TransferConfig:
-    return TransferConfig.quick() if task in BUILTIN_TASKS else TransferConfig()
+    def config(self, method: methods.Method) -> Any:
+        """``method``'s config for this run: its defaults for the task, with the options given (with ``auto``, those
+        of the options that the method has); a resumed run's, as it started."""
+        if self.saved_config is not None and not self.auto and method.accepts(self.method):
+            return method.config_from_json(self.saved_config)
+        return methods.configure(method, self.builtin, self.options, self.batch_size, strict=not self.auto)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,11 +115,12 @@ def _backbone_for(req: TrainRequest, mdir: ModelDir) -> tuple[UniversalBackbone,
 
 
 def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
-               progress: Progress | None = None) -> Path:
-    """Train ``req.task`` with ``req.method`` and write its pack (named after the task, or ``<task>--<method>`` for
-    any method but nettailor, so that several methods of one task live side by side); returns the pack's folder."""
+               progress: Progress | None = None, report: Callable[[str], None] = lambda _m: None) -> Path:
+    """Train ``req.task`` with ``req.method`` (or choose one, for ``auto``) and write its pack (named by
+    :func:`tailorrt.methods.pack_name`, so that several methods of one task live side by side; ``auto``'s is
+    named after the task); returns the pack's folder."""
     mdir = ModelDir(req.model_dir)
-    name = method_pack_name(req.task, req.method)
+    name = pack_name(req.task) if req.auto else methods.pack_name(pack_name(req.task), req.method)
     work = mdir.work_dir(name)
     saved = work / "request.json"
     if resume and saved.is_file():
@@ -104,7 +129,8 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
         shutil.rmtree(work)
     torch.manual_seed(req.seed)
     spec = _spec_for(req, mdir)
-    check_method(req.method, spec.num_units)  # before any data or weights are fetched
+    for candidate in req.candidates() if req.auto else [req.method]:  # before any data or weights are fetched
+        req.config(methods.get(candidate, spec.num_units))
     preprocess = Preprocess(spec.input_size, spec.mean, spec.std)
     data = load_task(req.task, data_dir=Path(req.data_dir), preprocess=preprocess, download=req.download,
                      seed=req.seed)  # data first: a missing dataset fails before any weights are fetched
@@ -112,35 +138,36 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
         raise ConfigError(f"task {req.task!r} has {len(data.classes)} class; at least 2 are needed")
     backbone, sha = _backbone_for(req, mdir)
     backbone.to(device).eval()
+    if not req.auto:
+        req.saved_config = req.config(methods.get(req.method)).to_json()
     work.mkdir(parents=True, exist_ok=True)
     write_json(saved, req.to_json())
+
+    def run(method_name: str, cfg: Any, folder: Path) -> Trained:
+        trainer = Trainer(device=device, work_dir=folder, progress=progress, seed=req.seed)
+        return methods.get(method_name).train(method_name, cfg, backbone, data, trainer)
+
+    extra: dict = {}
+    method_name = req.method
+    if req.auto:
+        def short(candidate: str) -> tuple[Trained, float]:
+            cfg = methods.shorter(req.config(methods.get(candidate)), auto.SHORT)
+            trained = run(candidate, cfg, work / "auto" / candidate.replace(":", "-"))
+            return trained, accuracy(trained.net, data.val, device)
+
+        extra["auto"] = auto.choose(req.candidates(), req.budget, short, report)
+        method_name = extra["auto"]["winner"]
+        report(f"auto: {method_name} wins ({extra['auto']['reason']}); training it on the full schedule")
     t0 = time.perf_counter()
-    trainer = Trainer(device=device, work_dir=work, progress=progress, seed=req.seed)
-    meta = {"method": req.method, "backbone": spec.name, "backbone_sha256": sha, "classes": data.classes,
-            "preprocess": preprocess.to_json(), "data": {**data.summary(), "spec": req.task}}
-    if req.method == "nettailor":
-        result = train_nettailor(req.config, backbone, data, trainer)
-        tensors = result.student.task_state()
-        meta.update({"architecture": result.student.architecture(), "config": req.config.to_json(),
-                     "metrics": result.metrics, "training": {"phases": result.phases}})
-    else:
-        tuned = train_transfer(req.method, req.transfer, backbone, data, trainer)
-        tensors = tuned.net.task_state()
-        meta.update({"tune": tuned.net.spec.to_json(), "config": req.transfer.to_json(), "metrics": tuned.metrics,
-                     "training": {"phases": tuned.phases}})
-        if tuned.selection is not None:
-            meta["selection"] = tuned.selection
-        if tuned.attention is not None:
-            meta["attention"] = tuned.attention
-    meta["training"]["seconds"] = round(time.perf_counter() - t0, 2)
-    meta.update({"versions": versions(), "machine": machine(),
-                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    return mdir.write_task(name, tensors, meta)
-
-
-def method_pack_name(task: str, method: str) -> str:
-    """The pack of ``task`` trained with ``method``: ``svhn`` for nettailor, ``svhn--finetune-last-2`` otherwise."""
-    return pack_name(task) if method == "nettailor" else f"{pack_name(task)}--{method.replace(':', '-')}"
+    trained = run(method_name, req.config(methods.get(method_name)), work)
+    seconds = round(time.perf_counter() - t0, 2)
+    if req.auto:
+        extra["auto"].update(final_seconds=seconds, total_seconds=round(extra["auto"]["search_seconds"] + seconds, 2))
+    meta = {"method": method_name, "backbone": spec.name, "backbone_sha256": sha, "classes": data.classes,
+            "preprocess": preprocess.to_json(), "data": {**data.summary(), "spec": req.task}, **trained.record,
+            **extra, "metrics": trained.metrics, "training": {"phases": trained.phases, "seconds": seconds},
+            "versions": versions(), "machine": machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return mdir.write_task(name, trained.net.task_state(), meta)
 
 
 def evaluate_task(model_dir: str | Path, task: str, *, data_dir: str | Path = "data", split: str = "test",

@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tailorrt.bench import per_task_model, teacher_checkpoint
 from tailorrt.pack import ModelDir
 from tailorrt.teacher import Teacher
+from tailorrt.tools.bench import per_task_model, teacher_checkpoint
 from tests.conftest import one_line_error, run_cli
 
 FAST = ("--rounds", "2", "--requests", "24", "--clients", "4", "--batches", "1,4", "--threads", "1")

@@ -18,11 +18,11 @@ from tailorrt.backbones import BackboneSpec, UniversalBackbone, get_spec
 from tailorrt.errors import ExportError
 from tailorrt.export import exporter
 from tailorrt.export.exporter import ExportRequest, export_model
-from tailorrt.export.graph import GraphBuilder, SharedWeights, save_graph
-from tailorrt.export.networks import emit_student
 from tailorrt.io import read_json
+from tailorrt.methods.nettailor import NetTailor, emit_student
+from tailorrt.methods.student import Student
+from tailorrt.onnx_graph import GraphBuilder, SharedWeights, save_graph
 from tailorrt.pack import ModelDir
-from tailorrt.student import Student
 from tests.conftest import one_line_error, run_cli
 
 SPECS = {
@@ -174,7 +174,7 @@ def test_plain_onnxruntime_session_with_only_the_data_file_beside_it(model_dir, 
     session = ort.InferenceSession(str(tmp_path / "hues.onnx"))  # nothing tailorrt-specific
     mdir = ModelDir(model_dir)
     backbone, bmeta = mdir.load_backbone()
-    student, meta = mdir.load_student("hues", backbone, bmeta["sha256"])
+    student, meta = mdir.load_model("hues", backbone, bmeta["sha256"])
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "hues.onnx"), load_external_data=False).metadata_props}
     assert json.loads(props["tailorrt.classes"]) == meta["classes"]
     x = torch.randn(9, 3, 16, 16)
@@ -231,14 +231,14 @@ def test_parity_failure_aborts_and_keeps_the_previous_export(model_dir, tmp_path
     copy = tmp_path / "m"
     shutil.copytree(model_dir, copy)
     before = _digest(copy / "onnx")
-    real = exporter.emit_network
+    real = NetTailor.emit
 
-    def off_by_a_little(g, student):
-        real(g, student)
+    def off_by_a_little(self, g, student):
+        real(self, g, student)
         bias = next(n for n in g.private if "fc_b" in n)
         g.private[bias] = g.private[bias] + np.float32(1e-3)
 
-    monkeypatch.setattr(exporter, "emit_network", off_by_a_little)
+    monkeypatch.setattr(NetTailor, "emit", off_by_a_little)
     with pytest.raises(ExportError, match="differ from PyTorch"):
         export_model(ExportRequest(model_dir=str(copy)))
     assert _digest(copy / "onnx") == before

@@ -188,13 +188,11 @@ def test_json_is_parsed_and_answered_off_the_event_loop(runtime, monkeypatch):
 
 def test_decode_budget_refuses_what_never_fits_and_times_out_what_waits():
     budget = DecodeBudget(100, wait_s=0.05)
-    with pytest.raises(InputTooLargeError, match="over the decode budget"):
-        with budget.reserve(101):
-            pass
+    with pytest.raises(InputTooLargeError, match="over the decode budget"), budget.reserve(101):
+        pass
     with budget.reserve(80):
-        with pytest.raises(OverloadedError, match="retry later"):
-            with budget.reserve(30):
-                pass
+        with pytest.raises(OverloadedError, match="retry later"), budget.reserve(30):
+            pass
         with budget.reserve(20):
             assert budget.used == 100
     assert budget.used == 0 and budget.peak == 100

@@ -58,7 +58,7 @@ def test_the_cli_refuses_corrupt_files_in_one_line(copy):
 
 def test_files_are_hashed_once_per_identity(tmp_path, monkeypatch):
     calls = []
-    import tailorrt.integrity as integrity
+    from tailorrt import integrity
 
     real = integrity.sha256_file
     monkeypatch.setattr(integrity, "sha256_file", lambda p: calls.append(p) or real(p))

@@ -14,20 +14,23 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from tailorrt import Runtime
-from tailorrt.attention import AttentionConfig, AttentionMethod, attention_parameters, prune_by_scale
+from tailorrt import Runtime, methods
 from tailorrt.backbones import UniversalBackbone, get_spec
 from tailorrt.errors import ConfigError, PackError
-from tailorrt.export.graph import GraphBuilder, SharedWeights, save_graph
-from tailorrt.export.networks import emit_network
+from tailorrt.io import load_tensors
+from tailorrt.methods.attention import AttentionConfig, AttentionMethod, attention_parameters, prune_by_scale
+from tailorrt.methods.tuned import TunedNet, TuneSpec
+from tailorrt.methods.tuning import emit_tuned
+from tailorrt.onnx_graph import GraphBuilder, SharedWeights, save_graph
+from tailorrt.pack import ModelDir
 from tailorrt.serving.app import create_app
 from tailorrt.serving.local import png_bytes
 from tailorrt.training import PhaseConfig, Trainer
-from tailorrt.tuned import TunedNet, TuneSpec, parse_method
 from tests.conftest import class_image, one_line_error, run_cli
 from tests.test_export import SPECS, _randomise_bn
 
-METHODS = ["linear", "linear:2", "finetune-last:2", "finetune-all", "scale-shift", "attention", "attention:filter"]
+METHODS = ["linear", "linear:2", "finetune-last:2", "finetune-all", "scale-shift", "attention", "attention:filter",
+           "adapters"]
 
 
 def _backbone(spec=None, seed: int = 0) -> UniversalBackbone:
@@ -37,9 +40,13 @@ def _backbone(spec=None, seed: int = 0) -> UniversalBackbone:
     return backbone
 
 
-def _net(backbone: UniversalBackbone, spec: TuneSpec, seed: int = 1) -> TunedNet:
-    """A tuned net whose owned parts differ from the backbone (as after training)."""
-    net = TunedNet(backbone, 5, spec)
+def parse_method(name: str, num_units: int) -> TuneSpec:
+    return methods.get(name).spec(name, num_units)
+
+
+def _net(backbone: UniversalBackbone, spec: TuneSpec, seed: int = 1, method: str | None = None) -> TunedNet:
+    """A tuned net (of ``method``'s kind) whose owned parts differ from the backbone (as after training)."""
+    net = methods.get(method).network(backbone, 5, spec) if method else TunedNet(backbone, 5, spec)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in net.parameters():
@@ -55,11 +62,11 @@ def _net(backbone: UniversalBackbone, spec: TuneSpec, seed: int = 1) -> TunedNet
 def test_each_method_owns_exactly_its_parts(method):
     backbone = _backbone()
     spec = parse_method(method, backbone.num_units)
-    net = _net(backbone, spec)
+    net = _net(backbone, spec, method=method)
     state = net.task_state()
     shared_ids = {id(p) for p in backbone.parameters()}
     for i, unit in enumerate(net.units):
-        convs = [m for m in unit.modules() if isinstance(m, torch.nn.Conv2d)]
+        convs = [m for n, m in unit.named_modules() if isinstance(m, torch.nn.Conv2d) and not n.endswith("parallel")]
         owned = i in spec.units
         assert all((id(c.weight) in shared_ids) != owned for c in convs)  # shared convs ARE the backbone's
         assert any(k.startswith(f"units.{i}.") for k in state) == (owned or spec.bn == "affine")
@@ -73,7 +80,14 @@ def test_each_method_owns_exactly_its_parts(method):
         assert len(scales) == sum(isinstance(m, kind) for m in net.units.modules())
     if method == "linear:2":
         assert len(net.units) == 3  # the classifier reads unit 2; later units are not run
-    fresh = TunedNet(backbone, 5, spec).eval()
+    if method == "adapters":  # a 1x1 beside each 3x3 convolution, and nothing else of a convolution's
+        three = sum(tuple(m.kernel_size) == (3, 3) for n, m in net.units.named_modules()
+                    if isinstance(m, torch.nn.Conv2d) and not n.endswith("parallel"))
+        adapters = [k for k in state if k.endswith(".parallel.weight")]
+        assert len(adapters) == three == net.adapters > 0
+        assert all(state[k].shape[2:] == (1, 1) for k in adapters)
+        assert not any(k.endswith("conv1.weight") or k.endswith("conv2.weight") for k in state)
+    fresh = methods.get(method).network(backbone, 5, spec).eval()
     fresh.load_task_state(state)
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
@@ -84,16 +98,16 @@ def test_each_method_owns_exactly_its_parts(method):
 
 def test_method_names_are_checked():
     n = _backbone().num_units
-    assert parse_method("nettailor", n) is None and parse_method("fast-flex", n) is None
-    for bad in ("finetune-last:0", f"finetune-last:{n + 1}", f"linear:{n}", "linear:x"):
+    assert methods.get("nettailor", n).family == "nettailor" and methods.get("fast-flex", n).family == "flex"
+    for bad in ("finetune-last:0", f"finetune-last:{n + 1}", f"linear:{n}", "linear:x", "finetune-all:2",
+                "nettailor:2", "adapters:1", "flexx"):
         with pytest.raises(ConfigError):
-            parse_method(bad, n)
-    assert parse_method("finetune-all:2", n) is None  # not a classic method: rejected by check_method
+            methods.get(bad, n)
     assert AttentionMethod.parse("attention:prune:l2") == AttentionMethod("channel", "l2", True)
     assert AttentionMethod.parse("attention:filter:distance-to-1") == AttentionMethod("filter", "distance-to-1")
     for bad in ("attention:l1:l2", "attention:filter:prune", "attention:x", "attention:prune:prune"):
         with pytest.raises(ConfigError):
-            parse_method(bad, n)
+            methods.get(bad, n)
 
 
 def test_attention_schedule_runs_and_letters():
@@ -108,7 +122,8 @@ def test_attention_schedule_runs_and_letters():
 
 def test_attention_phases_train_what_their_letter_says():
     """A: scales and classifier move, batch-norm statistics and affine stay; B: the reverse for the scales."""
-    from tailorrt.transfer import _ce, _set_trainable
+    from tailorrt.methods.channel_attention import set_trainable
+    from tailorrt.methods.tuning import cross_entropy
 
     backbone = _backbone()
     net = TunedNet(backbone, 3, parse_method("attention", backbone.num_units))
@@ -126,9 +141,9 @@ def test_attention_phases_train_what_their_letter_says():
 
     for letter, expect in (("A", [False, False, True, True]), ("B", [True, True, False, True]),
                            ("F", [False, False, False, True])):
-        _set_trainable(net, letter)
+        set_trainable(net, letter)
         before = snapshot()
-        trainer.run(PhaseConfig(letter, 1, 0.1, batch_size=8), net, _ce(net), data, data)
+        trainer.run(PhaseConfig(letter, 1, 0.1, batch_size=8), net, cross_entropy(net), data, data)
         assert changed(before, snapshot()) == expect, letter
 
 
@@ -176,7 +191,7 @@ def _external_after_parity(backbone: UniversalBackbone, net: TunedNet, tmp_path:
     shared = SharedWeights(backbone)
     shared.write(tmp_path / "universal.data")
     g = GraphBuilder("t", shared)
-    emit_network(g, net)
+    emit_tuned(g, net)
     size = backbone.spec.input_size
     model = g.model((3, size, size), 5, {"task": "t"})
     save_graph(model, tmp_path / "t.onnx")
@@ -204,6 +219,15 @@ def test_tuned_graphs_match_pytorch_and_share_what_is_shared(kind, spec, tmp_pat
         assert in_graph == (b <= used and b not in spec.units)  # owned and unused units are not read
 
 
+@pytest.mark.parametrize("kind", SPECS)
+def test_adapter_graphs_match_pytorch_and_read_every_universal_conv(kind, tmp_path):
+    backbone = _backbone(SPECS[kind])
+    net = _net(backbone, TuneSpec(bn="affine"), method="adapters")
+    assert any(p.abs().sum() > 0 for n, p in net.named_parameters() if n.endswith("parallel.weight"))
+    external = _external_after_parity(backbone, net, tmp_path)
+    assert external == {n for n in SharedWeights(backbone).tensors}  # every universal conv shared, none copied
+
+
 def test_early_stopping_ends_a_phase_and_keeps_the_best_epoch(monkeypatch, tmp_path):
     from tailorrt import training
 
@@ -229,14 +253,17 @@ def test_early_stopping_ends_a_phase_and_keeps_the_best_epoch(monkeypatch, tmp_p
 TRAIN = ("--head-epochs", "1", "--tune-epochs", "1", "--batch-size", "8")
 
 
+REGISTERED = [name for m in methods.families() for name in m.examples if not m.default_pack]  # nettailor: 'colors'
+
+
 @pytest.fixture(scope="module")
 def methods_dir(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The exported model dir plus 'colors' trained with four more methods, all exported again."""
+    """The exported model dir plus 'colors' trained with the examples of every registered method, all exported."""
     root = tmp_path_factory.mktemp("methods") / "m"
     shutil.copytree(exported_dir, root)
     spec = json.loads((root / "tasks" / "colors" / "task.json").read_text())["data"]["spec"]
     extra = {"attention:prune": ("--attention-schedule", "FAB", "--prune-below", "1.0")}  # cut most channels
-    for method in ("fast-flex", "flex", "linear", "scale-shift", "finetune-last:1", "attention:prune"):
+    for method in REGISTERED:
         proc = run_cli("train", "--task", spec, "--model-dir", str(root), "--method", method, *TRAIN,
                        *extra.get(method, ()), check=True)
         assert method.split(":")[0] in proc.stdout
@@ -246,8 +273,7 @@ def methods_dir(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_methods_write_their_own_packs_with_selection_and_cost(methods_dir):
     names = sorted(p.name for p in (methods_dir / "tasks").iterdir())
-    assert names == ["colors", "colors--attention-prune", "colors--fast-flex", "colors--finetune-last-1",
-                     "colors--flex", "colors--linear", "colors--scale-shift", "hues"]
+    assert names == sorted(["colors", "hues", *(f"colors--{m.replace(':', '-')}" for m in REGISTERED)])
     for method in ("flex", "fast-flex"):
         meta = json.loads((methods_dir / "tasks" / f"colors--{method}" / "task.json").read_text())
         sel = meta["selection"]
@@ -271,8 +297,14 @@ def test_methods_write_their_own_packs_with_selection_and_cost(methods_dir):
 
 def test_every_method_exports_with_parity_and_serves_next_to_nettailor(methods_dir):
     manifest = json.loads((methods_dir / "onnx" / "export.json").read_text())
-    assert len(manifest["tasks"]) == 8
+    assert len(manifest["tasks"]) == len(REGISTERED) + 2
     assert all(t["parity"]["max_abs_logit_diff"] <= 1e-4 for t in manifest["tasks"].values())
+    mdir = ModelDir(methods_dir)
+    backbone, bmeta = mdir.load_backbone()
+    for task in mdir.task_names():  # every pack round-trips exactly: what loads is what was written
+        model, _ = mdir.load_model(task, backbone, bmeta["sha256"])
+        saved, state = load_tensors(methods_dir / "tasks" / task / "task.safetensors"), model.task_state()
+        assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in saved), task
     torch_rt, onnx_rt = Runtime(methods_dir, backend="torch"), Runtime(methods_dir, backend="onnx")
     rng = np.random.default_rng(4)
     images = [class_image(i % 3, rng) for i in range(6)]
@@ -280,8 +312,8 @@ def test_every_method_exports_with_parity_and_serves_next_to_nettailor(methods_d
         x = onnx_rt.preprocess(task, images)
         a, b = torch_rt.logits(task, x), onnx_rt.logits(task, x)
         assert np.abs(a - b).max() <= 1e-4 and (a.argmax(1) == b.argmax(1)).all()
-    methods = {onnx_rt.task(t).method for t in onnx_rt.tasks}
-    assert {"nettailor", "fast-flex", "linear", "scale-shift", "attention:prune"} <= methods
+    served = {methods.get(onnx_rt.task(t).method).family for t in onnx_rt.tasks}
+    assert served == {m.family for m in methods.families()}  # every registered family, in one runtime
     with TestClient(create_app(onnx_rt)) as client:  # one server, tasks of every method
         for task in onnx_rt.tasks:
             r = client.post(f"/v1/tasks/{task}:predict", content=png_bytes(images[0]),
@@ -312,3 +344,47 @@ def test_compare_reuses_packs_trains_the_rest_and_writes_the_table(methods_dir, 
     line = one_line_error(run_cli("compare", "--task", spec, "--model-dir", str(methods_dir), "--methods",
                                   "linear,attentionx"))
     assert "attentionx" in line
+
+
+def test_auto_picks_the_smallest_pack_within_the_budget_and_records_why(exported_dir, tmp_path):
+    root = tmp_path / "m"
+    shutil.copytree(exported_dir, root)
+    spec = json.loads((root / "tasks" / "hues" / "task.json").read_text())["data"]["spec"]
+    args = ("train", "--task", spec, "--model-dir", str(root), "--method", "auto", "--candidates",
+            "linear,scale-shift,adapters", *TRAIN, "--max-drop", "5")
+    proc = run_cli(*args, check=True)
+    meta = json.loads((root / "tasks" / "hues" / "task.json").read_text())
+    record = meta["auto"]
+    rows = {r["method"]: r for r in record["candidates"]}
+    assert list(rows) == ["linear", "scale-shift", "adapters"] and meta["method"] == record["winner"]
+    best = max(r["val_accuracy"] for r in rows.values())
+    fits = [r for r in rows.values() if r["val_accuracy"] >= best - 5]
+    assert record["winner"] == min(fits, key=lambda r: (r["pack_bytes"], -r["val_accuracy"]))["method"]
+    assert all(bool(r["misses"]) == (r not in fits) for r in rows.values())
+    packed = (root / "tasks" / "hues" / "task.safetensors").stat().st_size
+    assert abs(packed - rows[record["winner"]]["pack_bytes"]) < 200  # same tensors (the file adds a little metadata)
+    assert record["total_seconds"] == pytest.approx(record["search_seconds"] + record["final_seconds"], abs=0.02)
+    assert "auto" in proc.stdout and "(auto)" in run_cli("info", "--model-dir", str(root), check=True).stdout
+    page = (Path(run_cli("report", "--model-dir", str(root), check=True).stdout.split()[-1])).read_text()
+    assert "Chosen by --method auto" in page and record["reason"].split(";")[0] in page
+    proc = run_cli(*args[:-2], "--max-drop", "100", "--max-pack-mb", "0.000001")  # only the pack limit is missed
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no candidate meets the budget; the closest is "
+                                                           "linear (pack 0.00")
+    assert json.loads((root / "tasks" / "hues" / "task.json").read_text()) == meta  # the pack is kept
+
+
+def test_a_run_saved_by_the_previous_version_resumes_with_the_config_it_saved():
+    """Before the registry, request.json held the NetTailor config as 'config' and the others' as 'transfer'."""
+    from tailorrt.methods.nettailor import NetTailorConfig
+    from tailorrt.methods.tuning import TransferConfig
+    from tailorrt.train import TrainRequest
+
+    nettailor, others = NetTailorConfig(max_skip=2), TransferConfig.quick()
+    old = {"task": "synth-digits", "model_dir": "runs", "backbone": None, "backbone_weights": None,
+           "random_init": False, "data_dir": "data", "download": True, "seed": 0, "config": nettailor.to_json(),
+           "transfer": others.to_json()}
+    assert TrainRequest.from_json({**old, "method": "nettailor"}).config(methods.get("nettailor")) == nettailor
+    req = TrainRequest.from_json({**old, "method": "scale-shift"})
+    assert req.config(methods.get("scale-shift")) == others
+    assert TrainRequest.from_json(req.to_json()) == req  # and the new format round-trips

@@ -4,8 +4,8 @@ import torch
 from tailorrt.backbones import BackboneSource, UniversalBackbone, get_spec
 from tailorrt.datasets import Preprocess
 from tailorrt.errors import BackboneMismatchError, IntegrityError, PackError
+from tailorrt.methods.student import Student
 from tailorrt.pack import ModelDir
-from tailorrt.student import Student
 from tests.conftest import reseal
 
 
@@ -44,7 +44,7 @@ def test_backbone_written_once_and_other_backbone_refused(tmp_path):
 
 def test_pack_roundtrip_and_mismatch(packed):
     md, bb, sha, s = packed
-    loaded, meta = md.load_student("t", bb, sha)
+    loaded, meta = md.load_model("t", bb, sha)
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(loaded(x), s(x))
     assert meta["format_version"] == 1 and meta["files"]["task.safetensors"]["bytes"] > 0
@@ -85,4 +85,4 @@ def test_corrupt_task_weights_are_a_clear_error(packed):
     f = md.tasks_dir / "t" / "task.safetensors"
     f.write_bytes(f.read_bytes()[:100])
     with pytest.raises(IntegrityError, match="task.safetensors does not match the sha256 recorded in"):
-        md.load_student("t", bb, sha)
+        md.load_model("t", bb, sha)

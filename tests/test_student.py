@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tailorrt.backbones import UniversalBackbone, get_spec
-from tailorrt.student import Student
+from tailorrt.methods.student import Student
 
 
 @pytest.fixture()

@@ -23,7 +23,6 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from tailorrt.attention import AttentiveBatchNorm2d
 from tailorrt.errors import ExportError
 from tailorrt.io import atomic_path
 
@@ -223,12 +222,13 @@ def _pair(v) -> tuple[int, int]:
 
 
 def bn_fold(bn: nn.Module, in_scale: float = 1.0, mult: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """``mult * BN(in_scale * v)`` as ``scale * v + shift`` (float64), for a BN in eval mode; an attentive BN's
-    channel scales multiply both."""
+    """``mult * BN(in_scale * v)`` as ``scale * v + shift`` (float64), for a BN in eval mode; a BN that carries a
+    per-channel ``attention`` multiplier (applied after it) has it multiply both."""
     if not isinstance(bn, nn.BatchNorm2d):
         raise ExportError(f"expected a BatchNorm2d, found {type(bn).__name__}")
-    if isinstance(bn, AttentiveBatchNorm2d):
-        mult = mult * bn.attention.detach().double().cpu().numpy()
+    attention = getattr(bn, "attention", None)
+    if attention is not None:
+        mult = mult * attention.detach().double().cpu().numpy()
     mean = bn.running_mean.detach().double().cpu().numpy()
     inv = 1.0 / np.sqrt(bn.running_var.detach().double().cpu().numpy() + bn.eps)
     gamma = bn.weight.detach().double().cpu().numpy() if bn.weight is not None else np.ones_like(mean)

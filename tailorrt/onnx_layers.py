@@ -1,26 +1,29 @@
-"""Task networks written as ONNX graphs: only what the pruned task runs, attention folded away.
+"""The layers every task graph is made of, written as ONNX: conv/batch-norm/ReLU/pool sequences, residual blocks
+and the classifier head, over shared weights where a module holds the backbone's own (see
+:class:`~tailorrt.onnx_graph.GraphBuilder`). Each method's network is emitted from these by its own
+``emit`` (see :mod:`tailorrt.methods`).
 
-For a NetTailor student, layer ``l`` computes ``u_l = relu(sum_i alpha_i B_i(...))``. Each kept
-block is emitted with its output multiplied by ``alpha_i / c_l`` folded into its last batch norm
-(private to the task), so the layer is a plain ``Add`` + ``Relu`` and the graph holds no ``Mul``.
-Blocks whose shortcut carries the input unchanged (identity, or average-pool + zero-pad) cannot
-absorb a scale; for them the layer's output scale ``c_l`` is chosen as ``alpha_0 * c_{l-1}`` so the
-shortcut needs no multiply either. The head folds the last scale (and the head norm, if any) into
-the task's classifier. Pruned blocks and blocks with a zero alpha are simply not emitted.
+Scales are tracked as in :mod:`tailorrt.onnx_graph`: a value ``v`` emitted for a true activation ``u``
+satisfies ``u = c * v``, and a multiplier ``mult`` asked of a sequence is folded into its last batch
+norm (private to the task), so block-attention weights never need a ``Mul``. Blocks whose shortcut
+carries the input unchanged cannot absorb a scale (see :func:`passes_input`).
+
+Modules may carry what a method adds, read by duck typing so that nothing here knows the methods:
+a convolution's ``effective_weight()`` (the weight it applies, when not its ``weight``), a
+convolution's ``parallel`` convolution (read from the same input, added to its output: residual
+adapters), and a batch norm's per-channel ``attention`` multiplier (applied after it).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from tailorrt.attention import conv_weight
 from tailorrt.backbones import DecathlonBlock
 from tailorrt.errors import ExportError
-from tailorrt.export.graph import INPUT, GraphBuilder, bn_fold, check_positive
-from tailorrt.student import Student
-from tailorrt.tuned import TunedNet
+from tailorrt.onnx_graph import GraphBuilder, bn_fold
 
 
 def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: float, mult: float = 1.0
@@ -40,6 +43,8 @@ def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: f
         if isinstance(m, nn.Conv2d):
             bn = modules[i + 1] if i + 1 < len(modules) and isinstance(modules[i + 1], nn.BatchNorm2d) else None
             if bn is None:
+                if getattr(m, "parallel", None) is not None:
+                    raise ExportError("a parallel convolution needs a batch norm after it")
                 if m.bias is not None and c != 1.0:
                     raise ExportError("cannot carry a scale through a biased convolution without a batch norm")
                 private = conv_weight(m) is not m.weight
@@ -49,10 +54,14 @@ def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: f
                 scale, shift = bn_fold(bn, c, k)
                 if m.bias is not None:
                     shift = shift + scale / c * m.bias.detach().double().cpu().numpy()
+                parallel = getattr(m, "parallel", None)
                 if g.shared.name_of(conv_weight(m)) is not None:  # universal: shared weight, private affine
                     if m.bias is not None:
                         raise ExportError("universal convolutions with a bias are not supported")
-                    x = g.affine(g.conv(x, m), scale, shift)
+                    y = g.conv(x, m)
+                    x = g.affine(g.add([y, g.conv(x, parallel)]) if parallel is not None else y, scale, shift)
+                elif parallel is not None:
+                    raise ExportError("a parallel convolution beside a task-owned one is not supported")
                 else:  # task-owned: fold the batch norm into the convolution
                     w = conv_weight(m).detach().double().cpu().numpy() * scale[:, None, None, None]
                     x = g.conv(x, m, weight=w.astype(np.float32), bias=shift.astype(np.float32))
@@ -103,37 +112,6 @@ def emit_block(g: GraphBuilder, block: nn.Module, x: str, in_scale: float, mult:
     return g.relu(g.add([y, r]))
 
 
-def emit_student(g: GraphBuilder, student: Student) -> None:
-    """The pruned student from ``input`` to ``logits``."""
-    student.eval()
-    x, c = emit_sequence(g, list(student.stem), INPUT, 1.0)
-    outs: list[tuple[str, float] | None] = [(x, c)]
-    for l, layer in enumerate(student.layers, start=1):
-        alphas = layer.alphas().detach().cpu().double().tolist()
-        recent = outs[::-1][: len(layer.proxies) + 1]
-        kept = [(i, recent[max(i - 1, 0)]) for i in range(len(alphas))
-                if bool(layer.keep[i]) and recent[max(i - 1, 0)] is not None and alphas[i] > 0]
-        if not kept:
-            outs.append(None)
-            continue
-        universal = kept[0][0] == 0
-        c_out = alphas[0] * kept[0][1][1] if universal and passes_input(layer.universal) else 1.0
-        check_positive(c_out, f"the output scale of layer {l}")
-        terms = []
-        for i, (v, c_src) in kept:
-            mult = alphas[i] / c_out
-            if i == 0:
-                terms.append(emit_block(g, layer.universal, v, c_src, mult))
-            else:
-                proxy = layer.proxies[i - 1]
-                terms.append(emit_sequence(g, [proxy.pool, *proxy.body], v, c_src, mult)[0])
-        out = terms[0] if len(terms) == 1 and universal else g.relu(g.add(terms))  # a block ends in ReLU already
-        outs.append((out, c_out))
-    if outs[-1] is None:
-        raise ExportError("the pruned network has no path to the classifier")
-    emit_head(g, student.head_norm, student.classifier, *outs[-1])
-
-
 def emit_head(g: GraphBuilder, head_norm: nn.Module, classifier: nn.Linear, x: str, c: float) -> None:
     """Pooling and classifier, with the input scale and the head norm folded into the classifier."""
     w = classifier.weight.detach().double().cpu().numpy()
@@ -147,21 +125,7 @@ def emit_head(g: GraphBuilder, head_norm: nn.Module, classifier: nn.Linear, x: s
     g.classifier(x, w * scale[None, :], b + w @ shift)
 
 
-def emit_tuned(g: GraphBuilder, net: TunedNet) -> None:
-    """A tuned network: its units in order (shared ones keep the backbone's weights), then the head."""
-    net.eval()
-    x, c = emit_sequence(g, list(net.units[0]), INPUT, 1.0)
-    for block in net.units[1:]:
-        x = emit_block(g, block, x, c, 1.0 / c)
-        c = 1.0
-    emit_head(g, net.head_norm, net.classifier, x, c)
-
-
-def emit_network(g: GraphBuilder, net: nn.Module) -> None:
-    """Any task's network, from ``input`` to ``logits``."""
-    if isinstance(net, Student):
-        emit_student(g, net)
-    elif isinstance(net, TunedNet):
-        emit_tuned(g, net)
-    else:
-        raise ExportError(f"cannot export a {type(net).__name__}")
+def conv_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """The weight a convolution applies: its ``effective_weight()`` where it has one (e.g. filter attention)."""
+    effective = getattr(conv, "effective_weight", None)
+    return effective() if effective is not None else conv.weight

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import torch
 
+from tailorrt import methods
 from tailorrt.backbones import BackboneSpec
 from tailorrt.datasets import pack_name
 from tailorrt.errors import ConfigError
 from tailorrt.export.speed import time_side_by_side
 from tailorrt.io import write_json
+from tailorrt.methods import REFERENCE
 from tailorrt.pack import ModelDir, pack_file
-from tailorrt.train import TrainRequest, default_config, default_transfer_config, method_pack_name, train_task
+from tailorrt.train import TrainRequest, train_task
 from tailorrt.training import Progress
-from tailorrt.transfer import check_method
-
-REFERENCE = "finetune-all"
 
 
 @dataclass
@@ -36,11 +35,9 @@ class CompareRequest:
 def _check_methods(req: CompareRequest, mdir: ModelDir) -> None:
     if not req.methods:
         raise ConfigError("give at least one method, e.g. --methods nettailor,flex,linear,finetune-all")
-    if not mdir.has_backbone():
-        return  # the first training writes the backbone; methods are checked then
-    num_units = BackboneSpec.from_json(mdir.backbone_meta()["spec"]).num_units
-    for method in req.methods:
-        check_method(method, num_units)
+    num_units = BackboneSpec.from_json(mdir.backbone_meta()["spec"]).num_units if mdir.has_backbone() else None
+    for method in req.methods:  # the options of each are checked where the model dir has its backbone already
+        methods.get(method, num_units)
 
 
 def _reusable(mdir: ModelDir, name: str, task: str) -> bool:
@@ -57,12 +54,11 @@ def compare(req: CompareRequest, *, device: torch.device, progress: Progress | N
     _check_methods(req, mdir)
     names = {}
     for method in dict.fromkeys(req.methods):
-        name = method_pack_name(req.task, method)
+        name = methods.pack_name(pack_name(req.task), method)
         if req.retrain or not _reusable(mdir, name, req.task):
             report(f"training {req.task} with {method}")
             train_task(TrainRequest(task=req.task, model_dir=req.model_dir, data_dir=req.data_dir,
-                                    download=req.download, method=method, config=default_config(req.task),
-                                    transfer=default_transfer_config(req.task)), device=device, progress=progress)
+                                    download=req.download, method=method), device=device, progress=progress)
         else:
             report(f"reusing {mdir.tasks_dir / name}")
         names[method] = name
@@ -75,8 +71,7 @@ def compare(req: CompareRequest, *, device: torch.device, progress: Progress | N
         rows.append({"method": method, "pack": name, "accuracy": m["accuracy"], "task_params": m["task_params"],
                      "total_params_used": m["task_params"] + m["shared_params_used"], "flops": m["flops"],
                      "train_seconds": training_seconds(meta), "pack_bytes": pack_file(meta)["bytes"],
-                     "chosen_unit": meta.get("selection", {}).get("chosen_unit"),
-                     "pruning": (meta.get("attention") or {}).get("pruning")})
+                     "chosen": methods.for_record(meta).describe(meta)})
     speed = _images_per_s(models, backbone.spec.input_size, req.batch, device)
     reference = next((r["accuracy"] for r in rows if r["method"] == REFERENCE), None)
     for r in rows:
@@ -95,10 +90,8 @@ def compare(req: CompareRequest, *, device: torch.device, progress: Progress | N
 
 def training_seconds(meta: dict) -> float:
     """Compute time of a pack's training: its phases (as recorded, so resumed runs count in full) plus the
-    scoring steps of flex-tuning that train nothing."""
-    phases = sum(p["seconds"] for p in meta["training"]["phases"])
-    scoring = sum(s["seconds"] for s in meta.get("selection", {}).get("steps", []) if s["epochs"] == 0)
-    return round(phases + scoring, 2)
+    steps that train nothing (flex-tuning's scoring), as the method records them."""
+    return methods.for_record(meta).training_seconds(meta)
 
 
 @torch.inference_mode()
@@ -118,10 +111,7 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["methods"]:
         vs = "-" if r["vs_finetune_all"] is None else f"{r['vs_finetune_all']:+.2f}"
-        unit = "" if r["chosen_unit"] is None else f" (unit {r['chosen_unit']})"
-        if r.get("pruning"):
-            p = r["pruning"]
-            unit = f" ({p['pruned_channels']}/{p['prunable_channels']} channels cut)"
+        unit = f" ({r['chosen']})" if r["chosen"] else ""
         lines.append(f"| {r['method']}{unit} | {r['accuracy']:.2f} | {vs} | {r['task_params']:,} | "
                      f"{r['total_params_used']:,} | {r['flops'] / 1e6:.1f} | {r['pack_bytes'] / 1e3:.1f} | "
                      f"{r['train_seconds']:.0f} | {r['images_per_s']:.0f} |")

@@ -1,5 +1,13 @@
 """NetTailor as a method: teacher fine-tuning, student with block attention, distillation and the
-expected-complexity regulariser, pruning, and fine-tuning of what is left."""
+expected-complexity regulariser, pruning, and fine-tuning of what is left; and its ONNX graph.
+
+For a NetTailor student, layer ``l`` computes ``u_l = relu(sum_i alpha_i B_i(...))``. Each kept
+block is emitted with its output multiplied by ``alpha_i / c_l`` folded into its last batch norm
+(private to the task), so the layer is a plain ``Add`` + ``Relu`` and the graph holds no ``Mul``.
+Blocks whose shortcut carries the input unchanged (identity, or average-pool + zero-pad) cannot
+absorb a scale; for them the layer's output scale ``c_l`` is chosen as ``alpha_0 * c_{l-1}`` so the
+shortcut needs no multiply either. The head folds the last scale (and the head norm, if any) into
+the task's classifier. Pruned blocks and blocks with a zero alpha are simply not emitted."""
 
 from __future__ import annotations
 
@@ -14,9 +22,13 @@ from torch.utils.data import Dataset
 
 from tailorrt.backbones import UniversalBackbone
 from tailorrt.datasets import TaskData
-from tailorrt.errors import ConfigError
+from tailorrt.errors import ConfigError, ExportError
 from tailorrt.io import load_metadata, load_tensors, save_tensors
-from tailorrt.student import Student
+from tailorrt.methods import pictures
+from tailorrt.methods.base import Method, MethodOption, Trained, register
+from tailorrt.methods.student import Student
+from tailorrt.onnx_graph import INPUT, GraphBuilder, check_positive
+from tailorrt.onnx_layers import emit_block, emit_head, emit_sequence, passes_input
 from tailorrt.teacher import Teacher
 from tailorrt.training import PhaseConfig, Trainer, accuracy, make_loader
 
@@ -199,3 +211,97 @@ def _prune(cfg: NetTailorConfig, student: Student, data: TaskData, trainer: Trai
         # keep flags and recalibrated BN statistics; the weights come from the student phase's checkpoint
         save_tensors(path, {f"state.{k}": v for k, v in student.named_buffers()}, {"info": json.dumps(info)})
     return info
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+
+
+def emit_student(g: GraphBuilder, student: Student) -> None:
+    """The pruned student from ``input`` to ``logits``."""
+    student.eval()
+    x, c = emit_sequence(g, list(student.stem), INPUT, 1.0)
+    outs: list[tuple[str, float] | None] = [(x, c)]
+    for l, layer in enumerate(student.layers, start=1):
+        alphas = layer.alphas().detach().cpu().double().tolist()
+        recent = outs[::-1][: len(layer.proxies) + 1]
+        kept = [(i, recent[max(i - 1, 0)]) for i in range(len(alphas))
+                if bool(layer.keep[i]) and recent[max(i - 1, 0)] is not None and alphas[i] > 0]
+        if not kept:
+            outs.append(None)
+            continue
+        universal = kept[0][0] == 0
+        c_out = alphas[0] * kept[0][1][1] if universal and passes_input(layer.universal) else 1.0
+        check_positive(c_out, f"the output scale of layer {l}")
+        terms = []
+        for i, (v, c_src) in kept:
+            mult = alphas[i] / c_out
+            if i == 0:
+                terms.append(emit_block(g, layer.universal, v, c_src, mult))
+            else:
+                proxy = layer.proxies[i - 1]
+                terms.append(emit_sequence(g, [proxy.pool, *proxy.body], v, c_src, mult)[0])
+        out = terms[0] if len(terms) == 1 and universal else g.relu(g.add(terms))  # a block ends in ReLU already
+        outs.append((out, c_out))
+    if outs[-1] is None:
+        raise ExportError("the pruned network has no path to the classifier")
+    emit_head(g, student.head_norm, student.classifier, *outs[-1])
+
+
+
+# ---------------------------------------------------------------------------------------------- the method
+
+
+NAME = "nettailor"
+
+
+class NetTailor(Method):
+    family = NAME
+    names = (NAME,)
+    syntax = NAME
+    help = ("teacher fine-tuning, then a student with task blocks beside the frozen universal ones, block "
+            "attention, distillation and pruning (the default; its pack is named after the task)")
+    examples = (NAME,)
+    candidates = (NAME,)
+    default_pack = True
+    teacher_phase = "teacher"
+    options = (
+        MethodOption("teacher-epochs", int, "Epochs of the teacher phase.", "teacher.epochs"),
+        MethodOption("student-epochs", int, "Epochs of the student phase.", "student.epochs"),
+        MethodOption("finetune-epochs", int, "Epochs of the fine-tune phase.", "finetune.epochs"),
+        MethodOption("max-skip", int, "Proxies read the last K layers (3).", "max_skip"),
+        MethodOption("complexity-coeff", float, "Weight of the expected-complexity term (0.3).", "complexity_coeff"),
+        MethodOption("teacher-coeff", float, "Weight of the distillation term (10).", "teacher_coeff"),
+        MethodOption("proxy-threshold", float, "Prune proxies whose alpha is below this (0.05).", "proxy_threshold"),
+        MethodOption("prune-universal", int, "Drop the N lowest-alpha universal blocks (default: drop while val "
+                     "accuracy stays within --max-val-drop).", "universal_drop"),
+        MethodOption("max-val-drop", float, "Accuracy budget (points) of automatic pruning (1.0).", "max_val_drop"),
+        MethodOption("alpha-lr-mult", float, "Learning-rate multiplier of the attention logits.", "alpha_lr_mult"),
+    )
+
+    def default_config(self, builtin: bool) -> NetTailorConfig:
+        return NetTailorConfig.quick() if builtin else NetTailorConfig()
+
+    def config_from_json(self, data: dict) -> NetTailorConfig:
+        return NetTailorConfig.from_json(data)
+
+    def train(self, name: str, cfg: NetTailorConfig, backbone: UniversalBackbone, data: TaskData,
+              trainer: Trainer) -> Trained:
+        result = train_nettailor(cfg, backbone, data, trainer)
+        return Trained(result.student, result.metrics, result.phases,
+                       {"architecture": result.student.architecture(), "config": cfg.to_json()})
+
+    def build(self, backbone: UniversalBackbone, meta: dict) -> Student:
+        return Student(backbone, len(meta["classes"]), max_skip=int(meta["config"]["max_skip"]))
+
+    def emit(self, g: GraphBuilder, net: Student) -> None:
+        emit_student(g, net)
+
+    def architecture_figure(self, plt, meta: dict):
+        return pictures.nettailor_architecture(plt, meta["architecture"])
+
+    def attention_figure(self, plt, meta: dict):
+        history = pictures.attention_history(meta)
+        return None if history is None else pictures.alpha_figure(plt, *history)
+
+
+register(NetTailor())

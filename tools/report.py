@@ -1,12 +1,8 @@
 """``tailor report``: a static HTML page (with matplotlib PNGs, no scripts, opens from disk) showing, per task,
 what tailoring did to its network.
 
-- The architecture picture: for a NetTailor task, one node per layer output, each layer's universal block in
-  gray and its task-specific (proxy) blocks in blue, drawn as arcs from the layer output they read; the
-  opacity is the block's final attention weight (alpha) and pruned blocks are absent. For the other methods,
-  the chain of backbone units, gray where shared and blue where the task owns a copy; for channel attention
-  the opacity is the unit's mean attention scale.
-- The attention weights over training (NetTailor's alphas per layer, or attention's mean scale per unit).
+- The architecture picture and the attention weights over training, as each method draws them
+  (:mod:`tailorrt.methods.pictures`).
 - Accuracy against parameters and against FLOPs, next to the task's teacher (the whole backbone fine-tuned).
 - The table of ``tailor info``, and the latest ``tailor bench`` summaries if the model dir has them.
 """
@@ -19,14 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tailorrt import methods
 from tailorrt.backbones import BackboneSpec
 from tailorrt.errors import ConfigError
 from tailorrt.inventory import info_rows, size_summary
 from tailorrt.io import read_json
+from tailorrt.methods.pictures import BLUE, GRAY
 from tailorrt.pack import ModelDir
-
-GRAY, BLUE = "#7f7f7f", "#1f77b4"
-MIN_OPACITY = 0.08  # a kept block whose weight is near 0 is still drawn faintly
 
 
 @dataclass
@@ -44,148 +39,30 @@ def _pyplot():
     return plt
 
 
-def _opacity(weight: float) -> float:
-    return max(MIN_OPACITY, min(1.0, float(weight)))
-
-
 # ------------------------------------------------------------------------------------------------ pictures
 
-def architecture_plot(meta: dict, path: Path) -> Path:
-    """The task's network as tailoring left it (see the module docstring), as a PNG."""
-    plt = _pyplot()
-    if meta["method"] == "nettailor":
-        fig = _nettailor_architecture(plt, meta["architecture"])
-    else:
-        fig = _tuned_architecture(plt, meta)
-    fig.savefig(path, bbox_inches="tight")
+def _save(plt, fig, path: Path, **kwargs) -> Path:
+    fig.savefig(path, **kwargs)
     plt.close(fig)
     return path
 
 
-def _nettailor_architecture(plt, layers: list[dict]):
-    from matplotlib.patches import FancyBboxPatch
-
-    n = len(layers)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n + 1.5), 3.2), dpi=110)
-    for i in range(n + 1):  # layer outputs (0 is the stem's)
-        ax.plot(i, 0, "o", color="black", ms=5, zorder=3)
-    for layer in layers:
-        end = layer["layer"]
-        for b in layer["blocks"]:
-            if not b["kept"]:
-                continue  # pruned: absent
-            start = b["reads"]
-            alpha = _opacity(b["alpha"])
-            if b["kind"] == "universal":
-                ax.add_patch(FancyBboxPatch((start + 0.2, -0.18), end - start - 0.4, 0.36,
-                                            boxstyle="round,pad=0.02", color=GRAY, alpha=alpha, zorder=2))
-                continue
-            span = end - start
-            height = 0.35 + 0.35 * span
-            xs = [start + (end - start) * t / 40 for t in range(41)]
-            ys = [height * 4 * (x - start) * (end - x) / span ** 2 for x in xs]
-            ax.plot(xs, ys, color=BLUE, alpha=alpha, lw=2, zorder=1)
-            ax.add_patch(FancyBboxPatch(((start + end) / 2 - 0.12, height - 0.09), 0.24, 0.18,
-                                        boxstyle="round,pad=0.01", color=BLUE, alpha=alpha, zorder=2))
-    ax.set_xlim(-0.4, n + 0.4)
-    ax.set_ylim(-0.4, 0.35 + 0.35 * 3 + 0.3)
-    ax.set_xticks(range(n + 1))
-    ax.set_xlabel("layer output")
-    ax.set_yticks([])
-    for side in ("top", "right", "left"):
-        ax.spines[side].set_visible(False)
-    ax.set_title("gray: universal block (shared), blue: task block; opacity = attention weight; pruned: absent",
-                 fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def _unit_scales(meta: dict) -> dict[int, float]:
-    """Channel attention's final mean scale per unit, normalised to the largest (1 for every unit otherwise)."""
-    record = meta.get("attention") or {}
-    scales = {s["unit"]: abs(s["mean"]) for s in record.get("scales") or []}
-    top = max(scales.values(), default=0.0)
-    return {u: v / top for u, v in scales.items()} if top > 0 else {}
-
-
-def _tuned_architecture(plt, meta: dict):
-    from matplotlib.patches import FancyBboxPatch
-
-    m = meta["metrics"]
-    n, owned, scales = m["units_used"], set(m["units_owned"]), _unit_scales(meta)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n + 1.5), 1.8), dpi=110)
-    for u in range(n):
-        color = BLUE if u in owned else GRAY
-        ax.add_patch(FancyBboxPatch((u + 0.1, -0.25), 0.8, 0.5, boxstyle="round,pad=0.02", color=color,
-                                    alpha=_opacity(scales.get(u, 1.0))))
-        ax.text(u + 0.5, 0, str(u), ha="center", va="center", fontsize=8, color="white")
-    ax.set_xlim(-0.1, n + 0.1)
-    ax.set_ylim(-0.5, 0.5)
-    ax.axis("off")
-    how = "opacity = mean attention scale" if scales else "opacity 1"
-    ax.set_title(f"{meta['method']}: backbone units, gray shared, blue owned by the task; {how}", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def attention_history(meta: dict) -> tuple[list[str], list[list[float]]] | None:
-    """The attention weights after every training epoch: (series labels, one row of values per epoch), or
-    None where the method records none."""
-    rows: list[list[float]] = []
-    labels: list[str] = []
-    for phase in meta.get("training", {}).get("phases", []):
-        for epoch in phase.get("history", []):
-            if "alphas" in epoch:  # nettailor: per layer, the universal block's alpha first
-                labels = [f"layer {l + 1} {'universal' if j == 0 else f'proxy {j}'}"
-                          for l, alphas in enumerate(epoch["alphas"]) for j in range(len(alphas))]
-                rows.append([a for alphas in epoch["alphas"] for a in alphas])
-            elif "attention" in epoch:  # attention: per unit, the mean scale
-                units = sorted(epoch["attention"], key=lambda s: s["unit"])
-                labels = [f"unit {s['unit']}" for s in units]
-                rows.append([s["mean"] for s in units])
-    return (labels, rows) if rows else None
+def architecture_plot(meta: dict, path: Path) -> Path:
+    """The task's network as tailoring left it (drawn by its method), as a PNG."""
+    plt = _pyplot()
+    return _save(plt, methods.for_record(meta).architecture_figure(plt, meta), path, bbox_inches="tight")
 
 
 def attention_plot(meta: dict, path: Path) -> Path | None:
-    """The attention weights over training as a PNG, or None where the method has none."""
-    history = attention_history(meta)
-    if history is None:
-        return None
-    labels, rows = history
+    """The attention weights over training as a PNG, or None where the method learns none."""
     plt = _pyplot()
-    epochs = range(1, len(rows) + 1)
-    if meta["method"] == "nettailor":
-        layers = sorted({lab.split(" ")[1] for lab in labels}, key=int)
-        cols = min(4, len(layers))
-        fig, axes = plt.subplots((len(layers) + cols - 1) // cols, cols, figsize=(3 * cols, 2.2 * ((len(layers) + cols - 1) // cols)),
-                                 dpi=100, sharex=True, sharey=True, squeeze=False)
-        for ax in axes.flat[len(layers):]:
-            ax.axis("off")
-        for ax, layer in zip(axes.flat, layers):
-            for j, lab in enumerate(labels):
-                if lab.split(" ")[1] != layer:
-                    continue
-                universal = lab.endswith("universal")
-                ax.plot(epochs, [r[j] for r in rows], color=GRAY if universal else BLUE, lw=2 if universal else 1,
-                        label="universal" if universal else None)
-            ax.set_title(f"layer {layer}", fontsize=8)
-            ax.set_ylim(0, 1)
-        axes.flat[0].set_ylabel("alpha")
-        fig.suptitle("NetTailor attention weights per epoch (gray universal, blue task blocks)", fontsize=9)
-    else:
-        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-        cmap = plt.get_cmap("Blues")
-        for j, lab in enumerate(labels):
-            ax.plot(epochs, [r[j] for r in rows], color=cmap(0.35 + 0.65 * j / max(1, len(labels) - 1)), label=lab)
-        ax.set_ylabel("mean channel scale")
-        ax.legend(fontsize=6, ncol=3)
-        ax.set_title("channel attention: mean scale per unit, per epoch", fontsize=9)
+    fig = methods.for_record(meta).attention_figure(plt, meta)
+    if fig is None:
+        return None
     for ax in fig.axes:
         ax.set_xlabel("epoch", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def tradeoff_plot(meta: dict, bmeta: dict, path: Path) -> Path:
@@ -211,9 +88,7 @@ def tradeoff_plot(meta: dict, bmeta: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 # ------------------------------------------------------------------------------------------------------ page
@@ -287,6 +162,7 @@ def build_report(req: ReportRequest, report: Callable[[str], None] = print) -> P
                   "<h3>Attention over training</h3>",
                   f"<img src='{esc(att.name)}' alt='attention of {esc(task)}'>" if att else
                   "<p>This method learns no attention weights.</p>",
+                  *_auto_section(meta),
                   "<h3>Accuracy against parameters and FLOPs</h3>",
                   f"<img src='{esc(trade.name)}' alt='accuracy of {esc(task)}'>", "</section>"]
     parts += _bench_sections(mdir, out)
@@ -294,6 +170,23 @@ def build_report(req: ReportRequest, report: Callable[[str], None] = print) -> P
     page = out / "index.html"
     page.write_text("\n".join(parts), encoding="utf-8")
     return page
+
+
+def _auto_section(meta: dict) -> list[str]:
+    """How ``--method auto`` chose the task's method: every candidate's figures and the reason, if it did."""
+    record = meta.get("auto")
+    if not record:
+        return []
+    esc = html.escape
+    head = "".join(f"<th>{h}</th>" for h in ("candidate", "val acc %", "test acc %", "pack KB", "MFLOPs",
+                                             "short training s", "outside the budget"))
+    body = "".join(f"<tr><td>{esc(r['method'])}{' (chosen)' * (r['method'] == record['winner'])}</td>"
+                   f"<td>{r['val_accuracy']:.2f}</td><td>{r['test_accuracy']:.2f}</td><td>{r['pack_bytes'] / 1e3:.1f}</td>"
+                   f"<td>{r['flops'] / 1e6:.2f}</td><td>{r['seconds']:.0f}</td><td>{esc('; '.join(r['misses']) or '-')}</td>"
+                   "</tr>" for r in record["candidates"])
+    return ["<h3>Chosen by --method auto</h3>", f"<p>{esc(record['reason'])}. Choosing took "
+            f"{record['search_seconds']:.0f} s on a schedule of {record['schedule_fraction']:.2f} of the full one; "
+            f"training the winner took {record['final_seconds']:.0f} s.</p>", f"<table><tr>{head}</tr>{body}</table>"]
 
 
 def _bench_sections(mdir: ModelDir, out: Path) -> list[str]:

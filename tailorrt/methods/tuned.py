@@ -7,9 +7,11 @@ objects) or *owned* by the task (a trainable copy). A :class:`TuneSpec` says whi
 - ``linear[:U]``: nothing owned but the classifier, on the frozen features of the last unit (or unit U);
 - ``finetune-last:K``: the last K units; ``finetune-all``: every unit;
 - ``scale-shift``: the batch-norm affine weights and statistics of every unit, plus the classifier;
-- ``flex`` and its faster variants: exactly one unit (or every unit when that wins, see :mod:`tailorrt.transfer`);
+- ``flex`` and its faster variants: exactly one unit (or every unit when that wins, see :mod:`tailorrt.methods.flex`);
+- ``adapters``: the batch norms of every unit and a 1x1 convolution beside each 3x3 one
+  (see :mod:`tailorrt.methods.adapters`), plus the classifier;
 - ``attention...``: the batch norms of every unit, with a trainable scale per channel or per filter
-  (see :mod:`tailorrt.attention`), plus the classifier; pruned channels are gone from the network.
+  (see :mod:`tailorrt.methods.attention`), plus the classifier; pruned channels are gone from the network.
 
 Shared units keep the backbone's batch-norm statistics and stay in eval mode while training, except
 under ``scale-shift``, where the task re-estimates them. The task owns exactly :meth:`TunedNet.task_state`.
@@ -23,11 +25,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tailorrt.attention import GRANULARITIES, AttentionMethod, add_attention, prune_channels
 from tailorrt.backbones import UniversalBackbone, pool
 from tailorrt.errors import ConfigError, PackError
 from tailorrt.flops import count_flops, count_params
-from tailorrt.student import share_frozen
+from tailorrt.methods.attention import GRANULARITIES, add_attention, prune_channels
+from tailorrt.methods.student import share_frozen
 
 BN_MODES = ("frozen", "affine")
 
@@ -54,33 +56,6 @@ class TuneSpec:
     @classmethod
     def from_json(cls, data: dict) -> TuneSpec:
         return cls(tuple(int(u) for u in data["units"]), data["bn"], data.get("feature_unit"), data.get("attention"))
-
-
-def parse_method(method: str, num_units: int) -> TuneSpec | None:
-    """The spec of a method name (``linear``, ``linear:U``, ``finetune-last:K``, ``finetune-all``, ``scale-shift``,
-    ``attention[:...]``); None for the methods that choose their units by training (nettailor, flex...)."""
-    attention = AttentionMethod.parse(method)
-    if attention is not None:
-        return TuneSpec(bn="affine", attention=attention.granularity)
-    name, _, arg = method.partition(":")
-    last = num_units - 1
-
-    def int_arg(low: int, high: int) -> int:
-        if not arg.isdigit() or not low <= int(arg) <= high:
-            raise ConfigError(f"method {method!r}: give a unit count or index between {low} and {high}, "
-                              f"e.g. {name}:{min(high, max(low, 2))}")
-        return int(arg)
-
-    if name == "linear":
-        return TuneSpec(feature_unit=int_arg(0, last) if arg else None)
-    if name == "finetune-last":
-        k = int_arg(1, num_units)
-        return TuneSpec(units=tuple(range(num_units - k, num_units)))
-    if name == "finetune-all" and not arg:
-        return TuneSpec(units=tuple(range(num_units)))
-    if name == "scale-shift" and not arg:
-        return TuneSpec(bn="affine")
-    return None
 
 
 def _affine_copy(unit: nn.Module) -> nn.Module:

@@ -32,6 +32,17 @@ def share_frozen(module: nn.Module) -> nn.Module:
     return clone
 
 
+class SharedConv2d(nn.Conv2d):
+    """A convolution like ``conv`` whose weight and bias *are* ``conv``'s Parameters (the backbone's, shared and
+    frozen): subclasses add what the task owns beside them."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                         conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
+        self.weight = conv.weight
+        self.bias = conv.bias
+
+
 class Proxy(nn.Module):
     """A cheap task block: max-pool for stride, then 1x1 conv + BN (two 1x1 with a bottleneck for ResNet50)."""
 

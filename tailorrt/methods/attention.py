@@ -25,6 +25,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from tailorrt.backbones import DecathlonBlock
 from tailorrt.errors import ConfigError, PackError
+from tailorrt.methods.student import SharedConv2d
+from tailorrt.onnx_layers import conv_weight
 
 GRANULARITIES = ("channel", "filter")
 PENALTIES = ("l1", "l2", "distance-to-1")
@@ -112,14 +114,11 @@ class AttentiveBatchNorm2d(nn.BatchNorm2d):
         return super().forward(x) * self.attention.view(1, -1, 1, 1)
 
 
-class AttentiveConv2d(nn.Conv2d):
+class AttentiveConv2d(SharedConv2d):
     """A convolution with the backbone's (shared, frozen) weight times a trainable scale per in x out filter."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                         conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
-        self.weight = conv.weight
-        self.bias = conv.bias
+        super().__init__(conv)
         self.attention = nn.Parameter(torch.ones(conv.out_channels, conv.in_channels // conv.groups, 1, 1,
                                                  device=conv.weight.device))
 
@@ -128,11 +127,6 @@ class AttentiveConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.effective_weight(), self.bias)
-
-
-def conv_weight(conv: nn.Conv2d) -> torch.Tensor:
-    """The weight a convolution applies (with its filter attention, if any)."""
-    return conv.effective_weight() if isinstance(conv, AttentiveConv2d) else conv.weight
 
 
 def add_attention(unit: nn.Module, granularity: str) -> None:

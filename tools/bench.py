@@ -32,11 +32,12 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
+from tailorrt import methods
 from tailorrt.backbones import UniversalBackbone
 from tailorrt.errors import ConfigError
 from tailorrt.io import load_metadata, load_tensors, write_json
+from tailorrt.methods.tuned import TunedNet
 from tailorrt.pack import ModelDir, machine, pack_file, versions
-from tailorrt.tuned import TunedNet, TuneSpec
 
 MB = 1e6
 
@@ -91,20 +92,21 @@ def teacher_state_for(net: TunedNet, teacher_state: dict[str, torch.Tensor]) -> 
 
 
 def teacher_checkpoint(mdir: ModelDir, task: str) -> dict[str, torch.Tensor] | None:
-    """The weights of ``task``'s finished NetTailor teacher phase, if its training left them in the model dir."""
-    path = mdir.work_dir(task) / "teacher.safetensors"
-    if mdir.task_meta(task).get("method") != "nettailor" or not path.is_file() or load_metadata(path).get("done") != "1":
+    """The weights of ``task``'s finished teacher phase (the whole backbone fine-tuned, where its method trains one),
+    if its training left them in the model dir."""
+    phase = methods.for_record(mdir.task_meta(task)).teacher_phase
+    path = mdir.work_dir(task) / f"{phase}.safetensors"
+    if phase is None or not path.is_file() or load_metadata(path).get("done") != "1":
         return None
     return {k[len("model."):]: v for k, v in load_tensors(path).items() if k.startswith("model.")}
 
 
 def per_task_model(mdir: ModelDir, task: str, backbone: UniversalBackbone, out_dir: Path) -> PerTaskModel:
     """Write ``task``'s per-task model (its teacher, or a same-architecture stand-in) as a stand-alone graph."""
-    from tailorrt.export.graph import GraphBuilder, SharedWeights, save_graph
-    from tailorrt.export.networks import emit_network
+    from tailorrt.onnx_graph import GraphBuilder, SharedWeights, save_graph
 
     meta = mdir.task_meta(task)
-    net = TunedNet(backbone, len(meta["classes"]), TuneSpec(units=tuple(range(backbone.num_units)))).eval()
+    net = methods.reference_network(backbone, len(meta["classes"])).eval()
     teacher = teacher_checkpoint(mdir, task)
     kind = "stand-in"
     if teacher is not None:
@@ -112,7 +114,7 @@ def per_task_model(mdir: ModelDir, task: str, backbone: UniversalBackbone, out_d
         kind = "teacher"
     size = backbone.spec.input_size
     g = GraphBuilder(task, SharedWeights(torch.nn.Module()))  # nothing shared: a model of its own
-    emit_network(g, net)
+    methods.get(methods.REFERENCE).emit(g, net)
     path = out_dir / f"{task}.onnx"
     out_dir.mkdir(parents=True, exist_ok=True)
     save_graph(g.model((3, size, size), len(meta["classes"]), {"task": task, "kind": kind}), path)
@@ -141,7 +143,7 @@ def _dense_graph(kind: str, n: int) -> tuple[bytes, dict[str, np.ndarray], int]:
     graph = helper.make_graph([node], kind, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
                               [onnx.numpy_helper.from_array(w, "w")])
-    from tailorrt.export.graph import IR_VERSION, OPSET
+    from tailorrt.onnx_graph import IR_VERSION, OPSET
 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
     return model.SerializeToString(), {"x": x}, macs
@@ -209,7 +211,7 @@ def probe_load(args: dict) -> dict:
 def profiles(rt, task: str, per_task_graph: Path, batch: int, size: int, threads: int) -> dict:
     """Operator-type profiles of ``task`` as tailorrt runs it (shared weights, its own batch norms), as
     ``--fuse-weights`` runs it, and of its per-task model, at ``batch``."""
-    from tailorrt.onnx_profile import op_profile
+    from tailorrt.tools.onnx_profile import op_profile
 
     graph = rt.backend.graph_file(task)
     x = np.random.default_rng(1).standard_normal((batch, 3, size, size)).astype(np.float32)

@@ -1,0 +1,143 @@
+"""The report's pictures of what tailoring did to a network, drawn by the methods (matplotlib figures).
+
+- NetTailor: one node per layer output, each layer's universal block in gray and its task-specific
+  (proxy) blocks in blue, drawn as arcs from the layer output they read; the opacity is the block's final
+  attention weight (alpha) and pruned blocks are absent. Its alphas over training, one panel per layer.
+- The tuning methods: the chain of backbone units, gray where shared and blue where the task owns a copy;
+  for channel attention the opacity is the unit's mean attention scale, drawn over training too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+GRAY, BLUE = "#7f7f7f", "#1f77b4"
+MIN_OPACITY = 0.08  # a kept block whose weight is near 0 is still drawn faintly
+
+
+def opacity(weight: float) -> float:
+    return max(MIN_OPACITY, min(1.0, float(weight)))
+
+
+def nettailor_architecture(plt, layers: list[dict]) -> Any:
+    from matplotlib.patches import FancyBboxPatch
+
+    n = len(layers)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n + 1.5), 3.2), dpi=110)
+    for i in range(n + 1):  # layer outputs (0 is the stem's)
+        ax.plot(i, 0, "o", color="black", ms=5, zorder=3)
+    for layer in layers:
+        end = layer["layer"]
+        for b in layer["blocks"]:
+            if not b["kept"]:
+                continue  # pruned: absent
+            start = b["reads"]
+            alpha = opacity(b["alpha"])
+            if b["kind"] == "universal":
+                ax.add_patch(FancyBboxPatch((start + 0.2, -0.18), end - start - 0.4, 0.36,
+                                            boxstyle="round,pad=0.02", color=GRAY, alpha=alpha, zorder=2))
+                continue
+            span = end - start
+            height = 0.35 + 0.35 * span
+            xs = [start + (end - start) * t / 40 for t in range(41)]
+            ys = [height * 4 * (x - start) * (end - x) / span ** 2 for x in xs]
+            ax.plot(xs, ys, color=BLUE, alpha=alpha, lw=2, zorder=1)
+            ax.add_patch(FancyBboxPatch(((start + end) / 2 - 0.12, height - 0.09), 0.24, 0.18,
+                                        boxstyle="round,pad=0.01", color=BLUE, alpha=alpha, zorder=2))
+    ax.set_xlim(-0.4, n + 0.4)
+    ax.set_ylim(-0.4, 0.35 + 0.35 * 3 + 0.3)
+    ax.set_xticks(range(n + 1))
+    ax.set_xlabel("layer output")
+    ax.set_yticks([])
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.set_title("gray: universal block (shared), blue: task block; opacity = attention weight; pruned: absent",
+                 fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+
+def alpha_figure(plt, labels: list[str], rows: list[list[float]]) -> Any:
+    """NetTailor's alphas per epoch, one panel per layer (gray the universal block, blue the proxies)."""
+    epochs = range(1, len(rows) + 1)
+    layers = sorted({lab.split(" ")[1] for lab in labels}, key=int)
+    cols = min(4, len(layers))
+    n_rows = (len(layers) + cols - 1) // cols
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3 * cols, 2.2 * n_rows), dpi=100, sharex=True, sharey=True,
+                             squeeze=False)
+    for ax in axes.flat[len(layers):]:
+        ax.axis("off")
+    for ax, layer in zip(axes.flat, layers):
+        for j, lab in enumerate(labels):
+            if lab.split(" ")[1] != layer:
+                continue
+            universal = lab.endswith("universal")
+            ax.plot(epochs, [r[j] for r in rows], color=GRAY if universal else BLUE, lw=2 if universal else 1,
+                    label="universal" if universal else None)
+        ax.set_title(f"layer {layer}", fontsize=8)
+        ax.set_ylim(0, 1)
+    axes.flat[0].set_ylabel("alpha")
+    fig.suptitle("NetTailor attention weights per epoch (gray universal, blue task blocks)", fontsize=9)
+    return fig
+
+
+def scale_figure(plt, labels: list[str], rows: list[list[float]]) -> Any:
+    """Channel attention's mean scale per unit, per epoch."""
+    epochs = range(1, len(rows) + 1)
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    cmap = plt.get_cmap("Blues")
+    for j, lab in enumerate(labels):
+        ax.plot(epochs, [r[j] for r in rows], color=cmap(0.35 + 0.65 * j / max(1, len(labels) - 1)), label=lab)
+    ax.set_ylabel("mean channel scale")
+    ax.legend(fontsize=6, ncol=3)
+    ax.set_title("channel attention: mean scale per unit, per epoch", fontsize=9)
+    return fig
+
+
+def unit_scales(meta: dict) -> dict[int, float]:
+    """Channel attention's final mean scale per unit, normalised to the largest (1 for every unit otherwise)."""
+    record = meta.get("attention") or {}
+    scales = {s["unit"]: abs(s["mean"]) for s in record.get("scales") or []}
+    top = max(scales.values(), default=0.0)
+    return {u: v / top for u, v in scales.items()} if top > 0 else {}
+
+
+def units_architecture(plt, meta: dict, scales: dict[int, float] | None = None, extra: str = "") -> Any:
+    """The backbone's units in a chain, blue where the task owns a copy; ``scales`` (0..1 per unit) set the
+    opacity, ``extra`` is said in the title."""
+    from matplotlib.patches import FancyBboxPatch
+
+    m = meta["metrics"]
+    n, owned, scales = m["units_used"], set(m["units_owned"]), scales or {}
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n + 1.5), 1.8), dpi=110)
+    for u in range(n):
+        color = BLUE if u in owned else GRAY
+        ax.add_patch(FancyBboxPatch((u + 0.1, -0.25), 0.8, 0.5, boxstyle="round,pad=0.02", color=color,
+                                    alpha=opacity(scales.get(u, 1.0))))
+        ax.text(u + 0.5, 0, str(u), ha="center", va="center", fontsize=8, color="white")
+    ax.set_xlim(-0.1, n + 0.1)
+    ax.set_ylim(-0.5, 0.5)
+    ax.axis("off")
+    how = "opacity = mean attention scale" if scales else "opacity 1"
+    ax.set_title(f"{meta['method']}: backbone units, gray shared, blue owned by the task; {how}{extra}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def attention_history(meta: dict) -> tuple[list[str], list[list[float]]] | None:
+    """The attention weights after every training epoch: (series labels, one row of values per epoch), or
+    None where the method records none."""
+    rows: list[list[float]] = []
+    labels: list[str] = []
+    for phase in meta.get("training", {}).get("phases", []):
+        for epoch in phase.get("history", []):
+            if "alphas" in epoch:  # nettailor: per layer, the universal block's alpha first
+                labels = [f"layer {l + 1} {'universal' if j == 0 else f'proxy {j}'}"
+                          for l, alphas in enumerate(epoch["alphas"]) for j in range(len(alphas))]
+                rows.append([a for alphas in epoch["alphas"] for a in alphas])
+            elif "attention" in epoch:  # attention: per unit, the mean scale
+                units = sorted(epoch["attention"], key=lambda s: s["unit"])
+                labels = [f"unit {s['unit']}" for s in units]
+                rows.append([s["mean"] for s in units])
+    return (labels, rows) if rows else None

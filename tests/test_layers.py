@@ -1,0 +1,120 @@
+"""The code's shape: layers that only point down, no import cycles, and method names compared only in
+``tailorrt/methods/`` (read from the source with ``ast``, function-level imports included)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tailorrt import methods
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = {"tailorrt": "tailorrt", "cli": "tailorrt.cli", "export": "tailorrt.export", "serving": "tailorrt.serving",
+           "tools": "tailorrt.tools"}
+# what each layer may import, bottom up: the core (tailorrt/, methods included) imports none of the others
+ALLOWED = {"core": set(), "tailorrt.export": {"core"}, "tailorrt.serving": {"core"},
+           "tailorrt.tools": {"core", "tailorrt.export", "tailorrt.serving"},
+           "tailorrt.cli": {"core", "tailorrt.export", "tailorrt.serving", "tailorrt.tools"}}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for folder, package in FOLDERS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            out[".".join([package, *parts])] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _layer(module: str) -> str:
+    return next((p for p in ALLOWED if p != "core" and (module == p or module.startswith(p + "."))), "core")
+
+
+def _imports(path: Path) -> set[str]:
+    """The tailorrt modules a file imports at run time, in functions too (a ``from package import name`` of a submodule
+    counts as the submodule; imports for type checkers only do not count)."""
+    found = set()
+    tree = ast.parse(path.read_text())
+    type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+                 for stmt in block.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                found.add(sub if sub in MODULES else node.module)
+    return {m for m in found if m in MODULES}
+
+
+GRAPH = {m: _imports(p) - {m} for m, p in MODULES.items()}
+
+
+def test_layers_only_point_down():
+    wrong = [f"{m} imports {d}" for m, deps in GRAPH.items() for d in sorted(deps)
+             if _layer(d) != _layer(m) and _layer(d) not in ALLOWED[_layer(m)]]
+    assert not wrong, wrong
+
+
+def test_no_import_cycles():
+    """Tarjan's strongly connected components: every one must be a single module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in GRAPH[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in GRAPH:
+        if v not in index:
+            visit(v)
+    assert not cycles, cycles
+
+
+def test_method_names_are_compared_only_inside_methods():
+    """No string that is a registered method's name appears in code outside ``tailorrt/methods/``: everything else
+    asks the registry."""
+    names = {n for m in methods.families() for n in m.names}
+    found = []
+    for module, path in MODULES.items():
+        if module.startswith("tailorrt.methods"):
+            continue
+        tree = ast.parse(path.read_text())
+        attributes = {id(n.args[1]) for n in ast.walk(tree) if isinstance(n, ast.Call) and len(n.args) > 1
+                      and ast.unparse(n.func) in ("getattr", "hasattr", "setattr")}  # an attribute, not a method
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.partition(":")[0] in names \
+                    and id(node) not in attributes:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert not found, found
+
+
+def test_the_registry_is_whole():
+    """Every family can be found by each of its names and by its examples, and says how to write them."""
+    for m in methods.families():
+        assert m.examples and m.help and m.syntax and all(methods.get(e) is m for e in m.examples)
+        assert all(methods.get(n) is m for n in m.names if not m.takes_options or n != "finetune-last")
