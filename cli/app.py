@@ -199,7 +199,7 @@ def eval_(
 def info(model_dir: str = ModelDirOpt, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """One row per task (accuracy, blocks kept, parameters, FLOPs, bytes of pack, ONNX graph and engine) and
     the bytes on disk against one fine-tuned model per task."""
-    from tailorrt.inventory import info_rows, size_summary
+    from tailorrt.inventory import info_rows, method_label, size_summary
 
     bmeta, rows = info_rows(model_dir)
     sizes = size_summary(model_dir, bmeta, rows)
@@ -214,7 +214,7 @@ def info(model_dir: str = ModelDirOpt, as_json: bool = typer.Option(False, "--js
     for r in rows:
         onnx_kb = "-" if r["onnx_bytes"] is None else f"{r['onnx_bytes'] / 1e3:.1f}" + (" (stale)" * r["onnx_stale"])
         teacher = "-" if r["teacher_accuracy"] is None else f"{r['teacher_accuracy']:.2f}"
-        table.add_row(r["task"], r["method"], f"{r['accuracy']:.2f}", teacher,
+        table.add_row(r["task"], method_label(r), f"{r['accuracy']:.2f}", teacher,
                       r["universal_blocks"], f"{r['task_params']:,}", f"{r['shared_params_used']:,}",
                       f"{r['flops'] / 1e6:.2f}", f"{r['teacher_flops'] / 1e6:.2f}", f"{r['pack_bytes'] / 1e3:.1f}",
                       f"{100 * r['pack_vs_backbone']:.1f}%", onnx_kb,

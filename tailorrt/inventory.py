@@ -19,7 +19,7 @@ def info_rows(model_dir: str | Path) -> tuple[dict, list[dict]]:
         m = meta["metrics"]
         pack = pack_file(meta)
         onnx_entry, trt_entry = exports["onnx"].get(name), exports["trt"].get(name)
-        rows.append({"task": name, "method": meta["method"] + (" (auto)" if "auto" in meta else ""),
+        rows.append({"task": name, "method": meta["method"], "chosen_by_auto": "auto" in meta,
                      "classes": len(meta["classes"]),
                      "accuracy": m["accuracy"], "teacher_accuracy": m["teacher_accuracy"],
                      "universal_blocks": f"{m['universal_blocks_kept']}/{m['universal_blocks_total']}",
@@ -31,6 +31,11 @@ def info_rows(model_dir: str | Path) -> tuple[dict, list[dict]]:
                      "engine_bytes": trt_entry["bytes"] if trt_entry else None,
                      "backbone_ok": meta["backbone_sha256"] == bmeta["sha256"]})
     return bmeta, rows
+
+
+def method_label(row: dict) -> str:
+    """A row's method as tables show it: marked ``(auto)`` where ``--method auto`` chose it."""
+    return row["method"] + " (auto)" * row["chosen_by_auto"]
 
 
 def finetuned_bytes(bmeta: dict, classes: int) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 from tailorrt import methods
 from tailorrt.backbones import BackboneSpec
 from tailorrt.errors import ConfigError
-from tailorrt.inventory import info_rows, size_summary
+from tailorrt.inventory import info_rows, method_label, size_summary
 from tailorrt.io import read_json
 from tailorrt.methods.pictures import BLUE, GRAY
 from tailorrt.pack import ModelDir
@@ -118,8 +118,9 @@ def _cell(key: str, value) -> str:
 def info_table(rows: list[dict]) -> str:
     """``tailor info``'s table as HTML."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in INFO_COLUMNS)
+    shown = [{**r, "method": method_label(r)} for r in rows]
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(k, r[k]))}</td>" for _, k in INFO_COLUMNS) + "</tr>"
-                   for r in rows)
+                   for r in shown)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
