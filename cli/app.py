@@ -124,8 +124,7 @@ def train(
                        data_dir=str(data_dir), download=download, seed=seed, method=method or methods.DEFAULT,
                        options=ctx.meta["method_options"], batch_size=batch_size,
                        budget=Budget(max_pack_mb, max_mflops, max_drop), auto_candidates=_names(candidates))
-    for name in req.candidates() if req.auto else [req.method]:  # a bad method or option fails before any loading
-        req.config(methods.get(name))
+    req.check()  # a bad method or option fails before anything is loaded
     dev = resolve_device(device)
     try:
         path = train_task(req, device=dev, resume=resume, progress=RichProgress(err, prefix=f"{task} "),

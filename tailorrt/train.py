@@ -72,6 +72,12 @@ class TrainRequest:
     def candidates(self) -> list[str]:
         return self.auto_candidates or auto.default_candidates()
 
+    def check(self, num_units: int | None = None) -> None:
+        """Raise ConfigError for an unknown method or candidate, or an option it does not take (and, given the
+        backbone's ``num_units``, options that do not fit it): before anything is loaded."""
+        for name in self.candidates() if self.auto else [self.method]:
+            self.config(methods.get(name, num_units))
+
     def config(self, method: methods.Method) -> Any:
         """``method``'s config for this run: its defaults for the task, with the options given (with ``auto``, those
         of the options that the method has); a resumed run's, as it started."""
@@ -129,8 +135,7 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
         shutil.rmtree(work)
     torch.manual_seed(req.seed)
     spec = _spec_for(req, mdir)
-    for candidate in req.candidates() if req.auto else [req.method]:  # before any data or weights are fetched
-        req.config(methods.get(candidate, spec.num_units))
+    req.check(spec.num_units)  # before any data or weights are fetched
     preprocess = Preprocess(spec.input_size, spec.mean, spec.std)
     data = load_task(req.task, data_dir=Path(req.data_dir), preprocess=preprocess, download=req.download,
                      seed=req.seed)  # data first: a missing dataset fails before any weights are fetched
