@@ -36,7 +36,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tailorrt import Runtime
-from tailorrt.serving.local import free_port, png_bytes, serve_process
+from tailorrt.serving.local import free_port, png_bytes, run_threads, serve_process
 from tailorrt.serving.protocol import pack_bytes
 from tailorrt.synthetic import make_model_dir
 
@@ -123,13 +123,7 @@ def _run(transport: str, requests: list, expected: list[int], count: int, client
                 latencies.append(dt)
                 wrong[0] += not ok
 
-    threads = [threading.Thread(target=work) for _ in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - start, latencies, wrong[0]
+    return run_threads(work, clients), latencies, wrong[0]
 
 
 def _stats(url: str) -> dict:

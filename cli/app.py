@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import json
 import os
@@ -90,6 +91,7 @@ class TrainCommand(TyperCommand):
              "  tailor train --task synth-signs --method finetune-last:2 --tune-epochs 5\n\n"
              "  tailor train --task synth-signs --method attention:l1:prune --attention-schedule FFAAABAAABAA\n\n"
              "  tailor train --task synth-signs --method adapters\n\n"
+             "  tailor train --task synth-digits --nproc 2   # DDP over 2 processes (torchrun)\n\n"
              "  tailor train --task synth-glyphs --method auto --max-drop 1 --max-pack-mb 2", cls=TrainCommand)
 def train(
     ctx: typer.Context,
@@ -111,12 +113,18 @@ def train(
     max_mflops: float | None = typer.Option(None, help="--method auto: most MFLOPs per image."),
     max_drop: float = typer.Option(1.0, help="--method auto: most points of validation accuracy below the best "
                                    "candidate."),
+    nproc: int = typer.Option(1, help="Processes training together on this machine (DistributedDataParallel under "
+                              "torchrun over the task's trainable parts: gloo on CPUs, NCCL with one GPU each for "
+                              "--device cuda). Each phase's batch is split between them; rank 0 writes."),
 ) -> None:
     """Train a task and write its task pack: NetTailor (teacher -> student -> prune -> fine-tune) by default,
     or another --method."""
+    if nproc < 1:
+        _fail(f"--nproc must be at least 1, not {nproc}")
     from tailorrt import methods
     from tailorrt.auto import Budget
     from tailorrt.cli.progress import RichProgress
+    from tailorrt.distributed import Cluster, launch
     from tailorrt.train import TrainRequest, resolve_device, train_task
 
     req = TrainRequest(task=task, model_dir=model_dir, backbone=backbone,
@@ -125,12 +133,23 @@ def train(
                        options=ctx.meta["method_options"], batch_size=batch_size,
                        budget=Budget(max_pack_mb, max_mflops, max_drop), auto_candidates=_names(candidates))
     req.check()  # a bad method or option fails before anything is loaded
-    dev = resolve_device(device)
+    cluster = Cluster.from_env()
+    if nproc > 1 and not cluster.distributed:  # start the processes; each runs this command again under torchrun
+        resolve_device(device)
+        raise typer.Exit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
+    resolve_device(device)
+    dev = cluster.device(device)
+    cluster.start(dev)
     try:
         path = train_task(req, device=dev, resume=resume, progress=RichProgress(err, prefix=f"{task} "),
-                          report=lambda line: err.print(line, highlight=False, markup=False))
+                          report=lambda line: cluster.main and err.print(line, highlight=False, markup=False),
+                          cluster=cluster)
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command with --resume to continue from the last finished epoch", 130)
+    finally:
+        cluster.stop()
+    if not cluster.main:
+        return
     meta = json.loads((path / "task.json").read_text())
     m = meta["metrics"]
     teacher = "" if m["teacher_accuracy"] is None else f" (teacher {m['teacher_accuracy']:.2f}%)"
@@ -296,6 +315,7 @@ def _print_speed(kind: str, manifest: dict) -> None:
 
 @app.command(epilog="Examples:\n\n  tailor serve --tasks synth-digits,synth-signs --model-dir runs/demo\n\n"
              "  tailor serve --backend onnx --port 8080 --grpc-port 8081 --max-batch 64 --api-key $KEY\n\n"
+             "  tailor serve --ray --replicas 4 --max-tasks-per-replica 8 --model-dir /shared/runs\n\n"
              "  curl -F file=@digit.png 'http://127.0.0.1:8000/v1/tasks/synth-digits:predict?top_k=3'\n\n"
              "  python -c 'import tritonclient.grpc as g; print(g.InferenceServerClient(\"127.0.0.1:8001\")"
              ".get_model_repository_index())'")
@@ -335,6 +355,25 @@ def serve(
                                       "(PIL names; others are refused with 400)."),
     api_key: str | None = typer.Option(None, envvar="TAILOR_API_KEY", help="Require this key on every "
                                           "endpoint but health (header Authorization: Bearer KEY or X-API-Key)."),
+    ray: bool = typer.Option(False, "--ray", help="Serve every task of the model dir from Ray Serve replicas "
+                             "(pip install 'tailorrt[ray]'): each replica holds the backbone once and loads a task "
+                             "on its first request; HTTP only.", rich_help_panel="Ray Serve"),
+    replicas: int = typer.Option(2, help="--ray: worker replicas.", rich_help_panel="Ray Serve"),
+    max_tasks_per_replica: int = typer.Option(4, help="--ray: tasks one replica holds; beyond it the least recently "
+                                              "used is evicted.", rich_help_panel="Ray Serve"),
+    replica_cpus: float = typer.Option(1.0, help="--ray: Ray CPUs reserved per replica.", rich_help_panel="Ray Serve"),
+    threads: int | None = typer.Option(None, help="--ray: threads per replica's backend (default: the backend's).",
+                                       rich_help_panel="Ray Serve"),
+    ray_address: str | None = typer.Option(None, help="--ray: deploy on this running Ray cluster ('auto': the "
+                                           "one this node belongs to) instead of starting a local one.",
+                                           rich_help_panel="Ray Serve"),
+    ray_cpus: int | None = typer.Option(None, help="--ray: CPUs of the local cluster (default: every core).",
+                                        rich_help_panel="Ray Serve"),
+    request_timeout_s: float = typer.Option(30.0, help="--ray: a request gets its answer, or 503 with Retry-After, "
+                                            "within this time (a dead replica is retried once).",
+                                            rich_help_panel="Ray Serve"),
+    print_config: bool = typer.Option(False, "--print-config", help="--ray: print a Ray Serve config file for these "
+                                      "options (for serve deploy on a cluster) and exit.", rich_help_panel="Ray Serve"),
 ) -> None:
     """Serve tasks over HTTP and gRPC: the KServe v2 / Triton protocol (/v2/models/{task}/infer with JSON or
     binary tensor data, model config and statistics; gRPC inference.GRPCInferenceService on --grpc-port),
@@ -353,20 +392,31 @@ def serve(
         _fail("--max-batch and --batch-workers must be >= 1, --max-delay-ms >= 0 and --max-queue >= --max-batch")
     if api_key is None and "TAILOR_API_KEY" in os.environ:  # click reads an empty variable as unset
         api_key = os.environ["TAILOR_API_KEY"]
-    if grpc:
+    if ray:
+        try:
+            importlib.import_module("ray.serve")
+        except ImportError as e:
+            _fail(f"--ray needs Ray Serve, which is not installed ({e}); pip install 'tailorrt[ray]'")
+    elif grpc:
         check_free(host, grpc_port)  # before anything is loaded
     from tailorrt.limits import Limits
     from tailorrt.runtime import Runtime
     from tailorrt.serving.app import ServerConfig, create_app
     from tailorrt.serving.batcher import BatchConfig
 
-    cfg = ServerConfig(max_body_bytes=int(max_body_mb * 1024 * 1024), body_timeout_s=body_timeout_s, api_key=api_key,
-                       grpc_port=grpc_port if grpc else None, grpc_host=host, grpc_workers=grpc_workers,
-                       batch=BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
-                                         workers=batch_workers))
     limits = Limits(max_pixels=int(max_image_mpx * 1e6), max_images=max_images,
                     max_decode_bytes=int(max_decode_mb * 1024 * 1024),
                     formats=tuple(f.upper() for f in _names(image_formats) or []))
+    batch = BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue, workers=batch_workers)
+    if ray:
+        _serve_ray(model_dir=model_dir, backend=backend, device=device, threads=threads, replicas=replicas,
+                   max_tasks_per_replica=max_tasks_per_replica, replica_cpus=replica_cpus,
+                   request_timeout_s=request_timeout_s, max_body_mb=max_body_mb, api_key=api_key, batch=batch,
+                   limits=limits, host=host, port=port, address=ray_address, num_cpus=ray_cpus, tasks=tasks,
+                   print_config=print_config)
+        return
+    cfg = ServerConfig(max_body_bytes=int(max_body_mb * 1024 * 1024), body_timeout_s=body_timeout_s, api_key=api_key,
+                       grpc_port=grpc_port if grpc else None, grpc_host=host, grpc_workers=grpc_workers, batch=batch)
     runtime = Runtime(model_dir, tasks=_names(tasks), backend=backend, device=device, share_weights=share_weights,
                       limits=limits)
     where = f"http://{address(host, port)}" + (f" and grpc://{address(host, grpc_port)}" if grpc else "")
@@ -374,6 +424,28 @@ def serve(
               markup=False, soft_wrap=True)
     uvicorn.run(create_app(runtime, cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
                 http=header_timeout_protocol(header_timeout_s))
+
+
+def _serve_ray(*, host: str, port: int, address: str | None, num_cpus: int | None, tasks: str | None,
+               print_config: bool, **config) -> None:
+    """``tailor serve --ray``: the Ray Serve deployment, until Ctrl-C (or its Serve config file)."""
+    import yaml
+
+    from tailorrt.serving.ray import RayConfig, serve_config, serve_forever
+
+    if tasks:
+        err.print("note: --ray serves every task of the model dir on demand; --tasks is ignored", highlight=False)
+    from tailorrt.pack import ModelDir
+
+    cfg = RayConfig(**config)
+    cfg.server()  # its checks (an empty API key...) here, not in every replica
+    if print_config:
+        print(yaml.safe_dump(serve_config(cfg, host=host, port=port), sort_keys=False), end="")
+        return
+    if not ModelDir(cfg.model_dir).task_names():
+        _fail(f"no tasks in {cfg.model_dir}; train one first (tailor train --task ...)")
+    serve_forever(cfg, host=host, port=port, address=address, num_cpus=num_cpus,
+                  report=lambda m: err.print(m, highlight=False, markup=False, soft_wrap=True))
 
 
 @app.command(epilog="Examples:\n\n  tailor predict --task synth-digits digit.png other.jpg\n\n"
@@ -453,6 +525,19 @@ def report(
     page = build_report(ReportRequest(model_dir, str(out_dir) if out_dir else None),
                         report=lambda m: err.print(m, highlight=False))
     out.print(f"wrote {page}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _without_option(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag`` and its value (``--flag N`` or ``--flag=N``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(f"{flag}="):
+            out.append(arg)
+    return out
 
 
 def _names(csv: str | None) -> list[str] | None:

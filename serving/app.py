@@ -130,10 +130,11 @@ def _error(code: int, message: str, *, close: bool = False) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=code, headers=headers)
 
 
-def create_app(runtime: Runtime, config: ServerConfig = ServerConfig()) -> FastAPI:
+def create_app(runtime: Runtime, config: ServerConfig = ServerConfig(), *, on_demand: bool = False) -> FastAPI:
     """A FastAPI app serving ``runtime``'s tasks through the batcher; with ``config.grpc_port`` set, the gRPC
-    endpoint runs beside it (started and stopped with the app, over the same :class:`Service`)."""
-    service = Service(runtime, config.batch)
+    endpoint runs beside it (started and stopped with the app, over the same :class:`Service`). ``on_demand``:
+    one replica of a Ray deployment (see :class:`Service`)."""
+    service = Service(runtime, config.batch, on_demand)
     metrics = service.metrics
 
     @asynccontextmanager
@@ -200,7 +201,7 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig()) -> FastA
 
     @app.get("/v2/models")
     async def models():
-        return {"models": [{"name": t, "versions": [VERSION], "state": "READY"} for t in runtime.tasks]}
+        return {"models": [{"name": t, "versions": [VERSION], "state": "READY"} for t in service.models()]}
 
     @app.get("/v2/models/stats")
     async def all_statistics():
@@ -216,8 +217,7 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig()) -> FastA
 
     @app.get("/v1/tasks")
     async def list_tasks():
-        return {"backbone": {k: runtime.backbone_meta[k] for k in ("name", "sha256", "bytes", "params")},
-                "backend": runtime.backend.name, "tasks": [runtime.task(t).to_json() for t in runtime.tasks]}
+        return await run_in_threadpool(service.task_list)
 
     @app.get("/metrics")
     async def prometheus():

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import http.client
 import io
+import json
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
+
+from tailorrt.runtime import Runtime
+from tailorrt.world import BUILTIN_TASKS, generate
 
 
 def png_bytes(image: np.ndarray | Image.Image) -> bytes:
@@ -62,3 +70,84 @@ def serve_process(model_dir: str, *args: str, timeout: float = 120) -> Iterator[
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def request_plan(runtime: Runtime, tasks: list[str], requests: int, images_per_task: int = 100, seed: int = 0
+                 ) -> list[tuple[str, bytes, str, float]]:
+    """``requests`` test images of built-in ``tasks``, mixed at random, as PNG with the answer ``runtime`` gives."""
+    pool = []
+    for t in tasks:
+        images, _ = generate(BUILTIN_TASKS[t], "test", runtime.task(t).preprocess.size)
+        pngs = [png_bytes(a) for a in images[:images_per_task]]
+        pool += [(t, png, p.label, p.scores[0]) for png, p in zip(pngs, runtime.predict(t, pngs))]
+    rng = random.Random(seed)
+    return [rng.choice(pool) for _ in range(requests)]
+
+
+@dataclass
+class Load:
+    """What a load run saw: per-request latencies (s), errors, answers that differ from the expected, wall time."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    mismatches: list[tuple] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        lat = np.array(self.latencies or [0.0]) * 1e3
+        n = len(self.latencies)
+        return {"requests": n, "seconds": round(self.seconds, 2), "requests_per_s": round(n / self.seconds, 1)
+                if self.seconds else 0.0, "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 2),
+                                                         "p99": round(float(np.percentile(lat, 99)), 2),
+                                                         "max": round(float(lat.max()), 2)},
+                "errors": len(self.errors), "mismatches": len(self.mismatches)}
+
+
+def send_load(url: str, plan: list[tuple[str, bytes, str, float]], clients: int) -> Load:
+    """POST each ``(task, png, expected label, expected score)`` of ``plan`` to ``/v1/tasks/{task}:predict`` from
+    ``clients`` threads over keep-alive connections, checking every answer."""
+    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+    result, lock, cursor = Load(), threading.Lock(), iter(range(len(plan)))
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        while True:
+            with lock:
+                i = next(cursor, None)
+            if i is None:
+                break
+            task, png, label, score = plan[i]
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", f"/v1/tasks/{task}:predict?top_k=1", body=png, headers={"Content-Type": "image/png"})
+                resp = conn.getresponse()
+                body = resp.read()
+            except OSError as e:
+                with lock:
+                    result.errors.append(f"{type(e).__name__}: {e}")
+                conn = http.client.HTTPConnection(host, int(port), timeout=60)
+                continue
+            dt = time.perf_counter() - t0
+            with lock:
+                result.latencies.append(dt)
+                if resp.status != 200:
+                    result.errors.append(f"{resp.status}: {body[:200]!r}")
+                    continue
+                got = json.loads(body)
+                if got["label"] != label or abs(got["top_k"][0]["score"] - score) > 1e-5:
+                    result.mismatches.append((task, label, got["label"], score, got["top_k"][0]["score"]))
+        conn.close()
+
+    result.seconds = run_threads(client, clients)
+    return result
+
+
+def run_threads(target: Callable[[], None], count: int) -> float:
+    """Run ``target`` in ``count`` threads at once; the seconds until the last one finished."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    start = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - start

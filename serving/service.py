@@ -58,17 +58,30 @@ def key_matches(key: str, x_api_key: str | None, authorization: str | None) -> b
 
 
 class Service:
-    """Health, metadata, configuration, statistics, repository and inference over one runtime and batcher."""
+    """Health, metadata, configuration, statistics, repository and inference over one runtime and batcher.
 
-    def __init__(self, runtime: Runtime, batch: BatchConfig = BatchConfig()) -> None:
-        self.runtime, self.batch_config = runtime, batch
+    ``on_demand`` (one replica of a Ray deployment, :mod:`tailorrt.serving.ray`): every task of the model directory
+    is offered, and is loaded when a request for it arrives; tasks are evicted by the deployment, not unloaded."""
+
+    def __init__(self, runtime: Runtime, batch: BatchConfig = BatchConfig(), on_demand: bool = False) -> None:
+        self.runtime, self.batch_config, self.on_demand = runtime, batch, on_demand
         self.metrics = Metrics()
         self.batcher = Batcher(runtime.logits, batch, self.metrics)
 
     # ------------------------------------------------------------------ health and metadata
 
     def ready(self) -> bool:
-        return bool(self.runtime.tasks)
+        return bool(self.models())
+
+    def models(self) -> list[str]:
+        """The tasks offered: those loaded, or (on demand) every task of the model directory."""
+        return self.runtime.model_dir.task_names() if self.on_demand else self.runtime.tasks
+
+    def task_list(self) -> dict:
+        """``GET /v1/tasks``: the backbone, the backend and every offered task's classes, method and sizes."""
+        infos = [self.runtime.describe(t) if self.on_demand else self.runtime.task(t) for t in self.models()]
+        return {"backbone": {k: self.runtime.backbone_meta[k] for k in ("name", "sha256", "bytes", "params")},
+                "backend": self.runtime.backend.name, "tasks": [i.to_json() for i in infos]}
 
     def model_ready(self, task: str, version: str = "") -> bool:
         return task in self.runtime.tasks and version in ("", VERSION)
@@ -81,7 +94,7 @@ class Service:
 
     def server_metadata(self) -> dict:
         return {"name": "tailorrt", "version": __version__, "extensions": EXTENSIONS,
-                "backend": self.runtime.backend.name, "tasks": self.runtime.tasks}
+                "backend": self.runtime.backend.name, "tasks": self.models()}
 
     def _dims(self, task: str) -> dict[str, list[int]]:
         """Each input's and output's dimensions without the batch dimension (config), after it (metadata)."""
@@ -124,12 +137,12 @@ class Service:
         """Triton's statistics: of one task, or of every loaded task."""
         if task:
             self.check(task, version)
-        return self.metrics.statistics([task] if task else self.runtime.tasks)
+        return self.metrics.statistics([task] if task else self.models())
 
     # ------------------------------------------------------------------ model repository
 
     def repository_index(self) -> list[dict]:
-        loaded = set(self.runtime.tasks)
+        loaded = set(self.models())
         return [{"name": t, "version": VERSION, "state": "READY"} if t in loaded else
                 {"name": t, "version": VERSION, "state": "UNAVAILABLE", "reason": "unloaded"}
                 for t in self.runtime.model_dir.task_names()]
@@ -144,6 +157,13 @@ class Service:
 
     def unload(self, task: str) -> None:
         """Drop a task: what is queued for it is answered first, later requests get 404. Blocking."""
+        if self.on_demand:
+            raise BadInputError("in a Ray deployment every task is loaded on first use and evicted least recently "
+                                "used (--max-tasks-per-replica); there is nothing to unload")
+        self.evict(task)
+
+    def evict(self, task: str) -> None:
+        """Drop a loaded task (what is queued for it is answered first). Blocking."""
         self.runtime.task(task)
         self.batcher.drop(task)
         self.runtime.remove_task(task)

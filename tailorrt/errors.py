@@ -34,7 +34,11 @@ class ConfigError(TailorError):
     """An invalid option or combination of options."""
 
 
-class TrainingDivergedError(TailorError):
+class TrainingError(TailorError):
+    """Training could not produce a pack that can be trusted."""
+
+
+class TrainingDivergedError(TrainingError):
     """The loss became NaN or infinite."""
 
 

@@ -96,14 +96,16 @@ class Runtime:
     def add_tasks(self, names: list[str]) -> list[TaskInfo]:
         """Load several task packs at once (the ONNX backend builds one session for all of them)."""
         with self._lock:
-            infos = []
-            for name in dict.fromkeys(names):
-                meta = self.model_dir.task_meta_for(name, self.backbone_meta["sha256"])
-                infos.append(TaskInfo(name, list(meta["classes"]), preprocess_of(meta), meta["method"],
-                                      pack_file(meta)["bytes"], meta))
+            infos = [self.describe(name) for name in dict.fromkeys(names)]
             self.backend.add(*[i.name for i in infos])
             self._tasks.update({i.name: i for i in infos})
             return infos
+
+    def describe(self, name: str) -> TaskInfo:
+        """A task of the model directory as it would load (its pack checked against the backbone), not loaded."""
+        meta = self.model_dir.task_meta_for(name, self.backbone_meta["sha256"])
+        return TaskInfo(name, list(meta["classes"]), preprocess_of(meta), meta["method"], pack_file(meta)["bytes"],
+                        meta)
 
     def remove_task(self, name: str) -> None:
         with self._lock:

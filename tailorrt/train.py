@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from collections.abc import Callable
@@ -14,7 +15,8 @@ import torch
 from tailorrt import auto, methods
 from tailorrt.backbones import BackboneSpec, UniversalBackbone, build_backbone, get_spec
 from tailorrt.datasets import Preprocess, load_task, pack_name
-from tailorrt.errors import ConfigError
+from tailorrt.distributed import Cluster
+from tailorrt.errors import ConfigError, TrainingError
 from tailorrt.io import read_json, write_json
 from tailorrt.methods import Trained
 from tailorrt.pack import ModelDir, machine, preprocess_of, versions
@@ -121,35 +123,45 @@ def _backbone_for(req: TrainRequest, mdir: ModelDir) -> tuple[UniversalBackbone,
 
 
 def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
-               progress: Progress | None = None, report: Callable[[str], None] = lambda _m: None) -> Path:
+               progress: Progress | None = None, report: Callable[[str], None] = lambda _m: None,
+               cluster: Cluster = Cluster()) -> Path:
     """Train ``req.task`` with ``req.method`` (or choose one, for ``auto``) and write its pack (named by
     :func:`tailorrt.methods.pack_name`, so that several methods of one task live side by side; ``auto``'s is
-    named after the task); returns the pack's folder."""
+    named after the task); returns the pack's folder. Under torchrun (``cluster``) every process trains and rank 0
+    alone writes."""
     mdir = ModelDir(req.model_dir)
     name = pack_name(req.task) if req.auto else methods.pack_name(pack_name(req.task), req.method)
     work = mdir.work_dir(name)
     saved = work / "request.json"
     if resume and saved.is_file():
         req = TrainRequest.from_json(read_json(saved))
-    elif work.exists():
-        shutil.rmtree(work)
+    with cluster.main_first():
+        if not (resume and saved.is_file()) and work.exists() and cluster.main:
+            shutil.rmtree(work)
     torch.manual_seed(req.seed)
     spec = _spec_for(req, mdir)
     req.check(spec.num_units)  # before any data or weights are fetched
     preprocess = Preprocess(spec.input_size, spec.mean, spec.std)
-    data = load_task(req.task, data_dir=Path(req.data_dir), preprocess=preprocess, download=req.download,
-                     seed=req.seed)  # data first: a missing dataset fails before any weights are fetched
-    if len(data.classes) < 2:
-        raise ConfigError(f"task {req.task!r} has {len(data.classes)} class; at least 2 are needed")
-    backbone, sha = _backbone_for(req, mdir)
+    with cluster.main_first():  # rank 0 downloads (and writes the backbone); the others then read them
+        data = load_task(req.task, data_dir=Path(req.data_dir), preprocess=preprocess, download=req.download,
+                         seed=req.seed)  # data first: a missing dataset fails before any weights are fetched
+        if len(data.classes) < 2:
+            raise ConfigError(f"task {req.task!r} has {len(data.classes)} class; at least 2 are needed")
+        if cluster.main:
+            backbone, sha = _backbone_for(req, mdir)
+    if not cluster.main:  # the backbone rank 0 has just written or checked
+        backbone, bmeta = mdir.load_backbone()
+        sha = bmeta["sha256"]
     backbone.to(device).eval()
+    frozen = fingerprint(backbone)
     if not req.auto:
         req.saved_config = req.config(methods.get(req.method)).to_json()
-    work.mkdir(parents=True, exist_ok=True)
-    write_json(saved, req.to_json())
+    if cluster.main:
+        work.mkdir(parents=True, exist_ok=True)
+        write_json(saved, req.to_json())
 
     def run(method_name: str, cfg: Any, folder: Path) -> Trained:
-        trainer = Trainer(device=device, work_dir=folder, progress=progress, seed=req.seed)
+        trainer = Trainer(device=device, work_dir=folder, progress=progress, seed=req.seed, cluster=cluster)
         return methods.get(method_name).train(method_name, cfg, backbone, data, trainer)
 
     extra: dict = {}
@@ -168,11 +180,30 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
     seconds = round(time.perf_counter() - t0, 2)
     if req.auto:
         extra["auto"].update(final_seconds=seconds, total_seconds=round(extra["auto"]["search_seconds"] + seconds, 2))
+    if fingerprint(backbone) != frozen:  # the pack is recorded against these weights: they must not have moved
+        raise TrainingError("the frozen backbone's weights or batch-norm statistics changed during training; "
+                            "the pack was not written")
     meta = {"method": method_name, "backbone": spec.name, "backbone_sha256": sha, "classes": data.classes,
             "preprocess": preprocess.to_json(), "data": {**data.summary(), "spec": req.task}, **trained.record,
             **extra, "metrics": trained.metrics, "training": {"phases": trained.phases, "seconds": seconds},
-            "versions": versions(), "machine": machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    return mdir.write_task(name, trained.net.task_state(), meta)
+            "versions": versions(), "machine": machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **({"distributed": {"processes": cluster.world_size}} if cluster.distributed else {})}
+    if not cluster.main:
+        cluster.barrier()  # until rank 0 has written the pack
+        return mdir.tasks_dir / name
+    path = mdir.write_task(name, trained.net.task_state(), meta)
+    cluster.barrier()
+    return path
+
+
+def fingerprint(module: torch.nn.Module) -> str:
+    """A digest of every parameter and buffer of ``module`` (the frozen backbone's, checked before its pack is
+    written)."""
+    digest = hashlib.sha256()
+    for key, tensor in module.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def evaluate_task(model_dir: str | Path, task: str, *, data_dir: str | Path = "data", split: str = "test",

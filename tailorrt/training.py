@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tailorrt.distributed import Cluster
 from tailorrt.errors import TrainingDivergedError
 from tailorrt.io import load_metadata, load_tensors, save_tensors
 
@@ -64,10 +65,12 @@ class Progress:
     def finish(self) -> None: ...
 
 
-def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False) -> DataLoader:
+def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False,
+                sampler: Sampler | None = None) -> DataLoader:
+    """Batches of ``ds``; with a ``sampler`` (this process's share, already shuffled) it decides the order."""
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=drop_last,
-                      num_workers=0)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, generator=gen,
+                      drop_last=drop_last, num_workers=0, sampler=sampler)
 
 
 @torch.no_grad()
@@ -94,14 +97,31 @@ def accuracy(model: nn.Module, ds: Dataset, device: torch.device,
 
 
 class Trainer:
-    """Runs phases; with a ``work_dir`` every epoch is checkpointed and a rerun resumes."""
+    """Runs phases; with a ``work_dir`` every epoch is checkpointed and a rerun resumes. Under torchrun
+    (``cluster``), each process trains on its share of the batches with DDP and rank 0 writes the checkpoints."""
 
     def __init__(self, *, device: torch.device, work_dir: Path | None = None, progress: Progress | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, cluster: Cluster = Cluster()) -> None:
         self.device = device
         self.work_dir = Path(work_dir) if work_dir else None
-        self.progress = progress or Progress()
+        self.cluster = cluster
+        self.progress = progress if progress is not None and cluster.main else Progress()
         self.seed = seed
+
+    def _loader(self, train: Dataset, phase: PhaseConfig, epoch: int) -> DataLoader:
+        """An epoch's shuffled training batches (this process's share of them)."""
+        seed = self.seed * 1000 + epoch
+        return make_loader(train, self.cluster.batch_size(phase.batch_size), shuffle=True, seed=seed, drop_last=True,
+                           sampler=self.cluster.sampler(train, seed, epoch))
+
+    def _accuracy(self, model: nn.Module, ds: Dataset, forward: Callable[[torch.Tensor], torch.Tensor] | None) -> float:
+        """Validation accuracy, each process measuring its share of ``ds``."""
+        if not self.cluster.distributed:
+            return accuracy(model, ds, self.device, forward)
+        share = self.cluster.shard(ds)
+        right = accuracy(model, share, self.device, forward) * len(share) / 100.0
+        right, total = self.cluster.sum([right, len(share)], self.device)
+        return 100.0 * right / total if total else 0.0
 
     def _ckpt(self, phase: str) -> Path | None:
         return self.work_dir / f"{phase}.safetensors" if self.work_dir else None
@@ -141,23 +161,25 @@ class Trainer:
                            "lr_mult": special_lr_mult, "weight_decay": 0.0})
         opt = torch.optim.SGD(groups, lr=phase.lr, momentum=phase.momentum)
         start_epoch, history, seconds = self._resume(phase, model, opt, params)
-        loader_len = len(make_loader(train, phase.batch_size, shuffle=True, drop_last=True))
+        loader_len = len(self._loader(train, phase, 0))
         self.progress.start(phase.name, phase.epochs * loader_len, start_epoch * loader_len)
         val_acc = history[-1]["val_accuracy"] if history else 0.0
         best = max(history, key=lambda r: r["val_accuracy"]) if history else None
         best_state = None  # the model at its best epoch, when early stopping may end the phase
+        model.train()
+        step_fn = self.cluster.wrap(model, loss_fn, self.device)  # in training mode: it reads what stays frozen
         for epoch in range(start_epoch, phase.epochs):
             if phase.patience is not None and best is not None and epoch - best["epoch"] >= phase.patience:
                 break
             t0 = time.perf_counter()
             model.train()
-            loader = make_loader(train, phase.batch_size, shuffle=True, seed=self.seed * 1000 + epoch, drop_last=True)
+            loader = self._loader(train, phase, epoch)
             total_loss, correct, seen = 0.0, 0, 0
             for step, (x, y) in enumerate(loader):
                 for g in opt.param_groups:
                     g["lr"] = phase.lr_at(epoch + step / loader_len) * g["lr_mult"]
                 x, y = x.to(self.device), torch.as_tensor(y).to(self.device)
-                loss, logits = loss_fn(x, y)
+                loss, logits = step_fn(x, y)
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(f"{phase.name}: loss became {loss.item()} at epoch {epoch + 1}; "
                                                 "lower the learning rate")
@@ -170,7 +192,7 @@ class Trainer:
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
                 self.progress.advance(1, loss=total_loss / seen)
-            val_acc = accuracy(model, val, self.device, eval_forward)
+            val_acc = self._accuracy(model, val, eval_forward)
             self.progress.advance(0, loss=total_loss / max(seen, 1), val=val_acc)
             seconds += time.perf_counter() - t0
             row = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1),
@@ -211,7 +233,7 @@ class Trainer:
               params: dict[str, nn.Parameter], epoch: int, history: list[dict], seconds: float, *, done: bool,
               result: PhaseResult | None = None) -> None:
         path = self._ckpt(phase.name)
-        if path is None:
+        if path is None or not self.cluster.main:  # every process holds the same state; rank 0 writes it
             return
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         if not done:

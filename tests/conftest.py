@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,26 @@ def imagefolder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, check: bool = False
             ) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run([str(TAILOR), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run([str(TAILOR), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+                          check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"tailor {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_clis(*calls: tuple[str, ...], check: bool = False, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """Independent CLI calls, two at a time (each on one thread): most of a call is importing, on one core."""
+    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+
+    def one(args: tuple[str, ...]) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(TAILOR), *args], capture_output=True, text=True, timeout=timeout, env=env,
+                              check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"tailor {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(one, calls))
 
 
 def one_line_error(proc: subprocess.CompletedProcess, code: int = 1) -> str:

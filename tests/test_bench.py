@@ -15,7 +15,7 @@ import torch
 from tailorrt.pack import ModelDir
 from tailorrt.teacher import Teacher
 from tailorrt.tools.bench import per_task_model, teacher_checkpoint
-from tests.conftest import one_line_error, run_cli
+from tests.conftest import one_line_error, run_cli, run_clis
 
 FAST = ("--rounds", "2", "--requests", "24", "--clients", "4", "--batches", "1,4", "--threads", "1")
 
@@ -77,19 +77,21 @@ def test_bench_reports_every_figure(bench_dir):
 
 def test_scaling_loads_copies_and_draws_the_plot(bench_dir):
     out = bench_dir / "scale" / "s.json"
-    proc = run_cli("bench", "--model-dir", str(bench_dir), "--scaling", "1,2,3", "--threads", "1", "--out", str(out),
+    proc = run_cli("bench", "--model-dir", str(bench_dir), "--scaling", "1,3", "--threads", "1", "--out", str(out),
                    check=True, timeout=600)
     r = json.loads(out.read_text())
     rows = r["rows"]
-    assert [row["tasks"] for row in rows] == [1, 2, 3]
+    assert [row["tasks"] for row in rows] == [1, 3]
     packs = ModelDir(bench_dir / "bench" / "scaling").task_names()
     assert len(packs) == 3 and "colors-copy1" in packs  # the third task is a copy of the first, renamed
-    assert rows[0]["ideal_bytes"] < rows[1]["ideal_bytes"] < rows[2]["ideal_bytes"]
+    assert rows[0]["ideal_bytes"] < rows[1]["ideal_bytes"]
     assert all(row["tailorrt_rss"] > 0 and row["per_task_rss"] > 0 for row in rows)
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "fixed overhead" in proc.stdout
 
 
 def test_bench_bad_input_is_one_line(bench_dir, tmp_path):
-    assert "no tasks" in one_line_error(run_cli("bench", "--model-dir", str(tmp_path / "empty"), *FAST))
-    assert "scaling" in one_line_error(run_cli("bench", "--model-dir", str(bench_dir), "--scaling", "0,2"))
+    empty, scaling = run_clis(("bench", "--model-dir", str(tmp_path / "empty"), *FAST),
+                              ("bench", "--model-dir", str(bench_dir), "--scaling", "0,2"))
+    assert "no tasks" in one_line_error(empty)
+    assert "scaling" in one_line_error(scaling)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tailorrt.io import read_json
-from tests.conftest import QUICK, TAILOR, make_imagefolder, one_line_error, run_cli
+from tests.conftest import QUICK, TAILOR, make_imagefolder, one_line_error, run_cli, run_clis
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +75,13 @@ def test_corrupt_pack_and_weights_are_one_line(trained, tmp_path):
     shutil.copytree(trained, copy)
     f = copy / "tasks" / "colors" / "task.safetensors"
     f.write_bytes(f.read_bytes()[:64])
-    assert "corrupt" in one_line_error(run_cli("eval", "--task", "colors", "--model-dir", str(copy)))
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"garbage")
-    line = one_line_error(run_cli("train", "--task", "synth-digits", "--backbone", "tiny", "--backbone-weights",
-                                   str(bad), "--model-dir", str(tmp_path / "m")))
-    assert "bad.safetensors" in line
+    pack, weights = run_clis(("eval", "--task", "colors", "--model-dir", str(copy)),
+                             ("train", "--task", "synth-digits", "--backbone", "tiny", "--backbone-weights", str(bad),
+                              "--model-dir", str(tmp_path / "m")))
+    assert "corrupt" in one_line_error(pack)
+    assert "bad.safetensors" in one_line_error(weights)
 
 
 def test_kill_mid_training_then_resume(tmp_path):

@@ -23,7 +23,7 @@ from tailorrt.methods.nettailor import NetTailor, emit_student
 from tailorrt.methods.student import Student
 from tailorrt.onnx_graph import GraphBuilder, SharedWeights, save_graph
 from tailorrt.pack import ModelDir
-from tests.conftest import one_line_error, run_cli
+from tests.conftest import one_line_error, run_cli, run_clis
 
 SPECS = {
     "basic-cifar": get_spec("tiny"),
@@ -259,9 +259,12 @@ def test_trt_without_tensorrt_exits_2_with_install_hint(model_dir):
 
 
 def test_bad_export_options_areone_line_error(model_dir, tmp_path):
-    assert "--trt" in one_line_error(run_cli("export", "--model-dir", str(model_dir), "--fp16"))
-    assert "no task 'nope'" in one_line_error(run_cli("export", "--model-dir", str(model_dir), "--tasks", "nope"))
-    assert "no backbone" in one_line_error(run_cli("export", "--model-dir", str(tmp_path / "empty")))
+    fp16, nope, empty = run_clis(("export", "--model-dir", str(model_dir), "--fp16"),
+                                 ("export", "--model-dir", str(model_dir), "--tasks", "nope"),
+                                 ("export", "--model-dir", str(tmp_path / "empty")))
+    assert "--trt" in one_line_error(fp16)
+    assert "no task 'nope'" in one_line_error(nope)
+    assert "no backbone" in one_line_error(empty)
 
 
 @pytest.mark.gpu

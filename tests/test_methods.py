@@ -26,7 +26,7 @@ from tailorrt.pack import ModelDir
 from tailorrt.serving.app import create_app
 from tailorrt.serving.local import png_bytes
 from tailorrt.training import PhaseConfig, Trainer
-from tests.conftest import class_image, one_line_error, run_cli
+from tests.conftest import class_image, one_line_error, run_cli, run_clis
 from tests.test_export import SPECS, _randomise_bn
 
 METHODS = ["linear", "linear:2", "finetune-last:2", "finetune-all", "scale-shift", "attention", "attention:filter",
@@ -263,9 +263,9 @@ def methods_dir(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     shutil.copytree(exported_dir, root)
     spec = json.loads((root / "tasks" / "colors" / "task.json").read_text())["data"]["spec"]
     extra = {"attention:prune": ("--attention-schedule", "FAB", "--prune-below", "1.0")}  # cut most channels
-    for method in REGISTERED:
-        proc = run_cli("train", "--task", spec, "--model-dir", str(root), "--method", method, *TRAIN,
-                       *extra.get(method, ()), check=True)
+    procs = run_clis(*[("train", "--task", spec, "--model-dir", str(root), "--method", method, *TRAIN,
+                        *extra.get(method, ())) for method in REGISTERED], check=True)
+    for method, proc in zip(REGISTERED, procs):
         assert method.split(":")[0] in proc.stdout
     run_cli("export", "--model-dir", str(root), check=True)
     return root
