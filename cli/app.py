@@ -121,6 +121,8 @@ def train(
     or another --method."""
     if nproc < 1:
         _fail(f"--nproc must be at least 1, not {nproc}")
+    import torch
+
     from tailorrt import methods
     from tailorrt.auto import Budget
     from tailorrt.cli.progress import RichProgress
@@ -136,6 +138,8 @@ def train(
     cluster = Cluster.from_env()
     if nproc > 1 and not cluster.distributed:  # start the processes; each runs this command again under torchrun
         resolve_device(device)
+        if device.startswith("cuda") and nproc > torch.cuda.device_count():
+            _fail(f"--nproc {nproc} with --device cuda needs {nproc} GPUs; {torch.cuda.device_count()} visible")
         raise typer.Exit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
     resolve_device(device)
     dev = cluster.device(device)

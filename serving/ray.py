@@ -50,6 +50,7 @@ REPLICA_HEADER = "X-Tailor-Replica"  # the worker replica that answered
 LOADED_HEADER = "X-Tailor-Replica-Tasks"  # the tasks that replica holds after answering
 # a forwarded request that failed because its replica died or could not be reached: worth another replica
 _REPLICA_FAILURES = (RayActorError, ConnectionError)
+_HOP_HEADERS = ("host", "content-length", "transfer-encoding", "connection")  # set again for the replica's app
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,8 @@ class Ingress:
         task = task_of(path)
         started = time.perf_counter()
         forwarded = Forwarded(request.method, path, request.url.query,
-                              [(k, v) for k, v in request.headers.items() if k.lower() != "host"], await request.body())
+                              [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS],
+                              await request.body())
         answer = await self._send(task, forwarded)
         if task is not None and _is_inference(path):
             label = task if answer.status != 404 else "unknown"
