@@ -366,6 +366,9 @@ def serve(
     max_tasks_per_replica: int = typer.Option(4, help="--ray: tasks one replica holds; beyond it the least recently "
                                               "used is evicted.", rich_help_panel="Ray Serve"),
     replica_cpus: float = typer.Option(1.0, help="--ray: Ray CPUs reserved per replica.", rich_help_panel="Ray Serve"),
+    replica_gpus: float | None = typer.Option(None, help="--ray: Ray GPUs per replica (default: 1 with --device "
+                                              "cuda, else 0; 0.5 puts two replicas on a GPU).",
+                                              rich_help_panel="Ray Serve"),
     threads: int | None = typer.Option(None, help="--ray: threads per replica's backend (default: the backend's).",
                                        rich_help_panel="Ray Serve"),
     ray_address: str | None = typer.Option(None, help="--ray: deploy on this running Ray cluster ('auto': the "
@@ -414,7 +417,7 @@ def serve(
     batch = BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue, workers=batch_workers)
     if ray:
         _serve_ray(model_dir=model_dir, backend=backend, device=device, threads=threads, replicas=replicas,
-                   max_tasks_per_replica=max_tasks_per_replica, replica_cpus=replica_cpus,
+                   max_tasks_per_replica=max_tasks_per_replica, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
                    request_timeout_s=request_timeout_s, max_body_mb=max_body_mb, api_key=api_key, batch=batch,
                    limits=limits, host=host, port=port, address=ray_address, num_cpus=ray_cpus, tasks=tasks,
                    print_config=print_config)

@@ -64,6 +64,7 @@ class RayConfig:
     replicas: int = 2
     max_tasks_per_replica: int = 4
     replica_cpus: float = 1.0  # Ray CPUs reserved per worker replica
+    replica_gpus: float | None = None  # Ray GPUs per worker replica (None: 1 with a cuda device, else 0)
     max_ongoing_requests: int = 64  # requests one worker replica takes at once (its batcher queues them)
     request_timeout_s: float = 30.0  # a forwarded request gets an answer or 503 within this time
     retries: int = 1  # further replicas tried when one dies or cannot be reached
@@ -75,8 +76,15 @@ class RayConfig:
     def __post_init__(self) -> None:
         if self.replicas < 1 or self.max_tasks_per_replica < 1 or self.max_ongoing_requests < 1:
             raise ConfigError("replicas, --max-tasks-per-replica and max_ongoing_requests must be at least 1")
-        if self.request_timeout_s <= 0 or self.retries < 0 or self.replica_cpus < 0:
-            raise ConfigError("request_timeout_s must be positive; retries and replica_cpus not negative")
+        if self.request_timeout_s <= 0 or self.retries < 0 or self.replica_cpus < 0 or (self.replica_gpus or 0) < 0:
+            raise ConfigError("request_timeout_s must be positive; retries, replica_cpus and replica_gpus not "
+                              "negative")
+
+    @property
+    def gpus_per_replica(self) -> float:
+        if self.replica_gpus is not None:
+            return self.replica_gpus
+        return 1.0 if self.device.startswith("cuda") else 0.0
 
     def server(self) -> ServerConfig:
         return ServerConfig(max_body_bytes=int(self.max_body_mb * 1024 * 1024), api_key=self.api_key,
@@ -299,7 +307,8 @@ def application(config: RayConfig) -> serve.Application:
     """The Ray Serve application: ``config.replicas`` workers behind one ingress."""
     worker = serve.deployment(TaskWorker, name="TaskWorker", num_replicas=config.replicas,
                               max_ongoing_requests=config.max_ongoing_requests,
-                              ray_actor_options={"num_cpus": config.replica_cpus})
+                              ray_actor_options={"num_cpus": config.replica_cpus,
+                                                 "num_gpus": config.gpus_per_replica})
     app = ingress_app(config)
 
     @serve.ingress(app)
@@ -321,15 +330,15 @@ def build(args: dict) -> serve.Application:
 
 def serve_forever(config: RayConfig, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
                   num_cpus: int | None = None, report: Callable[[str], None] = print) -> None:
-    """Deploy on a local Ray cluster of ``num_cpus`` (started here, stopped on return) or, given ``address``, on a
-    running cluster; serve until SIGINT or SIGTERM, then delete the application."""
+    """Deploy on a local Ray cluster of ``num_cpus`` on loopback (started here, stopped on return) or, given
+    ``address``, on a running cluster; serve until SIGINT or SIGTERM, then delete the application."""
     import ray
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    local = {} if address else {"num_cpus": num_cpus, "_node_ip_address": "127.0.0.1"}  # a local cluster: loopback
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(application(config), name=APP_NAME, route_prefix="/")

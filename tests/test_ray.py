@@ -212,6 +212,8 @@ def test_serve_config_builds_the_application():
     assert application.import_path == "tailorrt.serving.ray:build" and config.http_options.port == 9000
     assert type(build(application.args)).__name__ == "Application"
     assert RayConfig.from_json(application.args) == cfg
+    assert cfg.gpus_per_replica == 0 and RayConfig(model_dir="m", device="cuda").gpus_per_replica == 1
+    assert RayConfig(model_dir="m", device="cuda", replica_gpus=0.5).gpus_per_replica == 0.5
 
 
 def test_without_ray_serve_is_a_one_line_error(tmp_path, exported_dir):
