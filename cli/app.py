@@ -135,13 +135,12 @@ def train(
                        options=ctx.meta["method_options"], batch_size=batch_size,
                        budget=Budget(max_pack_mb, max_mflops, max_drop), auto_candidates=_names(candidates))
     req.check()  # a bad method or option fails before anything is loaded
+    resolve_device(device)
     cluster = Cluster.from_env()
     if nproc > 1 and not cluster.distributed:  # start the processes; each runs this command again under torchrun
-        resolve_device(device)
         if device.startswith("cuda") and nproc > torch.cuda.device_count():
             _fail(f"--nproc {nproc} with --device cuda needs {nproc} GPUs; {torch.cuda.device_count()} visible")
         raise typer.Exit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
-    resolve_device(device)
     dev = cluster.device(device)
     cluster.start(dev)
     try:

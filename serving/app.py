@@ -40,6 +40,7 @@ from tailorrt.version import __version__
 
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 HEADER_LENGTH = "Inference-Header-Content-Length"
+KEY_MISSING = "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')"
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class BodyGuard:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            await _error(413, f"request body of {int(length):,} bytes is over the limit of {self.limit:,}",
+            await error_response(413, f"request body of {int(length):,} bytes is over the limit of {self.limit:,}",
                          close=True)(scope, receive, send)
             return
         loop = asyncio.get_running_loop()
@@ -110,7 +111,7 @@ class BodyGuard:
                 return
             if failure is not None and not started:  # answer the failure, whatever the app made of it
                 replaced = started = True
-                await _error(http_status(failure), str(failure), close=True)(scope, receive, send)
+                await error_response(http_status(failure), str(failure), close=True)(scope, receive, send)
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -120,10 +121,11 @@ class BodyGuard:
         except Exception:
             if failure is None or started:
                 raise
-            await _error(http_status(failure), str(failure), close=True)(scope, receive, send)
+            await error_response(http_status(failure), str(failure), close=True)(scope, receive, send)
 
 
-def _error(code: int, message: str, *, close: bool = False) -> JSONResponse:
+def error_response(code: int, message: str, *, close: bool = False) -> JSONResponse:
+    """An error as JSON ``{"error": ...}``: 503 with ``Retry-After``; ``close`` ends the connection."""
     headers = {"Retry-After": str(OverloadedError.retry_after_s)} if code == 503 else {}
     if close:
         headers["Connection"] = "close"
@@ -158,31 +160,31 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig(), *, on_de
     @app.middleware("http")
     async def guard(request: Request, call_next):
         start = time.perf_counter()
-        if config.api_key and request.url.path not in OPEN_PATHS and not _authorised(request, config.api_key):
-            response = _error(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')")
+        if config.api_key and request.url.path not in OPEN_PATHS and not authorised(request, config.api_key):
+            response = error_response(401, KEY_MISSING)
         else:
             response = await call_next(request)
-        task = _infer_task(request)
+        task = inference_task(request.url.path)
         if task is not None and not getattr(request.state, "counted", False):  # refused before its handler ran
             service.refused(task, "v1" if request.url.path.startswith("/v1") else "v2", response.status_code,
                             time.perf_counter() - start)
         return response
 
     @app.exception_handler(TailorError)
-    async def tailor_error(_request: Request, e: TailorError):
-        return _error(http_status(e), str(e))
+    async def tailorerror_response(_request: Request, e: TailorError):
+        return error_response(http_status(e), str(e))
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, e: RequestValidationError):
-        return _error(400, f"invalid request: {e.errors()[0].get('msg', e)}")
+    async def validationerror_response(_request: Request, e: RequestValidationError):
+        return error_response(400, f"invalid request: {e.errors()[0].get('msg', e)}")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, e: StarletteHTTPException):
-        return _error(e.status_code, str(e.detail))
+    async def httperror_response(_request: Request, e: StarletteHTTPException):
+        return error_response(e.status_code, str(e.detail))
 
     @app.exception_handler(Exception)
-    async def internal_error(_request: Request, e: Exception):
-        return _error(500, f"internal error: {type(e).__name__}: {e}")
+    async def internalerror_response(_request: Request, e: Exception):
+        return error_response(500, f"internal error: {type(e).__name__}: {e}")
 
     # ------------------------------------------------------------------ health and metadata
 
@@ -308,13 +310,14 @@ def _openapi(app: FastAPI) -> dict:
     return schema
 
 
-def _authorised(request: Request, key: str) -> bool:
+def authorised(request: Request, key: str) -> bool:
+    """Whether ``request`` carries the API key ``key``."""
     return key_matches(key, request.headers.get("x-api-key"), request.headers.get("authorization"))
 
 
-def _infer_task(request: Request) -> str | None:
-    """The task an inference request was for, if the path is an inference endpoint."""
-    parts = request.url.path.split("/")
+def inference_task(path: str) -> str | None:
+    """The task an inference request was for, if ``path`` is an inference endpoint."""
+    parts = path.split("/")
     if parts[:3] == ["", "v2", "models"] and parts[-1] == "infer" and len(parts) > 4:
         return parts[3]
     if parts[:3] == ["", "v1", "tasks"] and len(parts) == 4 and parts[3].endswith(":predict"):

@@ -40,10 +40,18 @@ from starlette.concurrency import run_in_threadpool
 from tailorrt.errors import ConfigError, OverloadedError, TailorError
 from tailorrt.limits import Limits
 from tailorrt.runtime import Runtime
-from tailorrt.serving.app import BodyGuard, ServerConfig, create_app
+from tailorrt.serving.app import (
+    KEY_MISSING,
+    BodyGuard,
+    ServerConfig,
+    authorised,
+    create_app,
+    error_response,
+    inference_task,
+)
 from tailorrt.serving.batcher import BatchConfig
 from tailorrt.serving.metrics import Metrics
-from tailorrt.serving.service import http_status, key_matches
+from tailorrt.serving.service import http_status
 
 APP_NAME = "tailorrt"
 REPLICA_HEADER = "X-Tailor-Replica"  # the worker replica that answered
@@ -184,7 +192,6 @@ class TaskWorker:
             self.replica = serve.get_replica_context().replica_id.to_full_id_str()  # its Ray actor's name
         except RayServeException:  # built outside a replica
             self.replica = f"pid-{os.getpid()}"
-        self.evictions = 0
 
         async def load(task: str) -> _Loaded:  # a plain function: Ray keeps its multiplexer on it
             await run_in_threadpool(self.service.load, task)
@@ -195,7 +202,6 @@ class TaskWorker:
     def evicted(self, task: str) -> None:
         if task in self.runtime.tasks:
             self.service.evict(task)
-        self.evictions += 1
 
     async def handle(self, request: Forwarded) -> Answer:
         """Answer one forwarded request with this replica's app, loading its task first (the multiplexed model id)."""
@@ -216,10 +222,6 @@ class TaskWorker:
                                       headers=request.headers, content=request.body)
         return Answer(r.status_code, list(r.headers.multi_items()), r.content)
 
-    def state(self) -> dict:
-        """This replica: its id, the tasks it holds and how many it evicted."""
-        return {"replica": self.replica, "tasks": self.runtime.tasks, "evictions": self.evictions}
-
 
 class Ingress:
     """The HTTP entry: answers health and ``/metrics`` itself and forwards everything else to a worker replica."""
@@ -234,8 +236,8 @@ class Ingress:
         if path == "/v2/health/live":
             return JSONResponse({"live": True})
         if path == "/metrics":
-            if self.cfg.api_key and not _authorised(request, self.cfg.api_key):
-                return _error(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')")
+            if self.cfg.api_key and not authorised(request, self.cfg.api_key):
+                return error_response(401, KEY_MISSING)
             self.metrics.tasks.set(sum(len(t) for t in self.replica_tasks.values()))
             return Response(self.metrics.render(), media_type=self.metrics.content_type)
         task = task_of(path)
@@ -244,7 +246,7 @@ class Ingress:
                               [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS],
                               await request.body())
         answer = await self._send(task, forwarded)
-        if task is not None and _is_inference(path):
+        if inference_task(path) is not None:
             label = task if answer.status != 404 else "unknown"
             self.metrics.received(label, "v1" if path.startswith("/v1") else "v2")
             self.metrics.answered(label, time.perf_counter() - started, None if answer.status < 400 else answer.status)
@@ -277,19 +279,6 @@ class Ingress:
                 return _json_answer(500, {"error": f"internal error: {e.cause!r}"})
         return _json_answer(503, {"error": f"{failure}; retry shortly"},
                             {"Retry-After": str(OverloadedError.retry_after_s)})
-
-
-def _is_inference(path: str) -> bool:
-    return path.endswith(("/infer", ":predict"))
-
-
-def _authorised(request: Request, key: str) -> bool:
-    return key_matches(key, request.headers.get("x-api-key"), request.headers.get("authorization"))
-
-
-def _error(code: int, message: str) -> JSONResponse:
-    headers = {"Retry-After": str(OverloadedError.retry_after_s)} if code == 503 else {}
-    return JSONResponse({"error": message}, status_code=code, headers=headers)
 
 
 def _json_answer(status: int, body: dict, headers: dict[str, str] | None = None) -> Answer:
