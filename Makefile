@@ -16,7 +16,7 @@ $(VENV)/installed.stamp: pyproject.toml
 
 demo: .venv
 	@for t in $(DEMO_TASKS); do $(BIN)/tailor train --task $$t --model-dir $(DEMO_DIR) --resume || exit 1; done
-	$(BIN)/tailor export --model-dir $(DEMO_DIR) --bench
+	$(BIN)/tailor export --model-dir $(DEMO_DIR) --bench --precision int8
 	$(BIN)/tailor info --model-dir $(DEMO_DIR)
 	$(BIN)/tailor report --model-dir $(DEMO_DIR)
 	$(BIN)/python -m tailorrt.serving.demo --model-dir $(DEMO_DIR)

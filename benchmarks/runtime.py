@@ -40,7 +40,8 @@ if mode == "separate":
         sessions[t].run(["logits"], {"input": x})
         gc.collect(); steps.append(proc.memory_info().rss - base)
 else:
-    rt = Runtime(model_dir, tasks=[], backend=mode.removesuffix("-fused"), share_weights=not mode.endswith("-fused"))
+    rt = Runtime(model_dir, tasks=[], backend=mode.split("-")[0], share_weights=not mode.endswith("-fused"),
+                 precision="int8" if "-int8" in mode else "fp32")
     def add(group):
         rt.add_tasks(group)  # one session build for the whole group
         for u in rt.tasks:

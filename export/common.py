@@ -16,9 +16,11 @@ from torch import nn
 
 from tailorrt.errors import ConfigError, PackError
 from tailorrt.export import speed
-from tailorrt.io import sha256_file, staging_dir
+from tailorrt.io import replace_dir, sha256_file, staging_dir
 from tailorrt.onnx_graph import INPUT, LOGITS
 from tailorrt.pack import ModelDir, preprocess_of
+from tailorrt.precision import PRECISIONS
+from tailorrt.records import write_record
 
 MANIFEST = "export.json"
 TIMING_CACHE = "timing.cache"
@@ -42,6 +44,10 @@ class ExportRequest:
     parity_images: int = 256
     tolerance: float = FP32_TOLERANCE
     bench: bool = False
+    precision: str = "fp32"  # also write a bf16 check or int8 graphs (tailorrt.precision)
+    max_drop: float = 0.5  # points of test accuracy a low precision may lose against fp32
+    calibration_images: int = 512  # training images that set the int8 activation ranges
+    check_images: int = 2000  # test images of the accuracy check (all when fewer)
 
     def validate(self) -> None:
         if self.fp16 and not self.trt:
@@ -50,6 +56,12 @@ class ExportRequest:
             raise ConfigError(f"--max-batch must be at least 1, not {self.max_batch}")
         if self.parity_images < 1:
             raise ConfigError(f"--parity-images must be at least 1, not {self.parity_images}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if not 0 <= self.max_drop <= 100:
+            raise ConfigError(f"--max-drop is in points of accuracy, 0 to 100, not {self.max_drop}")
+        if self.calibration_images < 1 or self.check_images < 1:
+            raise ConfigError("--calibration-images and --check-images must be at least 1")
 
 
 @dataclass
@@ -69,7 +81,7 @@ class TaskNetwork:
 
 def export_staging(mdir: ModelDir, kind: str) -> Path:
     """Where ``onnx/`` or ``trt/`` is assembled; the pid in the name lets a later export remove it if killed."""
-    return staging_dir(mdir.root / ".work", f"export-{kind}-{os.getpid()}-")
+    return staging_dir(mdir.root / ".work", f"export-{kind.replace('-', '_')}-{os.getpid()}-")
 
 
 def previous_export(mdir: ModelDir, kind: str, report: Report) -> dict | None:
@@ -90,13 +102,41 @@ def carry_over(prev: dict | None, folder: Path, tmp: Path, skip: set[str], same:
     for name, entry in prev.get("tasks", {}).items():
         if name in skip:
             continue
-        src = folder / entry["file"]
-        if not same(prev) or not src.is_file() or sha256_file(src) != entry["sha256"]:
+        files = entry_files(entry)
+        if not same(prev) or not all((folder / f).is_file() and sha256_file(folder / f) == sha for f, sha in files):
             report(f"dropped {name} from the previous export (out of date or damaged); re-export it")
             continue
-        shutil.copy2(src, tmp / entry["file"])
+        for f, _ in files:
+            shutil.copy2(folder / f, tmp / f)
         kept[name] = entry
     return kept
+
+
+def assemble_export(mdir: ModelDir, kind: str, networks: list[TaskNetwork], report: Report, *,
+                    prepare: Callable[[Path], dict], same: Callable[[dict, dict], bool],
+                    export_task: Callable[[Path, TaskNetwork], dict], manifest: Callable[[dict, dict], dict]) -> dict:
+    """Assemble ``<model-dir>/<kind>/`` in a staging folder and swap it in whole (the previous export stays as it
+    was if anything fails). ``prepare(tmp)`` writes what every task reads and returns facts about it; the previous
+    export's other tasks are carried over when ``same(previous manifest, facts)``; ``export_task(tmp, net)``
+    writes a task and returns its entry; ``manifest(tasks, facts)`` is the record written."""
+    folder, tmp = mdir.export_dir(kind), export_staging(mdir, kind)
+    try:
+        facts = prepare(tmp)
+        prev = previous_export(mdir, kind, report)
+        tasks = carry_over(prev, folder, tmp, {n.name for n in networks}, lambda p: same(p, facts), report)
+        for net in networks:
+            tasks[net.name] = export_task(tmp, net)
+        record = manifest(dict(sorted(tasks.items())), facts)
+        write_record(tmp / MANIFEST, record)
+        replace_dir(tmp, folder)
+        return record
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def entry_files(entry: dict) -> list[tuple[str, str]]:
+    """(file, sha256) of every file an export manifest's task entry names (none for a check-only entry)."""
+    return [(e["file"], e["sha256"]) for e in (entry, entry.get("check", {})) if "file" in e]
 
 
 @torch.inference_mode()

@@ -32,18 +32,15 @@ from tailorrt.errors import ExportError, PackError
 from tailorrt.export import parity
 from tailorrt.export.common import (
     FP32_TOLERANCE,
-    MANIFEST,
     ExportRequest,
     Report,
     TaskNetwork,
+    assemble_export,
     bench_task,
-    carry_over,
-    export_staging,
-    previous_export,
     torch_logits,
 )
 from tailorrt.export.sessions import cpu_session
-from tailorrt.io import pid_alive, replace_dir, sha256_file
+from tailorrt.io import pid_alive, sha256_file
 from tailorrt.onnx_graph import (
     INPUT,
     IR_VERSION,
@@ -56,14 +53,17 @@ from tailorrt.onnx_graph import (
     save_graph,
 )
 from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, pack_file, preprocess_of, versions
-from tailorrt.records import write_record
+from tailorrt.precision import BACKEND_OF, check_precision
 
 __all__ = ["FP32_TOLERANCE", "ExportRequest", "export_model"]
 
 
 def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict:
-    """Export the requested tasks; returns ``{"onnx": manifest, "trt": manifest or None}``."""
+    """Export the requested tasks; returns ``{"onnx": manifest, "trt": manifest or None}`` and, with a low
+    ``req.precision``, its manifest under ``"onnx-int8"`` or ``"bf16"``."""
     req.validate()
+    if req.precision != "fp32":
+        check_precision(req.precision, BACKEND_OF[req.precision])  # a CPU without bf16 fails in a second
     trt = None
     if req.trt:
         from tailorrt.export.tensorrt_engines import require_tensorrt
@@ -84,7 +84,16 @@ def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict:
         from tailorrt.export.trt_export import export_trt
 
         trt_manifest = export_trt(trt, mdir, onnx_manifest, networks, req, report)
-    return {"onnx": onnx_manifest, "trt": trt_manifest}
+    result = {"onnx": onnx_manifest, "trt": trt_manifest}
+    if req.precision == "int8":
+        from tailorrt.export.low_precision import export_int8
+
+        result["onnx-int8"] = export_int8(mdir, bmeta, shared.tensors, networks, req, report)
+    elif req.precision == "bf16":
+        from tailorrt.export.low_precision import export_bf16
+
+        result["bf16"] = export_bf16(mdir, bmeta, networks, req, report)
+    return result
 
 
 def _task_names(mdir: ModelDir, wanted: list[str] | None) -> list[str]:
@@ -127,34 +136,30 @@ def _clean_stale_work(mdir: ModelDir) -> None:
 def export_onnx(mdir: ModelDir, bmeta: dict, shared: SharedWeights, networks: list[TaskNetwork],
                 req: ExportRequest, report: Report) -> dict:
     """Write ``onnx/`` (shared weights once, one graph per task), checked against PyTorch."""
-    folder = mdir.export_dir("onnx")
-    tmp = export_staging(mdir, "onnx")
-    try:
+
+    def prepare(tmp: Path) -> dict:
         shared.write(tmp / SHARED_FILE)
-        shared_sha = sha256_file(tmp / SHARED_FILE)
-        prev = previous_export(mdir, "onnx", report)
-        tasks = carry_over(prev, folder, tmp, {n.name for n in networks},
-                           lambda p: p["shared"]["sha256"] == shared_sha, report)
-        for net in networks:
-            tasks[net.name] = _export_task_graph(tmp, shared, bmeta, net, req)
-            p = tasks[net.name]["parity"]
-            report(f"onnx {net.name}: {tasks[net.name]['bytes'] / 1e6:.2f} MB, parity max |logit diff| "
-                   f"{p['max_abs_logit_diff']:.1e}, top-1 agreement {100 * p['top1_agreement']:.2f}% "
-                   f"on {p['images']} val images")
-        manifest = {"format_version": FORMAT_VERSION, "kind": "onnx",
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "backbone": {"name": bmeta["name"], "sha256": bmeta["sha256"]},
-                    "opset": OPSET, "ir_version": IR_VERSION,
-                    "shared": {"file": SHARED_FILE, "sha256": shared_sha, "bytes": (tmp / SHARED_FILE).stat().st_size,
-                               "tensors": len(shared.tensors)},
-                    "tasks": dict(sorted(tasks.items())),
-                    "versions": {**versions(), "onnx": onnx.__version__, "onnxruntime": ort.__version__},
-                    "machine": machine()}
-        write_record(tmp / MANIFEST, manifest)
-        replace_dir(tmp, folder)
-        return manifest
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return {"file": SHARED_FILE, "sha256": sha256_file(tmp / SHARED_FILE),
+                "bytes": (tmp / SHARED_FILE).stat().st_size, "tensors": len(shared.tensors)}
+
+    def export_task(tmp: Path, net: TaskNetwork) -> dict:
+        entry = _export_task_graph(tmp, shared, bmeta, net, req)
+        p = entry["parity"]
+        report(f"onnx {net.name}: {entry['bytes'] / 1e6:.2f} MB, parity max |logit diff| "
+               f"{p['max_abs_logit_diff']:.1e}, top-1 agreement {100 * p['top1_agreement']:.2f}% "
+               f"on {p['images']} val images")
+        return entry
+
+    def manifest(tasks: dict, facts: dict) -> dict:
+        return {"format_version": FORMAT_VERSION, "kind": "onnx",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "backbone": {"name": bmeta["name"], "sha256": bmeta["sha256"]},
+                "opset": OPSET, "ir_version": IR_VERSION, "shared": facts, "tasks": tasks,
+                "versions": {**versions(), "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+                "machine": machine()}
+
+    return assemble_export(mdir, "onnx", networks, report, prepare=prepare, export_task=export_task,
+                           same=lambda prev, facts: prev["shared"]["sha256"] == facts["sha256"], manifest=manifest)
 
 
 def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: dict, net: TaskNetwork, req: ExportRequest) -> dict:

@@ -68,6 +68,7 @@ class RayConfig:
     model_dir: str
     backend: str = "onnx"
     device: str = "cpu"
+    precision: str = "fp32"  # fp32, int8 (onnx) or bf16 (torch): tailorrt.precision
     threads: int | None = None  # per replica (None: the backend's default)
     replicas: int = 2
     max_tasks_per_replica: int = 4
@@ -183,7 +184,7 @@ class TaskWorker:
     def __init__(self, config: dict) -> None:
         self.cfg = RayConfig.from_json(config)
         self.runtime = Runtime(self.cfg.model_dir, tasks=[], backend=self.cfg.backend, device=self.cfg.device,
-                               threads=self.cfg.threads, limits=self.cfg.limits)
+                               threads=self.cfg.threads, limits=self.cfg.limits, precision=self.cfg.precision)
         self.app = create_app(self.runtime, self.cfg.server(), on_demand=True)
         self.service = self.app.state.service
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://replica",

@@ -81,7 +81,8 @@ class Service:
         """``GET /v1/tasks``: the backbone, the backend and every offered task's classes, method and sizes."""
         infos = [self.runtime.describe(t) if self.on_demand else self.runtime.task(t) for t in self.models()]
         return {"backbone": {k: self.runtime.backbone_meta[k] for k in ("name", "sha256", "bytes", "params")},
-                "backend": self.runtime.backend.name, "tasks": [i.to_json() for i in infos]}
+                "backend": self.runtime.backend.name, "precision": self.runtime.precision,
+                "tasks": [i.to_json() for i in infos]}
 
     def model_ready(self, task: str, version: str = "") -> bool:
         return task in self.runtime.tasks and version in ("", VERSION)
@@ -94,7 +95,7 @@ class Service:
 
     def server_metadata(self) -> dict:
         return {"name": "tailorrt", "version": __version__, "extensions": EXTENSIONS,
-                "backend": self.runtime.backend.name, "tasks": self.models()}
+                "backend": self.runtime.backend.name, "precision": self.runtime.precision, "tasks": self.models()}
 
     def _dims(self, task: str) -> dict[str, list[int]]:
         """Each input's and output's dimensions without the batch dimension (config), after it (metadata)."""
@@ -108,7 +109,8 @@ class Service:
         return {"name": task, "versions": [VERSION], "platform": self.platform,
                 "inputs": [{"name": n, "datatype": t, "shape": [-1, *dims[n]]} for n, t in INPUTS.items()],
                 "outputs": [{"name": name, "datatype": "FP32", "shape": [-1, *dims[name]]} for name in OUTPUTS],
-                "parameters": {"classes": info.classes, "method": info.method, "preprocess": info.preprocess.to_json()}}
+                "parameters": {"classes": info.classes, "method": info.method, "preprocess": info.preprocess.to_json(),
+                               "precision": self.runtime.precision}}
 
     @property
     def platform(self) -> str:

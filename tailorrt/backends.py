@@ -19,8 +19,11 @@ import torch
 
 from tailorrt.errors import ConfigError, DependencyMissingError, PackError, UnknownTaskError
 from tailorrt.pack import ModelDir, pack_file
+from tailorrt.precision import EXPORT_KIND
 
 BACKENDS = ("torch", "onnx", "tensorrt")
+EXPORT_FLAG = {"onnx": "", "trt": " --trt", "onnx-int8": " --precision int8", "bf16": " --precision bf16"}
+INT8_CHECK_TOLERANCE = 0.02  # of the largest stored logit: the same int8 arithmetic agrees far closer
 
 
 class Backend(Protocol):
@@ -35,32 +38,37 @@ class Backend(Protocol):
 
 
 def make_backend(name: str, mdir: ModelDir, device: str, threads: int | None = None, *,
-                 share_weights: bool = True) -> Backend:
+                 share_weights: bool = True, precision: str = "fp32") -> Backend:
+    """The backend ``name`` at ``precision`` (checked by :func:`tailorrt.precision.check_precision` first)."""
     if name == "torch":
-        return TorchBackend(mdir, device)
+        return TorchBackend(mdir, device, precision=precision)
     if name == "onnx":
-        return OnnxBackend(mdir, device, threads, share_weights=share_weights)
+        return OnnxBackend(mdir, device, threads, share_weights=share_weights, precision=precision)
     if name == "tensorrt":
         return TensorRTBackend(mdir, device)
     raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
 class TorchBackend:
-    """PyTorch eager: the backbone is loaded once, students share its weights."""
+    """PyTorch eager: the backbone is loaded once, students share its weights. At bf16 every call runs under
+    ``torch.autocast``, for tasks whose bf16 accuracy ``tailor export --precision bf16`` checked."""
 
     name = "torch"
     max_batch = 256
 
-    def __init__(self, mdir: ModelDir, device: str) -> None:
+    def __init__(self, mdir: ModelDir, device: str, *, precision: str = "fp32") -> None:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise DependencyMissingError("device cuda was asked for but PyTorch sees no CUDA GPU; use device cpu")
-        self.mdir, self.device = mdir, torch.device(device)
+        self.mdir, self.device, self.precision = mdir, torch.device(device), precision
+        self.manifest = current_export(mdir, "bf16") if precision == "bf16" else None
         self.backbone, self.meta = mdir.load_backbone()
         self.backbone.to(self.device)
         self.models: dict[str, torch.nn.Module] = {}
 
     def add(self, *tasks: str) -> None:
         for task in tasks:
+            if self.manifest is not None:
+                export_entry(self.mdir, "bf16", self.manifest, task)
             model, _ = self.mdir.load_model(task, self.backbone, self.meta["sha256"])
             self.models[task] = model.to(self.device).eval()
         release_freed_memory()
@@ -74,17 +82,19 @@ class TorchBackend:
         model = self.models.get(task)
         if model is None:
             raise not_loaded(task)
-        return model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
 
 class OnnxBackend:
     """One ONNX Runtime session per task, all reading one copy of the universal weights (see
-    :mod:`tailorrt.onnx_sessions`)."""
+    :mod:`tailorrt.onnx_sessions`); at int8, the graphs of ``onnx-int8/`` and one copy of its int8 weights."""
 
     name = "onnx"
     max_batch = 256
 
-    def __init__(self, mdir: ModelDir, device: str, threads: int | None = None, *, share_weights: bool = True) -> None:
+    def __init__(self, mdir: ModelDir, device: str, threads: int | None = None, *, share_weights: bool = True,
+                 precision: str = "fp32") -> None:
         import onnxruntime as ort
 
         from tailorrt.onnx_sessions import WeightStore
@@ -96,16 +106,17 @@ class OnnxBackend:
                                              "pip install 'tailorrt[gpu]'")
             self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         self.mdir, self.threads = mdir, threads or torch.get_num_threads()
-        self.manifest = current_export(mdir, "onnx")
+        self.kind = EXPORT_KIND[precision]
+        self.manifest = current_export(mdir, self.kind)
         self.store, self.share_weights = WeightStore(), share_weights
         self.sessions: dict = {}  # task -> TaskSession; replaced whole, so running calls keep what they read
         self._lock = threading.Lock()
 
     def graph_file(self, task: str) -> Path:
         """The task's graph, checked against the export's sha256s, with the shared weights it reads beside it."""
-        entry = export_entry(self.mdir, "onnx", self.manifest, task)
-        self.mdir.export_file("onnx", self.manifest["shared"])
-        return self.mdir.export_file("onnx", entry)
+        entry = export_entry(self.mdir, self.kind, self.manifest, task)
+        self.mdir.export_file(self.kind, self.manifest["shared"])
+        return self.mdir.export_file(self.kind, entry)
 
     def add(self, *tasks: str) -> None:
         """Build a session for each task; the ones already loaded are not touched."""
@@ -117,7 +128,10 @@ class OnnxBackend:
             try:
                 for task, graph in graphs.items():
                     built[task] = task_session(task, graph, self.store, threads=self.threads,
-                                               providers=self.providers, fuse=not self.share_weights)
+                                               providers=self.providers, fuse=not self.share_weights,
+                                               prepack=self.kind != "onnx-int8" or not self.share_weights)
+                    if self.kind == "onnx-int8":
+                        self.check_int8(task, built[task])
             except BaseException:  # the new tasks (the failing one included) may have stored tensors already
                 for task in graphs:
                     if task not in self.sessions:
@@ -125,6 +139,22 @@ class OnnxBackend:
                 raise
             self.sessions = {**self.sessions, **built}
         release_freed_memory()
+
+    def check_int8(self, task: str, session) -> None:
+        """Re-run the images stored at export and refuse a task whose int8 logits differ here: int8 kernels
+        differ between CPUs (VNNI or not), and a wrong answer must not be served."""
+        from safetensors.numpy import load_file
+
+        from tailorrt.precision import cpu_summary
+
+        entry = self.manifest["tasks"][task]
+        stored = load_file(str(self.mdir.export_file(self.kind, entry["check"])))
+        got = session.run(stored["input"])
+        diff = float(np.abs(got - stored["logits"]).max())
+        if not diff <= INT8_CHECK_TOLERANCE * max(1.0, float(np.abs(stored["logits"]).max())):
+            raise PackError(f"task {task!r}: int8 logits on this CPU ({cpu_summary()}) differ by {diff:.3g} from "
+                            f"those of the export ({self.manifest.get('cpu', 'unknown CPU')}); export it again here "
+                            f"(tailor export --precision int8 --tasks {task}) or serve it at fp32")
 
     def remove(self, task: str) -> None:
         with self._lock:
@@ -147,10 +177,10 @@ def not_loaded(task: str) -> UnknownTaskError:
 def current_export(mdir: ModelDir, kind: str) -> dict:
     """The ``onnx`` or ``trt`` export manifest, refusing a missing one or one made from another backbone."""
     manifest = mdir.export_manifest(kind)
-    flag = " --trt" if kind == "trt" else ""
+    flag = EXPORT_FLAG[kind]
     if manifest is None:
         raise PackError(f"no {kind} export in {mdir.root}; run: tailor export{flag} --model-dir {mdir.root}")
-    exported_from = manifest["backbone"]["sha256"] if kind == "onnx" else manifest["backbone_sha256"]
+    exported_from = manifest["backbone_sha256"] if kind == "trt" else manifest["backbone"]["sha256"]
     if exported_from != mdir.backbone_meta()["sha256"]:
         raise PackError(f"{mdir.export_dir(kind)} was exported from another backbone; run tailor export{flag} again")
     return manifest
@@ -158,7 +188,7 @@ def current_export(mdir: ModelDir, kind: str) -> dict:
 
 def export_entry(mdir: ModelDir, kind: str, manifest: dict, task: str) -> dict:
     """A task's entry in an export manifest, refusing a task that is absent or exported before its pack changed."""
-    flag = " --trt" if kind == "trt" else ""
+    flag = EXPORT_FLAG[kind]
     entry = manifest["tasks"].get(task)
     if entry is None:
         raise PackError(f"task {task!r} is not in the {kind} export; run: tailor export{flag} --tasks {task}")

@@ -51,11 +51,12 @@ def size_summary(model_dir: str | Path, bmeta: dict, rows: list[dict]) -> dict:
     packs = sum(r["pack_bytes"] for r in rows)
     out = {"backbone_bytes": bmeta["bytes"], "packs_bytes": packs, "tailorrt_bytes": bmeta["bytes"] + packs,
            "finetuned_per_task_bytes": sum(finetuned_bytes(bmeta, r["classes"]) for r in rows), "tasks": len(rows)}
-    onnx = mdir.export_manifest("onnx")
-    if onnx:
-        graphs = sum(t["bytes"] for t in onnx["tasks"].values())
-        out["onnx"] = {"shared_bytes": onnx["shared"]["bytes"], "graphs_bytes": graphs,
-                       "total_bytes": onnx["shared"]["bytes"] + graphs, "tasks": len(onnx["tasks"])}
+    for kind in ("onnx", "onnx-int8"):
+        manifest = mdir.export_manifest(kind)
+        if manifest:
+            graphs = sum(t["bytes"] for t in manifest["tasks"].values())
+            out[kind] = {"shared_bytes": manifest["shared"]["bytes"], "graphs_bytes": graphs,
+                         "total_bytes": manifest["shared"]["bytes"] + graphs, "tasks": len(manifest["tasks"])}
     trt = mdir.export_manifest("trt")
     if trt:
         out["trt"] = {"engines_bytes": sum(t["bytes"] for t in trt["tasks"].values()), "tasks": len(trt["tasks"]),

@@ -132,11 +132,16 @@ class TaskSession:
 
 
 def task_session(task: str, graph: Path, store: WeightStore, *, threads: int,
-                 providers: list[str] | None = None, fuse: bool = False) -> TaskSession:
+                 providers: list[str] | None = None, fuse: bool = False, prepack: bool = True) -> TaskSession:
     """A session for one exported task graph whose large tensors come from (and are added to) ``store``.
 
     ``fuse`` lets ONNX Runtime fold the task's batch norms into the conv weights: the fused weights are the
     task's own (nothing to share), which is faster on small inputs and costs about one backbone per task.
+    ``prepack=False`` stops ONNX Runtime from re-laying weights inside the session (int8 convs do, per session:
+    a copy of the task's int8 weights each); the stored tensors are then the only copy, and int8 convs run slower.
+    (ONNX Runtime's C API can share pre-packed weights between sessions, ``OrtPrepackedWeightsContainer``, but
+    its int8 conv kernel refuses: "doesn't have an implementation that can cache computed pre-packed weights",
+    onnxruntime 1.32.)
     """
     providers = providers or ["CPUExecutionProvider"]
     if providers[0] != "CPUExecutionProvider":
@@ -161,6 +166,8 @@ def task_session(task: str, graph: Path, store: WeightStore, *, threads: int,
         del model, data
         register_shared_arena()
         opts.add_session_config_entry("session.use_env_allocators", "1")
+        if not prepack:
+            opts.add_session_config_entry("session.disable_prepacking", "1")
         # already optimised for this CPU; the basic level has nothing left to do but must not undo it
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         session = ort.InferenceSession(str(optimized), opts, providers=providers,

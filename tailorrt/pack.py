@@ -81,8 +81,8 @@ class ModelDir:
         return self.root / "tasks"
 
     def export_dir(self, kind: str) -> Path:
-        """``onnx/`` or ``trt/``: the outputs of ``tailor export``."""
-        if kind not in ("onnx", "trt"):
+        """``onnx/``, ``trt/``, ``onnx-int8/`` or ``bf16/``: the outputs of ``tailor export``."""
+        if kind not in ("onnx", "trt", "onnx-int8", "bf16"):
             raise ValueError(f"unknown export kind {kind!r}")
         return self.root / kind
 

@@ -137,18 +137,22 @@ def check_backbone(meta: dict) -> None:
 
 def check_export(meta: dict) -> None:
     kind = _field(meta, "kind", str)
-    if kind == "onnx":
+    if kind in ("onnx", "onnx-int8", "bf16"):
         _sha(_field(meta, "backbone", dict), "sha256", "backbone.")
-        _file_entry(_field(meta, "shared", dict), "shared.")
+        if kind != "bf16":
+            _file_entry(_field(meta, "shared", dict), "shared.")
     elif kind == "tensorrt":
         _sha(meta, "backbone_sha256")
         if _field(meta, "max_batch", int) < 1:
             raise _Invalid("'max_batch' must be at least 1")
     else:
-        raise _Invalid(f"'kind' must be onnx or tensorrt, not {kind!r}")
+        raise _Invalid(f"'kind' must be onnx, onnx-int8, bf16 or tensorrt, not {kind!r}")
     for name, entry in _field(meta, "tasks", dict).items():
-        _file_entry(entry, f"tasks.{name}.")
-        if kind == "onnx":
+        if kind != "bf16":
+            _file_entry(entry, f"tasks.{name}.")
+        if kind == "onnx-int8":
+            _file_entry(_field(entry, "check", dict, f"tasks.{name}."), f"tasks.{name}.check.")
+        if kind != "tensorrt":
             _sha(entry, "pack_sha256", f"tasks.{name}.")
 
 

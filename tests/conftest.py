@@ -88,6 +88,20 @@ def exported_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def int8_dir(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of ``exported_dir`` also exported at int8 (``onnx-int8/``). The tiny tasks are barely trained, so the
+    accuracy check may see any drop: ``--max-drop 100`` here; the refusal has its own test. Tests copy it before
+    changing it."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("int8") / "m"
+    shutil.copytree(exported_dir, root)
+    proc = run_cli("export", "--model-dir", str(root), "--precision", "int8", "--max-drop", "100", check=True)
+    assert "onnx-int8" in proc.stdout and "int8 colors: test accuracy" in proc.stderr, proc.stderr
+    return root
+
+
 def reseal(path: Path, drop: tuple[str, ...] = (), **changes) -> dict:
     """Rewrite a metadata record (task.json, backbone.json, export.json) with ``changes`` applied and the keys in
     ``drop`` removed, sealed again as tailorrt would write it: tests that edit a record on purpose are not

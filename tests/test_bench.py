@@ -21,9 +21,9 @@ FAST = ("--rounds", "2", "--requests", "24", "--clients", "4", "--batches", "1,4
 
 
 @pytest.fixture(scope="module")
-def bench_dir(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bench_dir(int8_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bench") / "m"
-    shutil.copytree(exported_dir, root)
+    shutil.copytree(int8_dir, root)
     return root
 
 
@@ -47,7 +47,7 @@ def test_the_per_task_model_is_the_tasks_teacher(bench_dir, tmp_path):
 
 
 def test_bench_reports_every_figure(bench_dir):
-    proc = run_cli("bench", "--model-dir", str(bench_dir), *FAST, check=True, timeout=600)
+    proc = run_cli("bench", "--model-dir", str(bench_dir), *FAST, "--precision", "int8", check=True, timeout=600)
     r = json.loads((bench_dir / "bench" / "bench.json").read_text())
     assert set(r["tasks"]) == {"colors", "hues"}
     for row in r["tasks"].values():
@@ -58,6 +58,10 @@ def test_bench_reports_every_figure(bench_dir):
             assert m["tailorrt"]["ms_min"] <= m["tailorrt"]["ms_per_batch"] <= m["tailorrt"]["ms_max"]
             assert 0 < m["fraction_of_limit"] and m["speedup"] > 0
             assert m["tailorrt_fused"]["images_per_s"] > 0 and m["fused_speedup_over_flop_ratio"] > 0
+            # int8 timed in the same rounds, as a ratio to the fp32 Runtime
+            assert m["low_precision_vs_tailorrt"] == pytest.approx(
+                m["tailorrt_low"]["images_per_s"] / m["tailorrt"]["images_per_s"], rel=1e-2)
+        assert 0 <= row["low_precision_accuracy"]["accuracy"] <= 100
         prof = row["profile"]
         assert prof["batch"] == 1
         # sharing keeps each task's batch norms apart from the shared convs: more nodes than the folded graph
@@ -72,6 +76,7 @@ def test_bench_reports_every_figure(bench_dir):
     assert r["versions"]["onnxruntime"] and r["machine"]["cpus"] and r["threads"] == 1
     assert "| tailorrt, one Runtime |" in proc.stdout and "mixed / single" in proc.stdout
     assert "Where the time goes at batch 1" in proc.stdout
+    assert r["precision"]["precision"] == "int8" and "int8 / fp32" in proc.stdout
     assert (bench_dir / "bench" / "bench.md").read_text() == r["summary"]
 
 

@@ -38,6 +38,7 @@ from tailorrt.errors import ConfigError
 from tailorrt.io import load_metadata, load_tensors, write_json
 from tailorrt.methods.tuned import TunedNet
 from tailorrt.pack import ModelDir, machine, pack_file, versions
+from tailorrt.precision import BACKEND_OF, EXPORT_KIND, cpu_summary
 
 MB = 1e6
 
@@ -55,6 +56,7 @@ class BenchRequest:
     clients: int = 16
     max_batch: int = 32
     threads: int | None = None  # None: torch's default
+    precision: str = "fp32"  # int8 or bf16: also time the Runtime at that precision next to fp32
     out: str | None = None  # default <model-dir>/bench/bench.json
 
     def to_json(self) -> dict:
@@ -298,6 +300,11 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
     if req.backend == "onnx":  # the --fuse-weights trade: each task's own folded copy of the weights
         contenders["tailorrt_fused"] = Runtime(req.model_dir, tasks=tasks, backend="onnx", threads=threads,
                                                share_weights=False).logits
+    low = None
+    if req.precision != "fp32":  # the same tasks at low precision, on the backend that runs it
+        low = Runtime(req.model_dir, tasks=tasks, backend=BACKEND_OF[req.precision], threads=threads,
+                      precision=req.precision)
+        contenders["tailorrt_low"] = low.logits
     sessions = {t: ort.InferenceSession(str(m.path), session_options(threads), providers=["CPUExecutionProvider"])
                 for t, m in models.items()}
 
@@ -333,6 +340,12 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
             if "tailorrt_fused" in res:
                 fused = res["tailorrt_fused"]["images_per_s"] / res["per_task"]["images_per_s"]
                 row["batches"][str(b)]["fused_speedup_over_flop_ratio"] = round(fused / row["flop_ratio"], 3)
+            if "tailorrt_low" in res:
+                ratio = res["tailorrt_low"]["images_per_s"] / res["tailorrt"]["images_per_s"]
+                row["batches"][str(b)]["low_precision_vs_tailorrt"] = round(ratio, 3)
+        if low is not None:
+            entry = mdir.export_manifest(EXPORT_KIND[req.precision])["tasks"][t]
+            row["low_precision_accuracy"] = entry["accuracy_check"]
         if req.backend == "onnx":
             report(f"profiling {t} at batch {min(req.batches)}")
             row["profile"] = profiles(rt, t, models[t].path, min(req.batches), size, threads)
@@ -347,6 +360,8 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
               "machine": machine(), "versions": {**versions(), "onnxruntime": ort.__version__},
               "threads": threads, "limit": limit, "load": load, "disk_bytes": disk, "tasks": per_task,
               "stream": stream_result}
+    if low is not None:
+        result["precision"] = {"precision": req.precision, "backend": BACKEND_OF[req.precision], "cpu": cpu_summary()}
     result["summary"] = summary(result)
     return written(result, Path(req.out) if req.out else out_dir / "bench.json")
 
@@ -383,6 +398,8 @@ def summary(r: dict) -> str:
                          f"{m['per_task']['images_per_s']:.0f} | {m['speedup']:.2f} | {m['speedup_over_flop_ratio']:.2f} "
                          f"| {'-' if fused is None else f'{fused:.2f}'} "
                          f"| {m['achieved_gmacs_per_s']:.1f} | {100 * m['fraction_of_limit']:.0f}% |")
+    if "precision" in r:
+        lines += ["", precision_summary(r)]
     profiled = {t: row["profile"] for t, row in r["tasks"].items() if "profile" in row}
     if profiled:
         batch = next(iter(profiled.values()))["batch"]
@@ -403,3 +420,19 @@ def summary(r: dict) -> str:
                      f"{s['mixed']['p99_ms']:.1f} | {s['single_equivalent_images_per_s']:.0f} | "
                      f"{s['mixed_over_single']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def precision_summary(r: dict) -> str:
+    """The low-precision rows of a bench result: speed next to the fp32 Runtime, and the export's accuracy check."""
+    p = r["precision"]
+    lines = [f"{p['precision']} ({p['backend']} backend, CPU: {p['cpu']}) against the fp32 Runtime "
+             f"({r['request']['backend']}), side by side:", "",
+             f"| task | batch | fp32 img/s | {p['precision']} img/s | {p['precision']} / fp32 | test accuracy fp32 -> "
+             f"{p['precision']} |", "|---|---|---|---|---|---|"]
+    for t, row in r["tasks"].items():
+        acc = row["low_precision_accuracy"]
+        for b, m in row["batches"].items():
+            lines.append(f"| {t} | {b} | {m['tailorrt']['images_per_s']:.0f} | {m['tailorrt_low']['images_per_s']:.0f}"
+                         f" | {m['low_precision_vs_tailorrt']:.2f}x | {acc['fp32_accuracy']:.2f}% -> "
+                         f"{acc['accuracy']:.2f}% ({acc['images']} {acc['split']} images) |")
+    return "\n".join(lines)

@@ -1,0 +1,171 @@
+"""Low precision: int8 graphs that share the universal int8 weights, the accuracy refusal, the load-time check that
+refuses int8 answers that differ on this CPU, ``tailor serve --precision int8``, and bf16 (refused in one line on a
+CPU without bf16 instructions; its autocast path run with the CPU check answered as on one that has them)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import tailorrt.precision
+from tailorrt import Runtime
+from tailorrt.errors import ConfigError, DependencyMissingError, ExportError, PackError
+from tailorrt.export import low_precision
+from tailorrt.export.exporter import ExportRequest, export_model
+from tailorrt.export.quantize import QMAX, CanonicalWeights, quantize_per_channel
+from tailorrt.io import sha256_file
+from tailorrt.onnx_graph import SharedWeights
+from tailorrt.pack import ModelDir
+from tailorrt.precision import BF16_FLAGS, check_precision, cpu_flags, cpu_summary
+from tailorrt.serving.local import local_server
+from tests.conftest import one_line_error, reseal, run_clis
+
+NATIVE_BF16 = any(f in cpu_flags() for f in BF16_FLAGS)
+
+
+def val_images(root: Path, task: str) -> np.ndarray:
+    """The images the export stored for the int8 load check (real validation images of the task)."""
+    entry = ModelDir(root).export_manifest("onnx-int8")["tasks"][task]
+    return load_file(str(root / "onnx-int8" / entry["check"]["file"]))["input"]
+
+
+def test_per_channel_quantisation_round_trips():
+    w = np.random.default_rng(0).standard_normal((5, 3, 3, 3)).astype(np.float32)
+    w[2] = 0.0  # a dead channel keeps scale 1 and zeros
+    q, s = quantize_per_channel(w)
+    assert q.dtype == np.int8 and np.abs(q).max() == QMAX and s[2] == 1.0 and not q[2].any()
+    assert np.abs(s[:, None, None, None] * q - w).max() <= s.max() / 2 + 1e-7
+
+
+def test_int8_graphs_share_the_canonical_weights(int8_dir):
+    mdir = ModelDir(int8_dir)
+    manifest = mdir.export_manifest("onnx-int8")
+    backbone, _ = mdir.load_backbone()
+    canonical = CanonicalWeights.of(SharedWeights(backbone).tensors)
+    data = (int8_dir / "onnx-int8" / "universal-int8.data").read_bytes()
+    for name, (offset, length) in canonical.offsets.items():  # the shared file is the backbone quantised once
+        assert data[offset:offset + length] == canonical.q[name].tobytes()
+    assert manifest["shared"]["int8_bytes"] == canonical.nbytes
+    for task, entry in manifest["tasks"].items():
+        # every universal conv whose batch-norm scales are positive points into the shared file
+        assert entry["shared_int8_bytes"] > 0, task
+        check = entry["accuracy_check"]
+        assert check["drop_points"] == pytest.approx(check["fp32_accuracy"] - check["accuracy"], abs=1e-3)
+        assert entry["calibration"]["images"] > 0
+
+
+def test_int8_runtime_agrees_with_fp32_and_stores_shared_weights_once(int8_dir):
+    fp32 = Runtime(int8_dir, backend="onnx")
+    int8 = Runtime(int8_dir, backend="onnx", precision="int8")
+    assert int8.precision == "int8" and int8.tasks == ["colors", "hues"]
+    for task in int8.tasks:
+        x = val_images(int8_dir, task)
+        a, b = fp32.logits(task, x), int8.logits(task, x)
+        assert np.abs(a - b).max() < 0.25 * max(1.0, np.abs(a).max())
+        assert (a.argmax(1) == b.argmax(1)).mean() >= 0.75
+    assert int8.backend.store.shared_bytes() > 0  # the universal int8 tensors both tasks use are held once
+    own = Runtime(int8_dir, backend="onnx", precision="int8", share_weights=False)  # pre-packed per session
+    for task in own.tasks:
+        x = val_images(int8_dir, task)
+        assert np.abs(own.logits(task, x) - int8.logits(task, x)).max() < 1e-3
+    p = int8.predict("colors", val_images(int8_dir, "colors")[:2])
+    assert len(p) == 2 and p[0].labels[0] in int8.task("colors").classes
+
+
+def test_int8_answers_that_differ_on_this_cpu_are_refused(int8_dir, tmp_path):
+    root = tmp_path / "m"
+    shutil.copytree(int8_dir, root)
+    manifest_path = root / "onnx-int8" / "export.json"
+    entry = ModelDir(root).export_manifest("onnx-int8")["tasks"]["hues"]
+    check = root / "onnx-int8" / entry["check"]["file"]
+    stored = load_file(str(check))
+    save_file({"input": stored["input"], "logits": stored["logits"] + 10.0}, str(check))  # as another CPU computed
+    tasks = json.loads(manifest_path.read_text())["tasks"]
+    tasks["hues"]["check"]["sha256"] = sha256_file(check)
+    reseal(manifest_path, tasks=tasks)
+    with pytest.raises(PackError, match="int8 logits on this CPU .* differ by 10 from those of the export"):
+        Runtime(root, backend="onnx", precision="int8", tasks=["hues"])
+    assert Runtime(root, backend="onnx", precision="int8", tasks=["colors"]).tasks == ["colors"]
+
+
+def test_an_export_losing_accuracy_is_refused_and_the_previous_kept(int8_dir, tmp_path, monkeypatch):
+    root = tmp_path / "m"
+    shutil.copytree(int8_dir, root)
+    before = (root / "onnx-int8" / "export.json").read_bytes()
+    real = low_precision.batches
+
+    def black_calibration(dataset, count, **kw):  # calibrated on black images: every activation range collapses
+        for x in real(dataset, count, **kw):
+            yield x if kw.get("labels") else np.zeros_like(x)
+
+    monkeypatch.setattr(low_precision, "batches", black_calibration)
+    with pytest.raises(ExportError, match=r"'colors': int8 loses .* points of (test|val) accuracy .* more than "
+                                          r"--max-drop 0.5; the int8 export was not written"):
+        export_model(ExportRequest(model_dir=str(root), tasks=["colors"], precision="int8", download=False))
+    assert (root / "onnx-int8" / "export.json").read_bytes() == before
+    assert not list((root / ".work").glob("export-onnx_int8-*"))
+
+
+def test_serve_int8_answers_as_the_runtime(int8_dir):
+    x = val_images(int8_dir, "colors")[:2]
+    want = Runtime(int8_dir, backend="onnx", precision="int8", tasks=["colors"]).logits("colors", x)
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                   "data": x.ravel().tolist()}], "outputs": [{"name": "logits"}]}).encode()
+    with local_server(str(int8_dir), "--precision", "int8", "--tasks", "colors", "--no-grpc") as url:
+        meta = json.load(urllib.request.urlopen(f"{url}/v2/models/colors", timeout=30))
+        req = urllib.request.Request(f"{url}/v2/models/colors/infer", data=body,
+                                     headers={"Content-Type": "application/json"})
+        got = json.load(urllib.request.urlopen(req, timeout=30))
+        tasks = json.load(urllib.request.urlopen(f"{url}/v1/tasks", timeout=30))
+    assert meta["parameters"]["precision"] == "int8" and tasks["precision"] == "int8"
+    logits = np.array(got["outputs"][0]["data"], np.float32).reshape(want.shape)
+    assert np.abs(logits - want).max() < 1e-4
+
+
+def test_precision_checks(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_bf16\n")
+    flags = cpu_flags(cpuinfo)
+    assert {"avx2", "avx512_vnni", "amx_bf16"} <= flags and cpu_flags(tmp_path / "none") == set()
+    assert cpu_summary(flags) == "AVX-512, avx512_vnni, amx_bf16"
+    check_precision("bf16", "torch", "cpu", flags)  # accepted where the CPU has bf16
+    with pytest.raises(DependencyMissingError, match=r"bf16 needs a CPU with AVX512-BF16 or AMX \(this one: AVX2"):
+        check_precision("bf16", "torch", "cpu", {"avx2"})
+    check_precision("bf16", "torch", "cuda", set())
+    for args, match in ((("int8", "torch"), "int8 runs on the onnx backend"), (("bf16", "onnx"), "on the torch"),
+                        (("fp16", "onnx"), "unknown precision"), (("int8", "onnx", "cuda"), "use TensorRT")):
+        with pytest.raises(ConfigError, match=match):
+            check_precision(*args, flags=set())
+
+
+@pytest.mark.skipif(NATIVE_BF16, reason="this CPU has bf16 instructions: the refusal does not apply")
+def test_bf16_is_refused_in_one_line_without_bf16_instructions(exported_dir):
+    serve, export = run_clis(("serve", "--model-dir", str(exported_dir), "--backend", "torch", "--precision", "bf16"),
+                             ("export", "--model-dir", str(exported_dir), "--precision", "bf16"))
+    for proc in (serve, export):
+        assert "bf16 needs a CPU with AVX512-BF16 or AMX" in one_line_error(proc, code=2)  # a missing dependency
+
+
+def test_bf16_export_and_runtime(exported_dir, tmp_path, monkeypatch):
+    """The bf16 path itself (autocast, the accuracy check, the export record the runtime needs), run here with the
+    CPU check answered as on a CPU with AMX: where it is emulated it is slow, not different."""
+    root = tmp_path / "m"
+    shutil.copytree(exported_dir, root)
+    monkeypatch.setattr(tailorrt.precision, "cpu_flags", lambda *a: {"avx2", "amx_bf16"})
+    with pytest.raises(PackError, match="no bf16 export .* tailor export --precision bf16"):
+        Runtime(root, backend="torch", precision="bf16")
+    result = export_model(ExportRequest(model_dir=str(root), precision="bf16", download=False, max_drop=100))
+    for check in (e["accuracy_check"] for e in result["bf16"]["tasks"].values()):
+        assert check["images"] > 0 and check["top1_agreement"] >= 0.75
+    fp32, bf16 = Runtime(root, backend="torch"), Runtime(root, backend="torch", precision="bf16")
+    for task in bf16.tasks:
+        size = bf16.task(task).preprocess.size
+        x = np.random.default_rng(0).standard_normal((4, 3, size, size)).astype(np.float32)
+        a, b = fp32.logits(task, x), bf16.logits(task, x)
+        assert b.dtype == np.float32 and 0 < np.abs(a - b).max() < 0.1 * max(1.0, np.abs(a).max())
