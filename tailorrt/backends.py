@@ -175,7 +175,8 @@ def not_loaded(task: str) -> UnknownTaskError:
 
 
 def current_export(mdir: ModelDir, kind: str) -> dict:
-    """The ``onnx`` or ``trt`` export manifest, refusing a missing one or one made from another backbone."""
+    """The manifest of an export (``onnx``, ``trt``, ``onnx-int8``, ``bf16``), refusing a missing one or one made
+    from another backbone."""
     manifest = mdir.export_manifest(kind)
     flag = EXPORT_FLAG[kind]
     if manifest is None:

@@ -21,9 +21,9 @@ FAST = ("--rounds", "2", "--requests", "24", "--clients", "4", "--batches", "1,4
 
 
 @pytest.fixture(scope="module")
-def bench_dir(int8_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bench_dir(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bench") / "m"
-    shutil.copytree(int8_dir, root)
+    shutil.copytree(exported_dir, root)
     return root
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from safetensors.numpy import load_file, save_file
 
 import tailorrt.precision
@@ -23,7 +23,7 @@ from tailorrt.io import sha256_file
 from tailorrt.onnx_graph import SharedWeights
 from tailorrt.pack import ModelDir
 from tailorrt.precision import BF16_FLAGS, check_precision, cpu_flags, cpu_summary
-from tailorrt.serving.local import local_server
+from tailorrt.serving.app import ServerConfig, create_app
 from tests.conftest import one_line_error, reseal, run_clis
 
 NATIVE_BF16 = any(f in cpu_flags() for f in BF16_FLAGS)
@@ -43,12 +43,12 @@ def test_per_channel_quantisation_round_trips():
     assert np.abs(s[:, None, None, None] * q - w).max() <= s.max() / 2 + 1e-7
 
 
-def test_int8_graphs_share_the_canonical_weights(int8_dir):
-    mdir = ModelDir(int8_dir)
+def test_int8_graphs_share_the_canonical_weights(exported_dir):
+    mdir = ModelDir(exported_dir)
     manifest = mdir.export_manifest("onnx-int8")
     backbone, _ = mdir.load_backbone()
     canonical = CanonicalWeights.of(SharedWeights(backbone).tensors)
-    data = (int8_dir / "onnx-int8" / "universal-int8.data").read_bytes()
+    data = (exported_dir / "onnx-int8" / "universal-int8.data").read_bytes()
     for name, (offset, length) in canonical.offsets.items():  # the shared file is the backbone quantised once
         assert data[offset:offset + length] == canonical.q[name].tobytes()
     assert manifest["shared"]["int8_bytes"] == canonical.nbytes
@@ -60,27 +60,27 @@ def test_int8_graphs_share_the_canonical_weights(int8_dir):
         assert entry["calibration"]["images"] > 0
 
 
-def test_int8_runtime_agrees_with_fp32_and_stores_shared_weights_once(int8_dir):
-    fp32 = Runtime(int8_dir, backend="onnx")
-    int8 = Runtime(int8_dir, backend="onnx", precision="int8")
+def test_int8_runtime_agrees_with_fp32_and_stores_shared_weights_once(exported_dir):
+    fp32 = Runtime(exported_dir, backend="onnx")
+    int8 = Runtime(exported_dir, backend="onnx", precision="int8")
     assert int8.precision == "int8" and int8.tasks == ["colors", "hues"]
     for task in int8.tasks:
-        x = val_images(int8_dir, task)
+        x = val_images(exported_dir, task)
         a, b = fp32.logits(task, x), int8.logits(task, x)
         assert np.abs(a - b).max() < 0.25 * max(1.0, np.abs(a).max())
         assert (a.argmax(1) == b.argmax(1)).mean() >= 0.75
     assert int8.backend.store.shared_bytes() > 0  # the universal int8 tensors both tasks use are held once
-    own = Runtime(int8_dir, backend="onnx", precision="int8", share_weights=False)  # pre-packed per session
+    own = Runtime(exported_dir, backend="onnx", precision="int8", share_weights=False)  # pre-packed per session
     for task in own.tasks:
-        x = val_images(int8_dir, task)
+        x = val_images(exported_dir, task)
         assert np.abs(own.logits(task, x) - int8.logits(task, x)).max() < 1e-3
-    p = int8.predict("colors", val_images(int8_dir, "colors")[:2])
+    p = int8.predict("colors", val_images(exported_dir, "colors")[:2])
     assert len(p) == 2 and p[0].labels[0] in int8.task("colors").classes
 
 
-def test_int8_answers_that_differ_on_this_cpu_are_refused(int8_dir, tmp_path):
+def test_int8_answers_that_differ_on_this_cpu_are_refused(exported_dir, tmp_path):
     root = tmp_path / "m"
-    shutil.copytree(int8_dir, root)
+    shutil.copytree(exported_dir, root)
     manifest_path = root / "onnx-int8" / "export.json"
     entry = ModelDir(root).export_manifest("onnx-int8")["tasks"]["hues"]
     check = root / "onnx-int8" / entry["check"]["file"]
@@ -94,9 +94,9 @@ def test_int8_answers_that_differ_on_this_cpu_are_refused(int8_dir, tmp_path):
     assert Runtime(root, backend="onnx", precision="int8", tasks=["colors"]).tasks == ["colors"]
 
 
-def test_an_export_losing_accuracy_is_refused_and_the_previous_kept(int8_dir, tmp_path, monkeypatch):
+def test_an_export_losing_accuracy_is_refused_and_the_previous_kept(exported_dir, tmp_path, monkeypatch):
     root = tmp_path / "m"
-    shutil.copytree(int8_dir, root)
+    shutil.copytree(exported_dir, root)
     before = (root / "onnx-int8" / "export.json").read_bytes()
     real = low_precision.batches
 
@@ -112,17 +112,16 @@ def test_an_export_losing_accuracy_is_refused_and_the_previous_kept(int8_dir, tm
     assert not list((root / ".work").glob("export-onnx_int8-*"))
 
 
-def test_serve_int8_answers_as_the_runtime(int8_dir):
-    x = val_images(int8_dir, "colors")[:2]
-    want = Runtime(int8_dir, backend="onnx", precision="int8", tasks=["colors"]).logits("colors", x)
-    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
-                                   "data": x.ravel().tolist()}], "outputs": [{"name": "logits"}]}).encode()
-    with local_server(str(int8_dir), "--precision", "int8", "--tasks", "colors", "--no-grpc") as url:
-        meta = json.load(urllib.request.urlopen(f"{url}/v2/models/colors", timeout=30))
-        req = urllib.request.Request(f"{url}/v2/models/colors/infer", data=body,
-                                     headers={"Content-Type": "application/json"})
-        got = json.load(urllib.request.urlopen(req, timeout=30))
-        tasks = json.load(urllib.request.urlopen(f"{url}/v1/tasks", timeout=30))
+def test_the_server_answers_int8_as_the_runtime(exported_dir):
+    """In process (the CLI's --precision reaches the same Runtime argument: the bf16 refusal below runs it)."""
+    runtime = Runtime(exported_dir, backend="onnx", precision="int8", tasks=["colors"])
+    x = val_images(exported_dir, "colors")[:2]
+    want = runtime.logits("colors", x)
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}],
+            "outputs": [{"name": "logits"}]}
+    with TestClient(create_app(runtime, ServerConfig())) as client:
+        meta, tasks = client.get("/v2/models/colors").json(), client.get("/v1/tasks").json()
+        got = client.post("/v2/models/colors/infer", json=body).json()
     assert meta["parameters"]["precision"] == "int8" and tasks["precision"] == "int8"
     logits = np.array(got["outputs"][0]["data"], np.float32).reshape(want.shape)
     assert np.abs(logits - want).max() < 1e-4

@@ -279,7 +279,7 @@ def test_tailor_serve_answers_and_finishes_in_flight_requests_on_sigterm(exporte
         _, err = proc.communicate(timeout=30)
     assert answers and answers[0][0] == 200 and len(answers[0][1]["top_k"]) == 2  # finished, not dropped
     assert proc.returncode in (0, -signal.SIGTERM), err  # uvicorn re-raises the signal after a graceful stop
-    assert "serving colors, hues (onnx backend)" in err and "Traceback" not in err
+    assert "serving colors, hues (onnx backend, fp32)" in err and "Traceback" not in err
 
 
 def test_tailor_predict_prints_answers(exported_dir, tmp_path):
