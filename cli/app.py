@@ -264,7 +264,7 @@ def _mb(n: int) -> str:
 @app.command("export", epilog="Examples:\n\n  tailor export   # ONNX for every task in runs/\n\n"
              "  tailor export --model-dir runs/demo --tasks synth-digits,synth-signs --bench\n\n"
              "  tailor export --precision int8 --max-drop 0.5   # also int8 graphs, calibrated on training images\n\n"
-             "  tailor export --trt --fp16 --max-batch 64   # needs an NVIDIA GPU: pip install 'tailorrt[gpu]'")
+             "  tailor export --trt --fp16 --max-batch 64   # needs an NVIDIA GPU: pip install 'tailorrt\\[gpu]'")
 def export_(
     model_dir: str = ModelDirOpt,
     tasks: str | None = typer.Option(None, help="Comma-separated task names (default: every task)."),
@@ -376,7 +376,7 @@ def serve(
     api_key: str | None = typer.Option(None, envvar="TAILOR_API_KEY", help="Require this key on every "
                                           "endpoint but health (header Authorization: Bearer KEY or X-API-Key)."),
     ray: bool = typer.Option(False, "--ray", help="Serve every task of the model dir from Ray Serve replicas "
-                             "(pip install 'tailorrt[ray]'): each replica holds the backbone once and loads a task "
+                             "(pip install 'tailorrt\\[ray]'): each replica holds the backbone once and loads a task "
                              "on its first request; HTTP only.", rich_help_panel="Ray Serve"),
     replicas: int = typer.Option(2, help="--ray: worker replicas.", rich_help_panel="Ray Serve"),
     max_tasks_per_replica: int = typer.Option(4, help="--ray: tasks one replica holds; beyond it the least recently "
