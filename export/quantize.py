@@ -5,8 +5,10 @@ as ONNX Runtime's tools do (fold the batch norm, then quantise each folded weigh
 would give every task its own int8 copy of the backbone. Instead:
 
 1. Each universal conv weight ``W`` is quantised once, from the backbone alone: per output channel,
-   symmetric, ``s = max|W_c| / 127`` and ``q = round(W / s)`` (the *canonical* int8 weights, written
-   once to ``onnx-int8/universal-int8.data``).
+   symmetric and 7-bit, ``s = max|W_c| / 64`` and ``q = round(W / s)`` (the *canonical* int8 weights,
+   written once to ``onnx-int8/universal-int8.data``). 7 bits as ONNX Runtime's ``reduce_range``: CPUs
+   without VNNI multiply u8 activations by s8 weights in pairs summed into int16, which saturates with
+   8-bit weights (synth-signs lost 2.1 points that way on an AVX2 CPU, and none with 7-bit weights).
 2. In each task graph the batch norm after a universal conv (``a * conv(x) + b``) is folded into a conv
    whose weight is ``a * s * q``. ONNX Runtime's quantiser, per channel and symmetric, then finds the
    scale ``a * s`` and the int8 weight ``q`` again, exactly: the task owns the per-channel scales and
@@ -15,7 +17,8 @@ would give every task its own int8 copy of the backbone. Instead:
 3. Activations are quantised per tensor (uint8) from ranges calibrated on the task's own training images.
 
 The runtime then hands the one stored int8 tensor to every task's session, like the fp32 weights
-(:mod:`tailorrt.onnx_sessions`).
+(:mod:`tailorrt.onnx_sessions`). ONNX Runtime's int8 convs still re-lay ("pre-pack") it inside each session
+unless pre-packing is off: see ``Runtime(share_weights=...)`` and the README's "Low precision on CPU".
 """
 
 from __future__ import annotations
