@@ -14,6 +14,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from tailorrt.datasets import TaskData
 from tailorrt.errors import ConfigError, PackError
 from tailorrt.export import speed
 from tailorrt.io import replace_dir, sha256_file, staging_dir
@@ -66,12 +67,14 @@ class ExportRequest:
 
 @dataclass
 class TaskNetwork:
-    """A task ready to export: its PyTorch module, metadata, and parity images."""
+    """A task ready to export: its PyTorch module, metadata, parity images and data (loaded once, for the
+    low-precision calibration and accuracy check)."""
 
     name: str
     meta: dict
     module: nn.Module
     images: np.ndarray
+    data: TaskData
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

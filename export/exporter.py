@@ -116,7 +116,7 @@ def _load_network(mdir: ModelDir, name: str, backbone: UniversalBackbone, sha: s
     if n == 0:
         raise ExportError(f"task {name!r} has no validation images to check the export against")
     images = np.stack([data.val[i][0].numpy() for i in range(n)]).astype(np.float32)
-    return TaskNetwork(name, meta, student, images)
+    return TaskNetwork(name, meta, student, images, data)
 
 
 def _clean_stale_work(mdir: ModelDir) -> None:

@@ -22,24 +22,20 @@ import onnxruntime as ort
 import torch
 from safetensors.numpy import save_file
 
-from tailorrt.datasets import TaskData, load_task
+from tailorrt.datasets import TaskData
 from tailorrt.errors import ExportError
+from tailorrt.export import parity
 from tailorrt.export.common import ExportRequest, Report, TaskNetwork, assemble_export, torch_logits
 from tailorrt.export.quantize import SHARED_INT8_FILE, CanonicalWeights, quantize_task
 from tailorrt.export.sessions import cpu_session
 from tailorrt.io import sha256_file
 from tailorrt.onnx_graph import INPUT, LOGITS
-from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, pack_file, preprocess_of, versions
+from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, pack_file, versions
 from tailorrt.precision import cpu_summary
 
 Forward = Callable[[np.ndarray], np.ndarray]
 CHECK_IMAGES = 8  # images (and their int8 logits) that every load of an int8 task re-runs
 BATCH = 64
-
-
-def task_data(net: TaskNetwork, req: ExportRequest) -> TaskData:
-    return load_task(net.meta["data"]["spec"], data_dir=Path(req.data_dir), preprocess=preprocess_of(net.meta),
-                     download=req.download)
 
 
 def batches(dataset, count: int, *, seed: int | None = None, labels: bool = False) -> Iterator:
@@ -58,19 +54,12 @@ def accuracy_check(reference: Forward, candidate: Forward, data: TaskData, count
     dataset = getattr(data, split)
     if len(dataset) == 0:
         raise ExportError(f"task {data.name!r} has no test or validation images to check a low precision on")
-    n = right_ref = right = agree = 0
-    worst = 0.0
+    tally = parity.Agreement()
     for x, y in batches(dataset, count, labels=True):
-        ref, got = np.asarray(reference(x), np.float64), np.asarray(candidate(x), np.float64)
-        worst = max(worst, float(np.abs(ref - got).max()) if np.isfinite(got).all() else float("inf"))
-        right_ref += int((ref.argmax(1) == y).sum())
-        right += int((got.argmax(1) == y).sum())
-        agree += int((ref.argmax(1) == got.argmax(1)).sum())
-        n += len(y)
-    fp32, low = 100 * right_ref / n, 100 * right / n
-    return {"split": split, "images": n, "fp32_accuracy": round(fp32, 4), "accuracy": round(low, 4),
-            "drop_points": round(fp32 - low, 4), "top1_agreement": round(agree / n, 6),
-            "max_abs_logit_diff": worst}
+        tally.add(reference(x), candidate(x), y)
+    fp32, low = 100 * tally.right_reference / tally.images, 100 * tally.right / tally.images
+    return {"split": split, **tally.result(), "fp32_accuracy": round(fp32, 4), "accuracy": round(low, 4),
+            "drop_points": round(fp32 - low, 4)}
 
 
 def refuse_drop(task: str, precision: str, check: dict, req: ExportRequest) -> None:
@@ -122,7 +111,7 @@ def export_int8(mdir: ModelDir, bmeta: dict, shared_tensors: dict[str, np.ndarra
 
 def _int8_task(mdir: ModelDir, tmp: Path, canonical: CanonicalWeights, net: TaskNetwork, req: ExportRequest,
                report: Report) -> dict:
-    data = task_data(net, req)
+    data = net.data
     if len(data.train) == 0:
         raise ExportError(f"task {net.name!r} has no training images to calibrate int8 on")
     path = tmp / f"{net.name}.onnx"
@@ -165,7 +154,7 @@ def export_bf16(mdir: ModelDir, bmeta: dict, networks: list[TaskNetwork], req: E
     def export_task(tmp: Path, net: TaskNetwork) -> dict:
         net.module.eval()
         check = accuracy_check(lambda x: torch_logits(net.module, x), lambda x: bf16_logits(net.module, x),
-                               task_data(net, req), req.check_images)
+                               net.data, req.check_images)
         refuse_drop(net.name, "bf16", check, req)
         report_check(report, net.name, "bf16", check)
         return {"method": net.meta["method"], "pack_sha256": pack_file(net.meta)["sha256"],

@@ -9,17 +9,36 @@ import numpy as np
 Forward = Callable[[np.ndarray], np.ndarray]  # NCHW float32 images -> logits
 
 
+class Agreement:
+    """Max absolute logit difference and top-1 agreement of a candidate against a reference, batch by batch;
+    with labels, also both accuracies."""
+
+    def __init__(self) -> None:
+        self.images = self.agree = self.right_reference = self.right = 0
+        self.worst = 0.0
+
+    def add(self, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None) -> None:
+        ref, got = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+        if ref.shape != got.shape:
+            raise ValueError(f"output shapes differ: {ref.shape} vs {got.shape}")
+        self.worst = max(self.worst, float(np.abs(ref - got).max()) if np.isfinite(got).all() else float("inf"))
+        self.agree += int((ref.argmax(1) == got.argmax(1)).sum())
+        if labels is not None:
+            self.right_reference += int((ref.argmax(1) == labels).sum())
+            self.right += int((got.argmax(1) == labels).sum())
+        self.images += len(ref)
+
+    def result(self) -> dict:
+        return {"images": self.images, "max_abs_logit_diff": self.worst,
+                "top1_agreement": round(self.agree / self.images, 6)}
+
+
 def compare(reference: Forward, candidate: Forward, images: np.ndarray, *, batch_size: int = 64) -> dict:
     """Max absolute logit difference and top-1 agreement over ``images``, in batches."""
     if len(images) == 0:
         raise ValueError("no images to compare on")
-    worst, agree = 0.0, 0
+    tally = Agreement()
     for start in range(0, len(images), batch_size):
         x = np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32)
-        ref, got = np.asarray(reference(x), np.float64), np.asarray(candidate(x), np.float64)
-        if ref.shape != got.shape:
-            raise ValueError(f"output shapes differ: {ref.shape} vs {got.shape}")
-        worst = max(worst, float(np.abs(ref - got).max()) if np.isfinite(got).all() else float("inf"))
-        agree += int((ref.argmax(1) == got.argmax(1)).sum())
-    return {"images": len(images), "max_abs_logit_diff": worst,
-            "top1_agreement": round(agree / len(images), 6)}
+        tally.add(reference(x), candidate(x))
+    return tally.result()

@@ -38,7 +38,7 @@ from tailorrt.errors import ConfigError
 from tailorrt.io import load_metadata, load_tensors, write_json
 from tailorrt.methods.tuned import TunedNet
 from tailorrt.pack import ModelDir, machine, pack_file, versions
-from tailorrt.precision import BACKEND_OF, EXPORT_KIND, cpu_summary
+from tailorrt.precision import BACKEND_OF, cpu_summary
 
 MB = 1e6
 
@@ -343,9 +343,8 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
             if "tailorrt_low" in res:
                 ratio = res["tailorrt_low"]["images_per_s"] / res["tailorrt"]["images_per_s"]
                 row["batches"][str(b)]["low_precision_vs_tailorrt"] = round(ratio, 3)
-        if low is not None:
-            entry = mdir.export_manifest(EXPORT_KIND[req.precision])["tasks"][t]
-            row["low_precision_accuracy"] = entry["accuracy_check"]
+        if low is not None:  # the export's check, from the manifest the low-precision Runtime loaded
+            row["low_precision_accuracy"] = low.backend.manifest["tasks"][t]["accuracy_check"]
         if req.backend == "onnx":
             report(f"profiling {t} at batch {min(req.batches)}")
             row["profile"] = profiles(rt, t, models[t].path, min(req.batches), size, threads)
