@@ -50,9 +50,10 @@ class TrainCommand(TyperCommand):
         params = []
         for option in methods.options():
             users = ", ".join(m.family for m in methods.families() if option in m.options)
+            names = f"--{option.flag}/--no-{option.flag}" if option.kind is bool else f"--{option.flag}"
             params.append(inspect.Parameter(option.param, inspect.Parameter.KEYWORD_ONLY,
                                             annotation=Optional[option.kind],
-                                            default=typer.Option(None, f"--{option.flag}", help=option.help,
+                                            default=typer.Option(None, names, help=option.help,
                                                                  rich_help_panel=f"Options of {users}")))
         options.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         holder = typer.Typer(add_completion=False)
@@ -230,13 +231,14 @@ def info(model_dir: str = ModelDirOpt, as_json: bool = typer.Option(False, "--js
         return
     out.print(f"backbone {bmeta['name']} ({bmeta['params'] / 1e6:.2f} M params, {_mb(bmeta['bytes'])}, "
               f"sha256 {bmeta['sha256'][:12]}) in {model_dir}", highlight=False)
-    table = Table("task", "method", "acc %", "teacher %", "universal", "task params", "shared params",
+    table = Table("task", "method", "acc %", "teacher %", "universal", "chosen", "task params", "shared params",
                   "MFLOPs", "teacher MFLOPs", "pack KB", "pack/backbone", "onnx KB", "engine KB")
     for r in rows:
         onnx_kb = "-" if r["onnx_bytes"] is None else f"{r['onnx_bytes'] / 1e3:.1f}" + (" (stale)" * r["onnx_stale"])
         teacher = "-" if r["teacher_accuracy"] is None else f"{r['teacher_accuracy']:.2f}"
         table.add_row(r["task"], method_label(r), f"{r['accuracy']:.2f}", teacher,
-                      r["universal_blocks"], f"{r['task_params']:,}", f"{r['shared_params_used']:,}",
+                      r["universal_blocks"], r["chosen"] or "-", f"{r['task_params']:,}",
+                      f"{r['shared_params_used']:,}",
                       f"{r['flops'] / 1e6:.2f}", f"{r['teacher_flops'] / 1e6:.2f}", f"{r['pack_bytes'] / 1e3:.1f}",
                       f"{100 * r['pack_vs_backbone']:.1f}%", onnx_kb,
                       "-" if r["engine_bytes"] is None else f"{r['engine_bytes'] / 1e3:.1f}")

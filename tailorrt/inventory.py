@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tailorrt import methods
 from tailorrt.backbones import BackboneSpec
 from tailorrt.pack import ModelDir, pack_file
 
@@ -20,6 +21,7 @@ def info_rows(model_dir: str | Path) -> tuple[dict, list[dict]]:
         pack = pack_file(meta)
         onnx_entry, trt_entry = exports["onnx"].get(name), exports["trt"].get(name)
         rows.append({"task": name, "method": meta["method"], "chosen_by_auto": "auto" in meta,
+                     "chosen": methods.for_record(meta).describe(meta),
                      "classes": len(meta["classes"]),
                      "accuracy": m["accuracy"], "teacher_accuracy": m["teacher_accuracy"],
                      "universal_blocks": f"{m['universal_blocks_kept']}/{m['universal_blocks_total']}",

@@ -20,6 +20,7 @@ from tailorrt.io import load_metadata, load_tensors, save_tensors
 
 # (inputs, labels) -> (loss, logits)
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+JOINT = "joint"  # special parameters clipped together with the others, at the phase's grad_clip
 
 
 @dataclass
@@ -142,11 +143,13 @@ class Trainer:
     def run(self, phase: PhaseConfig, model: nn.Module, loss_fn: LossFn, train: Dataset, val: Dataset,
             *, eval_forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
             on_epoch: Callable[[int], dict] | None = None,
-            special: list[nn.Parameter] | None = None, special_lr_mult: float = 1.0) -> PhaseResult:
+            special: list[nn.Parameter] | None = None, special_lr_mult: float = 1.0,
+            special_clip: float | str | None = JOINT) -> PhaseResult:
         """Train ``model``'s trainable parameters for one phase, resuming if a checkpoint exists.
 
         ``special`` parameters (e.g. block attention) get ``special_lr_mult`` times the learning rate
-        and no weight decay.
+        and no weight decay; their gradient norm is clipped with the others' (:data:`JOINT`), or on its own at
+        ``special_clip`` (None: not at all) while the others keep the phase's ``grad_clip``.
         """
         done = self.completed(phase.name)
         if done is not None:
@@ -160,6 +163,8 @@ class Trainer:
             groups.append({"params": [p for p in params.values() if id(p) in special_ids],
                            "lr_mult": special_lr_mult, "weight_decay": 0.0})
         opt = torch.optim.SGD(groups, lr=phase.lr, momentum=phase.momentum)
+        clips = [(list(params.values()), phase.grad_clip)] if special_clip == JOINT or not special_ids else \
+            [(g["params"], clip) for g, clip in zip(groups, (phase.grad_clip, special_clip))]
         start_epoch, history, seconds = self._resume(phase, model, opt, params)
         loader_len = len(self._loader(train, phase, 0))
         self.progress.start(phase.name, phase.epochs * loader_len, start_epoch * loader_len)
@@ -185,8 +190,9 @@ class Trainer:
                                                 "lower the learning rate")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if phase.grad_clip:
-                    nn.utils.clip_grad_norm_(list(params.values()), phase.grad_clip)
+                for group, clip in clips:
+                    if clip:
+                        nn.utils.clip_grad_norm_(group, clip)
                 opt.step()
                 total_loss += float(loss.detach()) * len(y)
                 correct += int((logits.argmax(1) == y).sum())

@@ -28,10 +28,20 @@ def test_train_writes_pack_info_and_eval_agree(trained):
                 "universal_blocks_kept", "universal_blocks_total"):
         assert key in meta["metrics"]
     assert meta["backbone_sha256"] == read_json(trained / "backbone" / "backbone.json")["sha256"]
+    prune = meta["metrics"]["prune"]  # the architecture search: every candidate fine-tuned is recorded
+    fields = {"k", "universal_kept", "proxies_kept", "flops", "val_before", "val_accuracy", "seconds"}
+    assert prune["candidates"] and all(set(c) == fields for c in prune["candidates"])
+    chosen = next(c for c in prune["candidates"] if c["k"] == prune["chosen"])
+    assert chosen["flops"] == meta["metrics"]["flops"] <= meta["metrics"]["teacher_flops"]
+    assert chosen["universal_kept"] == meta["metrics"]["universal_blocks_kept"]
+    tuned = [p["name"] for p in meta["training"]["phases"] if p["name"].startswith("finetune-k")]
+    assert tuned == [f"finetune-k{c['k']}" for c in prune["candidates"]]
     info = run_cli("info", "--model-dir", str(trained), check=True)
     assert "colors" in info.stdout and "nettailor" in info.stdout
+    assert f"dropped {prune['chosen']} of" in info.stdout
     rows = json.loads(run_cli("info", "--model-dir", str(trained), "--json", check=True).stdout)["tasks"]
     assert rows[0]["task"] == "colors"
+    assert rows[0]["chosen"].startswith(f"dropped {prune['chosen']} of 3 universal blocks")
     ev = run_cli("eval", "--task", "colors", "--model-dir", str(trained), check=True)
     assert f"test accuracy {meta['metrics']['accuracy']:.2f}%" in ev.stdout
 

@@ -3,6 +3,7 @@ training several methods that export and serve side by side."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -388,3 +389,7 @@ def test_a_run_saved_by_the_previous_version_resumes_with_the_config_it_saved():
     req = TrainRequest.from_json({**old, "method": "scale-shift"})
     assert req.config(methods.get("scale-shift")) == others
     assert TrainRequest.from_json(req.to_json()) == req  # and the new format round-trips
+    saved = {k: v for k, v in nettailor.to_json().items() if k not in ("local_distill", "tolerance")}
+    before_search = {**old, "method": "nettailor", "config": {**saved, "max_val_drop": 1.0}}
+    resumed = TrainRequest.from_json(before_search).config(methods.get("nettailor"))
+    assert resumed == dataclasses.replace(nettailor, local_distill=False)  # its student trains as it did

@@ -33,7 +33,7 @@ def test_the_page_has_every_tasks_pictures_and_opens_from_disk(report_dir, expor
     sources = re.findall(r"<img src='([^']+)'", page)
     for task in tasks:
         assert f"<section id='{task}'>" in page
-        for kind in ("architecture", "attention", "tradeoff"):  # NetTailor tasks record their alphas
+        for kind in ("architecture", "attention", "selection", "tradeoff"):  # NetTailor: alphas and candidates
             assert f"{task}-{kind}.png" in sources
     for src in sources:  # every picture is a file next to the page: no server, no network
         assert "/" not in src and (report_dir / src).read_bytes()[:8] == PNG

@@ -71,3 +71,25 @@ def test_diverging_loss_is_reported():
 
     with pytest.raises(TrainingDivergedError, match="lower the learning rate"):
         Trainer(device=torch.device("cpu")).run(PhaseConfig("p", 1, 0.1, batch_size=16), m, nan_loss, data, data)
+
+
+def test_special_parameters_can_be_clipped_on_their_own():
+    """NetTailor's attention logits: unclipped (or clipped on their own) while the rest keeps the phase's clip."""
+    data = _data()
+    moved = {}
+    for mode in ("joint", None):
+        torch.manual_seed(0)
+        m = _model()
+        gate = nn.Parameter(torch.zeros(()))
+
+        def loss(x, y, m=m, gate=gate):
+            logits = m(x)
+            return F.cross_entropy(logits, y) + 1e4 * gate, logits  # the gate's gradient is 1e4 at every step
+
+        phase = PhaseConfig("p", 1, 0.1, momentum=0.0, weight_decay=0.0, batch_size=64, grad_clip=1.0)
+        m.register_parameter("gate", gate)
+        Trainer(device=torch.device("cpu")).run(phase, m, loss, data, data, special=[gate], special_clip=mode)
+        moved[mode] = abs(float(gate.detach()))
+    # one step (64 images, batch 64) at the first learning rate of the cosine schedule
+    assert moved["joint"] <= 0.1 * 1.0 + 1e-6  # clipped with the rest: the whole step's norm is at most 1
+    assert moved[None] == pytest.approx(0.1 * 1e4, rel=1e-3)  # on its own and unclipped: the full step

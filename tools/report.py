@@ -65,6 +65,13 @@ def attention_plot(meta: dict, path: Path) -> Path | None:
     return _save(plt, fig, path)
 
 
+def selection_plot(meta: dict, path: Path) -> Path | None:
+    """The candidates training chose among, as a PNG, or None where the method searched none."""
+    plt = _pyplot()
+    fig = methods.for_record(meta).selection_figure(plt, meta)
+    return None if fig is None else _save(plt, fig, path)
+
+
 def tradeoff_plot(meta: dict, bmeta: dict, path: Path) -> Path:
     """Accuracy against parameters and against FLOPs: the task next to its teacher (the whole backbone)."""
     plt = _pyplot()
@@ -94,13 +101,13 @@ def tradeoff_plot(meta: dict, bmeta: dict, path: Path) -> Path:
 # ------------------------------------------------------------------------------------------------------ page
 
 INFO_COLUMNS = (("task", "task"), ("method", "method"), ("acc %", "accuracy"), ("teacher %", "teacher_accuracy"),
-                ("universal", "universal_blocks"), ("task params", "task_params"),
+                ("universal", "universal_blocks"), ("chosen", "chosen"), ("task params", "task_params"),
                 ("shared params", "shared_params_used"), ("MFLOPs", "flops"), ("teacher MFLOPs", "teacher_flops"),
                 ("pack KB", "pack_bytes"), ("pack/backbone", "pack_vs_backbone"))
 
 
 def _cell(key: str, value) -> str:
-    if value is None:
+    if value is None or value == "":
         return "-"
     if key in ("flops", "teacher_flops"):
         return f"{value / 1e6:.2f}"
@@ -154,6 +161,7 @@ def build_report(req: ReportRequest, report: Callable[[str], None] = print) -> P
         arch = architecture_plot(meta, out / f"{task}-architecture.png")
         att = attention_plot(meta, out / f"{task}-attention.png")
         trade = tradeoff_plot(meta, bmeta, out / f"{task}-tradeoff.png")
+        chosen = selection_plot(meta, out / f"{task}-selection.png")
         teacher = "" if row["teacher_accuracy"] is None else f", teacher {row['teacher_accuracy']:.2f}%"
         parts += [f"<section id='{esc(task)}'><h2>{esc(task)}</h2><p>method <b>{esc(meta['method'])}</b>, "
                   f"test accuracy {row['accuracy']:.2f}%{teacher}; universal blocks kept {row['universal_blocks']}, "
@@ -163,6 +171,7 @@ def build_report(req: ReportRequest, report: Callable[[str], None] = print) -> P
                   "<h3>Attention over training</h3>",
                   f"<img src='{esc(att.name)}' alt='attention of {esc(task)}'>" if att else
                   "<p>This method learns no attention weights.</p>",
+                  *_selection_section(meta, chosen),
                   *_auto_section(meta),
                   "<h3>Accuracy against parameters and FLOPs</h3>",
                   f"<img src='{esc(trade.name)}' alt='accuracy of {esc(task)}'>", "</section>"]
@@ -171,6 +180,15 @@ def build_report(req: ReportRequest, report: Callable[[str], None] = print) -> P
     page = out / "index.html"
     page.write_text("\n".join(parts), encoding="utf-8")
     return page
+
+
+def _selection_section(meta: dict, picture: Path | None) -> list[str]:
+    """The candidates the method's training chose among, where it searched any."""
+    if picture is None:
+        return []
+    esc = html.escape
+    return ["<h3>Architecture search</h3>", f"<p>{esc(methods.for_record(meta).describe(meta))}.</p>",
+            f"<img src='{esc(picture.name)}' alt='candidates of {esc(meta['task'])}'>"]
 
 
 def _auto_section(meta: dict) -> list[str]:

@@ -107,6 +107,11 @@ class Method:
         """The report's picture of the attention weights over training, or None where the method learns none."""
         return None
 
+    def selection_figure(self, plt: Any, meta: dict) -> Any | None:
+        """The report's picture of the candidates training chose among (accuracy against FLOPs, the chosen one
+        marked), or None where the method searched none."""
+        return None
+
 
 REGISTRY: dict[str, Method] = {}
 

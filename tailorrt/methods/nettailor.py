@@ -11,10 +11,12 @@ the task's classifier. Pruned blocks and blocks with a zero alpha are simply not
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
@@ -23,27 +25,33 @@ from torch.utils.data import Dataset
 from tailorrt.backbones import UniversalBackbone
 from tailorrt.datasets import TaskData
 from tailorrt.errors import ConfigError, ExportError
-from tailorrt.io import load_metadata, load_tensors, save_tensors
+from tailorrt.io import read_json, write_json
 from tailorrt.methods import pictures
 from tailorrt.methods.base import Method, MethodOption, Trained, register
+from tailorrt.methods.selection import Candidate, Plan, Selection, eligible, search
 from tailorrt.methods.student import Student
 from tailorrt.onnx_graph import INPUT, GraphBuilder, check_positive
 from tailorrt.onnx_layers import emit_block, emit_head, emit_sequence, passes_input
 from tailorrt.teacher import Teacher
-from tailorrt.training import PhaseConfig, Trainer, accuracy, make_loader
+from tailorrt.training import JOINT, PhaseConfig, PhaseResult, Trainer, accuracy, make_loader
 
 
 @dataclass
 class NetTailorConfig:
-    """NetTailor hyper-parameters. Defaults follow the paper; :meth:`quick` fits the built-in tasks."""
+    """NetTailor hyper-parameters. Defaults follow the paper and its reference code; :meth:`quick` fits the
+    built-in tasks."""
 
     max_skip: int = 3
     teacher_coeff: float = 10.0
     complexity_coeff: float = 0.3
+    distill_logit_weight: float = 1.0  # the distillation's logit term against its mean layer term (reference: 1/L)
+    local_distill: bool = True  # each layer's distance to the teacher computed from detached inputs (reference)
     proxy_threshold: float = 0.05
-    universal_drop: int | None = None  # the paper's rule: drop the N lowest-alpha universal blocks
-    max_val_drop: float = 1.0  # else: drop universal blocks, lowest alpha first, while val acc stays within this
+    proxy_relative: float = 0.0  # also prune proxies below this fraction of their layer's strongest proxy
+    universal_drop: int | None = None  # the fixed rule: drop the N lowest-alpha universal blocks; None: search
+    tolerance: float = 0.5  # the search keeps the leanest candidate within this many points of the teacher (val)
     alpha_lr_mult: float = 1.0  # learning-rate multiplier of the block-attention logits (no weight decay)
+    alpha_grad_clip: float | str | None = JOINT  # the logits' own gradient-norm clip (None: none), or JOINT
     teacher: PhaseConfig = field(default_factory=lambda: PhaseConfig("teacher", 30, 0.01, batch_size=32))
     student: PhaseConfig = field(default_factory=lambda: PhaseConfig("student", 30, 0.1, batch_size=32))
     finetune: PhaseConfig = field(default_factory=lambda: PhaseConfig("finetune", 15, 0.01, batch_size=32))
@@ -53,6 +61,17 @@ class NetTailorConfig:
             raise ConfigError("max_skip must be at least 1")
         if not 0 <= self.proxy_threshold < 1:
             raise ConfigError("proxy_threshold must be in [0, 1)")
+        if not 0 <= self.proxy_relative <= 1:
+            raise ConfigError("--proxy-relative must be in [0, 1]")
+        if self.universal_drop is not None and self.universal_drop < 0:
+            raise ConfigError(f"--prune-universal must be at least 0, not {self.universal_drop}")
+        if not (self.alpha_grad_clip in (None, JOINT) or (isinstance(self.alpha_grad_clip, (int, float))
+                                                         and self.alpha_grad_clip > 0)):
+            raise ConfigError(f"alpha_grad_clip must be a positive number, None or {JOINT!r}")
+        for name in ("tolerance", "distill_logit_weight", "teacher_coeff", "complexity_coeff", "alpha_lr_mult"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a non-negative number, not {value}")
         for p in (self.teacher, self.student, self.finetune):
             if p.epochs < 0 or p.lr <= 0:
                 raise ConfigError(f"phase {p.name}: epochs must be >= 0 and lr > 0")
@@ -62,16 +81,22 @@ class NetTailorConfig:
         """Schedules for the built-in generated tasks: minutes on 2 CPU cores."""
         return cls(alpha_lr_mult=3.0, teacher=PhaseConfig("teacher", 3, 0.02, batch_size=64),
                    student=PhaseConfig("student", 8, 0.1, batch_size=64),
-                   finetune=PhaseConfig("finetune", 2, 0.01, batch_size=64))
+                   finetune=PhaseConfig("finetune", 2, 0.05, batch_size=64))
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> NetTailorConfig:
+        """A config as saved. One saved by an earlier version trains its student as it did (fields it lacks take
+        their earlier values, :data:`EARLIER`); its greedy pruning rule (``max_val_drop``) gives way to the search."""
         phases = {k: PhaseConfig(**data[k]) for k in ("teacher", "student", "finetune") if k in data}
-        rest = {k: v for k, v in data.items() if k not in phases}
-        return cls(**rest, **phases)
+        rest = {k: v for k, v in data.items() if k not in phases and k not in OBSOLETE}
+        return cls(**{**EARLIER, **rest}, **phases)
+
+
+OBSOLETE = ("max_val_drop",)  # config fields of earlier versions, ignored when read
+EARLIER = {"local_distill": False}  # what a field added since meant before it existed, where the default differs
 
 
 @dataclass
@@ -83,10 +108,14 @@ class TrainedTask:
     phases: list[dict]
 
 
-def _distill(logits: torch.Tensor, units: list, t_logits: torch.Tensor, t_units: list) -> torch.Tensor:
-    """Mean squared distance to the teacher: logits plus the mean over surviving layer outputs."""
-    acts = [F.mse_loss(s, t) for s, t in zip(units[1:], t_units[1:]) if s is not None]
-    return F.mse_loss(logits, t_logits) + (torch.stack(acts).mean() if acts else 0.0)
+def _distill(cfg: NetTailorConfig, logits: torch.Tensor, units: list, t_logits: torch.Tensor, t_units: list
+             ) -> torch.Tensor:
+    """The distance to the teacher: ``distill_logit_weight`` times the squared distance of the logits, plus the
+    squared distances of the surviving layer outputs summed over the number of layers ``L``. The reference weighs
+    the logits as one layer (``1/L``), which lost accuracy on the built-in schedule (the README's ablation)."""
+    total = cfg.distill_logit_weight * F.mse_loss(logits, t_logits)
+    layers = [F.mse_loss(s, t) for s, t in zip(units[1:], t_units[1:]) if s is not None]
+    return total + (torch.stack(layers).sum() / (len(units) - 1) if layers else 0.0)
 
 
 def _student_loss(student: Student, teacher: Teacher, cfg: NetTailorConfig, complexity: bool
@@ -94,8 +123,8 @@ def _student_loss(student: Student, teacher: Teacher, cfg: NetTailorConfig, comp
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             t_logits, t_units = teacher.forward_all(x)
-        logits, units = student.forward_all(x)
-        loss = F.cross_entropy(logits, y) + cfg.teacher_coeff * _distill(logits, units, t_logits, t_units)
+        logits, units = student.forward_all(x, local=cfg.local_distill)
+        loss = F.cross_entropy(logits, y) + cfg.teacher_coeff * _distill(cfg, logits, units, t_logits, t_units)
         if complexity:
             loss = loss + cfg.complexity_coeff * student.expected_complexity()
         return loss, logits
@@ -123,32 +152,35 @@ def train_nettailor(cfg: NetTailorConfig, backbone: UniversalBackbone, data: Tas
     student = Student(backbone, n, max_skip=cfg.max_skip).to(device)
     # the student learns to reproduce the teacher's last features, so the teacher's head is a good start
     student.classifier.load_state_dict(teacher.classifier.state_dict())
-
-    def alphas_log(epoch: int) -> dict:
-        return {"alphas": [layer.alphas().detach().cpu().tolist() for layer in student.layers]}
-
     phases.append(trainer.run(cfg.student, student, _student_loss(student, teacher, cfg, True), data.train,
-                              data.val, on_epoch=alphas_log, special=student.attention_parameters(),
-                              special_lr_mult=cfg.alpha_lr_mult))
+                              data.val, on_epoch=_alphas_log(student), special=student.attention_parameters(),
+                              special_lr_mult=cfg.alpha_lr_mult, special_clip=cfg.alpha_grad_clip))
     student_acc = accuracy(student, data.test, device)
+    teacher_flops = student.total_flops_dense() + student.head_cost[1]
 
     t0 = time.perf_counter()
-    prune_info = _prune(cfg, student, data, trainer)
-    prune_seconds = time.perf_counter() - t0
-    pruned_acc = accuracy(student, data.test, device)
-    student.compact()
-    phases.append(trainer.run(cfg.finetune, student, _student_loss(student, teacher, cfg, False), data.train,
-                              data.val, on_epoch=alphas_log, special=student.attention_parameters(),
-                              special_lr_mult=cfg.alpha_lr_mult))
+    search = ArchitectureSearch(cfg, backbone, n, student.state_dict(), teacher, data, trainer)
+    selection = search.run(teacher_val=phases[0].val_accuracy, teacher_flops=teacher_flops)
+    student, pruned_acc = search.restore(selection.chosen.k)
     final_acc = accuracy(student, data.test, device)
+    tuned = search.phase_results(selection)
+    search_seconds = time.perf_counter() - t0 - sum(p.seconds for p in tuned)
 
-    teacher_flops = student.total_flops_dense() + student.head_cost[1]
     metrics = {"accuracy": round(final_acc, 3), "teacher_accuracy": round(teacher_acc, 3),
                "student_accuracy": round(student_acc, 3), "pruned_accuracy": round(pruned_acc, 3),
                "teacher_flops": int(teacher_flops), "teacher_params": int(sum(p.numel() for p in teacher.parameters())),
-               **student.accounting(), "prune": prune_info}
-    phase_rows = [p.to_json() for p in phases] + [{"name": "prune", "seconds": round(prune_seconds, 2)}]
+               **student.accounting(),
+               "prune": search.record(selection, teacher_val=phases[0].val_accuracy, teacher_flops=teacher_flops)}
+    phase_rows = ([p.to_json() for p in phases + tuned]
+                  + [{"name": "prune", "seconds": round(max(search_seconds, 0.0), 2)}])
     return TrainedTask(student, metrics, phase_rows)
+
+
+def _alphas_log(student: Student) -> Callable[[int], dict]:
+    def log(epoch: int) -> dict:
+        return {"alphas": [layer.alphas().detach().cpu().tolist() for layer in student.layers]}
+
+    return log
 
 
 def recalibrate_bn(model: torch.nn.Module, data: Dataset, device: torch.device, *, images: int = 1024,
@@ -173,44 +205,107 @@ def recalibrate_bn(model: torch.nn.Module, data: Dataset, device: torch.device, 
         m.train(training)
 
 
-def _prune(cfg: NetTailorConfig, student: Student, data: TaskData, trainer: Trainer) -> dict:
-    """Prune once and remember the result in the work dir, so a resumed run prunes identically."""
-    path = trainer.work_dir / "prune.safetensors" if trainer.work_dir else None
-    if path is not None and path.is_file():
-        saved = load_tensors(path)
-        student.load_state_dict({k[6:]: v for k, v in saved.items() if k.startswith("state.")}, strict=False)
-        return json.loads(load_metadata(path)["info"])
-    device = trainer.device
-    val = data.val
-    before = accuracy(student, val, device)
-    student.prune(universal_drop=cfg.universal_drop or 0, proxy_threshold=cfg.proxy_threshold)
-    info: dict = {"val_accuracy_before": round(before, 3), "proxy_threshold": cfg.proxy_threshold}
-    if cfg.universal_drop is not None:
-        info["rule"] = f"drop {cfg.universal_drop} lowest-alpha universal blocks"
-    else:
-        info["rule"] = (f"drop lowest-alpha universal blocks while val accuracy (after BN recalibration) stays "
-                        f"within {cfg.max_val_drop} points")
-        tried = []
-        for l in student.universal_order():
-            snapshot = {k: v.clone() for k, v in student.named_buffers()}  # pruning changes buffers only
-            with torch.no_grad():
-                student.layers[l].keep[0] = False
-            connected = student.settle()
-            acc = 0.0
-            if connected:
-                recalibrate_bn(student, data.train, device)
-                acc = accuracy(student, val, device)
-            ok = connected and acc >= before - cfg.max_val_drop
-            tried.append({"layer": l + 1, "val_accuracy": round(acc, 3), "dropped": ok})
-            if not ok:
-                student.load_state_dict(snapshot, strict=False)
-        info["tried"] = tried
-    recalibrate_bn(student, data.train, device)
-    info["val_accuracy_after"] = round(accuracy(student, val, device), 3)
-    if path is not None:
-        # keep flags and recalibrated BN statistics; the weights come from the student phase's checkpoint
-        save_tensors(path, {f"state.{k}": v for k, v in student.named_buffers()}, {"info": json.dumps(info)})
-    return info
+class ArchitectureSearch:
+    """The candidates of one trained student (:mod:`tailorrt.methods.selection`): each is built afresh from the
+    student's state, pruned, re-estimated, and fine-tuned as the phase ``finetune-k<k>`` (its own checkpoint, so a
+    killed search resumes); a finished candidate's figures are kept in ``prune-k<k>.json`` beside it."""
+
+    def __init__(self, cfg: NetTailorConfig, backbone: UniversalBackbone, num_classes: int,
+                 state: dict[str, torch.Tensor], teacher: Teacher, data: TaskData, trainer: Trainer) -> None:
+        self.cfg, self.backbone, self.num_classes = cfg, backbone, num_classes
+        self.state = {k: v.detach().clone() for k, v in state.items()}
+        self.teacher, self.data, self.trainer = teacher, data, trainer
+
+    def pruned(self, k: int) -> tuple[Student, bool]:
+        """The trained student with ``k`` universal blocks and the weak proxies dropped (not yet compacted), and
+        whether it still reaches the classifier."""
+        student = Student(self.backbone, self.num_classes, max_skip=self.cfg.max_skip).to(self.trainer.device)
+        student.load_state_dict(self.state)
+        connected = student.mark(universal_drop=k, proxy_threshold=self.cfg.proxy_threshold,
+                                 proxy_relative=self.cfg.proxy_relative)
+        return student, connected
+
+    def plans(self) -> list[Plan]:
+        plans = []
+        for k in range(len(self.backbone.blocks) + 1):
+            student, connected = self.pruned(k)
+            acc = student.accounting()
+            plans.append(Plan(k, connected, acc["flops"], acc["universal_blocks_kept"], acc["proxies_kept"]))
+        return plans
+
+    def phase(self, k: int) -> PhaseConfig:
+        return dataclasses.replace(self.cfg.finetune, name=f"{self.cfg.finetune.name}-k{k}")
+
+    def _record_path(self, k: int) -> Path | None:
+        return self.trainer.work_dir / f"prune-k{k}.json" if self.trainer.work_dir else None
+
+    def evaluate(self, k: int) -> Candidate:
+        """Prune ``k``, re-estimate, fine-tune and measure (or read a candidate an earlier run finished)."""
+        path = self._record_path(k)
+        if path is not None and path.is_file() and self.trainer.completed(self.phase(k).name) is not None:
+            return Candidate(**read_json(path))
+        t0 = time.perf_counter()
+        student, before = self._prepared(k)
+        result = self._finetune(k, student)
+        acc = student.accounting()
+        candidate = Candidate(k, acc["universal_blocks_kept"], acc["proxies_kept"], acc["flops"], round(before, 3),
+                              round(result.val_accuracy, 3), round(time.perf_counter() - t0, 2))
+        if path is not None and self.trainer.cluster.main:
+            write_json(path, candidate.to_json())
+        return candidate
+
+    def _prepared(self, k: int, split: str = "val") -> tuple[Student, float]:
+        """Candidate ``k`` pruned, its batch-norm statistics re-estimated and compacted, with its accuracy on
+        ``split`` before any fine-tuning."""
+        student, connected = self.pruned(k)
+        if not connected:
+            raise ConfigError(f"pruning {k} universal blocks and the proxies below {self.cfg.proxy_threshold} "
+                              "leaves no path to the classifier; prune fewer blocks or lower the threshold")
+        recalibrate_bn(student, self.data.train, self.trainer.device)
+        before = accuracy(student, getattr(self.data, split), self.trainer.device)
+        student.compact()
+        return student, before
+
+    def _finetune(self, k: int, student: Student) -> PhaseResult:
+        """Fine-tune candidate ``k`` without the complexity term (or restore its finished fine-tune)."""
+        return self.trainer.run(self.phase(k), student, _student_loss(student, self.teacher, self.cfg, False),
+                                self.data.train, self.data.val, on_epoch=_alphas_log(student),
+                                special=student.attention_parameters(), special_lr_mult=self.cfg.alpha_lr_mult,
+                                special_clip=self.cfg.alpha_grad_clip)
+
+    def run(self, *, teacher_val: float, teacher_flops: int) -> Selection:
+        """The fixed rule when ``universal_drop`` is given, else the paper's search under the FLOPs cap."""
+        if self.cfg.universal_drop is not None:
+            candidate = self.evaluate(self.cfg.universal_drop)
+            return Selection((candidate,), candidate, candidate.val_accuracy >= teacher_val - self.cfg.tolerance)
+        plans = self.plans()
+        ks = eligible(plans, teacher_flops) or [min(plans, key=lambda p: (not p.connected, p.flops)).k]
+        return search(ks, self.evaluate, lambda c: c.val_accuracy >= teacher_val - self.cfg.tolerance)
+
+    def restore(self, k: int) -> tuple[Student, float]:
+        """The chosen candidate as fine-tuned, and its test accuracy right after pruning (before fine-tuning)."""
+        student, pruned_acc = self._prepared(k, "test")
+        self._finetune(k, student)  # finished: restores its checkpoint
+        return student, pruned_acc
+
+    def phase_results(self, selection: Selection) -> list[PhaseResult]:
+        """The fine-tune phases the search ran, in the order tried."""
+        return [self.trainer.completed(self.phase(k).name) or PhaseResult(self.phase(k).name, 0, 0.0, 0.0)
+                for k in selection.tried]
+
+    def record(self, selection: Selection, *, teacher_val: float, teacher_flops: int) -> dict:
+        """``metrics.prune`` of ``task.json``: the rule, every candidate and the choice."""
+        cfg = self.cfg
+        if cfg.universal_drop is not None:
+            rule = f"drop the {cfg.universal_drop} lowest-attention universal blocks (--prune-universal)"
+        else:
+            rule = (f"the leanest of candidates k (the k lowest-attention universal blocks dropped, then fine-tuned) "
+                    f"within {cfg.tolerance} points of the teacher's validation accuracy and at most its FLOPs")
+        return {"rule": rule, "tolerance": cfg.tolerance, "proxy_threshold": cfg.proxy_threshold,
+                "proxy_relative": cfg.proxy_relative, "teacher_val_accuracy": round(teacher_val, 3),
+                "teacher_flops": int(teacher_flops), "chosen": selection.chosen.k,
+                "within_tolerance": selection.within_tolerance,
+                "candidates": [c.to_json() for c in selection.candidates]}
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
@@ -271,10 +366,17 @@ class NetTailor(Method):
         MethodOption("max-skip", int, "Proxies read the last K layers (3).", "max_skip"),
         MethodOption("complexity-coeff", float, "Weight of the expected-complexity term (0.3).", "complexity_coeff"),
         MethodOption("teacher-coeff", float, "Weight of the distillation term (10).", "teacher_coeff"),
+        MethodOption("distill-logit-weight", float, "Weight of the distillation's logit term against its mean "
+                     "layer term (1; the reference's is 1/L for L layers).", "distill_logit_weight"),
+        MethodOption("local-distill", bool, "Layer-local distillation, as the reference (the default): each "
+                     "layer's distance to the teacher trains only its own blocks.", "local_distill"),
         MethodOption("proxy-threshold", float, "Prune proxies whose alpha is below this (0.05).", "proxy_threshold"),
-        MethodOption("prune-universal", int, "Drop the N lowest-alpha universal blocks (default: drop while val "
-                     "accuracy stays within --max-val-drop).", "universal_drop"),
-        MethodOption("max-val-drop", float, "Accuracy budget (points) of automatic pruning (1.0).", "max_val_drop"),
+        MethodOption("proxy-relative", float, "Also prune proxies below this fraction of the strongest proxy of "
+                     "their layer (0: off).", "proxy_relative"),
+        MethodOption("prune-universal", int, "Drop exactly the N lowest-alpha universal blocks (default: the "
+                     "paper's search over N).", "universal_drop"),
+        MethodOption("tolerance", float, "The search keeps the leanest candidate within this many points of the "
+                     "teacher's validation accuracy (0.5).", "tolerance"),
         MethodOption("alpha-lr-mult", float, "Learning-rate multiplier of the attention logits.", "alpha_lr_mult"),
     )
 
@@ -300,8 +402,29 @@ class NetTailor(Method):
         return pictures.nettailor_architecture(plt, meta["architecture"])
 
     def attention_figure(self, plt, meta: dict):
-        history = pictures.attention_history(meta)
+        prune = _search_record(meta)  # the student phase and the chosen candidate's fine-tune, not every candidate's
+        shown = None if prune is None else {"student", f"{meta['config']['finetune']['name']}-k{prune['chosen']}"}
+        history = pictures.attention_history(meta, shown)
         return None if history is None else pictures.alpha_figure(plt, *history)
+
+    def selection_figure(self, plt, meta: dict):
+        prune = _search_record(meta)
+        return None if prune is None else pictures.candidates_figure(plt, prune)
+
+    def describe(self, meta: dict) -> str:
+        prune = _search_record(meta)
+        if prune is None:
+            return ""
+        n = meta["metrics"]["universal_blocks_total"]
+        said = f"dropped {prune['chosen']} of {n} universal blocks ({len(prune['candidates'])} candidates)"
+        return said if prune["within_tolerance"] else \
+            f"{said}; none within {prune['tolerance']} points of the teacher: the most accurate"
+
+
+def _search_record(meta: dict) -> dict | None:
+    """``metrics.prune`` of a pack trained with the architecture search, or None (older packs)."""
+    prune = meta.get("metrics", {}).get("prune") or {}
+    return prune if "candidates" in prune else None
 
 
 register(NetTailor())

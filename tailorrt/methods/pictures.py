@@ -125,12 +125,14 @@ def units_architecture(plt, meta: dict, scales: dict[int, float] | None = None, 
     return fig
 
 
-def attention_history(meta: dict) -> tuple[list[str], list[list[float]]] | None:
-    """The attention weights after every training epoch: (series labels, one row of values per epoch), or
-    None where the method records none."""
+def attention_history(meta: dict, phases: set[str] | None = None) -> tuple[list[str], list[list[float]]] | None:
+    """The attention weights after every training epoch of the ``phases`` named (default: all): (series labels,
+    one row of values per epoch), or None where the method records none."""
     rows: list[list[float]] = []
     labels: list[str] = []
     for phase in meta.get("training", {}).get("phases", []):
+        if phases is not None and phase.get("name") not in phases:
+            continue
         for epoch in phase.get("history", []):
             if "alphas" in epoch:  # nettailor: per layer, the universal block's alpha first
                 labels = [f"layer {l + 1} {'universal' if j == 0 else f'proxy {j}'}"
@@ -141,3 +143,30 @@ def attention_history(meta: dict) -> tuple[list[str], list[list[float]]] | None:
                 labels = [f"unit {s['unit']}" for s in units]
                 rows.append([s["mean"] for s in units])
     return (labels, rows) if rows else None
+
+
+def candidates_figure(plt, prune: dict) -> Any:
+    """NetTailor's architecture search: each candidate's validation accuracy against its FLOPs, the chosen one
+    marked, with the teacher's accuracy, the tolerance under it and the FLOPs cap."""
+    cands = sorted(prune["candidates"], key=lambda c: c["flops"])
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    xs = [c["flops"] / 1e6 for c in cands]
+    ax.plot(xs, [c["val_before"] for c in cands], "x", color=GRAY, label="after pruning, before fine-tuning")
+    ax.plot(xs, [c["val_accuracy"] for c in cands], "o-", color=BLUE, label="after fine-tuning")
+    for c in cands:
+        ax.annotate(f"k={c['k']}", (c["flops"] / 1e6, c["val_accuracy"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    chosen = next(c for c in cands if c["k"] == prune["chosen"])
+    ax.plot(chosen["flops"] / 1e6, chosen["val_accuracy"], "o", ms=14, mfc="none", mec="black", mew=2,
+            label=f"chosen: k={chosen['k']}")
+    teacher = prune["teacher_val_accuracy"]
+    ax.axhline(teacher, color=GRAY, ls="-", lw=1, label="teacher")
+    ax.axhspan(teacher - prune["tolerance"], teacher, color=GRAY, alpha=0.15, label=f"tolerance {prune['tolerance']}")
+    ax.axvline(prune["teacher_flops"] / 1e6, color=GRAY, ls="--", lw=1, label="teacher's FLOPs (cap)")
+    ax.set_xlabel("MFLOPs")
+    ax.set_ylabel("validation accuracy %")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    ax.set_title("architecture search: k universal blocks dropped, each candidate fine-tuned", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -130,15 +130,22 @@ class Student(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """Logits and every unit output (None where a layer vanished)."""
+    def forward_all(self, x: torch.Tensor, *, local: bool = False
+                    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """Logits and every unit output (None where a layer vanished). With ``local``, the layer outputs returned
+        are computed again from *detached* inputs (the reference's layer-local distillation targets: a distance
+        to the teacher there trains each layer's own blocks and nothing upstream); the logits are the network's."""
         outs: list[torch.Tensor | None] = [self.stem(x)]
+        targets: list[torch.Tensor | None] = [outs[0]]
         for layer in self.layers:
             recent = outs[::-1][: len(layer.proxies) + 1]
             outs.append(layer(recent))
+            if local:
+                detached = [None if r is None else r.detach() for r in recent]
+                targets.append(None if outs[-1] is None else layer(detached))
         if outs[-1] is None:
             raise PackError("the pruned network has no path to the classifier")
-        return self.classifier(pool(self.head_norm(outs[-1]))), outs
+        return self.classifier(pool(self.head_norm(outs[-1]))), targets if local else outs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_all(x)[0]
@@ -177,29 +184,52 @@ class Student(nn.Module):
     # ------------------------------------------------------------------ pruning
 
     def settle(self) -> bool:
-        """Drop blocks whose input vanished (a layer with nothing left disappears); return whether the
+        """Remove, to a fixed point, what cannot contribute: blocks whose input vanished (*input exclusion*: a
+        layer with nothing left disappears, and so do the blocks that read it) and the blocks of a layer whose
+        output no kept block reads (*output exclusion*; the classifier reads the last layer). Returns whether the
         classifier still has an input."""
-        alive = [True]  # u_0 exists
+        n = len(self.layers)
+        changed = True
         with torch.no_grad():
-            for l, layer in enumerate(self.layers, start=1):
-                for i in range(len(layer.keep)):
-                    if layer.keep[i] and not alive[l - 1 - max(i - 1, 0)]:
-                        layer.keep[i] = False
-                alive.append(bool(layer.keep.any()))
-        return alive[-1]
+            while changed:
+                changed = False
+                alive = [True]  # u_0, the stem's output, exists
+                for l, layer in enumerate(self.layers, start=1):
+                    for i in range(len(layer.keep)):
+                        if layer.keep[i] and not alive[l - 1 - max(i - 1, 0)]:
+                            layer.keep[i] = False
+                            changed = True
+                    alive.append(bool(layer.keep.any()))
+                read = [False] * n + [True]
+                for l, layer in enumerate(self.layers, start=1):
+                    for i in range(len(layer.keep)):
+                        if layer.keep[i]:
+                            read[l - 1 - max(i - 1, 0)] = True
+                for l, layer in enumerate(self.layers, start=1):
+                    if not read[l] and bool(layer.keep.any()):
+                        layer.keep[:] = False
+                        changed = True
+        return n == 0 or bool(self.layers[-1].keep.any())
 
-    def prune(self, *, universal_drop: int = 0, proxy_threshold: float = 0.05) -> None:
-        """Drop the ``universal_drop`` universal blocks with the lowest alpha and every proxy whose alpha
-        is below ``proxy_threshold``, then settle connectivity."""
+    def mark(self, *, universal_drop: int = 0, proxy_threshold: float = 0.05, proxy_relative: float = 0.0) -> bool:
+        """Unkeep the ``universal_drop`` universal blocks with the lowest alpha and every proxy whose alpha is below
+        ``proxy_threshold`` or below ``proxy_relative`` times the strongest proxy of its layer, then :meth:`settle`;
+        returns whether the classifier still has an input."""
         with torch.no_grad():
             alphas = [layer.alphas().clone() for layer in self.layers]
             for l in self.universal_order()[:universal_drop]:
                 self.layers[l].keep[0] = False
             for layer, a in zip(self.layers, alphas):
+                best = float(a[1:].max()) if len(a) > 1 else 0.0
                 for i in range(1, len(a)):
-                    if a[i] < proxy_threshold:
+                    if a[i] < proxy_threshold or a[i] < proxy_relative * best:
                         layer.keep[i] = False
-        if not self.settle():
+        return self.settle()
+
+    def prune(self, *, universal_drop: int = 0, proxy_threshold: float = 0.05, proxy_relative: float = 0.0) -> None:
+        """:meth:`mark`, refusing a pruning that leaves the classifier without an input."""
+        if not self.mark(universal_drop=universal_drop, proxy_threshold=proxy_threshold,
+                         proxy_relative=proxy_relative):
             raise ConfigError(f"pruning {universal_drop} universal blocks and proxies below {proxy_threshold} "
                               "leaves no path to the classifier; prune fewer blocks or lower the threshold")
 
@@ -235,7 +265,7 @@ class Student(nn.Module):
     def accounting(self) -> dict:
         """Task-owned and shared parameters used, and FLOPs of the kept network."""
         shared, task, flops = self.stem_cost[0], self.head_cost[0], self.stem_cost[1] + self.head_cost[1]
-        kept_universal = 0
+        kept_universal = kept_proxies = 0
         for layer in self.layers:
             task += layer.alpha_params.numel()
             for i, (params, f) in enumerate(layer.costs):
@@ -246,8 +276,10 @@ class Student(nn.Module):
                         kept_universal += 1
                     else:
                         task += params
+                        kept_proxies += 1
         return {"task_params": int(task), "shared_params_used": int(shared), "flops": int(flops),
-                "universal_blocks_kept": kept_universal, "universal_blocks_total": len(self.layers)}
+                "universal_blocks_kept": kept_universal, "universal_blocks_total": len(self.layers),
+                "proxies_kept": kept_proxies, "proxies_total": sum(len(layer.proxies) for layer in self.layers)}
 
     def task_state(self) -> dict[str, torch.Tensor]:
         """Exactly what the task owns: universal BN statistics (stem, kept blocks, head norm), kept proxies,

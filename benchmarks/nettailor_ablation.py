@@ -1,0 +1,191 @@
+"""NetTailor's training choices, one at a time, on the built-in tasks: test accuracy, blocks kept, FLOPs, seconds.
+
+    python benchmarks/nettailor_ablation.py --out /tmp/ablation                      # every variant, every task
+    python benchmarks/nettailor_ablation.py --out /tmp/ablation --variants default,global-distill --tasks synth-digits
+    python benchmarks/nettailor_ablation.py --out /tmp/ablation --table               # the table of what is done
+
+Each variant is the built-in schedule's config (``NetTailorConfig.quick()``, what ``tailor train`` uses on a
+built-in task) with a few fields changed, named below; each is trained from the same teacher (trained once per
+task and copied into every variant's work dir), through the same code as ``tailor train``: the student phase,
+then the architecture search. A finished (task, variant) is kept in ``<out>/<task>/<variant>/result.json`` and
+not trained again, so the script resumes, and two instances with disjoint ``--variants`` can share ``--out``
+(on 2 cores, each with ``--threads 1``). A variant that differs from a finished one only in what comes after the
+student phase starts from that one's trained student (the same computation), copied. Seconds are the student phase
+plus the search (every candidate's fine-tune): compare them within one table, run the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import shutil
+import time
+from pathlib import Path
+
+# variant -> the config fields it changes (dotted paths into NetTailorConfig), against today's defaults
+VARIANTS: dict[str, dict[str, object]] = {
+    "default": {},
+    "before": {"local_distill": False, "finetune.lr": 0.01},  # this version's search on the earlier training
+    "reference-distill": {"distill_logit_weight": 1 / 8},  # the reference's 1/L on the embedded backbone's 8 layers
+    "global-distill": {"local_distill": False},
+    "finetune-lr-0.01": {"finetune.lr": 0.01},
+    "finetune-3": {"finetune.epochs": 3},
+    "no-clip": {"student.grad_clip": None, "finetune.grad_clip": None},
+    "attention-unclipped": {"alpha_grad_clip": None},
+    "alpha-lr-10": {"alpha_lr_mult": 10.0},
+    "complexity-1": {"complexity_coeff": 1.0},
+    "proxy-relative-0.5": {"proxy_relative": 0.5},
+    "proxy-threshold-0.1": {"proxy_threshold": 0.1},
+    "student-6": {"student.epochs": 6},
+    "complexity-1-student-6": {"complexity_coeff": 1.0, "student.epochs": 6},
+}
+# fields that act only after the student phase (the search): variants that differ only in these train the same
+# student, so a finished one's checkpoint is copied rather than trained again
+SEARCH_FIELDS = ("finetune.", "proxy_", "tolerance", "universal_drop")
+
+
+def student_fields(variant: str) -> dict:
+    return {k: v for k, v in VARIANTS[variant].items() if not k.startswith(SEARCH_FIELDS)}
+TASKS = ("synth-digits", "synth-signs", "synth-glyphs")
+
+
+def config(variant: str):
+    from tailorrt.methods.base import replace_path
+    from tailorrt.methods.nettailor import NetTailorConfig
+
+    cfg = NetTailorConfig.quick()
+    for path, value in VARIANTS[variant].items():
+        cfg = replace_path(cfg, path, value)
+    return cfg
+
+
+class Lines:
+    """A line per finished phase (no bars: two instances may share a terminal or a log)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix, self.label, self.t0, self.val = prefix, "", 0.0, None
+
+    def start(self, label: str, total: int, completed: int = 0) -> None:
+        self.label, self.t0, self.val = label, time.perf_counter(), None
+
+    def advance(self, n: int = 1, **metrics: float) -> None:
+        self.val = metrics.get("val", self.val)
+
+    def finish(self) -> None:
+        val = "" if self.val is None else f", val {self.val:.2f}%"
+        print(f"{self.prefix}{self.label}: {time.perf_counter() - self.t0:.0f} s{val}", flush=True)
+
+
+def train_teacher(cfg, backbone, data, trainer) -> None:
+    """The teacher phase alone, as :func:`~tailorrt.methods.nettailor.train_nettailor` runs it first."""
+    from torch.nn import functional as F
+
+    from tailorrt.teacher import Teacher
+
+    teacher = Teacher(backbone, len(data.classes)).to(trainer.device)
+
+    def loss(x, y):
+        logits = teacher(x)
+        return F.cross_entropy(logits, y), logits
+
+    trainer.run(cfg.teacher, teacher, loss, data.train, data.val)
+
+
+def run(out: Path, task: str, variant: str) -> dict:
+    """Train ``variant`` on ``task`` (its teacher shared with every variant) and return its figures."""
+    import torch
+
+    from tailorrt.backbones import build_backbone
+    from tailorrt.datasets import Preprocess, load_task
+    from tailorrt.methods.nettailor import train_nettailor
+    from tailorrt.training import Trainer
+
+    done = out / task / variant / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    torch.manual_seed(0)
+    backbone, _ = build_backbone("embedded")
+    backbone.eval()
+    spec = backbone.spec
+    data = load_task(task, data_dir=Path("data"), preprocess=Preprocess(spec.input_size, spec.mean, spec.std),
+                     download=False, seed=0)
+    cfg = config(variant)
+    device = torch.device("cpu")
+    teacher_dir = out / task / "_teacher"
+    teacher_dir.mkdir(parents=True, exist_ok=True)
+    with open(teacher_dir / "lock", "w") as lock:  # another instance may be training it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (teacher_dir / "teacher.safetensors").is_file():
+            print(f"{task}: training the teacher once, for every variant", flush=True)
+            train_teacher(cfg, backbone, data, Trainer(device=device, work_dir=teacher_dir))
+    work = out / task / variant / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "teacher.safetensors").is_file():
+        shutil.copy(teacher_dir / "teacher.safetensors", work / "teacher.safetensors")
+    same = [v for v in VARIANTS if v != variant and student_fields(v) == student_fields(variant)
+            and (out / task / v / "result.json").is_file()]
+    if same and not (work / "student.safetensors").is_file():
+        shutil.copy(out / task / same[0] / "work" / "student.safetensors", work / "student.safetensors")
+    print(f"{task} / {variant}: {VARIANTS[variant] or 'the defaults'}", flush=True)
+    t0 = time.perf_counter()
+    result = train_nettailor(cfg, backbone, data, Trainer(device=device, work_dir=work,
+                                                          progress=Lines(f"{task} / {variant} ")))
+    m = result.metrics
+    phases = {p["name"]: p for p in result.phases}
+    row = {"task": task, "variant": variant, "changes": {k: v for k, v in VARIANTS[variant].items()},
+           "accuracy": m["accuracy"], "teacher_accuracy": m["teacher_accuracy"],
+           "student_accuracy": m["student_accuracy"], "flops_ratio": round(m["flops"] / m["teacher_flops"], 3),
+           "universal_kept": m["universal_blocks_kept"], "universal_total": m["universal_blocks_total"],
+           "proxies_kept": m["proxies_kept"], "task_params": m["task_params"],
+           "student_seconds": phases["student"]["seconds"],
+           "search_seconds": round(sum(p["seconds"] for n, p in phases.items() if n not in ("teacher", "student")), 1),
+           "wall_seconds": round(time.perf_counter() - t0, 1), "prune": m["prune"],
+           "alphas": [round(layer["blocks"][0]["alpha"], 2) for layer in result.student.architecture()]}
+    done.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def table(out: Path) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/*/result.json"))]
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    rows.sort(key=lambda r: (order.get(r["variant"], 99), TASKS.index(r["task"]) if r["task"] in TASKS else 9))
+    lines = ["| variant | task | test % (teacher) | kept | proxies | FLOPs vs teacher | candidates (k: val %) | "
+             "student s | search s |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cands = ", ".join(f"{c['k']}: {c['val_accuracy']:.1f}" for c in r["prune"]["candidates"])
+        lines.append(f"| {r['variant']} | {r['task']} | {r['accuracy']:.2f} ({r['teacher_accuracy']:.2f}) | "
+                     f"{r['universal_kept']}/{r['universal_total']} | {r['proxies_kept']} | {r['flops_ratio']:.2f}x | "
+                     f"{cands} (chose {r['prune']['chosen']}) | {r['student_seconds']:.0f} | {r['search_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="Folder for teachers, work dirs and results.")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"Comma-separated, of: {', '.join(VARIANTS)}.")
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
+    ap.add_argument("--table", action="store_true", help="Only print the table of the finished runs.")
+    args = ap.parse_args()
+    if not args.table:
+        import torch
+
+        from tailorrt.precision import cpu_summary
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(f"CPU: {cpu_summary()}; torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+        unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+        if unknown:
+            ap.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        for variant in args.variants.split(","):
+            for task in args.tasks.split(","):
+                r = run(args.out, task, variant)
+                print(f"{task} / {variant}: test {r['accuracy']:.2f} (teacher {r['teacher_accuracy']:.2f}), "
+                      f"{r['universal_kept']}/{r['universal_total']} kept, {r['flops_ratio']:.2f}x FLOPs", flush=True)
+    print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()
