@@ -26,7 +26,7 @@ from pathlib import Path
 # variant -> the config fields it changes (dotted paths into NetTailorConfig), against today's defaults
 VARIANTS: dict[str, dict[str, object]] = {
     "default": {},
-    "before": {"local_distill": False, "finetune.lr": 0.01},  # this version's search on the earlier training
+    "before": {"local_distill": False, "finetune.lr": 0.01, "student.epochs": 8},  # the search, earlier training
     "reference-distill": {"distill_logit_weight": 1 / 8},  # the reference's 1/L on the embedded backbone's 8 layers
     "global-distill": {"local_distill": False},
     "finetune-lr-0.01": {"finetune.lr": 0.01},
@@ -37,8 +37,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "complexity-1": {"complexity_coeff": 1.0},
     "proxy-relative-0.5": {"proxy_relative": 0.5},
     "proxy-threshold-0.1": {"proxy_threshold": 0.1},
-    "student-6": {"student.epochs": 6},
-    "complexity-1-student-6": {"complexity_coeff": 1.0, "student.epochs": 6},
+    "student-8": {"student.epochs": 8},
 }
 # fields that act only after the student phase (the search): variants that differ only in these train the same
 # student, so a finished one's checkpoint is copied rather than trained again

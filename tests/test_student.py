@@ -124,3 +124,23 @@ def test_decathlon_student_owns_head_norm_statistics():
     fresh.load_task_state(state)
     x = torch.randn(2, 3, 72, 72)
     assert torch.equal(fresh.eval()(x), s(x))
+
+
+def test_local_targets_equal_the_outputs_and_train_only_their_own_layer(backbone):
+    """Layer-local distillation: each local target has the unit output's value, and a loss on it reaches only its
+    own layer's attention and proxies, with the gradients of recomputing the layer on detached inputs."""
+    torch.manual_seed(0)
+    s = Student(backbone, 4).eval()
+    x = torch.randn(3, 3, 16, 16)
+    _, outs = s.forward_all(x)
+    _, local = s.forward_all(x, local=True)
+    assert all(torch.allclose(o, t) for o, t in zip(outs, local))
+    l = len(s.layers)  # the last layer: it reads proxies of earlier outputs
+    local[l].square().mean().backward()
+    touched = {n.split(".")[1] for n, p in s.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert touched == {str(l - 1)}
+    expected = {n: p.grad.clone() for n, p in s.named_parameters() if p.grad is not None}
+    s.zero_grad()
+    recent = [o.detach() for o in outs[:-1][::-1][: len(s.layers[-1].proxies) + 1]]
+    s.layers[-1](recent).square().mean().backward()
+    assert all(torch.allclose(p.grad, expected[n]) for n, p in s.named_parameters() if p.grad is not None)

@@ -80,7 +80,7 @@ class NetTailorConfig:
     def quick(cls) -> NetTailorConfig:
         """Schedules for the built-in generated tasks: minutes on 2 CPU cores."""
         return cls(alpha_lr_mult=3.0, teacher=PhaseConfig("teacher", 3, 0.02, batch_size=64),
-                   student=PhaseConfig("student", 8, 0.1, batch_size=64),
+                   student=PhaseConfig("student", 6, 0.1, batch_size=64),
                    finetune=PhaseConfig("finetune", 2, 0.05, batch_size=64))
 
     def to_json(self) -> dict:

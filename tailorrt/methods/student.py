@@ -81,15 +81,37 @@ class TailorLayer(nn.Module):
 
     def forward(self, inputs: list[torch.Tensor | None]) -> torch.Tensor | None:
         """``inputs[j]`` is ``u_{l-1-j}`` (None if that layer vanished)."""
-        alphas = self.alphas()
-        out = None
+        return self.combine(self.blocks(inputs)[0])
+
+    def blocks(self, inputs: list[torch.Tensor | None]) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
+        """Each block's output before its attention weight, and each proxy's pooled input (for :meth:`local`);
+        None where a block is pruned or has no input."""
+        ys: list[torch.Tensor | None] = []
+        pooled: list[torch.Tensor | None] = []
         for i, kept in enumerate(self.keep.tolist()):
             src = inputs[max(i - 1, 0)]
-            if not kept or src is None:
-                continue
-            y = self.universal(src) if i == 0 else self.proxies[i - 1](src)
-            out = alphas[i] * y if out is None else out + alphas[i] * y
+            q = None if not kept or src is None or i == 0 else self.proxies[i - 1].pool(src)
+            pooled.append(q)
+            ys.append(None if not kept or src is None else self.universal(src) if i == 0 else
+                      self.proxies[i - 1].body(q))
+        return ys, pooled
+
+    def combine(self, ys: list[torch.Tensor | None]) -> torch.Tensor | None:
+        """``relu(sum_i alpha_i * y_i)`` over the blocks that have an output."""
+        alphas = self.alphas()
+        out = None
+        for i, y in enumerate(ys):
+            if y is not None:
+                out = alphas[i] * y if out is None else out + alphas[i] * y
         return None if out is None else F.relu(out)
+
+    def local(self, ys: list[torch.Tensor | None], pooled: list[torch.Tensor | None]) -> torch.Tensor | None:
+        """The layer's output as computed from *detached* inputs, given what :meth:`blocks` returned for the same
+        inputs: gradients through it reach this layer's attention and proxies, nothing upstream. Only what has
+        trainable parameters is computed again: the universal block's output and the proxies' max-pools are
+        reused, detached."""
+        return self.combine([None if y is None else y.detach() if i == 0 else self.proxies[i - 1].body(q.detach())
+                             for i, (y, q) in enumerate(zip(ys, pooled))])
 
 
 class Student(nn.Module):
@@ -133,16 +155,17 @@ class Student(nn.Module):
     def forward_all(self, x: torch.Tensor, *, local: bool = False
                     ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """Logits and every unit output (None where a layer vanished). With ``local``, the layer outputs returned
-        are computed again from *detached* inputs (the reference's layer-local distillation targets: a distance
-        to the teacher there trains each layer's own blocks and nothing upstream); the logits are the network's."""
+        are those computed from *detached* inputs (:meth:`TailorLayer.local`; the reference's layer-local
+        distillation: a distance to the teacher there trains each layer's own blocks and nothing upstream); the
+        logits are the network's."""
         outs: list[torch.Tensor | None] = [self.stem(x)]
         targets: list[torch.Tensor | None] = [outs[0]]
         for layer in self.layers:
             recent = outs[::-1][: len(layer.proxies) + 1]
-            outs.append(layer(recent))
+            ys, pooled = layer.blocks(recent)
+            outs.append(layer.combine(ys))
             if local:
-                detached = [None if r is None else r.detach() for r in recent]
-                targets.append(None if outs[-1] is None else layer(detached))
+                targets.append(layer.local(ys, pooled))
         if outs[-1] is None:
             raise PackError("the pruned network has no path to the classifier")
         return self.classifier(pool(self.head_norm(outs[-1]))), targets if local else outs
