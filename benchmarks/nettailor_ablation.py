@@ -37,6 +37,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "complexity-1": {"complexity_coeff": 1.0},
     "proxy-relative-0.5": {"proxy_relative": 0.5},
     "proxy-threshold-0.1": {"proxy_threshold": 0.1},
+    "student-6": {"student.epochs": 6},
     "student-8": {"student.epochs": 8},
 }
 # fields that act only after the student phase (the search): variants that differ only in these train the same

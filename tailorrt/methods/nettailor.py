@@ -80,7 +80,7 @@ class NetTailorConfig:
     def quick(cls) -> NetTailorConfig:
         """Schedules for the built-in generated tasks: minutes on 2 CPU cores."""
         return cls(alpha_lr_mult=3.0, teacher=PhaseConfig("teacher", 3, 0.02, batch_size=64),
-                   student=PhaseConfig("student", 6, 0.1, batch_size=64),
+                   student=PhaseConfig("student", 7, 0.1, batch_size=64),
                    finetune=PhaseConfig("finetune", 2, 0.05, batch_size=64))
 
     def to_json(self) -> dict:
@@ -416,9 +416,10 @@ class NetTailor(Method):
         if prune is None:
             return ""
         n = meta["metrics"]["universal_blocks_total"]
-        said = f"dropped {prune['chosen']} of {n} universal blocks ({len(prune['candidates'])} candidates)"
-        return said if prune["within_tolerance"] else \
-            f"{said}; none within {prune['tolerance']} points of the teacher: the most accurate"
+        tried = len(prune["candidates"])
+        if prune["within_tolerance"]:
+            return f"dropped {prune['chosen']}/{n} ({tried} tried)"
+        return f"dropped {prune['chosen']}/{n} ({tried} tried, none within {prune['tolerance']}: the best)"
 
 
 def _search_record(meta: dict) -> dict | None:
