@@ -1,7 +1,8 @@
 """NetTailor on real data: Fashion-MNIST as an image folder, on the embedded backbone at 32 px, through `tailor train`.
 
     apt-get install dataset-fashion-mnist                    # Debian's package: the four idx files
-    python benchmarks/fashion_mnist.py --out /tmp/fmnist      # builds the folder once, then trains (about an hour)
+    python benchmarks/fashion_mnist.py --out /tmp/fmnist      # builds the folder once, then trains (all 54,000 images)
+    python benchmarks/fashion_mnist.py --out /tmp/fmnist --train-images 27000   # half the training images (47 min)
     python benchmarks/fashion_mnist.py --out /tmp/fmnist --tailor /other/venv/bin/tailor   # another build, same data
 
 The folder is ``<out>/fashion-mnist/{train,val,test}/<class>/<n>.png``: the 60,000 training images split 54,000 /
