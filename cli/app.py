@@ -88,6 +88,8 @@ class TrainCommand(TyperCommand):
              "  tailor train --task svhn --backbone resnet34 --data-dir ~/data\n\n"
              "  tailor train --task imagefolder:/data/pets --backbone resnet18 --backbone-weights r18.pth\n\n"
              "  tailor train --task synth-glyphs --resume   # after an interruption\n\n"
+             "  tailor train --task synth-glyphs --tolerance 1   # NetTailor: leanest candidate within 1 point\n\n"
+             "  tailor train --task synth-digits --prune-universal 5   # NetTailor's fixed rule, no search\n\n"
              "  tailor train --task synth-signs --method fast-flex   # writes the pack synth-signs--fast-flex\n\n"
              "  tailor train --task synth-signs --method finetune-last:2 --tune-epochs 5\n\n"
              "  tailor train --task synth-signs --method attention:l1:prune --attention-schedule FFAAABAAABAA\n\n"
