@@ -205,6 +205,11 @@ def recalibrate_bn(model: torch.nn.Module, data: Dataset, device: torch.device, 
         m.train(training)
 
 
+def candidate_phase(finetune: str, k: int) -> str:
+    """The name of candidate ``k``'s fine-tune phase (``finetune-k3``), in checkpoints and in ``task.json``."""
+    return f"{finetune}-k{k}"
+
+
 class ArchitectureSearch:
     """The candidates of one trained student (:mod:`tailorrt.methods.selection`): each is built afresh from the
     student's state, pruned, re-estimated, and fine-tuned as the phase ``finetune-k<k>`` (its own checkpoint, so a
@@ -234,7 +239,7 @@ class ArchitectureSearch:
         return plans
 
     def phase(self, k: int) -> PhaseConfig:
-        return dataclasses.replace(self.cfg.finetune, name=f"{self.cfg.finetune.name}-k{k}")
+        return dataclasses.replace(self.cfg.finetune, name=candidate_phase(self.cfg.finetune.name, k))
 
     def _record_path(self, k: int) -> Path | None:
         return self.trainer.work_dir / f"prune-k{k}.json" if self.trainer.work_dir else None
@@ -275,12 +280,15 @@ class ArchitectureSearch:
 
     def run(self, *, teacher_val: float, teacher_flops: int) -> Selection:
         """The fixed rule when ``universal_drop`` is given, else the paper's search under the FLOPs cap."""
+        def passes(c: Candidate) -> bool:
+            return c.val_accuracy >= teacher_val - self.cfg.tolerance
+
         if self.cfg.universal_drop is not None:
             candidate = self.evaluate(self.cfg.universal_drop)
-            return Selection((candidate,), candidate, candidate.val_accuracy >= teacher_val - self.cfg.tolerance)
+            return Selection((candidate,), candidate, passes(candidate))
         plans = self.plans()
         ks = eligible(plans, teacher_flops) or [min(plans, key=lambda p: (not p.connected, p.flops)).k]
-        return search(ks, self.evaluate, lambda c: c.val_accuracy >= teacher_val - self.cfg.tolerance)
+        return search(ks, self.evaluate, passes)
 
     def restore(self, k: int) -> tuple[Student, float]:
         """The chosen candidate as fine-tuned, and its test accuracy right after pruning (before fine-tuning)."""
@@ -403,7 +411,8 @@ class NetTailor(Method):
 
     def attention_figure(self, plt, meta: dict):
         prune = _search_record(meta)  # the student phase and the chosen candidate's fine-tune, not every candidate's
-        shown = None if prune is None else {"student", f"{meta['config']['finetune']['name']}-k{prune['chosen']}"}
+        shown = None if prune is None else {"student", candidate_phase(meta["config"]["finetune"]["name"],
+                                                                       prune["chosen"])}
         history = pictures.attention_history(meta, shown)
         return None if history is None else pictures.alpha_figure(plt, *history)
 
