@@ -27,6 +27,7 @@ from tailorrt.datasets import TASK_NAME, Preprocess
 from tailorrt.errors import BackboneMismatchError, PackError
 from tailorrt.integrity import FileVerifier
 from tailorrt.io import load_tensors, recover_swaps, replace_dir, save_tensors, sha256_file, staging_dir
+from tailorrt.precision import cpu_model, cpu_summary
 from tailorrt.records import FORMAT_VERSION, REMEDY, read_record, write_record
 from tailorrt.version import __version__
 
@@ -42,8 +43,10 @@ def versions() -> dict:
 
 
 def machine() -> dict:
+    """Where a record was made: platform, CPU model and the instruction sets that decide speed, cores, threads."""
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+            "cpu_model": cpu_model(), "cpu": cpu_summary(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
 
 
 def check_task_name(name: str) -> str:

@@ -24,16 +24,27 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The instruction-set flags of this CPU (Linux ``/proc/cpuinfo``; empty where it cannot be read)."""
+def _cpuinfo_field(name: str, cpuinfo: Path) -> str:
+    """The first ``name : value`` of Linux ``/proc/cpuinfo`` ("" where it cannot be read)."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return set()
+        return ""
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return ""
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The instruction-set flags of this CPU (Linux ``/proc/cpuinfo``; empty where it cannot be read)."""
+    return set(_cpuinfo_field("flags", cpuinfo).split())
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """This CPU's model name ("" where it cannot be read)."""
+    return _cpuinfo_field("model name", cpuinfo)
 
 
 def cpu_summary(flags: set[str] | None = None) -> str:

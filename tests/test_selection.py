@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 from tailorrt.backbones import UniversalBackbone, get_spec
 from tailorrt.datasets import TaskData
-from tailorrt.methods.nettailor import ArchitectureSearch, NetTailorConfig
+from tailorrt.methods.nettailor import ArchitectureSearch, NetTailor, NetTailorConfig
 from tailorrt.methods.selection import Candidate, Plan, eligible, search
 from tailorrt.methods.student import Student
 from tailorrt.teacher import Teacher
@@ -136,3 +136,6 @@ def test_fixed_rule_trains_one_candidate(tmp_path, backbone):
     s, _ = _search(tmp_path, backbone, cfg)
     sel = s.run(teacher_val=0.0, teacher_flops=10 ** 12)
     assert sel.tried == [1] and sel.chosen.universal_kept == len(backbone.blocks) - 1
+    meta = {"metrics": {"universal_blocks_total": len(backbone.blocks),
+                        "prune": s.record(sel, teacher_val=100.0, teacher_flops=10 ** 12)}}
+    assert NetTailor().describe(meta) == f"dropped 1/{len(backbone.blocks)} (--prune-universal)"  # not "none within"

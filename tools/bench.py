@@ -378,6 +378,8 @@ def summary(r: dict) -> str:
     load, disk = r["load"], r["disk_bytes"]
     lines = [f"# tailor bench: {len(r['tasks'])} tasks on {r['backbone']['name']} ({r['request']['backend']}, "
              f"{r['threads']} threads)", "",
+             f"CPU: {r['machine'].get('cpu_model') or r['machine']['processor']} ({r['machine'].get('cpu', '?')}), "
+             f"{r['machine']['cpus']} cores.", "",
              "| | resident memory added | load s | on disk |", "|---|---|---|---|"]
     for k, label in (("tailorrt", "tailorrt, one Runtime"), ("per_task", "one model per task, own session each")):
         lines.append(f"| {label} | {load[k]['rss_added'] / MB:.1f} MB | {load[k]['load_seconds']:.2f} | "

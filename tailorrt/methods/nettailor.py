@@ -309,7 +309,7 @@ class ArchitectureSearch:
         else:
             rule = (f"the leanest of candidates k (the k lowest-attention universal blocks dropped, then fine-tuned) "
                     f"within {cfg.tolerance} points of the teacher's validation accuracy and at most its FLOPs")
-        return {"rule": rule, "tolerance": cfg.tolerance, "proxy_threshold": cfg.proxy_threshold,
+        return {"rule": rule, "fixed": cfg.universal_drop is not None, "tolerance": cfg.tolerance, "proxy_threshold": cfg.proxy_threshold,
                 "proxy_relative": cfg.proxy_relative, "teacher_val_accuracy": round(teacher_val, 3),
                 "teacher_flops": int(teacher_flops), "chosen": selection.chosen.k,
                 "within_tolerance": selection.within_tolerance,
@@ -426,6 +426,8 @@ class NetTailor(Method):
             return ""
         n = meta["metrics"]["universal_blocks_total"]
         tried = len(prune["candidates"])
+        if prune.get("fixed"):
+            return f"dropped {prune['chosen']}/{n} (--prune-universal)"
         if prune["within_tolerance"]:
             return f"dropped {prune['chosen']}/{n} ({tried} tried)"
         return f"dropped {prune['chosen']}/{n} ({tried} tried, none within {prune['tolerance']}: the best)"
