@@ -95,6 +95,7 @@ class TrainCommand(TyperCommand):
              "  tailor train --task synth-signs --method attention:l1:prune --attention-schedule FFAAABAAABAA\n\n"
              "  tailor train --task synth-signs --method adapters\n\n"
              "  tailor train --task synth-digits --nproc 2   # DDP over 2 processes (torchrun)\n\n"
+             "  tailor train --task imagefolder:photos --strict   # refuse broken files instead of skipping them\n\n"
              "  tailor train --task synth-glyphs --method auto --max-drop 1 --max-pack-mb 2", cls=TrainCommand)
 def train(
     ctx: typer.Context,
@@ -116,6 +117,8 @@ def train(
     max_mflops: float | None = typer.Option(None, help="--method auto: most MFLOPs per image."),
     max_drop: float = typer.Option(1.0, help="--method auto: most points of validation accuracy below the best "
                                    "candidate."),
+    strict: bool = typer.Option(False, help="Refuse a dataset with unreadable image files or class folders without "
+                                "a readable image, before training (default: leave them out and say so)."),
     nproc: int = typer.Option(1, help="Processes training together on this machine (DistributedDataParallel under "
                               "torchrun over the task's trainable parts: gloo on CPUs, NCCL with one GPU each for "
                               "--device cuda). Each phase's batch is split between them; rank 0 writes."),
@@ -136,7 +139,8 @@ def train(
                        backbone_weights=str(backbone_weights) if backbone_weights else None, random_init=random_init,
                        data_dir=str(data_dir), download=download, seed=seed, method=method or methods.DEFAULT,
                        options=ctx.meta["method_options"], batch_size=batch_size,
-                       budget=Budget(max_pack_mb, max_mflops, max_drop), auto_candidates=_names(candidates))
+                       budget=Budget(max_pack_mb, max_mflops, max_drop), auto_candidates=_names(candidates),
+                       strict=strict)
     req.check()  # a bad method or option fails before anything is loaded
     resolve_device(device)
     cluster = Cluster.from_env()
@@ -214,7 +218,7 @@ def eval_(
     from tailorrt.train import evaluate_task, resolve_device
 
     r = evaluate_task(model_dir, task, data_dir=data_dir, split=split, device=resolve_device(device),
-                      download=download)
+                      download=download, report=lambda line: err.print(line, highlight=False, markup=False))
     out.print(f"{r['task']}: {r['split']} accuracy {r['accuracy']:.2f}% on {r['images']} images "
               f"(recorded at training: {r['recorded_accuracy']:.2f}%)", highlight=False)
 

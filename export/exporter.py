@@ -27,7 +27,7 @@ import onnxruntime as ort
 
 from tailorrt import methods
 from tailorrt.backbones import UniversalBackbone
-from tailorrt.datasets import load_task
+from tailorrt.datasets import DataCheck, load_task
 from tailorrt.errors import ExportError, PackError
 from tailorrt.export import parity
 from tailorrt.export.common import (
@@ -76,7 +76,7 @@ def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict:
     shared = SharedWeights(backbone)
     networks = []
     for name in names:
-        net = _load_network(mdir, name, backbone, bmeta["sha256"], req)
+        net = _load_network(mdir, name, backbone, bmeta["sha256"], req, report)
         networks.append(net)
     onnx_manifest = export_onnx(mdir, bmeta, shared, networks, req, report)
     trt_manifest = None
@@ -107,11 +107,13 @@ def _task_names(mdir: ModelDir, wanted: list[str] | None) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
-def _load_network(mdir: ModelDir, name: str, backbone: UniversalBackbone, sha: str, req: ExportRequest
-                  ) -> TaskNetwork:
+def _load_network(mdir: ModelDir, name: str, backbone: UniversalBackbone, sha: str, req: ExportRequest,
+                  report: Report) -> TaskNetwork:
+    """A task's network and its data for the parity and calibration reads (files checked as training checks them,
+    through the model dir's cache)."""
     student, meta = mdir.load_model(name, backbone, sha)
     data = load_task(meta["data"]["spec"], data_dir=Path(req.data_dir), preprocess=preprocess_of(meta),
-                     download=req.download)
+                     download=req.download, check=DataCheck(cache=mdir.check_cache, report=report))
     n = min(req.parity_images, len(data.val))
     if n == 0:
         raise ExportError(f"task {name!r} has no validation images to check the export against")

@@ -8,16 +8,22 @@ of preprocessed tensors. A dataset that is absent and cannot be downloaded raise
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from tailorrt.errors import DatasetMissingError, UnknownTaskError
+from tailorrt.filecheck import (CheckCache, CheckProgress, FileReport, Skipped, check_files, is_image_name, listed,
+                                relative)
+from tailorrt.limits import DEFAULT_FORMATS
+from tailorrt.rgb import to_rgb
 from tailorrt.world import BUILTIN_TASKS, generate
 
 TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -59,13 +65,13 @@ class Preprocess:
 def _transform(pre: Preprocess) -> Callable:
     from torchvision.transforms import v2
 
-    return v2.Compose([v2.Lambda(_to_rgb), v2.ToImage(), v2.Resize((pre.size, pre.size), antialias=True),
+    return v2.Compose([v2.Lambda(_upright_rgb), v2.ToImage(), v2.Resize((pre.size, pre.size), antialias=True),
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))])
 
 
-def _to_rgb(image):
-    """Grey or palette PIL images (Omniglot, some PNGs) become RGB; tensors pass through."""
-    return image.convert("RGB") if hasattr(image, "convert") and image.mode != "RGB" else image
+def _upright_rgb(image):
+    """PIL images through :func:`tailorrt.rgb.to_rgb` (orientation, modes); tensors pass through."""
+    return to_rgb(image) if isinstance(image, Image.Image) else image
 
 
 @dataclass
@@ -78,10 +84,35 @@ class TaskData:
     val: Dataset
     test: Dataset
     source: str
+    files: FileReport | None = None  # what the files check left out (datasets read from image files)
 
     def summary(self) -> dict:
-        return {"name": self.name, "classes": len(self.classes), "source": self.source,
-                "train": len(self.train), "val": len(self.val), "test": len(self.test)}
+        out = {"name": self.name, "classes": len(self.classes), "source": self.source,
+               "train": len(self.train), "val": len(self.val), "test": len(self.test)}
+        if self.files is not None:
+            out["files"] = self.files.to_json()
+        return out
+
+    def decode_failures(self) -> list[Skipped]:
+        """Files that passed the check but did not decode when read (each once), from every split."""
+        seen: dict[str, str] = {}
+        for split in (self.train, self.val, self.test):
+            while isinstance(split, Subset):
+                split = split.dataset
+            if isinstance(split, Resilient):
+                for path, why in split.failed.items():
+                    seen.setdefault(path, why)
+        return [Skipped(p, why) for p, why in seen.items()]
+
+
+@dataclass(frozen=True)
+class DataCheck:
+    """How a dataset's image files are checked before use (:mod:`tailorrt.filecheck`)."""
+
+    strict: bool = False  # refuse a dataset with unreadable files or empty classes instead of leaving them out
+    cache: Path | None = None  # the verdicts' cache (a model dir keeps one); None: check every time
+    progress: CheckProgress | None = None  # a long check's progress bar
+    report: Callable[[str], None] = field(default=lambda _line: None, compare=False)  # one-line warnings
 
 
 def pack_name(spec: str) -> str:
@@ -106,16 +137,16 @@ def registered_names() -> list[str]:
 
 
 def load_task(spec: str, *, data_dir: Path, preprocess: Preprocess, download: bool = True,
-              val_fraction: float = 0.1, seed: int = 0) -> TaskData:
-    """Resolve a task spec and load its three splits."""
+              val_fraction: float = 0.1, seed: int = 0, check: DataCheck = DataCheck()) -> TaskData:
+    """Resolve a task spec and load its three splits; a dataset of image files is checked first (``check``)."""
     if spec in BUILTIN_TASKS:
         return _load_builtin(spec, preprocess)
     if spec in TORCHVISION_TASKS:
-        return _load_torchvision(spec, Path(data_dir), preprocess, download, val_fraction, seed)
+        return _load_torchvision(spec, Path(data_dir), preprocess, download, val_fraction, seed, check)
     if spec.startswith("imagefolder:"):
-        return _load_imagefolder(Path(spec.split(":", 1)[1]), preprocess, val_fraction, seed)
+        return _load_imagefolder(Path(spec.split(":", 1)[1]), preprocess, val_fraction, seed, check)
     if spec.startswith("coco:"):
-        return _load_coco(Path(spec.split(":", 1)[1]), preprocess, val_fraction, seed)
+        return _load_coco(Path(spec.split(":", 1)[1]), preprocess, val_fraction, seed, check)
     raise UnknownTaskError(f"unknown task {spec!r}; use one of {', '.join(registered_names())}, "
                            "imagefolder:PATH or coco:ANNOTATIONS.json")
 
@@ -264,10 +295,13 @@ def _open_torchvision(name: str, kwargs: dict, root: Path, transform: Callable, 
         kwargs = {**kwargs, "annotation_level": "variant"}
     try:
         return cls(str(root), transform=transform, download=False, **kwargs)
-    except (RuntimeError, FileNotFoundError, OSError) as first:
+    except (FileNotFoundError, NotADirectoryError, RuntimeError) as e:  # RuntimeError: "Dataset not found"
         if not download:
             raise DatasetMissingError(f"{name} not found under {root}: expected {entry.expected} "
-                                      f"({first}); download it or pass --data-dir") from first
+                                      f"({e}); download it or pass --data-dir") from e
+    except (OSError, ValueError, EOFError, KeyError, IndexError) as e:  # there, but a file does not read to its end
+        raise DatasetMissingError(f"{name}'s files under {root} cannot be read ({type(e).__name__}: {e}); one "
+                                  f"may be truncated or damaged: replace it (expected: {entry.expected})") from e
     try:
         return cls(str(root), transform=transform, download=True, **kwargs)
     except Exception as e:  # URLError, socket errors, checksum failures...
@@ -276,17 +310,58 @@ def _open_torchvision(name: str, kwargs: dict, root: Path, transform: Callable, 
 
 
 def _load_torchvision(name: str, root: Path, preprocess: Preprocess, download: bool, val_fraction: float,
-                      seed: int) -> TaskData:
+                      seed: int, check: DataCheck) -> TaskData:
     entry = TORCHVISION_TASKS[name]
     tf = preprocess.transform()
     opened = {split: _open_torchvision(name, kw, root, tf, download) for split, kw in entry.splits.items()}
+    report = _check_torchvision(opened, root, check)
+    base = opened.get("test", opened["train"])
+    classes = entry.classes(base)
+    opened = {split: Resilient(ds, root, functools.partial(_torchvision_file, ds)) if report else ds
+              for split, ds in opened.items()}
     train = opened["train"]
     if "test" not in opened:
         train, opened["test"] = _split(train, 0.2, seed + 1)
     if "val" not in opened:
         train, opened["val"] = _split(train, val_fraction, seed)
-    base = opened["test"].dataset if isinstance(opened["test"], Subset) else opened["test"]
-    return TaskData(name, entry.classes(base), train, opened["val"], opened["test"], f"torchvision:{entry.dataset}")
+    return TaskData(name, classes, train, opened["val"], opened["test"], f"torchvision:{entry.dataset}", report)
+
+
+def _torchvision_files(ds: Dataset) -> list[Path] | None:
+    """The image file of each item of a torchvision dataset read from image files (None for array datasets)."""
+    if hasattr(ds, "_samples"):  # GTSRB
+        return [Path(p) for p, _ in ds._samples]
+    if hasattr(ds, "_flat_character_images"):  # Omniglot
+        return [Path(ds.target_folder, ds._characters[c], n) for n, c in ds._flat_character_images]
+    if hasattr(ds, "_image_files"):  # DTD, Flowers102, FGVCAircraft
+        return [Path(p) for p in ds._image_files]
+    return None
+
+
+def _torchvision_file(ds: Dataset, i: int) -> Path:
+    return _torchvision_files(ds)[i]
+
+
+def _keep_torchvision(ds: Dataset, keep: list[bool]) -> None:
+    """Leave out of ``ds`` the items whose ``keep`` is False (in the list its class reads its files from)."""
+    for attr in ("_samples", "_flat_character_images", "_image_files", "_labels"):
+        if hasattr(ds, attr):
+            setattr(ds, attr, [v for v, k in zip(getattr(ds, attr), keep) if k])
+
+
+def _check_torchvision(opened: dict[str, Dataset], root: Path, check: DataCheck) -> FileReport | None:
+    """The files check of a torchvision dataset read from image files; unreadable files are left out."""
+    files = {split: _torchvision_files(ds) for split, ds in opened.items()}
+    if any(f is None for f in files.values()):
+        return None
+    report = FileReport()
+    problems = _checked([f for fs in files.values() for f in fs], root, report, check)
+    for split, ds in opened.items():
+        _keep_torchvision(ds, [f not in problems for f in files[split]])
+        if not len(ds):
+            raise DatasetMissingError(f"none of the {split} images under {root} can be read")
+    _say(report, check)
+    return report
 
 
 def _split(ds: Dataset, fraction: float, seed: int) -> tuple[Subset, Subset]:
@@ -300,75 +375,208 @@ def _split(ds: Dataset, fraction: float, seed: int) -> tuple[Subset, Subset]:
 # --------------------------------------------------------------------------- image folders
 
 
-def _load_imagefolder(root: Path, preprocess: Preprocess, val_fraction: float, seed: int) -> TaskData:
-    """``ROOT/{train,val,test}/<class>/*`` when those folders exist, else ``ROOT/<class>/*`` split 70/10/20."""
-    from torchvision.datasets import ImageFolder
+@dataclass
+class _Listing:
+    """One folder of class folders: the image files of each class (sorted as torchvision's ImageFolder sorts
+    them), images lying directly in the folder, and files that are not images."""
 
+    root: Path
+    classes: dict[str, list[Path]]
+    loose: list[Path]
+    ignored: list[Path]
+
+
+def _list_folder(root: Path) -> _Listing:
+    classes: dict[str, list[Path]] = {}
+    loose, ignored = [], []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        path = Path(entry.path)
+        if entry.is_dir() and not entry.name.startswith("."):
+            files = [Path(d) / f for d, _, names in sorted(os.walk(path, followlinks=True)) for f in sorted(names)]
+            classes[entry.name] = [f for f in files if is_image_name(f)]
+            ignored += [f for f in files if not is_image_name(f)]
+        elif entry.is_file():
+            (loose if is_image_name(path) else ignored).append(path)
+    return _Listing(root, classes, loose, ignored)
+
+
+def _folder_layout(root: Path) -> dict[str, _Listing]:
+    """The split folders of an image folder (``train``, ``val``, ``test`` where present, else the root as ``all``),
+    listed, with one-line errors for layouts that cannot be a dataset."""
     if not root.is_dir():
         raise DatasetMissingError(f"image folder {root} does not exist; expected {root}/<class>/<image> "
                                   f"or {root}/train/<class>/<image>")
+    names = [n for n in ("train", "val", "test") if (root / n).is_dir()] if (root / "train").is_dir() else ["all"]
+    listings = {n: _list_folder(root if n == "all" else root / n) for n in names}
+    first = listings[names[0]]
+    if not first.classes:
+        where = first.root
+        if first.loose:
+            raise DatasetMissingError(f"{where} holds {len(first.loose)} images but no class folders; put each "
+                                      f"class's images in a folder of its own: {where}/<class>/<image>")
+        raise DatasetMissingError(f"no images found in {where}: expected {where}/<class>/<image>")
+    for n in names[1:]:
+        have, want = set(listings[n].classes), set(first.classes)
+        if have != want:
+            parts = [f"{n}/ lacks {', '.join(sorted(want - have))}" if want - have else "",
+                     f"{n}/ has {', '.join(sorted(have - want))} that train/ lacks" if have - want else ""]
+            raise DatasetMissingError(f"{root}: train/ and {n}/ must hold the same class folders: "
+                                      f"{'; '.join(p for p in parts if p)}")
+    return listings
+
+
+def _load_imagefolder(root: Path, preprocess: Preprocess, val_fraction: float, seed: int,
+                      check: DataCheck) -> TaskData:
+    """``ROOT/{train,val,test}/<class>/*`` when those folders exist, else ``ROOT/<class>/*`` split 70/10/20.
+
+    Every image file is checked first (:mod:`tailorrt.filecheck`); unreadable ones are left out and reported (with
+    ``check.strict``, refused), as are class folders left without a readable image.
+    """
+    listings = _folder_layout(root)
+    report = FileReport()
+    for listing in listings.values():
+        if listing.loose and listing.classes:
+            report.warnings.append(f"{len(listing.loose)} images lie directly in {listing.root}, in no class "
+                                   f"folder: left out ({relative(listing.loose[0], root)}, ...)")
+        report.ignored += [relative(p, root) for p in listing.ignored]
+    files = [f for listing in listings.values() for fs in listing.classes.values() for f in fs]
+    problems = _checked(files, root, report, check)
+    first = next(iter(listings.values()))
+    good = {n: {c: [f for f in fs if f not in problems] for c, fs in listing.classes.items()}
+            for n, listing in listings.items()}
+    empty = [c for c, fs in good[next(iter(good))].items() if not fs]
+    if empty:
+        where = ", ".join(relative(first.root / c, root) + "/" for c in empty)
+        if check.strict:
+            raise DatasetMissingError(f"{root}: class folders without a readable image: {where} (--strict); "
+                                      "add images or remove the folders")
+        report.warnings.append(f"dropped {len(empty)} class folders without a readable image: {where}")
+    classes = [c for c in first.classes if c not in empty]
+    for n, by_class in list(good.items())[1:]:
+        none = [c for c in classes if not by_class[c]]
+        if none:
+            report.warnings.append(f"{n}/ has no readable image of {', '.join(none)}")
+    carved = ("all" in listings or "test" not in listings) + ("val" not in listings)
+    few = [c for c in classes if len(good[next(iter(good))][c]) < 1 + carved]
+    if carved and few:
+        report.warnings.append(f"classes with fewer images than the {1 + carved} the train/validation/test split "
+                               f"needs (some split will have none of them): {', '.join(few)}")
+    index = {c: i for i, c in enumerate(classes)}
     tf = preprocess.transform()
-    try:
-        if (root / "train").is_dir():
-            train = ImageFolder(str(root / "train"), transform=tf)
-            classes = train.classes
-            test = ImageFolder(str(root / "test"), transform=tf) if (root / "test").is_dir() else None
-            val = ImageFolder(str(root / "val"), transform=tf) if (root / "val").is_dir() else None
-            for other in (test, val):
-                if other is not None and other.classes != classes:
-                    raise DatasetMissingError(f"{root}: train/val/test folders must hold the same class folders")
-            rest: Dataset = train
-            if test is None:
-                rest, test = _split(rest, 0.2, seed + 1)
-            if val is None:
-                rest, val = _split(rest, val_fraction, seed)
-            return TaskData(pack_name(f"imagefolder:{root}"), classes, rest, val, test, f"imagefolder:{root}")
-        full = ImageFolder(str(root), transform=tf)
-    except FileNotFoundError as e:
-        raise DatasetMissingError(f"no images found in {root}: expected {root}/<class>/<image> ({e})") from e
-    rest, test = _split(full, 0.2, seed + 1)
-    rest, val = _split(rest, val_fraction / 0.8, seed)
-    return TaskData(pack_name(f"imagefolder:{root}"), full.classes, rest, val, test, f"imagefolder:{root}")
+    splits = {n: Resilient(ImageFiles([(f, index[c]) for c in classes for f in by_class[c]], tf), root)
+              for n, by_class in good.items()}
+    _say(report, check)
+    name, source = pack_name(f"imagefolder:{root}"), f"imagefolder:{root}"
+    if "all" in splits:
+        if not len(splits["all"]):
+            raise DatasetMissingError(f"no readable images in {root}")
+        rest, test = _split(splits["all"], 0.2, seed + 1)
+        rest, val = _split(rest, val_fraction / 0.8, seed)
+        return TaskData(name, classes, rest, val, test, source, report)
+    rest: Dataset = splits["train"]
+    if not len(rest):
+        raise DatasetMissingError(f"no readable images in {root / 'train'}")
+    test = splits.get("test")
+    if test is None:
+        rest, test = _split(rest, 0.2, seed + 1)
+    val = splits.get("val")
+    if val is None:
+        rest, val = _split(rest, val_fraction, seed)
+    return TaskData(name, classes, rest, val, test, source, report)
 
 
-# --------------------------------------------------------------------------- COCO
+def _checked(files: list[Path], root: Path, report: FileReport, check: DataCheck) -> dict[Path, str]:
+    """Check ``files`` (through the cache), record what is left out in ``report``; with ``check.strict``, a
+    one-line refusal naming the first few bad files."""
+    result = check_files(files, cache=CheckCache(check.cache), progress=check.progress,
+                         label=f"checking {len(files):,} images")
+    report.images += result.files
+    report.cached += result.cached
+    report.seconds = round(report.seconds + result.seconds, 3)
+    report.skipped += [Skipped(relative(p, root), why) for p, why in result.problems.items()]
+    if check.strict and report.skipped:
+        raise DatasetMissingError(f"{len(report.skipped)} of {report.images:,} image files cannot be read "
+                                  f"(--strict): {listed(report.skipped)}; remove or replace them, or train "
+                                  "without --strict to leave them out")
+    return result.problems
 
 
-class CocoImageLabels(Dataset):
-    """Image-level labels from a COCO annotations file: each image's label is the category covering
-    the largest total area in it (images without annotations are skipped)."""
+def _say(report: FileReport, check: DataCheck) -> None:
+    for line in report.lines():
+        check.report(line)
 
-    def __init__(self, annotations: Path, transform: Callable, image_dir: Path | None = None) -> None:
-        import contextlib
-        import io as _io
 
-        from pycocotools.coco import COCO
+class ImageFiles(Dataset):
+    """``(transform(image), label)`` of image files, each decoded when asked for and made upright RGB by the
+    transform (:func:`tailorrt.rgb.to_rgb`), as the server does."""
 
-        with contextlib.redirect_stdout(_io.StringIO()):  # pycocotools prints progress
-            coco = COCO(str(annotations))
-        cats = sorted(coco.getCatIds())
-        self.classes = [coco.loadCats(c)[0]["name"] for c in cats]
-        index = {c: i for i, c in enumerate(cats)}
-        self.image_dir = image_dir or _coco_image_dir(annotations)
-        self.samples: list[tuple[str, int]] = []
-        for img_id in sorted(coco.getImgIds()):
-            area: dict[int, float] = {}
-            for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=None)):
-                area[ann["category_id"]] = area.get(ann["category_id"], 0.0) + float(ann.get("area", 0.0))
-            if area:
-                label = max(sorted(area), key=lambda c: area[c])
-                self.samples.append((coco.loadImgs(img_id)[0]["file_name"], index[label]))
+    def __init__(self, samples: list[tuple[Path, int]], transform: Callable) -> None:
+        self.samples = samples
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int):
-        from PIL import Image
+    def path(self, i: int) -> Path:
+        return self.samples[i][0]
 
-        name, label = self.samples[i]
-        with Image.open(self.image_dir / name) as im:
-            return self.transform(im.convert("RGB")), label
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        with Image.open(path, formats=list(DEFAULT_FORMATS)) as img:
+            img.load()
+            return self.transform(img), label
+
+
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError)
+
+
+class Resilient(Dataset):
+    """A dataset of files whose item ``i``, if its file no longer decodes (changed under the run), is the next
+    item that does; each such file is counted once in :attr:`failed`, and the run goes on."""
+
+    def __init__(self, base: Dataset, root: Path, path_of: Callable[[int], Path] | None = None) -> None:
+        self.base, self.root = base, root
+        self.path_of = path_of or base.path
+        self.failed: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        n = len(self.base)
+        for j in range(n):
+            try:
+                return self.base[(i + j) % n]
+            except DECODE_ERRORS as e:
+                self.failed.setdefault(relative(self.path_of((i + j) % n), self.root), str(e) or type(e).__name__)
+        raise DatasetMissingError(f"none of the {n} images under {self.root} can be read any more")
+
+
+# --------------------------------------------------------------------------- COCO
+
+
+def coco_labels(annotations: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Image-level labels from a COCO annotations file: class names, and ``(file_name, label)`` per image, its
+    label the category covering the largest total area in it (images without annotations are skipped)."""
+    import contextlib
+    import io as _io
+
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(_io.StringIO()):  # pycocotools prints progress
+        coco = COCO(str(annotations))
+    cats = sorted(coco.getCatIds())
+    classes = [coco.loadCats(c)[0]["name"] for c in cats]
+    index = {c: i for i, c in enumerate(cats)}
+    samples: list[tuple[str, int]] = []
+    for img_id in sorted(coco.getImgIds()):
+        area: dict[int, float] = {}
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=None)):
+            area[ann["category_id"]] = area.get(ann["category_id"], 0.0) + float(ann.get("area", 0.0))
+        if area:
+            label = max(sorted(area), key=lambda c: area[c])
+            samples.append((coco.loadImgs(img_id)[0]["file_name"], index[label]))
+    return classes, samples
 
 
 def _coco_image_dir(annotations: Path) -> Path:
@@ -380,20 +588,26 @@ def _coco_image_dir(annotations: Path) -> Path:
     return annotations.parent
 
 
-def _load_coco(annotations: Path, preprocess: Preprocess, val_fraction: float, seed: int) -> TaskData:
+def _load_coco(annotations: Path, preprocess: Preprocess, val_fraction: float, seed: int,
+               check: DataCheck) -> TaskData:
     if not annotations.is_file():
         raise DatasetMissingError(f"COCO annotations file {annotations} does not exist; expected a COCO "
                                   "instances JSON with its images in ../<split>/ or images/ beside it")
     try:
-        full = CocoImageLabels(annotations, preprocess.transform())
+        classes, samples = coco_labels(annotations)
     except (ValueError, KeyError, TypeError) as e:
         raise DatasetMissingError(f"{annotations} is not a COCO annotations file ({type(e).__name__}: {e})") from e
-    if len(full) == 0:
+    if not samples:
         raise DatasetMissingError(f"{annotations} has no annotated images")
-    missing = [n for n, _ in full.samples[:50] if not (full.image_dir / n).is_file()]
-    if missing:
-        raise DatasetMissingError(f"COCO images missing: {full.image_dir / missing[0]} (and {len(missing) - 1} more "
-                                  "among the first 50); put the images in that folder")
+    image_dir = _coco_image_dir(annotations)
+    files = [(image_dir / name, label) for name, label in samples]
+    report = FileReport()
+    problems = _checked([f for f, _ in files], image_dir, report, check)
+    if len(problems) == len(files):
+        raise DatasetMissingError(f"none of the {len(files)} images that {annotations.name} names can be read in "
+                                  f"{image_dir} (first: {listed(report.skipped, 1)}); put the images there")
+    _say(report, check)
+    full = Resilient(ImageFiles([(f, y) for f, y in files if f not in problems], preprocess.transform()), image_dir)
     rest, test = _split(full, 0.2, seed + 1)
     rest, val = _split(rest, val_fraction / 0.8, seed)
-    return TaskData(pack_name(f"coco:{annotations}"), full.classes, rest, val, test, f"coco:{annotations}")
+    return TaskData(pack_name(f"coco:{annotations}"), classes, rest, val, test, f"coco:{annotations}", report)

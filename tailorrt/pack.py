@@ -101,6 +101,11 @@ class ModelDir:
         return self.files.verify(self.export_dir(kind) / entry["file"], entry["sha256"],
                                  recorded_in=self.export_dir(kind) / "export.json", remedy=REMEDY["export"])
 
+    @property
+    def check_cache(self) -> Path:
+        """Where the image-file checks of this model dir's datasets are remembered (:mod:`tailorrt.filecheck`)."""
+        return self.root / ".cache" / "image-check.json"
+
     def work_dir(self, task: str) -> Path:
         return self.root / ".work" / check_task_name(task)
 

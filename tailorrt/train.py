@@ -14,9 +14,10 @@ import torch
 
 from tailorrt import auto, methods
 from tailorrt.backbones import BackboneSpec, UniversalBackbone, build_backbone, get_spec
-from tailorrt.datasets import Preprocess, load_task, pack_name
+from tailorrt.datasets import DataCheck, Preprocess, TaskData, load_task, pack_name
 from tailorrt.distributed import Cluster
 from tailorrt.errors import ConfigError, TrainingError
+from tailorrt.filecheck import listed
 from tailorrt.io import read_json, write_json
 from tailorrt.methods import Trained
 from tailorrt.pack import ModelDir, machine, preprocess_of, versions
@@ -42,6 +43,7 @@ class TrainRequest:
     budget: auto.Budget = field(default_factory=auto.Budget)  # --method auto: what the chosen method must meet
     auto_candidates: list[str] | None = None  # --method auto: the methods tried (None: the registry's candidates)
     saved_config: dict | None = None  # the method's config as the run started (what --resume continues)
+    strict: bool = False  # refuse a dataset with unreadable image files or empty classes (else left out, reported)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -143,8 +145,10 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
     req.check(spec.num_units)  # before any data or weights are fetched
     preprocess = Preprocess(spec.input_size, spec.mean, spec.std)
     with cluster.main_first():  # rank 0 downloads (and writes the backbone); the others then read them
+        check = DataCheck(strict=req.strict, cache=mdir.check_cache, progress=progress if cluster.main else None,
+                          report=report if cluster.main else lambda _line: None)
         data = load_task(req.task, data_dir=Path(req.data_dir), preprocess=preprocess, download=req.download,
-                         seed=req.seed)  # data first: a missing dataset fails before any weights are fetched
+                         seed=req.seed, check=check)  # data first: a missing dataset fails before any weights
         if len(data.classes) < 2:
             raise ConfigError(f"task {req.task!r} has {len(data.classes)} class; at least 2 are needed")
         if cluster.main:
@@ -180,6 +184,7 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
     seconds = round(time.perf_counter() - t0, 2)
     if req.auto:
         extra["auto"].update(final_seconds=seconds, total_seconds=round(extra["auto"]["search_seconds"] + seconds, 2))
+    _report_decode_failures(data, report)
     if fingerprint(backbone) != frozen:  # the pack is recorded against these weights: they must not have moved
         raise TrainingError("the frozen backbone's weights or batch-norm statistics changed during training; "
                             "the pack was not written")
@@ -196,6 +201,15 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
     return path
 
 
+def _report_decode_failures(data: TaskData, report: Callable[[str], None]) -> None:
+    """Files that checked fine but did not decode during training (changed under the run): said, and recorded."""
+    failed = data.decode_failures()
+    if failed and data.files is not None:
+        data.files.failed_in_training = failed
+        report(f"{len(failed)} image files did not decode during training and were replaced by the next image: "
+               f"{listed(failed)}; the list is in task.json")
+
+
 def fingerprint(module: torch.nn.Module) -> str:
     """A digest of every parameter and buffer of ``module`` (the frozen backbone's, checked before its pack is
     written)."""
@@ -207,7 +221,8 @@ def fingerprint(module: torch.nn.Module) -> str:
 
 
 def evaluate_task(model_dir: str | Path, task: str, *, data_dir: str | Path = "data", split: str = "test",
-                  device: torch.device = torch.device("cpu"), download: bool = True) -> dict:
+                  device: torch.device = torch.device("cpu"), download: bool = True,
+                  report: Callable[[str], None] = lambda _line: None) -> dict:
     """Re-measure a saved pack's accuracy on a split of its dataset."""
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split must be train, val or test, not {split!r}")
@@ -215,7 +230,10 @@ def evaluate_task(model_dir: str | Path, task: str, *, data_dir: str | Path = "d
     backbone, bmeta = mdir.load_backbone()
     student, meta = mdir.load_model(task, backbone, bmeta["sha256"])
     spec = meta["data"]["spec"]
-    data = load_task(spec, data_dir=Path(data_dir), preprocess=preprocess_of(meta), download=download)
+    data = load_task(spec, data_dir=Path(data_dir), preprocess=preprocess_of(meta), download=download,
+                     check=DataCheck(cache=mdir.check_cache, report=report))
     acc = accuracy(student.to(device), getattr(data, split), device)
+    skipped = [] if data.files is None else [asdict(s) for s in data.files.skipped]
     return {"task": task, "split": split, "accuracy": round(acc, 3),
-            "recorded_accuracy": meta["metrics"]["accuracy"], "images": len(getattr(data, split))}
+            "recorded_accuracy": meta["metrics"]["accuracy"], "images": len(getattr(data, split)),
+            "skipped_files": skipped}

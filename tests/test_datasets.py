@@ -170,7 +170,7 @@ def test_coco_image_labels_take_the_largest_category(tmp_path):
     assert data.classes == ["car", "dog"] and data.name == "instances_val2017"
     full = data.test.dataset
     assert len(full) == 8
-    assert [label for _, label in full.samples] == [0, 1] * 4
+    assert [label for _, label in full.base.samples] == [0, 1] * 4
 
 
 def test_unknown_and_badly_named_tasks():
