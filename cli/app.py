@@ -19,7 +19,9 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from tailorrt.errors import TailorError
-from tailorrt.limits import DEFAULT_FORMATS
+from tailorrt.kinds import DEFAULT_PRECISION
+from tailorrt.limits import MB, Limits
+from tailorrt.serving.config import BatchConfig, RayConfig, ServerConfig
 
 app = typer.Typer(help="tailorrt: one frozen backbone, many small task networks.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -254,15 +256,8 @@ def info(model_dir: str = ModelDirOpt, as_json: bool = typer.Option(False, "--js
               f"{_mb(sizes['tailorrt_bytes'])}; one fine-tuned model per task would be "
               f"{_mb(sizes['finetuned_per_task_bytes'])} "
               f"({sizes['finetuned_per_task_bytes'] / sizes['tailorrt_bytes']:.2f}x)", highlight=False)
-    for kind, shared in (("onnx", "universal.data"), ("onnx-int8", "universal-int8.data")):
-        if kind in sizes:
-            o = sizes[kind]
-            out.print(f"{kind}/: shared {shared} {_mb(o['shared_bytes'])} once + {o['tasks']} task graphs "
-                      f"{_mb(o['graphs_bytes'])} = {_mb(o['total_bytes'])}", highlight=False)
-    if "trt" in sizes:
-        t = sizes["trt"]
-        out.print(f"trt/: {t['tasks']} engines ({'fp16' if t['fp16'] else 'fp32'}) {_mb(t['engines_bytes'])}",
-                  highlight=False)
+    for export in sizes["exports"].values():
+        out.print(export["summary"], highlight=False)
 
 
 def _mb(n: int) -> str:
@@ -286,7 +281,7 @@ def export_(
     parity_images: int = typer.Option(256, help="Validation images used for the parity check."),
     bench: bool = typer.Option(False, "--bench", help="Also time PyTorch eager vs ONNX Runtime (vs TensorRT) "
                                "at batch 1 and 32, side by side, into export.json."),
-    precision: str = typer.Option("fp32", help="fp32, or also int8 (ONNX graphs in <model-dir>/onnx-int8, "
+    precision: str = typer.Option(DEFAULT_PRECISION, help="fp32, or also int8 (ONNX graphs in <model-dir>/onnx-int8, "
                                   "calibrated on training images) or bf16 (a check for the torch backend; needs a "
                                   "CPU with AVX512-BF16 or AMX)."),
     max_drop: float = typer.Option(0.5, help="Refuse an int8 or bf16 export that loses more test accuracy than "
@@ -299,6 +294,7 @@ def export_(
     export fails, keeping the previous one, when the logits differ by more than 1e-4. With --precision int8 or
     bf16, a task that loses more than --max-drop points of test accuracy against fp32 fails the same way."""
     from tailorrt.export.exporter import ExportRequest, export_model
+    from tailorrt.inventory import export_bytes
 
     del onnx  # ONNX is always written: engines are built from it
     req = ExportRequest(model_dir=model_dir, tasks=_names(tasks),
@@ -311,27 +307,25 @@ def export_(
         if manifest is None:
             continue
         folder = Path(model_dir) / kind
-        total = sum(t.get("bytes", 0) for t in manifest["tasks"].values())
-        if "shared" in manifest:
-            total += manifest["shared"]["bytes"]
-        out.print(f"[green]wrote[/green] {folder}: {len(manifest['tasks'])} tasks, {_mb(total)} "
+        out.print(f"[green]wrote[/green] {folder}: {len(manifest['tasks'])} tasks, {_mb(export_bytes(manifest))} "
                   f"(manifest {folder / 'export.json'})", highlight=False)
-        if bench and kind in ("onnx", "trt"):
+        if bench and any("speed" in t for t in manifest["tasks"].values()):
             _print_speed(kind, manifest)
 
 
 def _print_speed(kind: str, manifest: dict) -> None:
+    """The side-by-side timings an export recorded (``--bench``): PyTorch, ONNX Runtime and, for engines, TensorRT."""
+    timed = [(name, key.removeprefix("batch_"), res) for name, entry in manifest["tasks"].items()
+             for key, res in entry.get("speed", {}).items() if key.startswith("batch_")]
+    engines = any("tensorrt" in res for _, _, res in timed)
     table = Table("task", "batch", *(["pytorch img/s", "onnxruntime img/s", "ort/pytorch"]
-                                     + (["tensorrt img/s"] if kind == "trt" else [])), title=f"{kind} speed")
-    for name, entry in manifest["tasks"].items():
-        for key, res in entry.get("speed", {}).items():
-            if not key.startswith("batch_"):
-                continue
-            row = [name, key.removeprefix("batch_"), f"{res['pytorch']['images_per_s']:.0f}",
-                   f"{res['onnxruntime']['images_per_s']:.0f}", f"{res['onnxruntime_vs_pytorch']:.2f}x"]
-            if kind == "trt":
-                row.append(f"{res['tensorrt']['images_per_s']:.0f}")
-            table.add_row(*row)
+                                     + (["tensorrt img/s"] if engines else [])), title=f"{kind} speed")
+    for name, batch, res in timed:
+        row = [name, batch, f"{res['pytorch']['images_per_s']:.0f}",
+               f"{res['onnxruntime']['images_per_s']:.0f}", f"{res['onnxruntime_vs_pytorch']:.2f}x"]
+        if engines:
+            row.append(f"{res['tensorrt']['images_per_s']:.0f}")
+        table.add_row(*row)
     out.print(table)
 
 
@@ -343,17 +337,18 @@ def _print_speed(kind: str, manifest: dict) -> None:
              "  python -c 'import tritonclient.grpc as g; print(g.InferenceServerClient(\"127.0.0.1:8001\")"
              ".get_model_repository_index())'")
 def serve(
+    ctx: typer.Context,
     tasks: str | None = typer.Option(None, help="Comma-separated tasks to load (default: every task)."),
     model_dir: str = ModelDirOpt,
-    backend: str = typer.Option("onnx", help="torch, onnx (needs tailor export) or tensorrt."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
-    share_weights: bool = typer.Option(True, "--share-weights/--fuse-weights",
+    backend: str = typer.Option(RayConfig.backend, help="torch, onnx (needs tailor export) or tensorrt."),
+    device: str = typer.Option(RayConfig.device, help="cpu or cuda."),
+    share_weights: bool = typer.Option(RayConfig.share_weights, "--share-weights/--fuse-weights",
                                        help="onnx backend: every task reads one copy of the universal weights "
                                        "(default), or each task fuses its batch norms into its own copy "
                                        "(a little faster on small inputs, about one backbone of memory per task). "
                                        "At int8: each task's session pre-packs its own copy of its int8 weights "
                                        "(about 1.5x faster, about its int8 weights of memory per task)."),
-    precision: str = typer.Option("fp32", help="fp32; int8 (onnx backend, after tailor export --precision int8); "
+    precision: str = typer.Option(RayConfig.precision, help="fp32; int8 (onnx backend, after tailor export --precision int8); "
                                   "bf16 (torch backend, after tailor export --precision bf16; needs a CPU with "
                                   "AVX512-BF16 or AMX, or a GPU)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
@@ -361,35 +356,35 @@ def serve(
     grpc: bool = typer.Option(True, "--grpc/--no-grpc", help="Also serve the KServe v2 / Triton gRPC protocol "
                               "(on --host, port --grpc-port)."),
     grpc_port: int = typer.Option(8001, help="TCP port of the gRPC endpoint."),
-    grpc_workers: int = typer.Option(64, help="gRPC calls served at once (twice as many are accepted; more get "
+    grpc_workers: int = typer.Option(ServerConfig.grpc_workers, help="gRPC calls served at once (twice as many are accepted; more get "
                                      "RESOURCE_EXHAUSTED)."),
-    max_batch: int = typer.Option(32, help="Largest batch run at once per task."),
-    max_delay_ms: float = typer.Option(5.0, help="Longest wait for a batch to fill."),
-    max_queue: int = typer.Option(512, help="Images waiting per task before answering 503."),
-    batch_workers: int = typer.Option(1, help="Batches run at once over all tasks (1: each batch uses every "
+    max_batch: int = typer.Option(BatchConfig.max_batch, help="Largest batch run at once per task."),
+    max_delay_ms: float = typer.Option(BatchConfig.max_delay_ms, help="Longest wait for a batch to fill."),
+    max_queue: int = typer.Option(BatchConfig.max_queue, help="Images waiting per task before answering 503."),
+    batch_workers: int = typer.Option(BatchConfig.workers, help="Batches run at once over all tasks (1: each batch uses every "
                                       "CPU core and other tasks' requests gather meanwhile)."),
-    max_body_mb: float = typer.Option(16.0, help="Largest request body."),
-    header_timeout_s: float = typer.Option(10.0, help="A request's headers must arrive whole within this many "
+    max_body_mb: float = typer.Option(ServerConfig.max_body_bytes / MB, help="Largest request body."),
+    header_timeout_s: float = typer.Option(ServerConfig.header_timeout_s, help="A request's headers must arrive whole within this many "
                                            "seconds (else the connection is closed)."),
-    body_timeout_s: float = typer.Option(30.0, help="A request body must arrive whole within this many seconds "
+    body_timeout_s: float = typer.Option(ServerConfig.body_timeout_s, help="A request body must arrive whole within this many seconds "
                                          "of its headers (else 408 and the connection is closed)."),
-    max_image_mpx: float = typer.Option(40.0, help="Largest image, in megapixels (read from its header, "
+    max_image_mpx: float = typer.Option(Limits.max_pixels / 1e6, help="Largest image, in megapixels (read from its header, "
                                         "before decoding)."),
-    max_images: int = typer.Option(256, help="Most images in one request."),
-    max_decode_mb: float = typer.Option(1024.0, help="Memory that image decodes in flight may take together, "
+    max_images: int = typer.Option(Limits.max_images, help="Most images in one request."),
+    max_decode_mb: float = typer.Option(Limits.max_decode_bytes / MB, help="Memory that image decodes in flight may take together, "
                                         "over all requests (an image needing more is refused with 413; one "
                                         "finding it taken waits up to 2 s, then gets 503). 0: unbounded."),
-    image_formats: str = typer.Option(",".join(DEFAULT_FORMATS), help="Encoded image formats accepted "
+    image_formats: str = typer.Option(",".join(Limits.formats), help="Encoded image formats accepted "
                                       "(PIL names; others are refused with 400)."),
     api_key: str | None = typer.Option(None, envvar="TAILOR_API_KEY", help="Require this key on every "
                                           "endpoint but health (header Authorization: Bearer KEY or X-API-Key)."),
     ray: bool = typer.Option(False, "--ray", help="Serve every task of the model dir from Ray Serve replicas "
                              "(pip install 'tailorrt\\[ray]'): each replica holds the backbone once and loads a task "
                              "on its first request; HTTP only.", rich_help_panel="Ray Serve"),
-    replicas: int = typer.Option(2, help="--ray: worker replicas.", rich_help_panel="Ray Serve"),
-    max_tasks_per_replica: int = typer.Option(4, help="--ray: tasks one replica holds; beyond it the least recently "
+    replicas: int = typer.Option(RayConfig.replicas, help="--ray: worker replicas.", rich_help_panel="Ray Serve"),
+    max_tasks_per_replica: int = typer.Option(RayConfig.max_tasks_per_replica, help="--ray: tasks one replica holds; beyond it the least recently "
                                               "used is evicted.", rich_help_panel="Ray Serve"),
-    replica_cpus: float = typer.Option(1.0, help="--ray: Ray CPUs reserved per replica.", rich_help_panel="Ray Serve"),
+    replica_cpus: float = typer.Option(RayConfig.replica_cpus, help="--ray: Ray CPUs reserved per replica.", rich_help_panel="Ray Serve"),
     replica_gpus: float | None = typer.Option(None, help="--ray: Ray GPUs per replica (default: 1 with --device "
                                               "cuda, else 0; 0.5 puts two replicas on a GPU).",
                                               rich_help_panel="Ray Serve"),
@@ -400,7 +395,7 @@ def serve(
                                            rich_help_panel="Ray Serve"),
     ray_cpus: int | None = typer.Option(None, help="--ray: CPUs of the local cluster (default: every core).",
                                         rich_help_panel="Ray Serve"),
-    request_timeout_s: float = typer.Option(30.0, help="--ray: a request gets its answer, or 503 with Retry-After, "
+    request_timeout_s: float = typer.Option(RayConfig.request_timeout_s, help="--ray: a request gets its answer, or 503 with Retry-After, "
                                             "within this time (a dead replica is retried once).",
                                             rich_help_panel="Ray Serve"),
     print_config: bool = typer.Option(False, "--print-config", help="--ray: print a Ray Serve config file for these "
@@ -417,59 +412,86 @@ def serve(
 
     from tailorrt.serving.connections import address, check_free, header_timeout_protocol
 
-    if header_timeout_s <= 0:
-        _fail("--header-timeout-s must be positive")
-    if max_batch < 1 or max_delay_ms < 0 or max_queue < max_batch or batch_workers < 1:
-        _fail("--max-batch and --batch-workers must be >= 1, --max-delay-ms >= 0 and --max-queue >= --max-batch")
     if api_key is None and "TAILOR_API_KEY" in os.environ:  # click reads an empty variable as unset
         api_key = os.environ["TAILOR_API_KEY"]
+    given = {p.name for p in ctx.command.params  # typer's own copy of click: its enum, compared by name
+             if getattr(ctx.get_parameter_source(p.name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
+    _check_serve_options(given, ray, print_config)
     if ray:
         try:
             importlib.import_module("ray.serve")
         except ImportError as e:
             _fail(f"--ray needs Ray Serve, which is not installed ({e}); pip install 'tailorrt[ray]'")
-    elif grpc:
-        check_free(host, grpc_port)  # before anything is loaded
-    from tailorrt.limits import Limits
-    from tailorrt.runtime import Runtime
-    from tailorrt.serving.app import ServerConfig, create_app
-    from tailorrt.serving.batcher import BatchConfig
-
     limits = Limits(max_pixels=int(max_image_mpx * 1e6), max_images=max_images,
-                    max_decode_bytes=int(max_decode_mb * 1024 * 1024),
+                    max_decode_bytes=int(max_decode_mb * MB),
                     formats=tuple(f.upper() for f in _names(image_formats) or []))
     batch = BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue, workers=batch_workers)
     if ray:
-        _serve_ray(model_dir=model_dir, backend=backend, device=device, precision=precision, threads=threads,
-                   replicas=replicas,
-                   max_tasks_per_replica=max_tasks_per_replica, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
-                   request_timeout_s=request_timeout_s, max_body_mb=max_body_mb, api_key=api_key, batch=batch,
-                   limits=limits, host=host, port=port, address=ray_address, num_cpus=ray_cpus, tasks=tasks,
-                   print_config=print_config)
+        _serve_ray(RayConfig(model_dir=model_dir, backend=backend, device=device, precision=precision,
+                             share_weights=share_weights, threads=threads, replicas=replicas,
+                             max_tasks_per_replica=max_tasks_per_replica, replica_cpus=replica_cpus,
+                             replica_gpus=replica_gpus, request_timeout_s=request_timeout_s, max_body_mb=max_body_mb,
+                             body_timeout_s=body_timeout_s, api_key=api_key, batch=batch, limits=limits),
+                   host=host, port=port, address=ray_address, num_cpus=ray_cpus, print_config=print_config)
         return
-    cfg = ServerConfig(max_body_bytes=int(max_body_mb * 1024 * 1024), body_timeout_s=body_timeout_s, api_key=api_key,
-                       grpc_port=grpc_port if grpc else None, grpc_host=host, grpc_workers=grpc_workers, batch=batch)
+    import uvicorn
+
+    from tailorrt.runtime import Runtime
+    from tailorrt.serving.app import create_app
+    from tailorrt.serving.connections import address, check_free, header_timeout_protocol
+
+    cfg = ServerConfig(max_body_bytes=int(max_body_mb * MB), body_timeout_s=body_timeout_s,
+                       header_timeout_s=header_timeout_s, api_key=api_key, grpc_port=grpc_port if grpc else None,
+                       grpc_host=host, grpc_workers=grpc_workers, batch=batch)
+    if grpc:
+        check_free(host, grpc_port)  # before anything is loaded
     runtime = Runtime(model_dir, tasks=_names(tasks), backend=backend, device=device, share_weights=share_weights,
                       precision=precision, limits=limits)
     where = f"http://{address(host, port)}" + (f" and grpc://{address(host, grpc_port)}" if grpc else "")
     err.print(f"serving {', '.join(runtime.tasks)} ({backend} backend, {precision}) on {where}", highlight=False,
               markup=False, soft_wrap=True)
     uvicorn.run(create_app(runtime, cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
-                http=header_timeout_protocol(header_timeout_s))
+                http=header_timeout_protocol(cfg.header_timeout_s))
 
 
-def _serve_ray(*, host: str, port: int, address: str | None, num_cpus: int | None, tasks: str | None,
-               print_config: bool, **config) -> None:
+# tailor serve's options that a Ray Serve deployment cannot honour (its HTTP proxy is Ray's: no gRPC endpoint, no
+# header timeout of ours; replicas load tasks on demand), and the Ray-only ones plain tailor serve has no use for
+NOT_WITH_RAY = {"tasks": "--ray serves every task of the model dir, loaded on demand",
+                "grpc": "--ray serves HTTP only", "grpc_port": "--ray serves HTTP only",
+                "grpc_workers": "--ray serves HTTP only", "header_timeout_s": "Ray's HTTP proxy reads the headers"}
+RAY_ONLY = ("replicas", "max_tasks_per_replica", "replica_cpus", "replica_gpus", "threads", "ray_address", "ray_cpus",
+            "request_timeout_s", "print_config")
+LOCAL_RAY_ONLY = {"ray_address": "a Serve config is deployed where serve deploy runs",
+                  "ray_cpus": "a Serve config is deployed where serve deploy runs"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_serve_options(given: set[str], ray: bool, print_config: bool) -> None:
+    """One line for options given on the command line that this way of serving would not honour."""
+    if ray:
+        refused = {n: why for n, why in NOT_WITH_RAY.items() if n in given}
+        if print_config:
+            refused.update({n: why for n, why in LOCAL_RAY_ONLY.items() if n in given})
+        if refused:
+            _fail("; ".join(f"{_flag(n)} does not apply with --ray{' --print-config' if n in LOCAL_RAY_ONLY else ''}"
+                            f" ({why})" for n, why in refused.items()))
+    else:
+        stray = [n for n in RAY_ONLY if n in given]
+        if stray:
+            _fail(f"{', '.join(_flag(n) for n in stray)} only apply with --ray")
+
+
+def _serve_ray(cfg: RayConfig, *, host: str, port: int, address: str | None, num_cpus: int | None,
+               print_config: bool) -> None:
     """``tailor serve --ray``: the Ray Serve deployment, until Ctrl-C (or its Serve config file)."""
     import yaml
 
-    from tailorrt.serving.ray import RayConfig, serve_config, serve_forever
-
-    if tasks:
-        err.print("note: --ray serves every task of the model dir on demand; --tasks is ignored", highlight=False)
     from tailorrt.pack import ModelDir
+    from tailorrt.serving.ray import serve_config, serve_forever
 
-    cfg = RayConfig(**config)
     cfg.server()  # its checks (an empty API key...) here, not in every replica
     if print_config:
         print(yaml.safe_dump(serve_config(cfg, host=host, port=port), sort_keys=False), end="")
@@ -487,7 +509,7 @@ def predict(
     task: str = typer.Option(..., "--task", help="Task pack name in the model dir."),
     model_dir: str = ModelDirOpt,
     backend: str = typer.Option("torch", help="torch, onnx or tensorrt."),
-    precision: str = typer.Option("fp32", help="fp32, int8 (onnx backend) or bf16 (torch backend)."),
+    precision: str = typer.Option(DEFAULT_PRECISION, help="fp32, int8 (onnx backend) or bf16 (torch backend)."),
     top_k: int = typer.Option(1, help="How many classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -519,7 +541,7 @@ def bench(
     clients: int = typer.Option(16, help="Concurrent clients of each stream."),
     max_batch: int = typer.Option(32, help="The batcher's batch limit."),
     threads: int | None = typer.Option(None, help="Threads of every session (default: torch's)."),
-    precision: str = typer.Option("fp32", help="Also time the Runtime at int8 or bf16 next to fp32 (after "
+    precision: str = typer.Option(DEFAULT_PRECISION, help="Also time the Runtime at int8 or bf16 next to fp32 (after "
                                   "tailor export --precision ...), with the export's accuracy check."),
     scaling: str | None = typer.Option(None, help="Instead: memory and load time for these task counts "
                                           "(copies of the packs under new names), with a PNG plot."),
@@ -537,7 +559,7 @@ def bench(
                          clients=clients, max_batch=max_batch, threads=threads, precision=precision,
                          out=str(out_path) if out_path else None)
     report = lambda m: err.print(m, highlight=False)
-    if scaling and precision != "fp32":
+    if scaling and precision != DEFAULT_PRECISION:
         _fail("--precision applies to the timing bench, not to --scaling")
     if scaling:
         result = scale(req, tuple(int(x) for x in scaling.split(",")), report=report)

@@ -20,7 +20,7 @@ from tailorrt.export import speed
 from tailorrt.io import replace_dir, sha256_file, staging_dir
 from tailorrt.onnx_graph import INPUT, LOGITS
 from tailorrt.pack import ModelDir, preprocess_of
-from tailorrt.precision import PRECISIONS
+from tailorrt import kinds
 from tailorrt.records import write_record
 
 MANIFEST = "export.json"
@@ -57,8 +57,7 @@ class ExportRequest:
             raise ConfigError(f"--max-batch must be at least 1, not {self.max_batch}")
         if self.parity_images < 1:
             raise ConfigError(f"--parity-images must be at least 1, not {self.parity_images}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        kinds.for_precision(self.precision)  # an unknown one: a ConfigError naming the choices
         if not 0 <= self.max_drop <= 100:
             raise ConfigError(f"--max-drop is in points of accuracy, 0 to 100, not {self.max_drop}")
         if self.calibration_images < 1 or self.check_images < 1:

@@ -19,13 +19,14 @@ import json
 import re
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from tailorrt import methods
+from tailorrt import kinds, methods
 from tailorrt.backbones import UniversalBackbone
 from tailorrt.datasets import DataCheck, load_task
 from tailorrt.errors import ExportError, PackError
@@ -41,6 +42,7 @@ from tailorrt.export.common import (
 )
 from tailorrt.export.sessions import cpu_session
 from tailorrt.io import pid_alive, sha256_file
+from tailorrt.kinds.tensorrt import TENSORRT
 from tailorrt.onnx_graph import (
     INPUT,
     IR_VERSION,
@@ -53,7 +55,7 @@ from tailorrt.onnx_graph import (
     save_graph,
 )
 from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, pack_file, preprocess_of, versions
-from tailorrt.precision import BACKEND_OF, check_precision
+from tailorrt.precision import check_precision
 
 __all__ = ["FP32_TOLERANCE", "ExportRequest", "export_model"]
 
@@ -62,38 +64,38 @@ def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict:
     """Export the requested tasks; returns ``{"onnx": manifest, "trt": manifest or None}`` and, with a low
     ``req.precision``, its manifest under ``"onnx-int8"`` or ``"bf16"``."""
     req.validate()
-    if req.precision != "fp32":
-        check_precision(req.precision, BACKEND_OF[req.precision])  # a CPU without bf16 fails in a second
-    trt = None
-    if req.trt:
-        from tailorrt.export.tensorrt_engines import require_tensorrt
+    wanted = [k for k in kinds.kinds() if k.wanted(req)]
+    for kind in wanted:  # before any work: a CPU without bf16, or no TensorRT, fails in a second
+        if kind.precision not in (None, kinds.DEFAULT_PRECISION):
+            check_precision(kind.precision, kind.backend)
+        if kind.folder == TENSORRT.folder:
+            from tailorrt.export.tensorrt_engines import require_tensorrt
 
-        trt = require_tensorrt()  # before any work: a missing TensorRT fails in a second
+            require_tensorrt()
     mdir = ModelDir(req.model_dir)
     backbone, bmeta = mdir.load_backbone()
     names = _task_names(mdir, req.tasks)
     _clean_stale_work(mdir)
-    shared = SharedWeights(backbone)
-    networks = []
-    for name in names:
-        net = _load_network(mdir, name, backbone, bmeta["sha256"], req, report)
-        networks.append(net)
-    onnx_manifest = export_onnx(mdir, bmeta, shared, networks, req, report)
-    trt_manifest = None
-    if trt is not None:
-        from tailorrt.export.trt_export import export_trt
+    networks = [_load_network(mdir, name, backbone, bmeta["sha256"], req, report) for name in names]
+    ctx = ExportContext(mdir, bmeta, SharedWeights(backbone), networks, req, report)
+    for kind in wanted:  # registration order: the fp32 graphs first, which the others are made from
+        ctx.results[kind.folder] = kind.export(ctx)
+    return {"onnx": ctx.results.get("onnx"), "trt": ctx.results.get(TENSORRT.folder),
+            **{k: v for k, v in ctx.results.items() if k not in ("onnx", TENSORRT.folder)}}
 
-        trt_manifest = export_trt(trt, mdir, onnx_manifest, networks, req, report)
-    result = {"onnx": onnx_manifest, "trt": trt_manifest}
-    if req.precision == "int8":
-        from tailorrt.export.low_precision import export_int8
 
-        result["onnx-int8"] = export_int8(mdir, bmeta, shared.tensors, networks, req, report)
-    elif req.precision == "bf16":
-        from tailorrt.export.low_precision import export_bf16
+@dataclass
+class ExportContext:
+    """What every export kind's step reads: the model dir, the tasks' networks and data, and the manifests the
+    kinds before it wrote (``results``, by folder)."""
 
-        result["bf16"] = export_bf16(mdir, bmeta, networks, req, report)
-    return result
+    mdir: ModelDir
+    bmeta: dict
+    shared: SharedWeights
+    networks: list[TaskNetwork]
+    req: ExportRequest
+    report: Report
+    results: dict[str, dict] = field(default_factory=dict)
 
 
 def _task_names(mdir: ModelDir, wanted: list[str] | None) -> list[str]:

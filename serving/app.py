@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,7 +32,7 @@ from tailorrt.errors import (
     TailorError,
 )
 from tailorrt.runtime import Runtime
-from tailorrt.serving.batcher import BatchConfig
+from tailorrt.serving.config import BatchConfig, ServerConfig
 from tailorrt.serving.protocol import InferRequest, InferResponse, http_response, parse_http
 from tailorrt.serving.service import VERSION, Service, http_status, key_matches
 from tailorrt.version import __version__
@@ -41,27 +40,6 @@ from tailorrt.version import __version__
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 KEY_MISSING = "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')"
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Limits and access of one server."""
-
-    max_body_bytes: int = 16 * 1024 * 1024
-    body_timeout_s: float = 30.0  # the whole body must arrive within this time of the request's headers
-    api_key: str | None = None
-    batch: BatchConfig = BatchConfig()
-    grpc_port: int | None = None  # the gRPC endpoint's port (None: no gRPC)
-    grpc_host: str = "127.0.0.1"
-    grpc_workers: int = 64  # gRPC calls served at once (each waits for its batch in a thread)
-    grace_s: float = 30.0  # in-flight gRPC calls get this long to finish on shutdown
-
-    def __post_init__(self) -> None:
-        if self.api_key is not None and not self.api_key.strip():
-            raise ConfigError("the API key is empty, which would turn authentication off; set a non-empty key "
-                              "or leave it unset")
-        if self.max_body_bytes < 1 or self.body_timeout_s <= 0 or self.grpc_workers < 1:
-            raise ConfigError("the body limit, the body timeout and the gRPC workers must be positive")
 
 
 class BodyGuard:

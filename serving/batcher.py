@@ -22,14 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tailorrt.errors import InputTooLargeError, OverloadedError, UnknownTaskError
-
-
-@dataclass(frozen=True)
-class BatchConfig:
-    max_batch: int = 32
-    max_delay_ms: float = 5.0
-    max_queue: int = 512  # images waiting per task
-    workers: int = 1  # batches run at once, over all tasks
+from tailorrt.serving.config import BatchConfig
 
 
 @dataclass

@@ -21,19 +21,18 @@ from __future__ import annotations
 import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from tailorrt.errors import BadInputError, ConfigError
+from tailorrt.serving.config import ServerConfig
 from tailorrt.serving.connections import address
 from tailorrt.serving.protocol import InferRequest, validate_request
 from tailorrt.serving.service import Service, http_status, key_matches
 
-if TYPE_CHECKING:
-    from tailorrt.serving.app import ServerConfig
 
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
          408: grpc.StatusCode.DEADLINE_EXCEEDED, 409: grpc.StatusCode.FAILED_PRECONDITION,

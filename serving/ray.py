@@ -43,13 +43,12 @@ from tailorrt.runtime import Runtime
 from tailorrt.serving.app import (
     KEY_MISSING,
     BodyGuard,
-    ServerConfig,
     authorised,
     create_app,
     error_response,
     inference_task,
 )
-from tailorrt.serving.batcher import BatchConfig
+from tailorrt.serving.config import BatchConfig, RayConfig
 from tailorrt.serving.metrics import Metrics
 from tailorrt.serving.service import http_status
 
@@ -59,60 +58,6 @@ LOADED_HEADER = "X-Tailor-Replica-Tasks"  # the tasks that replica holds after a
 # a forwarded request that failed because its replica died or could not be reached: worth another replica
 _REPLICA_FAILURES = (RayActorError, ConnectionError)
 _HOP_HEADERS = ("host", "content-length", "transfer-encoding", "connection")  # set again for the replica's app
-
-
-@dataclass(frozen=True)
-class RayConfig:
-    """One Ray Serve deployment of a model directory (the ``args`` of :func:`build`, flat in a Serve config)."""
-
-    model_dir: str
-    backend: str = "onnx"
-    device: str = "cpu"
-    precision: str = "fp32"  # fp32, int8 (onnx) or bf16 (torch): tailorrt.precision
-    threads: int | None = None  # per replica (None: the backend's default)
-    replicas: int = 2
-    max_tasks_per_replica: int = 4
-    replica_cpus: float = 1.0  # Ray CPUs reserved per worker replica
-    replica_gpus: float | None = None  # Ray GPUs per worker replica (None: 1 with a cuda device, else 0)
-    max_ongoing_requests: int = 64  # requests one worker replica takes at once (its batcher queues them)
-    request_timeout_s: float = 30.0  # a forwarded request gets an answer or 503 within this time
-    retries: int = 1  # further replicas tried when one dies or cannot be reached
-    max_body_mb: float = 16.0
-    api_key: str | None = None
-    batch: BatchConfig = field(default_factory=BatchConfig)
-    limits: Limits = field(default_factory=Limits)
-
-    def __post_init__(self) -> None:
-        if self.replicas < 1 or self.max_tasks_per_replica < 1 or self.max_ongoing_requests < 1:
-            raise ConfigError("replicas, --max-tasks-per-replica and max_ongoing_requests must be at least 1")
-        if self.request_timeout_s <= 0 or self.retries < 0 or self.replica_cpus < 0 or (self.replica_gpus or 0) < 0:
-            raise ConfigError("request_timeout_s must be positive; retries, replica_cpus and replica_gpus not "
-                              "negative")
-
-    @property
-    def gpus_per_replica(self) -> float:
-        if self.replica_gpus is not None:
-            return self.replica_gpus
-        return 1.0 if self.device.startswith("cuda") else 0.0
-
-    def server(self) -> ServerConfig:
-        return ServerConfig(max_body_bytes=int(self.max_body_mb * 1024 * 1024), api_key=self.api_key,
-                            batch=self.batch)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "RayConfig":
-        """The config from :meth:`to_json` or from a Serve config's ``args`` (flat keys, strings allowed)."""
-        data = dict(data)
-        batch = data.pop("batch", None) or {}
-        limits = data.pop("limits", None) or {}
-        try:
-            return cls(**data, batch=BatchConfig(**batch),
-                       limits=Limits(**{**limits, "formats": tuple(limits.get("formats", Limits().formats))}))
-        except TypeError as e:
-            raise ConfigError(f"bad Ray deployment arguments: {e}") from e
 
 
 @dataclass
@@ -184,7 +129,8 @@ class TaskWorker:
     def __init__(self, config: dict) -> None:
         self.cfg = RayConfig.from_json(config)
         self.runtime = Runtime(self.cfg.model_dir, tasks=[], backend=self.cfg.backend, device=self.cfg.device,
-                               threads=self.cfg.threads, limits=self.cfg.limits, precision=self.cfg.precision)
+                               threads=self.cfg.threads, limits=self.cfg.limits, precision=self.cfg.precision,
+                               share_weights=self.cfg.share_weights)
         self.app = create_app(self.runtime, self.cfg.server(), on_demand=True)
         self.service = self.app.state.service
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://replica",
@@ -289,7 +235,7 @@ def _json_answer(status: int, body: dict, headers: dict[str, str] | None = None)
 def ingress_app(config: RayConfig) -> FastAPI:
     """The ingress's FastAPI app: one catch-all route, the body bounded as in ``tailor serve``."""
     app = FastAPI(title="tailorrt (Ray Serve)", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(BodyGuard, limit=int(config.max_body_mb * 1024 * 1024), timeout_s=ServerConfig.body_timeout_s)
+    app.add_middleware(BodyGuard, limit=int(config.max_body_mb * 1024 * 1024), timeout_s=config.body_timeout_s)
     return app
 
 

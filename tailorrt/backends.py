@@ -11,6 +11,7 @@ removes tasks while running; ``logits(task, x)`` takes a preprocessed ``[N,3,S,S
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Protocol
 
@@ -19,10 +20,10 @@ import torch
 
 from tailorrt.errors import ConfigError, DependencyMissingError, PackError, UnknownTaskError
 from tailorrt.pack import ModelDir, pack_file
-from tailorrt.precision import EXPORT_KIND
+from tailorrt import kinds
+from tailorrt.kinds.tensorrt import TENSORRT
 
 BACKENDS = ("torch", "onnx", "tensorrt")
-EXPORT_FLAG = {"onnx": "", "trt": " --trt", "onnx-int8": " --precision int8", "bf16": " --precision bf16"}
 INT8_CHECK_TOLERANCE = 0.02  # of the largest stored logit: the same int8 arithmetic agrees far closer
 
 
@@ -59,8 +60,12 @@ class TorchBackend:
     def __init__(self, mdir: ModelDir, device: str, *, precision: str = "fp32") -> None:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise DependencyMissingError("device cuda was asked for but PyTorch sees no CUDA GPU; use device cpu")
-        self.mdir, self.device, self.precision = mdir, torch.device(device), precision
-        self.manifest = current_export(mdir, "bf16") if precision == "bf16" else None
+        self.mdir, self.device = mdir, torch.device(device)
+        kind = kinds.for_precision(precision)
+        # at a low precision, the export that checked each task's accuracy under autocast; at fp32 none is needed
+        self.kind = kind if kind.backend == self.name else None
+        self.manifest = current_export(mdir, kind.folder) if self.kind is not None else None
+        self.autocast = getattr(torch, self.kind.autocast) if self.kind is not None and self.kind.autocast else None
         self.backbone, self.meta = mdir.load_backbone()
         self.backbone.to(self.device)
         self.models: dict[str, torch.nn.Module] = {}
@@ -68,7 +73,7 @@ class TorchBackend:
     def add(self, *tasks: str) -> None:
         for task in tasks:
             if self.manifest is not None:
-                export_entry(self.mdir, "bf16", self.manifest, task)
+                export_entry(self.mdir, self.kind.folder, self.manifest, task)
             model, _ = self.mdir.load_model(task, self.backbone, self.meta["sha256"])
             self.models[task] = model.to(self.device).eval()
         release_freed_memory()
@@ -82,7 +87,7 @@ class TorchBackend:
         model = self.models.get(task)
         if model is None:
             raise not_loaded(task)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()):
             return model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
 
@@ -106,17 +111,17 @@ class OnnxBackend:
                                              "pip install 'tailorrt[gpu]'")
             self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         self.mdir, self.threads = mdir, threads or torch.get_num_threads()
-        self.kind = EXPORT_KIND[precision]
-        self.manifest = current_export(mdir, self.kind)
+        self.kind = kinds.for_precision(precision)
+        self.manifest = current_export(mdir, self.kind.folder)
         self.store, self.share_weights = WeightStore(), share_weights
         self.sessions: dict = {}  # task -> TaskSession; replaced whole, so running calls keep what they read
         self._lock = threading.Lock()
 
     def graph_file(self, task: str) -> Path:
         """The task's graph, checked against the export's sha256s, with the shared weights it reads beside it."""
-        entry = export_entry(self.mdir, self.kind, self.manifest, task)
-        self.mdir.export_file(self.kind, self.manifest["shared"])
-        return self.mdir.export_file(self.kind, entry)
+        entry = export_entry(self.mdir, self.kind.folder, self.manifest, task)
+        self.mdir.export_file(self.kind.folder, self.manifest["shared"])
+        return self.mdir.export_file(self.kind.folder, entry)
 
     def add(self, *tasks: str) -> None:
         """Build a session for each task; the ones already loaded are not touched."""
@@ -129,9 +134,9 @@ class OnnxBackend:
                 for task, graph in graphs.items():
                     built[task] = task_session(task, graph, self.store, threads=self.threads,
                                                providers=self.providers, fuse=not self.share_weights,
-                                               prepack=self.kind != "onnx-int8" or not self.share_weights)
-                    if self.kind == "onnx-int8":
-                        self.check_int8(task, built[task])
+                                               prepack=self.kind.prepacks_shared or not self.share_weights)
+                    if self.kind.checks_on_load:
+                        self.check_stored(task, built[task])
             except BaseException:  # the new tasks (the failing one included) may have stored tensors already
                 for task in graphs:
                     if task not in self.sessions:
@@ -140,7 +145,7 @@ class OnnxBackend:
             self.sessions = {**self.sessions, **built}
         release_freed_memory()
 
-    def check_int8(self, task: str, session) -> None:
+    def check_stored(self, task: str, session) -> None:
         """Re-run the images stored at export and refuse a task whose int8 logits differ here: int8 kernels
         differ between CPUs (VNNI or not), and a wrong answer must not be served."""
         from safetensors.numpy import load_file
@@ -148,13 +153,14 @@ class OnnxBackend:
         from tailorrt.precision import cpu_summary
 
         entry = self.manifest["tasks"][task]
-        stored = load_file(str(self.mdir.export_file(self.kind, entry["check"])))
+        stored = load_file(str(self.mdir.export_file(self.kind.folder, entry["check"])))
         got = session.run(stored["input"])
         diff = float(np.abs(got - stored["logits"]).max())
         if not diff <= INT8_CHECK_TOLERANCE * max(1.0, float(np.abs(stored["logits"]).max())):
-            raise PackError(f"task {task!r}: int8 logits on this CPU ({cpu_summary()}) differ by {diff:.3g} from "
-                            f"those of the export ({self.manifest.get('cpu', 'unknown CPU')}); export it again here "
-                            f"(tailor export --precision int8 --tasks {task}) or serve it at fp32")
+            raise PackError(f"task {task!r}: {self.kind.precision} logits on this CPU ({cpu_summary()}) differ by "
+                            f"{diff:.3g} from those of the export ({self.manifest.get('cpu', 'unknown CPU')}); export "
+                            f"it again here (tailor export{self.kind.flag} --tasks {task}) or serve it at "
+                            f"{kinds.DEFAULT_PRECISION}")
 
     def remove(self, task: str) -> None:
         with self._lock:
@@ -175,21 +181,20 @@ def not_loaded(task: str) -> UnknownTaskError:
 
 
 def current_export(mdir: ModelDir, kind: str) -> dict:
-    """The manifest of an export (``onnx``, ``trt``, ``onnx-int8``, ``bf16``), refusing a missing one or one made
+    """The manifest of an export (a folder of :mod:`tailorrt.kinds`), refusing a missing one or one made
     from another backbone."""
     manifest = mdir.export_manifest(kind)
-    flag = EXPORT_FLAG[kind]
+    flag = kinds.get(kind).flag
     if manifest is None:
         raise PackError(f"no {kind} export in {mdir.root}; run: tailor export{flag} --model-dir {mdir.root}")
-    exported_from = manifest["backbone_sha256"] if kind == "trt" else manifest["backbone"]["sha256"]
-    if exported_from != mdir.backbone_meta()["sha256"]:
+    if kinds.get(kind).backbone_sha256(manifest) != mdir.backbone_meta()["sha256"]:
         raise PackError(f"{mdir.export_dir(kind)} was exported from another backbone; run tailor export{flag} again")
     return manifest
 
 
 def export_entry(mdir: ModelDir, kind: str, manifest: dict, task: str) -> dict:
     """A task's entry in an export manifest, refusing a task that is absent or exported before its pack changed."""
-    flag = EXPORT_FLAG[kind]
+    flag = kinds.get(kind).flag
     entry = manifest["tasks"].get(task)
     if entry is None:
         raise PackError(f"task {task!r} is not in the {kind} export; run: tailor export{flag} --tasks {task}")
@@ -218,7 +223,7 @@ class TensorRTBackend:
         from tailorrt.tensorrt_runner import require_tensorrt
 
         self.trt = require_tensorrt()
-        manifest = current_export(mdir, "trt")
+        manifest = current_export(mdir, TENSORRT.folder)
         self.mdir, self.manifest, self.max_batch = mdir, manifest, int(manifest["max_batch"])
         self.runners: dict[str, object] = {}
 
@@ -226,8 +231,8 @@ class TensorRTBackend:
         from tailorrt.tensorrt_runner import EngineRunner
 
         for task in tasks:
-            entry = export_entry(self.mdir, "trt", self.manifest, task)
-            self.runners[task] = EngineRunner(self.trt, self.mdir.export_file("trt", entry).read_bytes())
+            entry = export_entry(self.mdir, TENSORRT.folder, self.manifest, task)
+            self.runners[task] = EngineRunner(self.trt, self.mdir.export_file(TENSORRT.folder, entry).read_bytes())
 
     def remove(self, task: str) -> None:
         self.runners.pop(task, None)

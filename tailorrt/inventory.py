@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tailorrt import methods
+from tailorrt import kinds, methods
 from tailorrt.backbones import BackboneSpec
 from tailorrt.pack import ModelDir, pack_file
 
@@ -53,14 +53,16 @@ def size_summary(model_dir: str | Path, bmeta: dict, rows: list[dict]) -> dict:
     packs = sum(r["pack_bytes"] for r in rows)
     out = {"backbone_bytes": bmeta["bytes"], "packs_bytes": packs, "tailorrt_bytes": bmeta["bytes"] + packs,
            "finetuned_per_task_bytes": sum(finetuned_bytes(bmeta, r["classes"]) for r in rows), "tasks": len(rows)}
-    for kind in ("onnx", "onnx-int8"):
-        manifest = mdir.export_manifest(kind)
-        if manifest:
-            graphs = sum(t["bytes"] for t in manifest["tasks"].values())
-            out[kind] = {"shared_bytes": manifest["shared"]["bytes"], "graphs_bytes": graphs,
-                         "total_bytes": manifest["shared"]["bytes"] + graphs, "tasks": len(manifest["tasks"])}
-    trt = mdir.export_manifest("trt")
-    if trt:
-        out["trt"] = {"engines_bytes": sum(t["bytes"] for t in trt["tasks"].values()), "tasks": len(trt["tasks"]),
-                      "fp16": trt["fp16"]}
+    out["exports"] = {}
+    for kind in kinds.kinds():
+        manifest = mdir.export_manifest(kind.folder)
+        if manifest and kind.summary is not None:
+            out["exports"][kind.folder] = {"summary": kind.summary(manifest), "tasks": len(manifest["tasks"]),
+                                           "bytes": export_bytes(manifest)}
     return out
+
+
+def export_bytes(manifest: dict) -> int:
+    """Bytes of an export's files: the shared one (if any) and each task's."""
+    shared = manifest.get("shared") or {}
+    return shared.get("bytes", 0) + sum(t.get("bytes", 0) for t in manifest["tasks"].values())

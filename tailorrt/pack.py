@@ -84,10 +84,10 @@ class ModelDir:
         return self.root / "tasks"
 
     def export_dir(self, kind: str) -> Path:
-        """``onnx/``, ``trt/``, ``onnx-int8/`` or ``bf16/``: the outputs of ``tailor export``."""
-        if kind not in ("onnx", "trt", "onnx-int8", "bf16"):
-            raise ValueError(f"unknown export kind {kind!r}")
-        return self.root / kind
+        """The folder of an export kind (:mod:`tailorrt.kinds`): the outputs of ``tailor export``."""
+        from tailorrt import kinds
+
+        return self.root / kinds.get(kind).folder
 
     def export_manifest(self, kind: str) -> dict | None:
         """The ``export.json`` of an export folder (checked), or None when there is none."""

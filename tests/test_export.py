@@ -190,7 +190,7 @@ def test_info_shows_export_sizes(model_dir):
     data = json.loads(run_cli("info", "--model-dir", str(model_dir), "--json", check=True).stdout)
     assert all(r["onnx_bytes"] > 0 and r["engine_bytes"] is None for r in data["tasks"])
     sizes = data["sizes"]
-    assert sizes["onnx"]["total_bytes"] == sum(p.stat().st_size for p in (model_dir / "onnx").iterdir()
+    assert sizes["exports"]["onnx"]["bytes"] == sum(p.stat().st_size for p in (model_dir / "onnx").iterdir()
                                                if p.name != "export.json")
     assert sizes["finetuned_per_task_bytes"] > 2 * sizes["backbone_bytes"]
 
@@ -320,7 +320,8 @@ def test_trt_export_plumbing_with_a_stand_in_engine(model_dir, tmp_path, monkeyp
     assert (copy / "trt" / "timing.cache").read_bytes() == b"colors.onnxhues.onnx"
     for t in m["tasks"].values():
         assert t["parity"]["max_abs_logit_diff"] <= 1e-6 and t["parity"]["reference"].startswith("onnxruntime")
-    assert json.loads(run_cli("info", "--model-dir", str(copy), "--json", check=True).stdout)["sizes"]["trt"]
+    trt_info = json.loads(run_cli("info", "--model-dir", str(copy), "--json", check=True).stdout)["sizes"]["exports"]
+    assert trt_info["trt"]["tasks"] == 2 and trt_info["trt"]["summary"].startswith("trt/: 2 engines (fp32)")
     before = _digest(copy / "trt")
     monkeypatch.setattr(_FakeRunner, "offset", 0.5)
     with pytest.raises(ExportError, match="TensorRT engine differs"):

@@ -241,3 +241,52 @@ def test_on_demand_service_offers_every_task(ray_dir):
         assert client.post("/v2/repository/models/hues/load").status_code == 200 and rt.tasks == ["hues"]
         r = client.post("/v2/repository/models/hues/unload")
         assert r.status_code == 400 and "evicted" in r.json()["error"]
+
+
+# a value other than the default for each option of tailor serve whose type alone does not give one
+_OTHER = {"backend": "torch", "device": "cuda", "precision": "int8", "host": "0.0.0.0", "image_formats": "PNG,JPEG",
+          "api_key": "k", "ray_address": "auto", "tasks": "a,b"}
+
+
+def test_every_serve_option_reaches_the_ray_replicas_or_is_refused_in_one_line():
+    """Each option of ``tailor serve``, given with another value than its default next to ``--ray --print-config``,
+    either changes the Serve config the replicas are built from or is refused in one line naming it: none is
+    silently dropped (``--fuse-weights`` and ``--body-timeout-s`` were)."""
+    import click
+    import typer
+    from typer.testing import CliRunner
+
+    from tailorrt.cli.app import app
+
+    command = typer.main.get_command(app).commands["serve"]
+    runner = CliRunner()
+    base = ["serve", "--ray", "--print-config", "--model-dir", "m"]
+    baseline = runner.invoke(app, base)
+    assert baseline.exit_code == 0, baseline.output
+    reached, refused = [], []
+    for p in command.get_params(click.Context(command)):
+        if p.param_type_name != "option" or p.name in ("ray", "print_config", "model_dir", "help"):
+            continue
+        if p.is_flag:
+            args = [p.secondary_opts[0] if p.default else p.opts[0]] if p.secondary_opts else [p.opts[0]]
+        else:
+            value = _OTHER.get(p.name)
+            if value is None:
+                value = str(3 if p.default is None else p.default * 2 + 1)
+            args = [p.opts[0], value]
+        result = runner.invoke(app, [*base, *args])
+        if result.exit_code == 0:
+            assert result.output != baseline.output, f"{args} changed nothing the replicas receive"
+            reached.append(p.name)
+        else:
+            lines = [l for l in result.output.strip().splitlines() if l.strip()]
+            assert len(lines) == 1 and p.opts[0] in lines[0] and result.exit_code == 1, (args, result.output)
+            refused.append(p.name)
+    assert {"share_weights", "body_timeout_s", "max_batch", "api_key", "replicas", "port"} <= set(reached)
+    assert set(refused) == {"tasks", "grpc", "grpc_port", "grpc_workers", "header_timeout_s", "ray_address",
+                            "ray_cpus"}
+
+
+def test_ray_only_options_without_ray_are_one_line():
+    line = one_line_error(subprocess.run([str(TAILOR), "serve", "--replicas", "3"], capture_output=True, text=True))
+    assert "--replicas only apply with --ray" in line

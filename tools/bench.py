@@ -32,13 +32,13 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from tailorrt import methods
+from tailorrt import kinds, methods
 from tailorrt.backbones import UniversalBackbone
 from tailorrt.errors import ConfigError
 from tailorrt.io import load_metadata, load_tensors, write_json
 from tailorrt.methods.tuned import TunedNet
 from tailorrt.pack import ModelDir, machine, pack_file, versions
-from tailorrt.precision import BACKEND_OF, cpu_summary
+from tailorrt.precision import backend_of, cpu_summary
 
 MB = 1e6
 
@@ -301,8 +301,8 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
         contenders["tailorrt_fused"] = Runtime(req.model_dir, tasks=tasks, backend="onnx", threads=threads,
                                                share_weights=False).logits
     low = None
-    if req.precision != "fp32":  # the same tasks at low precision, on the backend that runs it
-        low = Runtime(req.model_dir, tasks=tasks, backend=BACKEND_OF[req.precision], threads=threads,
+    if req.precision != kinds.DEFAULT_PRECISION:  # the same tasks at low precision, on the backend that runs it
+        low = Runtime(req.model_dir, tasks=tasks, backend=backend_of(req.precision), threads=threads,
                       precision=req.precision)
         contenders["tailorrt_low"] = low.logits
     sessions = {t: ort.InferenceSession(str(m.path), session_options(threads), providers=["CPUExecutionProvider"])
@@ -360,7 +360,7 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
               "threads": threads, "limit": limit, "load": load, "disk_bytes": disk, "tasks": per_task,
               "stream": stream_result}
     if low is not None:
-        result["precision"] = {"precision": req.precision, "backend": BACKEND_OF[req.precision], "cpu": cpu_summary()}
+        result["precision"] = {"precision": req.precision, "backend": backend_of(req.precision), "cpu": cpu_summary()}
     result["summary"] = summary(result)
     return written(result, Path(req.out) if req.out else out_dir / "bench.json")
 
