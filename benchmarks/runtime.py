@@ -65,12 +65,12 @@ def _measure(mode: str, model_dir: str, tasks: list[str], at_once: bool = False)
 def memory(model_dir: str, max_tasks: int) -> dict:
     from tailorrt.inventory import info_rows
 
-    bmeta, rows = info_rows(model_dir)
+    backbone, rows = info_rows(model_dir)
     tasks = [r["task"] for r in rows][:max_tasks]
     packs = {r["task"]: r["pack_bytes"] for r in rows}
     mb = 1e6
-    result = {"backbone_bytes": bmeta["bytes"], "packs": packs, "modes": {}}
-    print(f"backbone {bmeta['name']} {bmeta['bytes'] / mb:.1f} MB; packs "
+    result = {"backbone_bytes": backbone.bytes, "packs": packs, "modes": {}}
+    print(f"backbone {backbone.name} {backbone.bytes / mb:.1f} MB; packs "
           + ", ".join(f"{t} {packs[t] / mb:.2f} MB" for t in tasks))
     budget = 1.2 * sum(packs[t] for t in tasks[1:])
     k = len(tasks)

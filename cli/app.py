@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import json
 import os
 import sys
 from pathlib import Path
@@ -162,16 +161,18 @@ def train(
         cluster.stop()
     if not cluster.main:
         return
-    meta = json.loads((path / "task.json").read_text())
-    m = meta["metrics"]
-    teacher = "" if m["teacher_accuracy"] is None else f" (teacher {m['teacher_accuracy']:.2f}%)"
-    chosen = methods.for_record(meta).describe(meta)
-    if "auto" in meta:
-        chosen = ", ".join(x for x in (chosen, f"chosen by auto of {len(meta['auto']['candidates'])}") if x)
-    out.print(f"[green]wrote[/green] {path}: {meta['method']}{', ' + chosen if chosen else ''}, accuracy "
-              f"{m['accuracy']:.2f}%{teacher}, {m['universal_blocks_kept']}/{m['universal_blocks_total']} universal "
-              f"blocks, {m['task_params']:,} task parameters, {m['flops'] / 1e6:.1f} MFLOPs "
-              f"(teacher {m['teacher_flops'] / 1e6:.1f})", highlight=False)
+    from tailorrt.pack import ModelDir
+
+    rec = ModelDir(model_dir).task_record(path.name)  # the sealed reader, typed
+    m = rec.metrics
+    teacher = "" if m.teacher_accuracy is None else f" (teacher {m.teacher_accuracy:.2f}%)"
+    chosen = methods.for_record(rec.raw).describe(rec.raw)
+    if rec.auto_candidates is not None:
+        chosen = ", ".join(x for x in (chosen, f"chosen by auto of {rec.auto_candidates}") if x)
+    out.print(f"[green]wrote[/green] {path}: {rec.method}{', ' + chosen if chosen else ''}, accuracy "
+              f"{m.accuracy:.2f}%{teacher}, {m.universal_blocks_kept}/{m.universal_blocks_total} universal "
+              f"blocks, {m.task_params:,} task parameters, {m.flops / 1e6:.1f} MFLOPs "
+              f"(teacher {m.teacher_flops / 1e6:.1f})", highlight=False)
 
 
 @app.command(epilog="Examples:\n\n"
@@ -231,14 +232,14 @@ def info(model_dir: str = ModelDirOpt, as_json: bool = typer.Option(False, "--js
     the bytes on disk against one fine-tuned model per task."""
     from tailorrt.inventory import info_rows, method_label, size_summary
 
-    bmeta, rows = info_rows(model_dir)
-    sizes = size_summary(model_dir, bmeta, rows)
+    backbone, rows = info_rows(model_dir)
+    sizes = size_summary(model_dir, backbone, rows)
     if as_json:
-        out.print_json(data={"backbone": {k: bmeta[k] for k in ("name", "sha256", "params", "bytes")},
-                             "tasks": rows, "sizes": sizes})
+        out.print_json(data={"backbone": {"name": backbone.name, "sha256": backbone.sha256, "params": backbone.params,
+                                          "bytes": backbone.bytes}, "tasks": rows, "sizes": sizes})
         return
-    out.print(f"backbone {bmeta['name']} ({bmeta['params'] / 1e6:.2f} M params, {_mb(bmeta['bytes'])}, "
-              f"sha256 {bmeta['sha256'][:12]}) in {model_dir}", highlight=False)
+    out.print(f"backbone {backbone.name} ({backbone.params / 1e6:.2f} M params, {_mb(backbone.bytes)}, "
+              f"sha256 {backbone.sha256[:12]}) in {model_dir}", highlight=False)
     table = Table("task", "method", "acc %", "teacher %", "universal", "chosen", "task params", "shared params",
                   "MFLOPs", "teacher MFLOPs", "pack KB", "pack/backbone", "onnx KB", "engine KB")
     for r in rows:

@@ -15,6 +15,7 @@ from the previous one.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -79,9 +80,15 @@ def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict:
     networks = [_load_network(mdir, name, backbone, bmeta["sha256"], req, report) for name in names]
     ctx = ExportContext(mdir, bmeta, SharedWeights(backbone), networks, req, report)
     for kind in wanted:  # registration order: the fp32 graphs first, which the others are made from
-        ctx.results[kind.folder] = kind.export(ctx)
+        module, _, function = kind.export.partition(":")
+        ctx.results[kind.folder] = getattr(importlib.import_module(module), function)(ctx)
     return {"onnx": ctx.results.get("onnx"), "trt": ctx.results.get(TENSORRT.folder),
             **{k: v for k, v in ctx.results.items() if k not in ("onnx", TENSORRT.folder)}}
+
+
+def onnx_step(ctx: ExportContext) -> dict:
+    """The fp32 ONNX export kind's step (:mod:`tailorrt.kinds.onnx`)."""
+    return export_onnx(ctx.mdir, ctx.bmeta, ctx.shared, ctx.networks, ctx.req, ctx.report)
 
 
 @dataclass

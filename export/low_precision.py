@@ -164,3 +164,13 @@ def export_bf16(mdir: ModelDir, bmeta: dict, networks: list[TaskNetwork], req: E
                            same=lambda prev, facts: prev["backbone"]["sha256"] == bmeta["sha256"],
                            manifest=lambda tasks, facts: manifest_of("bf16", bmeta, tasks, req,
                                                                      runs="torch backend, torch.autocast(bfloat16)"))
+
+
+def int8_step(ctx) -> dict:
+    """The int8 ONNX export kind's step (:mod:`tailorrt.kinds.onnx_int8`), from the graphs ``onnx/`` just got."""
+    return export_int8(ctx.mdir, ctx.bmeta, ctx.shared.tensors, ctx.networks, ctx.req, ctx.report)
+
+
+def bf16_step(ctx) -> dict:
+    """The bf16 export kind's step (:mod:`tailorrt.kinds.bf16`)."""
+    return export_bf16(ctx.mdir, ctx.bmeta, ctx.networks, ctx.req, ctx.report)

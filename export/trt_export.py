@@ -103,3 +103,10 @@ def _timing_cache(folder: Path, prev: dict | None, report: Report) -> bytes:
         report(f"{path} does not match the sha256 recorded for it; building with a new timing cache")
         return b""
     return data
+
+
+def trt_step(ctx) -> dict:
+    """The TensorRT export kind's step (:mod:`tailorrt.kinds.tensorrt`): engines from the ONNX graphs just written."""
+    from tailorrt.export.tensorrt_engines import require_tensorrt
+
+    return export_trt(require_tensorrt(), ctx.mdir, ctx.results["onnx"], ctx.networks, ctx.req, ctx.report)

@@ -6,33 +6,37 @@ from pathlib import Path
 
 from tailorrt import kinds, methods
 from tailorrt.backbones import BackboneSpec
-from tailorrt.pack import ModelDir, pack_file
+from tailorrt.kinds.onnx import ONNX
+from tailorrt.kinds.tensorrt import TENSORRT
+from tailorrt.pack import ModelDir
+from tailorrt.records import BackboneRecord
 
 
-def info_rows(model_dir: str | Path) -> tuple[dict, list[dict]]:
-    """The backbone's summary and one row per task: metrics, and bytes of its pack, ONNX graph and engine."""
+def info_rows(model_dir: str | Path) -> tuple[BackboneRecord, list[dict]]:
+    """The backbone's summary and one row per task: metrics, and bytes of its pack, ONNX graph and engine (the
+    figures of a pack written without them are None)."""
     mdir = ModelDir(model_dir)
-    bmeta = mdir.backbone_meta()
-    exports = {kind: (mdir.export_manifest(kind) or {}).get("tasks", {}) for kind in ("onnx", "trt")}
+    backbone = mdir.backbone_record()
+    exports = {kind.folder: (mdir.export_manifest(kind.folder) or {}).get("tasks", {}) for kind in kinds.kinds()
+               if kind.task_files}
     rows = []
     for name in mdir.task_names():
-        meta = mdir.task_meta(name)
-        m = meta["metrics"]
-        pack = pack_file(meta)
-        onnx_entry, trt_entry = exports["onnx"].get(name), exports["trt"].get(name)
-        rows.append({"task": name, "method": meta["method"], "chosen_by_auto": "auto" in meta,
-                     "chosen": methods.for_record(meta).describe(meta),
-                     "classes": len(meta["classes"]),
-                     "accuracy": m["accuracy"], "teacher_accuracy": m["teacher_accuracy"],
-                     "universal_blocks": f"{m['universal_blocks_kept']}/{m['universal_blocks_total']}",
-                     "task_params": m["task_params"], "shared_params_used": m["shared_params_used"],
-                     "flops": m["flops"], "teacher_flops": m["teacher_flops"], "pack_bytes": pack["bytes"],
-                     "pack_vs_backbone": pack["bytes"] / bmeta["bytes"],
-                     "onnx_bytes": onnx_entry["bytes"] if onnx_entry else None,
-                     "onnx_stale": bool(onnx_entry) and onnx_entry.get("pack_sha256") != pack["sha256"],
-                     "engine_bytes": trt_entry["bytes"] if trt_entry else None,
-                     "backbone_ok": meta["backbone_sha256"] == bmeta["sha256"]})
-    return bmeta, rows
+        rec = mdir.task_record(name)
+        m = rec.metrics
+        graph, engine = exports[ONNX.folder].get(name), exports[TENSORRT.folder].get(name)
+        rows.append({"task": name, "method": rec.method, "chosen_by_auto": rec.auto_candidates is not None,
+                     "chosen": methods.for_record(rec.raw).describe(rec.raw) if m is not None else "",
+                     "classes": len(rec.classes),
+                     "accuracy": m and m.accuracy, "teacher_accuracy": m and m.teacher_accuracy,
+                     "universal_blocks": m and f"{m.universal_blocks_kept}/{m.universal_blocks_total}",
+                     "task_params": m and m.task_params, "shared_params_used": m and m.shared_params_used,
+                     "flops": m and m.flops, "teacher_flops": m and m.teacher_flops, "pack_bytes": rec.pack.bytes,
+                     "pack_vs_backbone": rec.pack.bytes / backbone.bytes,
+                     "onnx_bytes": graph["bytes"] if graph else None,
+                     "onnx_stale": bool(graph) and graph.get("pack_sha256") != rec.pack.sha256,
+                     "engine_bytes": engine["bytes"] if engine else None,
+                     "backbone_ok": rec.backbone_sha256 == backbone.sha256})
+    return backbone, rows
 
 
 def method_label(row: dict) -> str:
@@ -40,19 +44,19 @@ def method_label(row: dict) -> str:
     return row["method"] + " (auto)" * row["chosen_by_auto"]
 
 
-def finetuned_bytes(bmeta: dict, classes: int) -> int:
+def finetuned_bytes(backbone: BackboneRecord, classes: int) -> int:
     """On-disk fp32 size of one fully fine-tuned model for a task: the whole backbone plus its classifier."""
-    spec = BackboneSpec.from_json(bmeta["spec"])
-    return bmeta["bytes"] + 4 * (spec.feature_dim + 1) * classes
+    spec = BackboneSpec.from_json(backbone.spec)
+    return backbone.bytes + 4 * (spec.feature_dim + 1) * classes
 
 
-def size_summary(model_dir: str | Path, bmeta: dict, rows: list[dict]) -> dict:
+def size_summary(model_dir: str | Path, backbone: BackboneRecord, rows: list[dict]) -> dict:
     """Bytes on disk: the backbone once plus the task packs, the ONNX export, the engines, and the
     alternative of one fine-tuned model per task."""
     mdir = ModelDir(model_dir)
     packs = sum(r["pack_bytes"] for r in rows)
-    out = {"backbone_bytes": bmeta["bytes"], "packs_bytes": packs, "tailorrt_bytes": bmeta["bytes"] + packs,
-           "finetuned_per_task_bytes": sum(finetuned_bytes(bmeta, r["classes"]) for r in rows), "tasks": len(rows)}
+    out = {"backbone_bytes": backbone.bytes, "packs_bytes": packs, "tailorrt_bytes": backbone.bytes + packs,
+           "finetuned_per_task_bytes": sum(finetuned_bytes(backbone, r["classes"]) for r in rows), "tasks": len(rows)}
     out["exports"] = {}
     for kind in kinds.kinds():
         manifest = mdir.export_manifest(kind.folder)

@@ -28,7 +28,7 @@ from tailorrt.errors import BackboneMismatchError, PackError
 from tailorrt.integrity import FileVerifier
 from tailorrt.io import load_tensors, recover_swaps, replace_dir, save_tensors, sha256_file, staging_dir
 from tailorrt.precision import cpu_model, cpu_summary
-from tailorrt.records import FORMAT_VERSION, REMEDY, read_record, write_record
+from tailorrt.records import FORMAT_VERSION, REMEDY, BackboneRecord, TaskRecord, read_record, write_record
 from tailorrt.version import __version__
 
 BACKBONE_FILE = "backbone.safetensors"
@@ -192,6 +192,14 @@ class ModelDir:
             have = ", ".join(self.task_names()) or "none"
             raise PackError(f"no task {name!r} in {self.root} (tasks: {have})")
         return read_record(path, "task")
+
+    def task_record(self, name: str) -> TaskRecord:
+        """A task's record, typed (:class:`~tailorrt.records.TaskRecord`)."""
+        return TaskRecord.from_json(self.task_meta(name))
+
+    def backbone_record(self) -> BackboneRecord:
+        """The backbone's record, typed (:class:`~tailorrt.records.BackboneRecord`)."""
+        return BackboneRecord.from_json(self.backbone_meta())
 
     def task_meta_for(self, name: str, backbone_sha256: str) -> dict:
         """A task's record, refusing a task trained on another backbone than ``backbone_sha256``."""

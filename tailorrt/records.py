@@ -9,6 +9,7 @@ record is one :class:`~tailorrt.errors.PackError` naming the file and saying wha
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,28 +68,102 @@ def check_preprocess(pre: Any, where: str = "preprocess.") -> None:
             raise Invalid(f"'{where}{key}' must hold 3 finite{' positive' if positive else ''} numbers")
 
 
+@dataclass(frozen=True)
+class Metrics:
+    """What every method records of a trained task (``metrics`` of ``task.json``); a method's own figures (the
+    NetTailor search, ...) stay in :attr:`TaskRecord.raw` for the method to read."""
+
+    accuracy: float
+    teacher_accuracy: float | None  # None: the method trained no teacher
+    flops: int
+    teacher_flops: int
+    task_params: int
+    shared_params_used: int
+    universal_blocks_kept: int
+    universal_blocks_total: int
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "metrics.") -> Metrics:
+        number = (int, float)
+        return cls(accuracy=field_of(data, "accuracy", number, where),
+                   teacher_accuracy=field_of(data, "teacher_accuracy", (*number, type(None)), where),
+                   **{k: field_of(data, k, int, where) for k in ("flops", "teacher_flops", "task_params",
+                                                                 "shared_params_used", "universal_blocks_kept",
+                                                                 "universal_blocks_total")})
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file a record names, with its sha256 and size."""
+
+    name: str
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """``tasks/<task>/task.json``, parsed and checked once: typed fields for what the runtime, export, eval and the
+    tools read; ``raw`` is the whole record, for the method that wrote it (its own fields). ``data`` and
+    ``metrics`` may be absent (a pack assembled by hand); where present, every field is checked."""
+
+    task: str
+    method: str
+    backbone_sha256: str
+    classes: tuple[str, ...]
+    preprocess: dict  # the fields of tailorrt.preprocess.Preprocess, checked
+    pack: FileRef
+    data_spec: str | None  # the task spec it was trained from (built-in name, imagefolder:PATH, ...); None: not said
+    metrics: Metrics | None  # None: a pack written without training figures (still served; tools show "-")
+    auto_candidates: int | None  # how many methods --method auto tried (None: the method was given)
+    raw: dict = field(compare=False, repr=False)
+
+    @classmethod
+    def from_json(cls, meta: dict) -> TaskRecord:
+        classes = field_of(meta, "classes", list)
+        if not classes or not all(isinstance(c, str) for c in classes):
+            raise Invalid("'classes' must be a non-empty list of class names")
+        pre = field_of(meta, "preprocess", dict)
+        check_preprocess(pre)
+        files = field_of(meta, "files", dict)
+        if len(files) != 1:
+            raise Invalid("'files' must name exactly one weights file")
+        (name, entry), = files.items()
+        auto = meta.get("auto")
+        return cls(task=field_of(meta, "task", str), method=field_of(meta, "method", str),
+                   backbone_sha256=sha(meta, "backbone_sha256"), classes=tuple(classes), preprocess=pre,
+                   pack=FileRef(name, sha(entry, "sha256", f"files.{name}."),
+                                field_of(entry, "bytes", int, f"files.{name}.")),
+                   data_spec=field_of(field_of(meta, "data", dict), "spec", str, "data.") if "data" in meta else None,
+                   metrics=Metrics.from_json(field_of(meta, "metrics", dict)) if "metrics" in meta else None,
+                   auto_candidates=None if auto is None else len(field_of(auto, "candidates", list, "auto.")),
+                   raw=meta)
+
+
+@dataclass(frozen=True)
+class BackboneRecord:
+    """``backbone/backbone.json``, parsed and checked once."""
+
+    name: str
+    sha256: str
+    spec: dict  # the fields of tailorrt.backbones.BackboneSpec
+    input_size: int
+    bytes: int
+    params: int
+    raw: dict = field(compare=False, repr=False)
+
+    @classmethod
+    def from_json(cls, meta: dict) -> BackboneRecord:
+        return cls(name=field_of(meta, "name", str), sha256=sha(meta, "sha256"), spec=field_of(meta, "spec", dict),
+                   **{k: field_of(meta, k, int) for k in ("input_size", "bytes", "params")}, raw=meta)
+
+
 def check_task(meta: dict) -> None:
-    for key in ("task", "method"):
-        field_of(meta, key, str)
-    sha(meta, "backbone_sha256")
-    classes = field_of(meta, "classes", list)
-    if not classes or not all(isinstance(c, str) for c in classes):
-        raise Invalid("'classes' must be a non-empty list of class names")
-    check_preprocess(field_of(meta, "preprocess", dict))
-    files = field_of(meta, "files", dict)
-    if len(files) != 1:
-        raise Invalid("'files' must name exactly one weights file")
-    (name, entry), = files.items()
-    sha(entry, "sha256", f"files.{name}.")
-    field_of(entry, "bytes", int, f"files.{name}.")
+    TaskRecord.from_json(meta)
 
 
 def check_backbone(meta: dict) -> None:
-    field_of(meta, "name", str)
-    field_of(meta, "spec", dict)
-    sha(meta, "sha256")
-    for key in ("input_size", "bytes", "params"):
-        field_of(meta, key, int)
+    BackboneRecord.from_json(meta)
 
 
 def check_export(meta: dict) -> None:

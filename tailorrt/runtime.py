@@ -22,7 +22,8 @@ from tailorrt.backends import make_backend
 from tailorrt.datasets import Preprocess
 from tailorrt.errors import ConfigError, UnknownTaskError
 from tailorrt.images import DecodeBudget, Limits, is_batch, to_batch
-from tailorrt.pack import ModelDir, pack_file, preprocess_of
+from tailorrt.pack import ModelDir
+from tailorrt.records import TaskRecord
 from tailorrt.precision import check_precision
 
 
@@ -112,9 +113,9 @@ class Runtime:
 
     def describe(self, name: str) -> TaskInfo:
         """A task of the model directory as it would load (its pack checked against the backbone), not loaded."""
-        meta = self.model_dir.task_meta_for(name, self.backbone_meta["sha256"])
-        return TaskInfo(name, list(meta["classes"]), preprocess_of(meta), meta["method"], pack_file(meta)["bytes"],
-                        meta)
+        rec = TaskRecord.from_json(self.model_dir.task_meta_for(name, self.backbone_meta["sha256"]))
+        return TaskInfo(name, list(rec.classes), Preprocess.from_json(rec.preprocess), rec.method, rec.pack.bytes,
+                        rec.raw)
 
     def remove_task(self, name: str) -> None:
         with self._lock:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 from tailorrt import methods
@@ -118,3 +119,34 @@ def test_the_registry_is_whole():
     for m in methods.families():
         assert m.examples and m.help and m.syntax and all(methods.get(e) is m for e in m.examples)
         assert all(methods.get(n) is m for n in m.names if not m.takes_options or n != "finetune-last")
+
+
+def test_precision_and_export_kind_names_are_compared_only_inside_their_registry():
+    """No comparison (``==``, ``!=``, ``in``) with a precision or an export folder's name outside ``tailorrt/kinds/``:
+    everything else asks the registry (the backend names, onnx, torch and tensorrt, are not kinds)."""
+    from tailorrt import kinds
+
+    names = {k.folder for k in kinds.kinds()} | set(kinds.precisions())
+    names -= {"onnx"}  # also a backend's name
+    found = []
+    for module, path in MODULES.items():
+        if module.startswith("tailorrt.kinds"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                for part in ast.walk(node):
+                    if isinstance(part, ast.Constant) and part.value in names:
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    assert not found, found
+
+
+def test_every_export_kind_is_whole():
+    from tailorrt import kinds
+
+    for k in kinds.kinds():
+        assert kinds.get(k.folder) is k and kinds.by_record_kind(k.record_kind) is k
+        module, _, function = k.export.partition(":")
+        assert module.startswith("tailorrt.export.") and callable(getattr(importlib.import_module(module), function))
+        if k.precision is not None:
+            assert kinds.for_precision(k.precision) is k
+    assert kinds.precisions()[0] == kinds.DEFAULT_PRECISION

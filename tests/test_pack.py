@@ -6,7 +6,7 @@ from tailorrt.datasets import Preprocess
 from tailorrt.errors import BackboneMismatchError, IntegrityError, PackError
 from tailorrt.methods.student import Student
 from tailorrt.pack import ModelDir
-from tests.conftest import reseal
+from tests.conftest import one_line_error, reseal, run_cli
 
 
 def _student(backbone):
@@ -86,3 +86,31 @@ def test_corrupt_task_weights_are_a_clear_error(packed):
     f.write_bytes(f.read_bytes()[:100])
     with pytest.raises(IntegrityError, match="task.safetensors does not match the sha256 recorded in"):
         md.load_model("t", bb, sha)
+
+
+_METRICS = {"accuracy": 90.0, "teacher_accuracy": None, "flops": 10, "teacher_flops": 20, "task_params": 5,
+            "shared_params_used": 7, "universal_blocks_kept": 1, "universal_blocks_total": 2}
+
+
+@pytest.mark.parametrize("change, field", [({"flops": None}, "metrics.flops"), ({"accuracy": "90"}, "metrics.accuracy")])
+def test_a_record_with_a_bad_field_is_one_error_naming_the_file_and_the_field(packed, change, field):
+    md, _, sha, s = packed
+    md.write_task("t", s.task_state(), {**_meta(sha), "metrics": {**_METRICS, **change}, "data": {"spec": "x"}})
+    with pytest.raises(PackError, match=rf"tasks/t/task.json is not a valid task record: '{field}' must be"):
+        md.task_record("t")
+    metrics = {k: v for k, v in _METRICS.items() if k != "task_params"}
+    md.write_task("t", s.task_state(), {**_meta(sha), "metrics": metrics})
+    proc = run_cli("info", "--model-dir", str(md.root))
+    assert "'metrics.task_params' is missing" in one_line_error(proc)  # was a KeyError traceback
+
+
+def test_records_parse_into_typed_objects(packed):
+    md, _, sha, s = packed
+    md.write_task("t", s.task_state(), {**_meta(sha), "metrics": _METRICS, "data": {"spec": "synth-digits"},
+                                        "auto": {"candidates": [{}, {}]}})
+    rec = md.task_record("t")
+    assert rec.metrics.universal_blocks_total == 2 and rec.metrics.teacher_accuracy is None
+    assert rec.data_spec == "synth-digits" and rec.auto_candidates == 2 and rec.classes == ("a", "b", "c")
+    assert rec.pack.bytes == (md.tasks_dir / "t" / "task.safetensors").stat().st_size
+    md.write_task("t", s.task_state(), _meta(sha))  # an older, shorter record still loads
+    assert md.task_record("t").metrics is None and md.backbone_record().sha256 == sha

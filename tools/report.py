@@ -22,6 +22,7 @@ from tailorrt.inventory import info_rows, method_label, size_summary
 from tailorrt.io import read_json
 from tailorrt.methods.pictures import BLUE, GRAY
 from tailorrt.pack import ModelDir
+from tailorrt.records import BackboneRecord, TaskRecord
 
 
 @dataclass
@@ -72,21 +73,24 @@ def selection_plot(meta: dict, path: Path) -> Path | None:
     return None if fig is None else _save(plt, fig, path)
 
 
-def tradeoff_plot(meta: dict, bmeta: dict, path: Path) -> Path:
-    """Accuracy against parameters and against FLOPs: the task next to its teacher (the whole backbone)."""
+def tradeoff_plot(rec: TaskRecord, backbone: BackboneRecord, path: Path) -> Path | None:
+    """Accuracy against parameters and against FLOPs: the task next to its teacher (the whole backbone); None for a
+    pack recorded without training figures."""
     plt = _pyplot()
-    m = meta["metrics"]
-    spec = BackboneSpec.from_json(bmeta["spec"])
-    params = m["shared_params_used"] + m["task_params"]
-    teacher_params = bmeta["params"] + (spec.feature_dim + 1) * len(meta["classes"])
+    m = rec.metrics
+    if m is None:
+        return None
+    spec = BackboneSpec.from_json(backbone.spec)
+    params = m.shared_params_used + m.task_params
+    teacher_params = backbone.params + (spec.feature_dim + 1) * len(rec.classes)
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=100)
     for ax, (x_task, x_teacher, label) in zip(axes, ((params / 1e6, teacher_params / 1e6, "parameters used (M)"),
-                                                     (m["flops"] / 1e6, m["teacher_flops"] / 1e6, "MFLOPs"))):
-        ax.plot(x_task, m["accuracy"], "o", color=BLUE, ms=9, label=f"{meta['method']} (task owns "
-                f"{m['task_params'] / 1e3:.1f} K params)")
-        if m.get("teacher_accuracy") is not None:
-            ax.plot(x_teacher, m["teacher_accuracy"], "s", color=GRAY, ms=9, label="teacher (fine-tuned backbone)")
-            ax.annotate("", (x_task, m["accuracy"]), (x_teacher, m["teacher_accuracy"]),
+                                                     (m.flops / 1e6, m.teacher_flops / 1e6, "MFLOPs"))):
+        ax.plot(x_task, m.accuracy, "o", color=BLUE, ms=9, label=f"{rec.method} (task owns "
+                f"{m.task_params / 1e3:.1f} K params)")
+        if m.teacher_accuracy is not None:
+            ax.plot(x_teacher, m.teacher_accuracy, "s", color=GRAY, ms=9, label="teacher (fine-tuned backbone)")
+            ax.annotate("", (x_task, m.accuracy), (x_teacher, m.teacher_accuracy),
                         arrowprops={"arrowstyle": "->", "color": "black", "alpha": 0.5})
         else:
             ax.axvline(x_teacher, color=GRAY, ls="--", label="whole backbone (no teacher recorded)")
@@ -142,28 +146,29 @@ def build_report(req: ReportRequest, report: Callable[[str], None] = print) -> P
     mdir = ModelDir(req.model_dir)
     if not mdir.task_names():
         raise ConfigError(f"{mdir.root} has no tasks; train one first (tailor train --task synth-digits)")
-    bmeta, rows = info_rows(mdir.root)
-    sizes = size_summary(mdir.root, bmeta, rows)
+    backbone, rows = info_rows(mdir.root)
+    sizes = size_summary(mdir.root, backbone, rows)
     out = Path(req.out) if req.out else mdir.root / "report"
     out.mkdir(parents=True, exist_ok=True)
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>tailorrt report: {esc(str(mdir.root))}"
              f"</title><style>{CSS}</style></head><body>",
-             f"<h1>tailorrt report</h1><p>{len(rows)} tasks on backbone <b>{esc(bmeta['name'])}</b> "
-             f"({bmeta['params'] / 1e6:.2f} M params, {bmeta['bytes'] / 1e6:.1f} MB) in <code>{esc(str(mdir.root))}"
+             f"<h1>tailorrt report</h1><p>{len(rows)} tasks on backbone <b>{esc(backbone.name)}</b> "
+             f"({backbone.params / 1e6:.2f} M params, {backbone.bytes / 1e6:.1f} MB) in <code>{esc(str(mdir.root))}"
              f"</code>. On disk: backbone once plus packs {sizes['tailorrt_bytes'] / 1e6:.1f} MB; one fine-tuned "
              f"model per task would be {sizes['finetuned_per_task_bytes'] / 1e6:.1f} MB.</p>",
              "<h2>Tasks (tailor info)</h2>", info_table(rows)]
     for row in rows:
         task = row["task"]
         report(f"drawing {task}")
-        meta = mdir.task_meta(task)
+        rec = mdir.task_record(task)
+        meta = rec.raw  # the method's own fields, for its pictures
         arch = architecture_plot(meta, out / f"{task}-architecture.png")
         att = attention_plot(meta, out / f"{task}-attention.png")
-        trade = tradeoff_plot(meta, bmeta, out / f"{task}-tradeoff.png")
+        trade = tradeoff_plot(rec, backbone, out / f"{task}-tradeoff.png")
         chosen = selection_plot(meta, out / f"{task}-selection.png")
         teacher = "" if row["teacher_accuracy"] is None else f", teacher {row['teacher_accuracy']:.2f}%"
-        parts += [f"<section id='{esc(task)}'><h2>{esc(task)}</h2><p>method <b>{esc(meta['method'])}</b>, "
+        parts += [f"<section id='{esc(task)}'><h2>{esc(task)}</h2><p>method <b>{esc(rec.method)}</b>, "
                   f"test accuracy {row['accuracy']:.2f}%{teacher}; universal blocks kept {row['universal_blocks']}, "
                   f"{row['task_params']:,} task parameters, {row['flops'] / 1e6:.2f} MFLOPs "
                   f"(teacher {row['teacher_flops'] / 1e6:.2f}).</p>",
@@ -173,8 +178,8 @@ def build_report(req: ReportRequest, report: Callable[[str], None] = print) -> P
                   "<p>This method learns no attention weights.</p>",
                   *_selection_section(meta, chosen),
                   *_auto_section(meta),
-                  "<h3>Accuracy against parameters and FLOPs</h3>",
-                  f"<img src='{esc(trade.name)}' alt='accuracy of {esc(task)}'>", "</section>"]
+                  *(["<h3>Accuracy against parameters and FLOPs</h3>",
+                     f"<img src='{esc(trade.name)}' alt='accuracy of {esc(task)}'>"] if trade else []), "</section>"]
     parts += _bench_sections(mdir, out)
     parts.append("</body></html>")
     page = out / "index.html"

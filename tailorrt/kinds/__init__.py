@@ -6,8 +6,9 @@ file its graphs read, how its record is checked, how it is exported and what ``t
 elsewhere asks the registry (:func:`get`, :func:`for_precision`, :func:`kinds`) and compares no kind or
 precision names of its own.
 
-A new precision is a module here that calls :func:`register` with its :class:`ExportKind`, and one line in
-:data:`MODULES` (its export step and backend support live where the other kinds' do).
+A new precision is a module here that calls :func:`register` with its :class:`ExportKind`, one line in
+:data:`MODULES`, and its export step: a function of an :class:`~tailorrt.export.exporter.ExportContext` in
+``tailorrt/export/`` that the kind names by its import path (the core does not import the export layer).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class ExportKind:
     autocast: str | None = None  # the torch autocast dtype that runs it (bf16)
     backbone_key: tuple[str, ...] = ("backbone", "sha256")  # where its record names the backbone's sha256
     check_record: Callable[[dict], None] = field(default=lambda meta: None, compare=False)
-    export: Callable[[Any], dict] | None = field(default=None, compare=False)  # ExportContext -> manifest
+    export: str = ""  # "module:function" of its step in tailorrt.export (an ExportContext -> its manifest)
     wanted: Callable[[Any], bool] = field(default=lambda req: False, compare=False)  # ExportRequest -> bool
     check_device: Callable[[str, set[str] | None], None] = field(default=lambda device, flags: None, compare=False)
     summary: Callable[[dict], str] | None = field(default=None, compare=False)  # tailor info's line of a manifest

@@ -6,12 +6,6 @@ from tailorrt.kinds import ExportKind, register
 from tailorrt.kinds.checks import onnx_record
 
 
-def _export(ctx) -> dict:
-    from tailorrt.export.low_precision import export_bf16
-
-    return export_bf16(ctx.mdir, ctx.bmeta, ctx.networks, ctx.req, ctx.report)
-
-
 def _device(device: str, flags: set[str] | None) -> None:
     """Emulated bf16 runs at about 0.01x ONNX Runtime fp32 (benchmarks/precision.py): refused on such CPUs."""
     from tailorrt.precision import BF16_FLAGS, cpu_flags, cpu_summary
@@ -27,5 +21,5 @@ def _device(device: str, flags: set[str] | None) -> None:
 
 BF16 = register(ExportKind(folder="bf16", record_kind="bf16", backend="torch", flag=" --precision bf16",
                            precision="bf16", task_files=False, autocast="bfloat16",
-                           check_record=onnx_record(files=False), export=_export,
+                           check_record=onnx_record(files=False), export="tailorrt.export.low_precision:bf16_step",
                            wanted=lambda req: req.precision == "bf16", check_device=_device))

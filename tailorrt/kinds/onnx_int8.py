@@ -6,12 +6,6 @@ from tailorrt.kinds import ExportKind, register
 from tailorrt.kinds.checks import onnx_record, shared_summary
 
 
-def _export(ctx) -> dict:
-    from tailorrt.export.low_precision import export_int8
-
-    return export_int8(ctx.mdir, ctx.bmeta, ctx.shared.tensors, ctx.networks, ctx.req, ctx.report)
-
-
 def _device(device: str, flags: set[str] | None) -> None:
     if device.startswith("cuda"):
         raise ConfigError("int8 graphs run on the CPU; on a GPU use TensorRT (tailor export --trt --fp16)")
@@ -19,6 +13,6 @@ def _device(device: str, flags: set[str] | None) -> None:
 
 INT8 = register(ExportKind(folder="onnx-int8", record_kind="onnx-int8", backend="onnx", flag=" --precision int8",
                            precision="int8", shared_file="universal-int8.data", checks_on_load=True,
-                           prepacks_shared=False, check_record=onnx_record(check_file=True), export=_export,
+                           prepacks_shared=False, check_record=onnx_record(check_file=True), export="tailorrt.export.low_precision:int8_step",
                            wanted=lambda req: req.precision == "int8", check_device=_device,
                            summary=shared_summary("onnx-int8", "universal-int8.data")))

@@ -12,18 +12,11 @@ def _record(meta: dict) -> None:
         file_entry(entry, f"tasks.{name}.")
 
 
-def _export(ctx) -> dict:
-    from tailorrt.export.tensorrt_engines import require_tensorrt
-    from tailorrt.export.trt_export import export_trt
-
-    return export_trt(require_tensorrt(), ctx.mdir, ctx.results["onnx"], ctx.networks, ctx.req, ctx.report)
-
-
 def _summary(manifest: dict) -> str:
     engines = sum(t["bytes"] for t in manifest["tasks"].values())
     return f"trt/: {len(manifest['tasks'])} engines ({'fp16' if manifest['fp16'] else 'fp32'}) {engines / 1e6:.2f} MB"
 
 
 TENSORRT = register(ExportKind(folder="trt", record_kind="tensorrt", backend="tensorrt", flag=" --trt",
-                               backbone_key=("backbone_sha256",), check_record=_record, export=_export,
+                               backbone_key=("backbone_sha256",), check_record=_record, export="tailorrt.export.trt_export:trt_step",
                                wanted=lambda req: req.trt, summary=_summary))
