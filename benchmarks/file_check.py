@@ -37,7 +37,7 @@ def teacher_epoch_seconds(data, backbone, batches: int, batch_size: int) -> tupl
     from torch.nn import functional as F
 
     from tailorrt.teacher import Teacher
-    from tailorrt.training import make_loader
+    from tailorrt.trainer import make_loader
 
     teacher = Teacher(backbone, len(data.classes))
     opt = torch.optim.SGD(teacher.parameters(), lr=0.01, momentum=0.9)

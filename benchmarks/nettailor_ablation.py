@@ -99,7 +99,7 @@ def run(out: Path, task: str, variant: str) -> dict:
     from tailorrt.backbones import build_backbone
     from tailorrt.datasets import Preprocess, load_task
     from tailorrt.methods.nettailor import train_nettailor
-    from tailorrt.training import Trainer
+    from tailorrt.trainer import Trainer
 
     done = out / task / variant / "result.json"
     if done.is_file():

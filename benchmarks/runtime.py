@@ -23,7 +23,7 @@ from pathlib import Path
 MEASURE = r"""
 import gc, json, sys
 import numpy as np, psutil, onnxruntime as ort, torch
-import tailorrt.runtime, tailorrt.export.sessions
+import tailorrt.runtime, tailorrt.export.cpu_sessions
 from tailorrt import Runtime
 from tailorrt.pack import ModelDir
 mode, model_dir, tasks, at_once = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4] == "1"
@@ -36,7 +36,7 @@ steps = []
 if mode == "separate":
     sessions = {}
     for t in tasks:
-        sessions[t] = tailorrt.export.sessions.cpu_session(mdir.export_dir("onnx") / f"{t}.onnx")
+        sessions[t] = tailorrt.export.cpu_sessions.cpu_session(mdir.export_dir("onnx") / f"{t}.onnx")
         sessions[t].run(["logits"], {"input": x})
         gc.collect(); steps.append(proc.memory_info().rss - base)
 else:
@@ -107,7 +107,7 @@ def speed(model_dir: str, batches: tuple[int, ...]) -> dict:
 
     from tailorrt import Runtime
     from tailorrt.export.speed import time_side_by_side
-    from tailorrt.onnx_sessions import session_options
+    from tailorrt.onnx_weight_store import session_options
     from tailorrt.pack import ModelDir
 
     names = ModelDir(model_dir).task_names()[:3]

@@ -41,7 +41,7 @@ from tailorrt.export.common import (
     bench_task,
     torch_logits,
 )
-from tailorrt.export.sessions import cpu_session
+from tailorrt.export.cpu_sessions import cpu_session
 from tailorrt.io import pid_alive, sha256_file
 from tailorrt.kinds.tensorrt import TENSORRT
 from tailorrt.onnx_graph import (
@@ -70,7 +70,7 @@ def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict:
         if kind.precision not in (None, kinds.DEFAULT_PRECISION):
             check_precision(kind.precision, kind.backend)
         if kind.folder == TENSORRT.folder:
-            from tailorrt.export.tensorrt_engines import require_tensorrt
+            from tailorrt.export.trt_build import require_tensorrt
 
             require_tensorrt()
     mdir = ModelDir(req.model_dir)

@@ -17,7 +17,7 @@ would give every task its own int8 copy of the backbone. Instead:
 3. Activations are quantised per tensor (uint8) from ranges calibrated on the task's own training images.
 
 The runtime then hands the one stored int8 tensor to every task's session, like the fp32 weights
-(:mod:`tailorrt.onnx_sessions`). ONNX Runtime's int8 convs still re-lay ("pre-pack") it inside each session
+(:mod:`tailorrt.onnx_weight_store`). ONNX Runtime's int8 convs still re-lay ("pre-pack") it inside each session
 unless pre-packing is off: see ``Runtime(share_weights=...)`` and the README's "Low precision on CPU".
 """
 

@@ -26,13 +26,13 @@ from tailorrt.export.common import (
     export_staging,
     previous_export,
 )
-from tailorrt.export.sessions import cpu_session
-from tailorrt.export.tensorrt_engines import gpu_name, timed_build
+from tailorrt.export.cpu_sessions import cpu_session
+from tailorrt.export.trt_build import gpu_name, timed_build
 from tailorrt.io import atomic_path, replace_dir, sha256_file
 from tailorrt.onnx_graph import INPUT, LOGITS
 from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, pack_file, versions
 from tailorrt.records import write_record
-from tailorrt.tensorrt_runner import EngineRunner
+from tailorrt.trt_runner import EngineRunner
 
 
 def export_trt(trt: ModuleType, mdir: ModelDir, onnx_manifest: dict, networks: list[TaskNetwork],
@@ -107,6 +107,6 @@ def _timing_cache(folder: Path, prev: dict | None, report: Report) -> bytes:
 
 def trt_step(ctx) -> dict:
     """The TensorRT export kind's step (:mod:`tailorrt.kinds.tensorrt`): engines from the ONNX graphs just written."""
-    from tailorrt.export.tensorrt_engines import require_tensorrt
+    from tailorrt.export.trt_build import require_tensorrt
 
     return export_trt(require_tensorrt(), ctx.mdir, ctx.results["onnx"], ctx.networks, ctx.req, ctx.report)

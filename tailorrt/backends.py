@@ -4,7 +4,7 @@ removes tasks while running; ``logits(task, x)`` takes a preprocessed ``[N,3,S,S
 - ``torch``: one backbone module; every task's student shares its Parameter objects.
 - ``onnx``: one ONNX Runtime session per task, optimised at full level with the conv-affine fusions
   off; every session reads the one copy of the universal weights as ONNX Runtime re-lays them for this
-  CPU (:mod:`tailorrt.onnx_sessions`). Adding or removing a task touches no other task's session.
+  CPU (:mod:`tailorrt.onnx_weight_store`). Adding or removing a task touches no other task's session.
 - ``tensorrt``: one engine per task from ``<model-dir>/trt`` (the engine holds its own weights).
 """
 
@@ -93,7 +93,7 @@ class TorchBackend:
 
 class OnnxBackend:
     """One ONNX Runtime session per task, all reading one copy of the universal weights (see
-    :mod:`tailorrt.onnx_sessions`); at int8, the graphs of ``onnx-int8/`` and one copy of its int8 weights."""
+    :mod:`tailorrt.onnx_weight_store`); at int8, the graphs of ``onnx-int8/`` and one copy of its int8 weights."""
 
     name = "onnx"
     max_batch = 256
@@ -102,7 +102,7 @@ class OnnxBackend:
                  precision: str = "fp32") -> None:
         import onnxruntime as ort
 
-        from tailorrt.onnx_sessions import WeightStore
+        from tailorrt.onnx_weight_store import WeightStore
 
         self.providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
@@ -125,7 +125,7 @@ class OnnxBackend:
 
     def add(self, *tasks: str) -> None:
         """Build a session for each task; the ones already loaded are not touched."""
-        from tailorrt.onnx_sessions import task_session
+        from tailorrt.onnx_weight_store import task_session
 
         graphs = {task: self.graph_file(task) for task in tasks}
         with self._lock:
@@ -220,7 +220,7 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, mdir: ModelDir, device: str) -> None:
-        from tailorrt.tensorrt_runner import require_tensorrt
+        from tailorrt.trt_runner import require_tensorrt
 
         self.trt = require_tensorrt()
         manifest = current_export(mdir, TENSORRT.folder)
@@ -228,7 +228,7 @@ class TensorRTBackend:
         self.runners: dict[str, object] = {}
 
     def add(self, *tasks: str) -> None:
-        from tailorrt.tensorrt_runner import EngineRunner
+        from tailorrt.trt_runner import EngineRunner
 
         for task in tasks:
             entry = export_entry(self.mdir, TENSORRT.folder, self.manifest, task)

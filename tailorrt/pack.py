@@ -1,4 +1,4 @@
-"""The model directory: one shared backbone, one pack per task (design.md section 4).
+"""The model directory: one shared backbone, one pack per task.
 
 ```
 <model-dir>/backbone/backbone.safetensors + backbone.json

@@ -12,7 +12,7 @@ from tailorrt.backbones import EMBEDDED, build_backbone, get_spec
 from tailorrt.datasets import Preprocess, load_task
 from tailorrt.io import save_tensors, write_json
 from tailorrt.teacher import Teacher
-from tailorrt.training import PhaseConfig, Progress, Trainer, accuracy
+from tailorrt.trainer import PhaseConfig, Progress, Trainer, accuracy
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""``Runtime``: many tasks in one process over one copy of the backbone (design.md section 6).
+"""``Runtime``: many tasks in one process over one copy of the backbone.
 
 ```python
 from tailorrt import Runtime

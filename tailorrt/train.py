@@ -21,7 +21,7 @@ from tailorrt.filecheck import listed
 from tailorrt.io import read_json, write_json
 from tailorrt.methods import Trained
 from tailorrt.pack import ModelDir, machine, preprocess_of, versions
-from tailorrt.training import Progress, Trainer, accuracy
+from tailorrt.trainer import Progress, Trainer, accuracy
 from tailorrt.world import BUILTIN_TASKS
 
 

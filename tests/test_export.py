@@ -299,7 +299,7 @@ def test_trt_export_plumbing_with_a_stand_in_engine(model_dir, tmp_path, monkeyp
     The TensorRT API calls themselves are covered by the GPU test above."""
     import types
 
-    from tailorrt.export import tensorrt_engines, trt_export
+    from tailorrt.export import trt_build, trt_export
 
     copy = tmp_path / "m"
     shutil.copytree(model_dir, copy)
@@ -309,7 +309,7 @@ def test_trt_export_plumbing_with_a_stand_in_engine(model_dir, tmp_path, monkeyp
         caches_seen.append(timing_cache)
         return str(onnx_path).encode(), timing_cache + onnx_path.name.encode(), 0.01
 
-    monkeypatch.setattr(tensorrt_engines, "require_tensorrt", lambda: types.SimpleNamespace(__version__="fake"))
+    monkeypatch.setattr(trt_build, "require_tensorrt", lambda: types.SimpleNamespace(__version__="fake"))
     monkeypatch.setattr(trt_export, "timed_build", build)
     monkeypatch.setattr(trt_export, "EngineRunner", _FakeRunner)
     monkeypatch.setattr(trt_export, "gpu_name", lambda: "none")

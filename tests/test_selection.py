@@ -14,7 +14,7 @@ from tailorrt.methods.nettailor import ArchitectureSearch, NetTailor, NetTailorC
 from tailorrt.methods.selection import Candidate, Plan, eligible, search
 from tailorrt.methods.student import Student
 from tailorrt.teacher import Teacher
-from tailorrt.training import PhaseConfig, Trainer
+from tailorrt.trainer import PhaseConfig, Trainer
 
 
 def candidate(k: int, val: float, flops: int | None = None) -> Candidate:

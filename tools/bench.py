@@ -36,7 +36,7 @@ from tailorrt import kinds, methods
 from tailorrt.backbones import UniversalBackbone
 from tailorrt.errors import ConfigError
 from tailorrt.io import load_metadata, load_tensors, write_json
-from tailorrt.methods.tuned import TunedNet
+from tailorrt.methods.tuned_net import TunedNet
 from tailorrt.pack import ModelDir, machine, pack_file, versions
 from tailorrt.precision import backend_of, cpu_summary
 
@@ -156,7 +156,7 @@ def dense_limit(threads: int, rounds: int = 7) -> dict:
     import onnxruntime as ort
 
     from tailorrt.export.speed import time_side_by_side
-    from tailorrt.onnx_sessions import session_options
+    from tailorrt.onnx_weight_store import session_options
 
     out = {}
     for kind in ("matmul", "conv"):
@@ -173,7 +173,7 @@ def dense_limit(threads: int, rounds: int = 7) -> dict:
 PROBE = r"""
 import gc, json, sys, time
 import numpy as np, psutil, onnxruntime, torch
-import tailorrt.runtime, tailorrt.onnx_sessions
+import tailorrt.runtime, tailorrt.onnx_weight_store
 args = json.loads(sys.argv[1])
 proc = psutil.Process()
 gc.collect(); base = proc.memory_info().rss
@@ -187,7 +187,7 @@ if args["kind"] == "tailorrt":
     names = args["tasks"]
     store = getattr(rt.backend, "store", None)  # onnx: the weights it holds, each kept once
 else:
-    opts = tailorrt.onnx_sessions.session_options(args["threads"])
+    opts = tailorrt.onnx_weight_store.session_options(args["threads"])
     # one session per entry, even where two entries name the same graph (copies of a task)
     sessions = [onnxruntime.InferenceSession(p, opts, providers=["CPUExecutionProvider"]) for p in args["graphs"]]
     run = lambda i: sessions[i].run(["logits"], {"input": x})
@@ -282,7 +282,7 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
     import onnxruntime as ort
 
     from tailorrt.export.speed import time_side_by_side
-    from tailorrt.onnx_sessions import session_options
+    from tailorrt.onnx_weight_store import session_options
     from tailorrt.runtime import Runtime
 
     mdir = ModelDir(req.model_dir)

@@ -17,7 +17,7 @@ from tailorrt.io import write_json
 from tailorrt.methods import REFERENCE
 from tailorrt.pack import ModelDir, pack_file
 from tailorrt.train import TrainRequest, train_task
-from tailorrt.training import Progress
+from tailorrt.trainer import Progress
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from tailorrt.onnx_sessions import DISABLED_FUSIONS, session_options
+from tailorrt.onnx_weight_store import DISABLED_FUSIONS, session_options
 
 
 def op_profile(graph: Path, x: np.ndarray, *, threads: int, fuse: bool, calls: int = 300, warmup: int = 30) -> dict:

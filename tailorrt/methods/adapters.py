@@ -20,8 +20,8 @@ from torch import nn
 from tailorrt.backbones import UniversalBackbone
 from tailorrt.methods.base import register
 from tailorrt.methods.student import SharedConv2d
-from tailorrt.methods.tuned import TunedNet, TuneSpec
-from tailorrt.methods.tuning import Runner, TuningMethod
+from tailorrt.methods.tuned_net import TunedNet, TuneSpec
+from tailorrt.methods.tuning_base import Runner, TuningMethod
 
 
 class ParallelAdapterConv(SharedConv2d):

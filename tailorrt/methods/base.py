@@ -20,7 +20,7 @@ from tailorrt.backbones import UniversalBackbone
 from tailorrt.datasets import TaskData
 from tailorrt.errors import ConfigError, PackError
 from tailorrt.onnx_graph import GraphBuilder
-from tailorrt.training import PhaseConfig, Trainer
+from tailorrt.trainer import PhaseConfig, Trainer
 
 
 @dataclass(frozen=True)

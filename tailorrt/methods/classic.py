@@ -12,8 +12,8 @@ from __future__ import annotations
 from tailorrt.backbones import UniversalBackbone
 from tailorrt.errors import ConfigError
 from tailorrt.methods.base import register
-from tailorrt.methods.tuned import TunedNet, TuneSpec
-from tailorrt.methods.tuning import Runner, TuningMethod
+from tailorrt.methods.tuned_net import TunedNet, TuneSpec
+from tailorrt.methods.tuning_base import Runner, TuningMethod
 
 REFERENCE = "finetune-all"  # the whole backbone fine-tuned: what tailor compare measures every method against
 

@@ -33,7 +33,7 @@ from tailorrt.methods.student import Student
 from tailorrt.onnx_graph import INPUT, GraphBuilder, check_positive
 from tailorrt.onnx_layers import emit_block, emit_head, emit_sequence, passes_input
 from tailorrt.teacher import Teacher
-from tailorrt.training import JOINT, PhaseConfig, PhaseResult, Trainer, accuracy, make_loader
+from tailorrt.trainer import JOINT, PhaseConfig, PhaseResult, Trainer, accuracy, make_loader
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Channel attention (design.md section 3): a trainable scale on every convolution's output channels, or
+"""Channel attention's scales: a trainable scale on every convolution's output channels, or
 on each of its in x out filters, a penalty that pushes the useless ones down, and pruning of the channels
 it switched off.
 

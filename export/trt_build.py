@@ -1,7 +1,7 @@
 """Building TensorRT engines from the exported task graphs (imported lazily: TensorRT is optional).
 
 One engine per task, an optimisation profile over batch ``1..max_batch``, and one timing cache
-reused across tasks and runs. Running them is :mod:`tailorrt.tensorrt_runner`.
+reused across tasks and runs. Running them is :mod:`tailorrt.trt_runner`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from tailorrt.errors import ExportError
 from tailorrt.onnx_graph import INPUT
-from tailorrt.tensorrt_runner import EngineRunner, require_tensorrt
+from tailorrt.trt_runner import EngineRunner, require_tensorrt
 
 __all__ = ["EngineRunner", "build_engine", "gpu_name", "require_tensorrt", "timed_build"]
 

@@ -1,4 +1,4 @@
-"""What the methods that tune parts of the backbone share (see :class:`~tailorrt.methods.tuned.TunedNet`): their
+"""What the methods that tune parts of the backbone share (see :class:`~tailorrt.methods.tuned_net.TunedNet`): their
 schedules, a runner that builds and trains tuned networks phase by phase, their metrics, and the
 :class:`TuningMethod` base that rebuilds, exports and draws any of them from its pack.
 
@@ -18,12 +18,12 @@ from torch.nn import functional as F
 from tailorrt.backbones import UniversalBackbone
 from tailorrt.datasets import TaskData
 from tailorrt.methods import pictures
-from tailorrt.methods.attention import AttentionConfig
+from tailorrt.methods.channel_scales import AttentionConfig
 from tailorrt.methods.base import Method, MethodOption, Trained
-from tailorrt.methods.tuned import TunedNet, TuneSpec
+from tailorrt.methods.tuned_net import TunedNet, TuneSpec
 from tailorrt.onnx_graph import INPUT, GraphBuilder
 from tailorrt.onnx_layers import emit_block, emit_head, emit_sequence
-from tailorrt.training import PhaseConfig, Trainer, accuracy
+from tailorrt.trainer import PhaseConfig, Trainer, accuracy
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Running TensorRT engines (imported lazily: TensorRT is optional). Engines run on CUDA buffers owned by
-PyTorch, so no other CUDA binding is needed. Building them is :mod:`tailorrt.export.tensorrt_engines`."""
+PyTorch, so no other CUDA binding is needed. Building them is :mod:`tailorrt.export.trt_build`."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ objects) or *owned* by the task (a trainable copy). A :class:`TuneSpec` says whi
 - ``adapters``: the batch norms of every unit and a 1x1 convolution beside each 3x3 one
   (see :mod:`tailorrt.methods.adapters`), plus the classifier;
 - ``attention...``: the batch norms of every unit, with a trainable scale per channel or per filter
-  (see :mod:`tailorrt.methods.attention`), plus the classifier; pruned channels are gone from the network.
+  (see :mod:`tailorrt.methods.channel_scales`), plus the classifier; pruned channels are gone from the network.
 
 Shared units keep the backbone's batch-norm statistics and stay in eval mode while training, except
 under ``scale-shift``, where the task re-estimates them. The task owns exactly :meth:`TunedNet.task_state`.
@@ -28,7 +28,7 @@ from torch import nn
 from tailorrt.backbones import UniversalBackbone, pool
 from tailorrt.errors import ConfigError, PackError
 from tailorrt.flops import count_flops, count_params
-from tailorrt.methods.attention import GRANULARITIES, add_attention, prune_channels
+from tailorrt.methods.channel_scales import GRANULARITIES, add_attention, prune_channels
 from tailorrt.methods.student import share_frozen
 
 BN_MODES = ("frozen", "affine")
