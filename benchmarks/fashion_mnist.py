@@ -104,7 +104,7 @@ def main() -> None:
               "prune": m["prune"], "phases": [(p["name"], p.get("seconds")) for p in meta["training"]["phases"]]}
     (args.out / f"{name}.result.json").write_text(json.dumps(result, indent=1))
     print(f"{name}: test {m['accuracy']:.2f}% (teacher {m['teacher_accuracy']:.2f}%, "
-          f"{result['drop']:+.2f} points), {result['universal_blocks']} universal blocks, "
+          f"{result['drop']:.2f} points below), {result['universal_blocks']} universal blocks, "
           f"{result['flops_ratio']:.2f}x the teacher's FLOPs, {seconds / 60:.1f} min")
 
 

@@ -167,8 +167,8 @@ def train(
     m = rec.metrics
     teacher = "" if m.teacher_accuracy is None else f" (teacher {m.teacher_accuracy:.2f}%)"
     chosen = methods.for_record(rec.raw).describe(rec.raw)
-    if rec.auto_candidates is not None:
-        chosen = ", ".join(x for x in (chosen, f"chosen by auto of {rec.auto_candidates}") if x)
+    if rec.auto is not None:
+        chosen = ", ".join(x for x in (chosen, f"chosen by auto of {len(rec.auto['candidates'])}") if x)
     out.print(f"[green]wrote[/green] {path}: {rec.method}{', ' + chosen if chosen else ''}, accuracy "
               f"{m.accuracy:.2f}%{teacher}, {m.universal_blocks_kept}/{m.universal_blocks_total} universal "
               f"blocks, {m.task_params:,} task parameters, {m.flops / 1e6:.1f} MFLOPs "
@@ -222,8 +222,9 @@ def eval_(
 
     r = evaluate_task(model_dir, task, data_dir=data_dir, split=split, device=resolve_device(device),
                       download=download, report=lambda line: err.print(line, highlight=False, markup=False))
+    recorded = "not recorded" if r["recorded_accuracy"] is None else f"{r['recorded_accuracy']:.2f}%"
     out.print(f"{r['task']}: {r['split']} accuracy {r['accuracy']:.2f}% on {r['images']} images "
-              f"(recorded at training: {r['recorded_accuracy']:.2f}%)", highlight=False)
+              f"(recorded at training: {recorded})", highlight=False)
 
 
 @app.command(epilog="Examples:\n\n  tailor info\n\n  tailor info --model-dir runs --json")
@@ -409,10 +410,6 @@ def serve(
     /v2/repository/models/{task}/load (or /unload) adds (or drops) a task while serving. Every file is
     checked against its recorded sha256 before it is used; every request is bounded (body size and time,
     image pixels and count, decode memory over all requests)."""
-    import uvicorn
-
-    from tailorrt.serving.connections import address, check_free, header_timeout_protocol
-
     if api_key is None and "TAILOR_API_KEY" in os.environ:  # click reads an empty variable as unset
         api_key = os.environ["TAILOR_API_KEY"]
     given = {p.name for p in ctx.command.params  # typer's own copy of click: its enum, compared by name

@@ -21,7 +21,7 @@ from tailorrt.io import replace_dir, sha256_file, staging_dir
 from tailorrt.onnx_graph import INPUT, LOGITS
 from tailorrt.pack import ModelDir, preprocess_of
 from tailorrt import kinds
-from tailorrt.records import write_record
+from tailorrt.records import TaskRecord, write_record
 
 MANIFEST = "export.json"
 TIMING_CACHE = "timing.cache"
@@ -74,6 +74,11 @@ class TaskNetwork:
     module: nn.Module
     images: np.ndarray
     data: TaskData
+
+    @property
+    def record(self) -> TaskRecord:
+        """The task's record, typed."""
+        return TaskRecord.from_json(self.meta)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

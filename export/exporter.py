@@ -55,8 +55,9 @@ from tailorrt.onnx_graph import (
     SharedWeights,
     save_graph,
 )
-from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, pack_file, preprocess_of, versions
+from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, preprocess_of, versions
 from tailorrt.precision import check_precision
+from tailorrt.records import BackboneRecord, TaskRecord
 
 __all__ = ["FP32_TOLERANCE", "ExportRequest", "export_model"]
 
@@ -74,10 +75,11 @@ def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict:
 
             require_tensorrt()
     mdir = ModelDir(req.model_dir)
-    backbone, bmeta = mdir.load_backbone()
+    backbone, _ = mdir.load_backbone()
+    bmeta = mdir.backbone_record()
     names = _task_names(mdir, req.tasks)
     _clean_stale_work(mdir)
-    networks = [_load_network(mdir, name, backbone, bmeta["sha256"], req, report) for name in names]
+    networks = [_load_network(mdir, name, backbone, bmeta.sha256, req, report) for name in names]
     ctx = ExportContext(mdir, bmeta, SharedWeights(backbone), networks, req, report)
     for kind in wanted:  # registration order: the fp32 graphs first, which the others are made from
         module, _, function = kind.export.partition(":")
@@ -97,7 +99,7 @@ class ExportContext:
     kinds before it wrote (``results``, by folder)."""
 
     mdir: ModelDir
-    bmeta: dict
+    bmeta: BackboneRecord
     shared: SharedWeights
     networks: list[TaskNetwork]
     req: ExportRequest
@@ -121,7 +123,10 @@ def _load_network(mdir: ModelDir, name: str, backbone: UniversalBackbone, sha: s
     """A task's network and its data for the parity and calibration reads (files checked as training checks them,
     through the model dir's cache)."""
     student, meta = mdir.load_model(name, backbone, sha)
-    data = load_task(meta["data"]["spec"], data_dir=Path(req.data_dir), preprocess=preprocess_of(meta),
+    spec = TaskRecord.from_json(meta).data_spec
+    if spec is None:
+        raise ExportError(f"task {name!r} does not record the data it was trained on, which the export checks")
+    data = load_task(spec, data_dir=Path(req.data_dir), preprocess=preprocess_of(meta),
                      download=req.download, check=DataCheck(cache=mdir.check_cache, report=report))
     n = min(req.parity_images, len(data.val))
     if n == 0:
@@ -144,7 +149,7 @@ def _clean_stale_work(mdir: ModelDir) -> None:
 # ---------------------------------------------------------------------------------------------- ONNX
 
 
-def export_onnx(mdir: ModelDir, bmeta: dict, shared: SharedWeights, networks: list[TaskNetwork],
+def export_onnx(mdir: ModelDir, bmeta: BackboneRecord, shared: SharedWeights, networks: list[TaskNetwork],
                 req: ExportRequest, report: Report) -> dict:
     """Write ``onnx/`` (shared weights once, one graph per task), checked against PyTorch."""
 
@@ -164,7 +169,7 @@ def export_onnx(mdir: ModelDir, bmeta: dict, shared: SharedWeights, networks: li
     def manifest(tasks: dict, facts: dict) -> dict:
         return {"format_version": FORMAT_VERSION, "kind": "onnx",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "backbone": {"name": bmeta["name"], "sha256": bmeta["sha256"]},
+                "backbone": {"name": bmeta.name, "sha256": bmeta.sha256},
                 "opset": OPSET, "ir_version": IR_VERSION, "shared": facts, "tasks": tasks,
                 "versions": {**versions(), "onnx": onnx.__version__, "onnxruntime": ort.__version__},
                 "machine": machine()}
@@ -173,14 +178,15 @@ def export_onnx(mdir: ModelDir, bmeta: dict, shared: SharedWeights, networks: li
                            same=lambda prev, facts: prev["shared"]["sha256"] == facts["sha256"], manifest=manifest)
 
 
-def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: dict, net: TaskNetwork, req: ExportRequest) -> dict:
-    meta = net.meta
+def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: BackboneRecord, net: TaskNetwork, req: ExportRequest
+                       ) -> dict:
+    rec = net.record
     g = GraphBuilder(net.name, shared)
-    methods.for_record(meta).emit(g, net.module)
-    classes = len(meta["classes"])
-    props = {"tailorrt.task": net.name, "tailorrt.method": meta["method"], "tailorrt.backbone_sha256": bmeta["sha256"],
-             "tailorrt.shared_file": SHARED_FILE, "tailorrt.pack_sha256": pack_file(meta)["sha256"],
-             "tailorrt.preprocess": _json(meta["preprocess"]), "tailorrt.classes": _json(meta["classes"])}
+    methods.for_record(rec.raw).emit(g, net.module)
+    classes = len(rec.classes)
+    props = {"tailorrt.task": net.name, "tailorrt.method": rec.method, "tailorrt.backbone_sha256": bmeta.sha256,
+             "tailorrt.shared_file": SHARED_FILE, "tailorrt.pack_sha256": rec.pack.sha256,
+             "tailorrt.preprocess": _json(rec.preprocess), "tailorrt.classes": _json(list(rec.classes))}
     model = g.model(net.input_shape, classes, props)
     path = tmp / f"{net.name}.onnx"
     save_graph(model, path)
@@ -197,12 +203,12 @@ def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: dict, net: TaskN
     for node in model.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
     batch = ["batch"]
-    entry = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "method": meta["method"],
-             "pack_sha256": pack_file(meta)["sha256"], "classes": classes,
+    entry = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "method": rec.method,
+             "pack_sha256": rec.pack.sha256, "classes": classes,
              "inputs": [{"name": INPUT, "dtype": "float32", "shape": batch + list(net.input_shape)}],
              "outputs": [{"name": LOGITS, "dtype": "float32", "shape": batch + [classes]},
                          {"name": PROBS, "dtype": "float32", "shape": batch + [classes]}],
-             "preprocess": meta["preprocess"], "shared_initializers": len(g.shared_used),
+             "preprocess": rec.preprocess, "shared_initializers": len(g.shared_used),
              "private_initializers": len(g.private), "private_bytes": int(sum(a.nbytes for a in g.private.values())),
              "ops": dict(sorted(ops.items())), "parity": check}
     if req.bench:

@@ -30,8 +30,9 @@ from tailorrt.export.quantize import SHARED_INT8_FILE, CanonicalWeights, quantiz
 from tailorrt.export.cpu_sessions import cpu_session
 from tailorrt.io import sha256_file
 from tailorrt.onnx_graph import INPUT, LOGITS
-from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, pack_file, versions
+from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, versions
 from tailorrt.precision import cpu_summary
+from tailorrt.records import BackboneRecord
 
 Forward = Callable[[np.ndarray], np.ndarray]
 CHECK_IMAGES = 8  # images (and their int8 logits) that every load of an int8 task re-runs
@@ -76,10 +77,10 @@ def report_check(report: Report, task: str, precision: str, check: dict, extra: 
            f"top-1 agreement {100 * check['top1_agreement']:.2f}%{extra}")
 
 
-def manifest_of(kind: str, bmeta: dict, tasks: dict, req: ExportRequest, **extra) -> dict:
+def manifest_of(kind: str, bmeta: BackboneRecord, tasks: dict, req: ExportRequest, **extra) -> dict:
     return {"format_version": FORMAT_VERSION, "kind": kind,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "backbone": {"name": bmeta["name"], "sha256": bmeta["sha256"]}, **extra,
+            "backbone": {"name": bmeta.name, "sha256": bmeta.sha256}, **extra,
             "max_drop": req.max_drop, "tasks": dict(sorted(tasks.items())), "cpu": cpu_summary(),
             "versions": {**versions(), "onnxruntime": ort.__version__}, "machine": machine()}
 
@@ -87,7 +88,7 @@ def manifest_of(kind: str, bmeta: dict, tasks: dict, req: ExportRequest, **extra
 # ---------------------------------------------------------------------------------------------- int8
 
 
-def export_int8(mdir: ModelDir, bmeta: dict, shared_tensors: dict[str, np.ndarray], networks: list[TaskNetwork],
+def export_int8(mdir: ModelDir, bmeta: BackboneRecord, shared_tensors: dict[str, np.ndarray], networks: list[TaskNetwork],
                 req: ExportRequest, report: Report) -> dict:
     """Write ``onnx-int8/`` from the fp32 graphs of ``onnx/`` (written just before)."""
     canonical = CanonicalWeights.of(shared_tensors)
@@ -126,8 +127,8 @@ def _int8_task(mdir: ModelDir, tmp: Path, canonical: CanonicalWeights, net: Task
     report_check(report, net.name, "int8", check,
                  f", {counts['shared_int8_bytes'] / 1e6:.2f} MB of int8 weights shared, "
                  f"{counts['private_int8_bytes'] / 1e6:.2f} MB its own")
-    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "method": net.meta["method"],
-            "pack_sha256": pack_file(net.meta)["sha256"], "classes": len(net.meta["classes"]),
+    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "method": net.record.method,
+            "pack_sha256": net.record.pack.sha256, "classes": len(net.record.classes),
             "calibration": {"split": "train", "images": min(req.calibration_images, len(data.train))},
             **counts, "accuracy_check": check,
             "check": {"file": check_file.name, "sha256": sha256_file(check_file), "images": len(x)}}
@@ -146,7 +147,7 @@ def bf16_logits(module: torch.nn.Module, x: np.ndarray, device: str = "cpu") -> 
         return module(torch.from_numpy(x).to(device)).float().cpu().numpy()
 
 
-def export_bf16(mdir: ModelDir, bmeta: dict, networks: list[TaskNetwork], req: ExportRequest, report: Report
+def export_bf16(mdir: ModelDir, bmeta: BackboneRecord, networks: list[TaskNetwork], req: ExportRequest, report: Report
                 ) -> dict:
     """Write ``bf16/export.json``: each task's accuracy under bf16 autocast against fp32 (no weights: the torch
     backend runs the fp32 packs under autocast)."""
@@ -157,11 +158,11 @@ def export_bf16(mdir: ModelDir, bmeta: dict, networks: list[TaskNetwork], req: E
                                net.data, req.check_images)
         refuse_drop(net.name, "bf16", check, req)
         report_check(report, net.name, "bf16", check)
-        return {"method": net.meta["method"], "pack_sha256": pack_file(net.meta)["sha256"],
-                "classes": len(net.meta["classes"]), "accuracy_check": check}
+        return {"method": net.record.method, "pack_sha256": net.record.pack.sha256,
+                "classes": len(net.record.classes), "accuracy_check": check}
 
     return assemble_export(mdir, "bf16", networks, report, prepare=lambda tmp: {}, export_task=export_task,
-                           same=lambda prev, facts: prev["backbone"]["sha256"] == bmeta["sha256"],
+                           same=lambda prev, facts: prev["backbone"]["sha256"] == bmeta.sha256,
                            manifest=lambda tasks, facts: manifest_of("bf16", bmeta, tasks, req,
                                                                      runs="torch backend, torch.autocast(bfloat16)"))
 

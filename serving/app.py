@@ -25,14 +25,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tailorrt.errors import (
     BadInputError,
-    ConfigError,
     InputTooLargeError,
     OverloadedError,
     RequestTimeoutError,
     TailorError,
 )
 from tailorrt.runtime import Runtime
-from tailorrt.serving.config import BatchConfig, ServerConfig
+from tailorrt.serving.config import ServerConfig
 from tailorrt.serving.protocol import InferRequest, InferResponse, http_response, parse_http
 from tailorrt.serving.service import VERSION, Service, http_status, key_matches
 from tailorrt.version import __version__

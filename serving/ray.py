@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -37,8 +37,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import RayServeException
 from starlette.concurrency import run_in_threadpool
 
-from tailorrt.errors import ConfigError, OverloadedError, TailorError
-from tailorrt.limits import Limits
+from tailorrt.errors import OverloadedError, TailorError
 from tailorrt.runtime import Runtime
 from tailorrt.serving.app import (
     KEY_MISSING,
@@ -48,7 +47,7 @@ from tailorrt.serving.app import (
     error_response,
     inference_task,
 )
-from tailorrt.serving.config import BatchConfig, RayConfig
+from tailorrt.serving.config import RayConfig
 from tailorrt.serving.metrics import Metrics
 from tailorrt.serving.service import http_status
 

@@ -74,7 +74,7 @@ class TorchBackend:
         for task in tasks:
             if self.manifest is not None:
                 export_entry(self.mdir, self.kind.folder, self.manifest, task)
-            model, _ = self.mdir.load_model(task, self.backbone, self.meta["sha256"])
+            model, _ = self.mdir.load_model(task, self.backbone, self.mdir.backbone_record().sha256)
             self.models[task] = model.to(self.device).eval()
         release_freed_memory()
 
@@ -187,7 +187,7 @@ def current_export(mdir: ModelDir, kind: str) -> dict:
     flag = kinds.get(kind).flag
     if manifest is None:
         raise PackError(f"no {kind} export in {mdir.root}; run: tailor export{flag} --model-dir {mdir.root}")
-    if kinds.get(kind).backbone_sha256(manifest) != mdir.backbone_meta()["sha256"]:
+    if kinds.get(kind).backbone_sha256(manifest) != mdir.backbone_record().sha256:
         raise PackError(f"{mdir.export_dir(kind)} was exported from another backbone; run tailor export{flag} again")
     return manifest
 

@@ -24,7 +24,7 @@ def info_rows(model_dir: str | Path) -> tuple[BackboneRecord, list[dict]]:
         rec = mdir.task_record(name)
         m = rec.metrics
         graph, engine = exports[ONNX.folder].get(name), exports[TENSORRT.folder].get(name)
-        rows.append({"task": name, "method": rec.method, "chosen_by_auto": rec.auto_candidates is not None,
+        rows.append({"task": name, "method": rec.method, "chosen_by_auto": rec.auto is not None,
                      "chosen": methods.for_record(rec.raw).describe(rec.raw) if m is not None else "",
                      "classes": len(rec.classes),
                      "accuracy": m and m.accuracy, "teacher_accuracy": m and m.teacher_accuracy,

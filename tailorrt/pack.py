@@ -149,17 +149,17 @@ class ModelDir:
 
     def load_backbone(self) -> tuple[UniversalBackbone, dict]:
         """Rebuild the backbone from its JSON spec and weights, verifying the sha256 first."""
-        meta = self.backbone_meta()
-        path = self.files.verify(self.backbone_dir / BACKBONE_FILE, meta["sha256"],
+        rec = self.backbone_record()
+        path = self.files.verify(self.backbone_dir / BACKBONE_FILE, rec.sha256,
                                  recorded_in=self.backbone_dir / "backbone.json", remedy=REMEDY["backbone"])
         try:
-            model = UniversalBackbone(BackboneSpec.from_json(meta["spec"]))
+            model = UniversalBackbone(BackboneSpec.from_json(rec.spec))
         except (KeyError, TypeError, ValueError) as e:
             raise PackError(f"{self.backbone_dir / 'backbone.json'} holds an unusable spec ({type(e).__name__}: "
                             f"{e}); {REMEDY['backbone']}") from e
         load_weights(model, load_tensors(path), str(path))
         model.eval()
-        return model, meta
+        return model, rec.raw
 
     # ------------------------------------------------------------------ tasks
 
@@ -204,9 +204,10 @@ class ModelDir:
     def task_meta_for(self, name: str, backbone_sha256: str) -> dict:
         """A task's record, refusing a task trained on another backbone than ``backbone_sha256``."""
         meta = self.task_meta(name)
-        if meta["backbone_sha256"] != backbone_sha256:
+        trained_on = TaskRecord.from_json(meta).backbone_sha256
+        if trained_on != backbone_sha256:
             raise BackboneMismatchError(
-                f"task {name!r} was trained on backbone sha256 {meta['backbone_sha256'][:12]}, but the "
+                f"task {name!r} was trained on backbone sha256 {trained_on[:12]}, but the "
                 f"loaded backbone is {backbone_sha256[:12]}; retrain the task on this backbone")
         return meta
 
@@ -235,8 +236,10 @@ class ModelDir:
 
 def pack_file(meta: dict) -> dict:
     """The ``sha256`` and ``bytes`` of a task's weights file, from its ``task.json``."""
-    return meta["files"][TASK_FILE]
+    ref = TaskRecord.from_json(meta).pack
+    return {"sha256": ref.sha256, "bytes": ref.bytes}
 
 
 def preprocess_of(meta: dict) -> Preprocess:
-    return Preprocess.from_json(meta["preprocess"])
+    """A task's preprocessing, from its ``task.json``."""
+    return Preprocess.from_json(TaskRecord.from_json(meta).preprocess)

@@ -115,7 +115,7 @@ class TaskRecord:
     pack: FileRef
     data_spec: str | None  # the task spec it was trained from (built-in name, imagefolder:PATH, ...); None: not said
     metrics: Metrics | None  # None: a pack written without training figures (still served; tools show "-")
-    auto_candidates: int | None  # how many methods --method auto tried (None: the method was given)
+    auto: dict | None  # tailorrt.auto's record of how --method auto chose (None: the method was given)
     raw: dict = field(compare=False, repr=False)
 
     @classmethod
@@ -136,8 +136,16 @@ class TaskRecord:
                                 field_of(entry, "bytes", int, f"files.{name}.")),
                    data_spec=field_of(field_of(meta, "data", dict), "spec", str, "data.") if "data" in meta else None,
                    metrics=Metrics.from_json(field_of(meta, "metrics", dict)) if "metrics" in meta else None,
-                   auto_candidates=None if auto is None else len(field_of(auto, "candidates", list, "auto.")),
+                   auto=None if auto is None else _auto(auto),
                    raw=meta)
+
+
+def _auto(record: Any) -> dict:
+    """``auto`` of task.json, checked for what is read of it: its candidates, winner and reason."""
+    field_of(record, "candidates", list, "auto.")
+    field_of(record, "winner", str, "auto.")
+    field_of(record, "reason", str, "auto.")
+    return record
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ from tailorrt import auto, methods
 from tailorrt.backbones import BackboneSpec, UniversalBackbone, build_backbone, get_spec
 from tailorrt.datasets import DataCheck, Preprocess, TaskData, load_task, pack_name
 from tailorrt.distributed import Cluster
-from tailorrt.errors import ConfigError, TrainingError
+from tailorrt.errors import ConfigError, PackError, TrainingError
 from tailorrt.filecheck import listed
 from tailorrt.io import read_json, write_json
 from tailorrt.methods import Trained
 from tailorrt.pack import ModelDir, machine, preprocess_of, versions
+from tailorrt.records import TaskRecord
 from tailorrt.trainer import Progress, Trainer, accuracy
 from tailorrt.world import BUILTIN_TASKS
 
@@ -116,8 +117,8 @@ def _spec_for(req: TrainRequest, mdir: ModelDir) -> BackboneSpec:
 def _backbone_for(req: TrainRequest, mdir: ModelDir) -> tuple[UniversalBackbone, str]:
     """The backbone to train on, written into the model dir (once) and its sha256."""
     if _uses_model_dir_backbone(req, mdir):
-        backbone, meta = mdir.load_backbone()
-        return backbone, meta["sha256"]
+        backbone, _ = mdir.load_backbone()
+        return backbone, mdir.backbone_record().sha256
     backbone, source = build_backbone(_backbone_name(req), weights=req.backbone_weights,
                                       pretrained=not req.random_init)
     sha = mdir.write_backbone(backbone, source)
@@ -154,8 +155,8 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
         if cluster.main:
             backbone, sha = _backbone_for(req, mdir)
     if not cluster.main:  # the backbone rank 0 has just written or checked
-        backbone, bmeta = mdir.load_backbone()
-        sha = bmeta["sha256"]
+        backbone, _ = mdir.load_backbone()
+        sha = mdir.backbone_record().sha256
     backbone.to(device).eval()
     frozen = fingerprint(backbone)
     if not req.auto:
@@ -227,13 +228,15 @@ def evaluate_task(model_dir: str | Path, task: str, *, data_dir: str | Path = "d
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split must be train, val or test, not {split!r}")
     mdir = ModelDir(model_dir)
-    backbone, bmeta = mdir.load_backbone()
-    student, meta = mdir.load_model(task, backbone, bmeta["sha256"])
-    spec = meta["data"]["spec"]
-    data = load_task(spec, data_dir=Path(data_dir), preprocess=preprocess_of(meta), download=download,
+    backbone, _ = mdir.load_backbone()
+    student, meta = mdir.load_model(task, backbone, mdir.backbone_record().sha256)
+    rec = TaskRecord.from_json(meta)
+    if rec.data_spec is None:
+        raise PackError(f"task {task!r} does not record the data it was trained on; it cannot be evaluated again")
+    data = load_task(rec.data_spec, data_dir=Path(data_dir), preprocess=preprocess_of(meta), download=download,
                      check=DataCheck(cache=mdir.check_cache, report=report))
     acc = accuracy(student.to(device), getattr(data, split), device)
     skipped = [] if data.files is None else [asdict(s) for s in data.files.skipped]
     return {"task": task, "split": split, "accuracy": round(acc, 3),
-            "recorded_accuracy": meta["metrics"]["accuracy"], "images": len(getattr(data, split)),
+            "recorded_accuracy": rec.metrics.accuracy if rec.metrics else None, "images": len(getattr(data, split)),
             "skipped_files": skipped}

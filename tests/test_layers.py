@@ -150,3 +150,36 @@ def test_every_export_kind_is_whole():
         if k.precision is not None:
             assert kinds.for_precision(k.precision) is k
     assert kinds.precisions()[0] == kinds.DEFAULT_PRECISION
+
+
+RECORD_NAMES = {"meta", "bmeta", "task_meta", "backbone_meta"}  # how code names a task or backbone record's dict
+# modules that own the fields they read: the records module, each method its own fields, each export kind its
+# manifest; and two whose ``meta`` is not a record (checkpoint metadata, torchvision's CIFAR meta)
+RECORD_OWNERS = ("tailorrt.records", "tailorrt.fields", "tailorrt.methods", "tailorrt.kinds", "tailorrt.trainer",
+                 "tailorrt.datasets")
+
+
+def _names_a_record(node: ast.AST) -> bool:
+    """``meta``, ``x.meta``...: but not click's ``ctx.meta`` (a context's own dict)."""
+    return (isinstance(node, ast.Name) and node.id in RECORD_NAMES) or \
+        (isinstance(node, ast.Attribute) and node.attr in RECORD_NAMES and ast.unparse(node.value) != "ctx")
+
+
+def test_task_and_backbone_records_are_read_by_attribute():
+    """Outside the modules that own them, no field of a task or backbone record is read by string key
+    (``meta["metrics"]``, ``bmeta.get("sha256")``): code reads :class:`tailorrt.records.TaskRecord` and
+    :class:`~tailorrt.records.BackboneRecord`, checked once."""
+    found = []
+    for module, path in MODULES.items():
+        if module.startswith(RECORD_OWNERS):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            key = None
+            if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and _names_a_record(node.value):
+                key = node.slice
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
+                    and _names_a_record(node.func.value) and node.args:
+                key = node.args[0]
+            if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    assert not found, found

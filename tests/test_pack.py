@@ -107,10 +107,10 @@ def test_a_record_with_a_bad_field_is_one_error_naming_the_file_and_the_field(pa
 def test_records_parse_into_typed_objects(packed):
     md, _, sha, s = packed
     md.write_task("t", s.task_state(), {**_meta(sha), "metrics": _METRICS, "data": {"spec": "synth-digits"},
-                                        "auto": {"candidates": [{}, {}]}})
+                                        "auto": {"candidates": [{}, {}], "winner": "linear", "reason": "r"}})
     rec = md.task_record("t")
     assert rec.metrics.universal_blocks_total == 2 and rec.metrics.teacher_accuracy is None
-    assert rec.data_spec == "synth-digits" and rec.auto_candidates == 2 and rec.classes == ("a", "b", "c")
+    assert rec.data_spec == "synth-digits" and len(rec.auto["candidates"]) == 2 and rec.classes == ("a", "b", "c")
     assert rec.pack.bytes == (md.tasks_dir / "t" / "task.safetensors").stat().st_size
     md.write_task("t", s.task_state(), _meta(sha))  # an older, shorter record still loads
     assert md.task_record("t").metrics is None and md.backbone_record().sha256 == sha

@@ -37,7 +37,7 @@ from tailorrt.backbones import UniversalBackbone
 from tailorrt.errors import ConfigError
 from tailorrt.io import load_metadata, load_tensors, write_json
 from tailorrt.methods.tuned_net import TunedNet
-from tailorrt.pack import ModelDir, machine, pack_file, versions
+from tailorrt.pack import ModelDir, machine, versions
 from tailorrt.precision import backend_of, cpu_summary
 
 MB = 1e6
@@ -107,8 +107,8 @@ def per_task_model(mdir: ModelDir, task: str, backbone: UniversalBackbone, out_d
     """Write ``task``'s per-task model (its teacher, or a same-architecture stand-in) as a stand-alone graph."""
     from tailorrt.onnx_graph import GraphBuilder, SharedWeights, save_graph
 
-    meta = mdir.task_meta(task)
-    net = methods.reference_network(backbone, len(meta["classes"])).eval()
+    classes = len(mdir.task_record(task).classes)
+    net = methods.reference_network(backbone, classes).eval()
     teacher = teacher_checkpoint(mdir, task)
     kind = "stand-in"
     if teacher is not None:
@@ -119,7 +119,7 @@ def per_task_model(mdir: ModelDir, task: str, backbone: UniversalBackbone, out_d
     methods.get(methods.REFERENCE).emit(g, net)
     path = out_dir / f"{task}.onnx"
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_graph(g.model((3, size, size), len(meta["classes"]), {"task": task, "kind": kind}), path)
+    save_graph(g.model((3, size, size), classes, {"task": task, "kind": kind}), path)
     flops = net.accounting(size)["flops"]
     return PerTaskModel(task, path, kind, flops)
 
@@ -290,7 +290,8 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
     if not tasks:
         raise ConfigError(f"{mdir.root} has no tasks; train one first (tailor train --task synth-digits)")
     threads = req.threads or torch.get_num_threads()
-    backbone, bmeta = mdir.load_backbone()
+    backbone, _ = mdir.load_backbone()
+    bmeta = mdir.backbone_record()
     size = backbone.spec.input_size
     out_dir = mdir.root / "bench"
     report(f"writing the per-task models of {len(tasks)} tasks to {out_dir / 'per-task'}")
@@ -314,16 +315,16 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
     probe = {"model_dir": str(mdir.root), "tasks": tasks, "backend": req.backend, "threads": threads, "size": size}
     load = {"tailorrt": probe_load({**probe, "kind": "tailorrt"}),
             "per_task": probe_load({**probe, "kind": "per-task", "graphs": [str(m.path) for m in models.values()]})}
-    metas = {t: mdir.task_meta(t) for t in tasks}
-    disk = {"tailorrt": bmeta["bytes"] + sum(pack_file(metas[t])["bytes"] for t in tasks),
+    records = {t: mdir.task_record(t) for t in tasks}
+    disk = {"tailorrt": bmeta.bytes + sum(records[t].pack.bytes for t in tasks),
             "per_task": sum(m.bytes for m in models.values())}
 
     per_task: dict[str, dict] = {}
     rng = np.random.default_rng(0)
     for t in tasks:
-        metrics = metas[t]["metrics"]
-        row = {"method": metas[t]["method"], "flops": metrics["flops"], "per_task_flops": models[t].flops,
-               "per_task_model": models[t].kind, "flop_ratio": round(models[t].flops / metrics["flops"], 3),
+        flops = records[t].metrics.flops
+        row = {"method": records[t].method, "flops": flops, "per_task_flops": models[t].flops,
+               "per_task_model": models[t].kind, "flop_ratio": round(models[t].flops / flops, 3),
                "batches": {}}
         for b in req.batches:
             report(f"timing {t} at batch {b}")
@@ -332,7 +333,7 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
             res = time_side_by_side({**fns, "per_task": lambda: sessions[t].run(["logits"], {"input": x})},
                                     batch=b, rounds=req.rounds)
             speedup = res["tailorrt"]["images_per_s"] / res["per_task"]["images_per_s"]
-            achieved = metrics["flops"] * res["tailorrt"]["images_per_s"] / 1e9
+            achieved = flops * res["tailorrt"]["images_per_s"] / 1e9
             row["batches"][str(b)] = {**res, "speedup": round(speedup, 3),
                                       "speedup_over_flop_ratio": round(speedup / row["flop_ratio"], 3),
                                       "achieved_gmacs_per_s": round(achieved, 2),
@@ -355,7 +356,7 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
     stream_result = {"tailorrt": streams(rt.logits, tasks, images, req),
                      "per_task": streams(lambda t, x: sessions[t].run(["logits"], {"input": x})[0], tasks, images,
                                          req)}
-    result = {"request": req.to_json(), "backbone": {"name": bmeta["name"], "bytes": bmeta["bytes"]},
+    result = {"request": req.to_json(), "backbone": {"name": bmeta.name, "bytes": bmeta.bytes},
               "machine": machine(), "versions": {**versions(), "onnxruntime": ort.__version__},
               "threads": threads, "limit": limit, "load": load, "disk_bytes": disk, "tasks": per_task,
               "stream": stream_result}

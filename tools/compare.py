@@ -15,7 +15,8 @@ from tailorrt.errors import ConfigError
 from tailorrt.export.speed import time_side_by_side
 from tailorrt.io import write_json
 from tailorrt.methods import REFERENCE
-from tailorrt.pack import ModelDir, pack_file
+from tailorrt.pack import ModelDir
+from tailorrt.records import TaskRecord
 from tailorrt.train import TrainRequest, train_task
 from tailorrt.trainer import Progress
 
@@ -43,8 +44,8 @@ def _check_methods(req: CompareRequest, mdir: ModelDir) -> None:
 def _reusable(mdir: ModelDir, name: str, task: str) -> bool:
     if name not in mdir.task_names() or not mdir.has_backbone():
         return False
-    meta = mdir.task_meta(name)
-    return meta["data"]["spec"] == task and meta["backbone_sha256"] == mdir.backbone_meta()["sha256"]
+    rec = mdir.task_record(name)
+    return rec.data_spec == task and rec.backbone_sha256 == mdir.backbone_record().sha256
 
 
 def compare(req: CompareRequest, *, device: torch.device, progress: Progress | None = None,
@@ -62,22 +63,24 @@ def compare(req: CompareRequest, *, device: torch.device, progress: Progress | N
         else:
             report(f"reusing {mdir.tasks_dir / name}")
         names[method] = name
-    backbone, bmeta = mdir.load_backbone()
+    backbone, _ = mdir.load_backbone()
     models, rows = {}, []
     for method, name in names.items():
-        model, meta = mdir.load_model(name, backbone, bmeta["sha256"])
+        model, meta = mdir.load_model(name, backbone, mdir.backbone_record().sha256)
         models[method] = model.to(device).eval()
-        m = meta["metrics"]
-        rows.append({"method": method, "pack": name, "accuracy": m["accuracy"], "task_params": m["task_params"],
-                     "total_params_used": m["task_params"] + m["shared_params_used"], "flops": m["flops"],
-                     "train_seconds": training_seconds(meta), "pack_bytes": pack_file(meta)["bytes"],
+        rec = TaskRecord.from_json(meta)
+        m = rec.metrics
+        rows.append({"method": method, "pack": name, "accuracy": m.accuracy, "task_params": m.task_params,
+                     "total_params_used": m.task_params + m.shared_params_used, "flops": m.flops,
+                     "train_seconds": training_seconds(meta), "pack_bytes": rec.pack.bytes,
                      "chosen": methods.for_record(meta).describe(meta)})
     speed = _images_per_s(models, backbone.spec.input_size, req.batch, device)
     reference = next((r["accuracy"] for r in rows if r["method"] == REFERENCE), None)
     for r in rows:
         r["images_per_s"] = speed[r["method"]]
         r["vs_finetune_all"] = None if reference is None else round(r["accuracy"] - reference, 3)
-    result = {"task": req.task, "backbone": {k: bmeta[k] for k in ("name", "sha256", "params", "bytes")},
+    b = mdir.backbone_record()
+    result = {"task": req.task, "backbone": {"name": b.name, "sha256": b.sha256, "params": b.params, "bytes": b.bytes},
               "reference": REFERENCE if reference is not None else None, "speed_batch": req.batch,
               "device": str(device), "threads": torch.get_num_threads(), "methods": rows}
     out = Path(req.out) if req.out else mdir.root / "compare" / pack_name(req.task)

@@ -176,8 +176,8 @@ def build_report(req: ReportRequest, report: Callable[[str], None] = print) -> P
                   "<h3>Attention over training</h3>",
                   f"<img src='{esc(att.name)}' alt='attention of {esc(task)}'>" if att else
                   "<p>This method learns no attention weights.</p>",
-                  *_selection_section(meta, chosen),
-                  *_auto_section(meta),
+                  *_selection_section(rec, chosen),
+                  *_auto_section(rec),
                   *(["<h3>Accuracy against parameters and FLOPs</h3>",
                      f"<img src='{esc(trade.name)}' alt='accuracy of {esc(task)}'>"] if trade else []), "</section>"]
     parts += _bench_sections(mdir, out)
@@ -187,18 +187,18 @@ def build_report(req: ReportRequest, report: Callable[[str], None] = print) -> P
     return page
 
 
-def _selection_section(meta: dict, picture: Path | None) -> list[str]:
+def _selection_section(rec: TaskRecord, picture: Path | None) -> list[str]:
     """The candidates the method's training chose among, where it searched any."""
     if picture is None:
         return []
     esc = html.escape
-    return ["<h3>Architecture search</h3>", f"<p>{esc(methods.for_record(meta).describe(meta))}.</p>",
-            f"<img src='{esc(picture.name)}' alt='candidates of {esc(meta['task'])}'>"]
+    return ["<h3>Architecture search</h3>", f"<p>{esc(methods.for_record(rec.raw).describe(rec.raw))}.</p>",
+            f"<img src='{esc(picture.name)}' alt='candidates of {esc(rec.task)}'>"]
 
 
-def _auto_section(meta: dict) -> list[str]:
+def _auto_section(rec: TaskRecord) -> list[str]:
     """How ``--method auto`` chose the task's method: every candidate's figures and the reason, if it did."""
-    record = meta.get("auto")
+    record = rec.auto  # tailorrt.auto's record of its choice
     if not record:
         return []
     esc = html.escape

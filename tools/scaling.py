@@ -11,7 +11,7 @@ import torch
 
 from tailorrt.errors import ConfigError
 from tailorrt.io import load_tensors
-from tailorrt.pack import TASK_FILE, ModelDir, pack_file
+from tailorrt.pack import TASK_FILE, ModelDir
 from tailorrt.tools.bench import MB, BenchRequest, per_task_model, probe_load, written
 
 
@@ -32,7 +32,8 @@ def scaling(req: BenchRequest, counts: tuple[int, ...], report: Callable[[str], 
     if not base or not counts or min(counts) < 1:
         raise ConfigError("scaling needs at least one task and task counts of 1 or more, e.g. --scaling 1,2,4,8,16")
     threads = req.threads or torch.get_num_threads()
-    backbone, bmeta = mdir.load_backbone()
+    backbone, _ = mdir.load_backbone()
+    bmeta = mdir.backbone_record()
     size = backbone.spec.input_size
     root = mdir.root / "bench" / "scaling"
     if root.exists():
@@ -58,8 +59,8 @@ def scaling(req: BenchRequest, counts: tuple[int, ...], report: Callable[[str], 
         probe = {"model_dir": str(root), "tasks": tasks, "backend": req.backend, "threads": threads, "size": size}
         ours = probe_load({**probe, "kind": "tailorrt"})
         theirs = probe_load({**probe, "kind": "per-task", "graphs": [str(models[sources[t]].path) for t in tasks]})
-        packs = sum(pack_file(sub.task_meta(t))["bytes"] for t in tasks)
-        rows.append({"tasks": k, "ideal_bytes": bmeta["bytes"] + packs, "tailorrt_rss": ours["rss_added"],
+        packs = sum(sub.task_record(t).pack.bytes for t in tasks)
+        rows.append({"tasks": k, "ideal_bytes": bmeta.bytes + packs, "tailorrt_rss": ours["rss_added"],
                      "tailorrt_weights_bytes": ours["weights_bytes"],
                      "tailorrt_load_s": round(ours["load_seconds"], 3), "per_task_rss": theirs["rss_added"],
                      "per_task_load_s": round(theirs["load_seconds"], 3)})
@@ -68,7 +69,7 @@ def scaling(req: BenchRequest, counts: tuple[int, ...], report: Callable[[str], 
         r["beyond_overhead_over_ideal"] = round((r["tailorrt_rss"] - overhead) / r["ideal_bytes"], 3)
         if r["tailorrt_weights_bytes"] is not None:  # what the sessions themselves hold, beyond the K=1 overhead
             r["beyond_weights_bytes"] = r["tailorrt_rss"] - overhead - r["tailorrt_weights_bytes"]
-    result = {"backbone": {"name": bmeta["name"], "bytes": bmeta["bytes"]}, "backend": req.backend,
+    result = {"backbone": {"name": bmeta.name, "bytes": bmeta.bytes}, "backend": req.backend,
               "fixed_overhead_bytes": overhead, "rows": rows, "threads": threads}
     result["summary"] = scaling_summary(result)
     path = Path(req.out) if req.out else mdir.root / "bench" / "scaling.json"
