@@ -31,12 +31,13 @@ from tailorrt.errors import (
     TailorError,
 )
 from tailorrt.runtime import Runtime
+from tailorrt.serving import routes
 from tailorrt.serving.config import ServerConfig
 from tailorrt.serving.protocol import InferRequest, InferResponse, http_response, parse_http
+from tailorrt.serving.routes import inference_task
 from tailorrt.serving.service import VERSION, Service, http_status, key_matches
 from tailorrt.version import __version__
 
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 KEY_MISSING = "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')"
 
@@ -137,7 +138,7 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig(), *, on_de
     @app.middleware("http")
     async def guard(request: Request, call_next):
         start = time.perf_counter()
-        if config.api_key and request.url.path not in OPEN_PATHS and not authorised(request, config.api_key):
+        if config.api_key and request.url.path not in routes.OPEN and not authorised(request, config.api_key):
             response = error_response(401, KEY_MISSING)
         else:
             response = await call_next(request)
@@ -165,24 +166,24 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig(), *, on_de
 
     # ------------------------------------------------------------------ health and metadata
 
-    @app.get("/v2/health/live")
+    @app.get(routes.LIVE)
     async def live():
         return {"live": True}
 
-    @app.get("/v2/health/ready")
+    @app.get(routes.READY)
     async def ready():
         ok = service.ready()
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
-    @app.get("/v2")
+    @app.get(routes.SERVER)
     async def server_metadata():
         return service.server_metadata()
 
-    @app.get("/v2/models")
+    @app.get(routes.MODELS)
     async def models():
         return {"models": [{"name": t, "versions": [VERSION], "state": "READY"} for t in service.models()]}
 
-    @app.get("/v2/models/stats")
+    @app.get(routes.STATS)
     async def all_statistics():
         return service.statistics()
 
@@ -190,39 +191,40 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig(), *, on_de
         service.check(task, version)
         return {"name": task, "ready": True}
 
-    for suffix, answer in (("", service.model_metadata), ("/ready", model_ready), ("/config", service.model_config),
-                           ("/stats", service.statistics)):
-        _per_task_get(app, suffix, answer)
+    answers = {"": service.model_metadata, "/ready": model_ready, "/config": service.model_config,
+               "/stats": service.statistics}
+    for suffix in routes.MODEL_SUFFIXES:
+        _per_task_get(app, suffix, answers[suffix])
 
-    @app.get("/v1/tasks")
+    @app.get(routes.TASKS)
     async def list_tasks():
         return await run_in_threadpool(service.task_list)
 
-    @app.get("/metrics")
+    @app.get(routes.METRICS)
     async def prometheus():
         metrics.tasks.set(len(runtime.tasks))
         return Response(metrics.render(), media_type=metrics.content_type)
 
     # ------------------------------------------------------------------ model repository (load / unload)
 
-    @app.post("/v2/repository/index")
+    @app.post(routes.REPOSITORY_INDEX)
     async def repository_index():
         return service.repository_index()
 
-    @app.post("/v2/repository/models/{task}/load")
+    @app.post(routes.LOAD)
     async def load_task(task: str):
         await run_in_threadpool(service.load, task)
         return {}
 
-    @app.post("/v2/repository/models/{task}/unload")
+    @app.post(routes.UNLOAD)
     async def unload_task(task: str):
         await run_in_threadpool(service.unload, task)
         return {}
 
     # ------------------------------------------------------------------ inference
 
-    @app.post("/v2/models/{task}/infer", responses=INFER_RESPONSES)
-    @app.post("/v2/models/{task}/versions/{version}/infer", responses=INFER_RESPONSES)
+    @app.post(routes.INFER, responses=INFER_RESPONSES)
+    @app.post(routes.INFER_VERSION, responses=INFER_RESPONSES)
     async def infer(task: str, request: Request, version: str = ""):
         """KServe v2 inference: a JSON request, or a JSON header of ``Inference-Header-Content-Length`` bytes
         followed by the inputs' binary data (Triton's binary tensor data extension); gzip or deflate
@@ -239,7 +241,7 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig(), *, on_de
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header)})
 
-    @app.post("/v1/tasks/{task}:predict")
+    @app.post(routes.PREDICT)
     async def predict(task: str, request: Request, top_k: int = 5):
         request.state.counted = True
         with service.call(task, "v1"):
@@ -257,7 +259,7 @@ def _per_task_get(app: FastAPI, suffix: str, answer) -> None:
     async def endpoint(task: str, version: str = ""):
         return answer(task, version)
 
-    for path in (f"/v2/models/{{task}}{suffix}", f"/v2/models/{{task}}/versions/{{version}}{suffix}"):
+    for path in (routes.MODEL + suffix, routes.MODEL_VERSION + suffix):
         app.add_api_route(path, endpoint, methods=["GET"], name=f"model{suffix.replace('/', '_') or '_metadata'}")
 
 
@@ -290,16 +292,6 @@ def _openapi(app: FastAPI) -> dict:
 def authorised(request: Request, key: str) -> bool:
     """Whether ``request`` carries the API key ``key``."""
     return key_matches(key, request.headers.get("x-api-key"), request.headers.get("authorization"))
-
-
-def inference_task(path: str) -> str | None:
-    """The task an inference request was for, if ``path`` is an inference endpoint."""
-    parts = path.split("/")
-    if parts[:3] == ["", "v2", "models"] and parts[-1] == "infer" and len(parts) > 4:
-        return parts[3]
-    if parts[:3] == ["", "v1", "tasks"] and len(parts) == 4 and parts[3].endswith(":predict"):
-        return parts[3].split(":")[0]
-    return None
 
 
 async def _upload(request: Request) -> bytes:

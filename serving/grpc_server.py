@@ -30,9 +30,8 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tailorrt.errors import BadInputError, ConfigError
 from tailorrt.serving.config import ServerConfig
 from tailorrt.serving.connections import address
-from tailorrt.serving.protocol import InferRequest, validate_request
+from tailorrt.serving.protocol import VERSION, InferRequest, validate_request
 from tailorrt.serving.service import Service, http_status, key_matches
-
 
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
          408: grpc.StatusCode.DEADLINE_EXCEEDED, 409: grpc.StatusCode.FAILED_PRECONDITION,
@@ -154,7 +153,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             parsed, raw = infer_request(request)
             outs = self.service.run(task, parsed, raw, binary=True, started=started)
         return service_pb2.ModelInferResponse(
-            model_name=task, model_version="1", id=request.id,
+            model_name=task, model_version=VERSION, id=request.id,
             outputs=[service_pb2.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=o.shape)
                      for o in outs],
             raw_output_contents=[o.raw() for o in outs])

@@ -45,6 +45,7 @@ from tailorrt.errors import BadInputError, InputTooLargeError
 from tailorrt.runtime import Runtime, softmax
 
 MAX_DIMS = 8
+VERSION = "1"  # every task has one version
 OUTPUTS = ("logits", "probabilities")
 INPUTS = {"image": "BYTES", "pixels": "UINT8", "input": "FP32"}  # input name -> its datatype
 ITEM_BYTES = {"UINT8": 1, "FP32": 4}
@@ -371,7 +372,7 @@ def http_response(task: str, request: InferRequest, outs: list[Output]) -> tuple
         else:
             entry["data"] = out.json_data()
         tensors.append(entry)
-    header = json.dumps({"model_name": task, "model_version": "1", "id": request.id or "",
+    header = json.dumps({"model_name": task, "model_version": VERSION, "id": request.id or "",
                          "outputs": tensors}).encode()
     if not blobs:
         return header, None

@@ -39,16 +39,17 @@ from starlette.concurrency import run_in_threadpool
 
 from tailorrt.errors import OverloadedError, TailorError
 from tailorrt.runtime import Runtime
+from tailorrt.serving import routes
 from tailorrt.serving.app import (
     KEY_MISSING,
     BodyGuard,
     authorised,
     create_app,
     error_response,
-    inference_task,
 )
 from tailorrt.serving.config import RayConfig
 from tailorrt.serving.metrics import Metrics
+from tailorrt.serving.routes import inference_task, task_of
 from tailorrt.serving.service import http_status
 
 APP_NAME = "tailorrt"
@@ -79,18 +80,6 @@ class Answer:
     body: bytes
     replica: str = ""
     tasks: list[str] = field(default_factory=list)
-
-
-def task_of(path: str) -> str | None:
-    """The task a request is about (the multiplexed model id), from its path; None for server-wide endpoints."""
-    parts = path.rstrip("/").split("/")
-    if parts[:3] == ["", "v2", "models"] and len(parts) > 3 and parts[3] != "stats":
-        return parts[3]
-    if parts[:4] == ["", "v2", "repository", "models"] and len(parts) > 4:
-        return parts[4]
-    if parts[:3] == ["", "v1", "tasks"] and len(parts) == 4 and parts[3].endswith(":predict"):
-        return parts[3].rsplit(":", 1)[0]
-    return None
 
 
 class _Loaded:
@@ -179,9 +168,9 @@ class Ingress:
 
     async def forward(self, request: Request) -> Response:
         path = request.url.path
-        if path == "/v2/health/live":
+        if path == routes.LIVE:
             return JSONResponse({"live": True})
-        if path == "/metrics":
+        if path == routes.METRICS:
             if self.cfg.api_key and not authorised(request, self.cfg.api_key):
                 return error_response(401, KEY_MISSING)
             self.metrics.tasks.set(sum(len(t) for t in self.replica_tasks.values()))

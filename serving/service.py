@@ -30,11 +30,10 @@ from tailorrt.records import BackboneRecord
 from tailorrt.runtime import Runtime
 from tailorrt.serving.batcher import BatchConfig, Batcher
 from tailorrt.serving.metrics import Metrics
-from tailorrt.serving.protocol import INPUTS, OUTPUTS, InferRequest, Output, outputs, request_batch
+from tailorrt.serving.protocol import INPUTS, OUTPUTS, VERSION, InferRequest, Output, outputs, request_batch
 from tailorrt.version import __version__
 
 EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics", "binary_tensor_data"]
-VERSION = "1"  # every task has one version
 _CONFIG_TYPES = {"BYTES": "TYPE_STRING", "UINT8": "TYPE_UINT8", "FP32": "TYPE_FP32"}
 
 
