@@ -296,7 +296,7 @@ def export_(
     export fails, keeping the previous one, when the logits differ by more than 1e-4. With --precision int8 or
     bf16, a task that loses more than --max-drop points of test accuracy against fp32 fails the same way."""
     from tailorrt.export.exporter import ExportRequest, export_model
-    from tailorrt.inventory import export_bytes
+    from tailorrt.records import ExportRecord
 
     del onnx  # ONNX is always written: engines are built from it
     req = ExportRequest(model_dir=model_dir, tasks=_names(tasks),
@@ -308,17 +308,18 @@ def export_(
     for kind, manifest in result.items():
         if manifest is None:
             continue
+        record = ExportRecord.from_json(manifest)
         folder = Path(model_dir) / kind
-        out.print(f"[green]wrote[/green] {folder}: {len(manifest['tasks'])} tasks, {_mb(export_bytes(manifest))} "
+        out.print(f"[green]wrote[/green] {folder}: {len(record.tasks)} tasks, {_mb(record.bytes)} "
                   f"(manifest {folder / 'export.json'})", highlight=False)
-        if bench and any("speed" in t for t in manifest["tasks"].values()):
-            _print_speed(kind, manifest)
+        if bench and any("speed" in t.raw for t in record.tasks.values()):
+            _print_speed(kind, record)
 
 
-def _print_speed(kind: str, manifest: dict) -> None:
+def _print_speed(kind: str, record) -> None:
     """The side-by-side timings an export recorded (``--bench``): PyTorch, ONNX Runtime and, for engines, TensorRT."""
-    timed = [(name, key.removeprefix("batch_"), res) for name, entry in manifest["tasks"].items()
-             for key, res in entry.get("speed", {}).items() if key.startswith("batch_")]
+    timed = [(name, key.removeprefix("batch_"), res) for name, entry in record.tasks.items()
+             for key, res in entry.raw.get("speed", {}).items() if key.startswith("batch_")]
     engines = any("tensorrt" in res for _, _, res in timed)
     table = Table("task", "batch", *(["pytorch img/s", "onnxruntime img/s", "ort/pytorch"]
                                      + (["tensorrt img/s"] if engines else [])), title=f"{kind} speed")

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from tailorrt.errors import ConfigError, DependencyMissingError, PackError, UnknownTaskError
-from tailorrt.pack import ModelDir, pack_file
+from tailorrt.pack import ModelDir
+from tailorrt.records import ExportEntry, ExportRecord
 from tailorrt import kinds
 from tailorrt.kinds.tensorrt import TENSORRT
 
@@ -120,8 +121,8 @@ class OnnxBackend:
     def graph_file(self, task: str) -> Path:
         """The task's graph, checked against the export's sha256s, with the shared weights it reads beside it."""
         entry = export_entry(self.mdir, self.kind.folder, self.manifest, task)
-        self.mdir.export_file(self.kind.folder, self.manifest["shared"])
-        return self.mdir.export_file(self.kind.folder, entry)
+        self.mdir.export_file(self.kind.folder, self.manifest.shared)
+        return self.mdir.export_file(self.kind.folder, entry.file)
 
     def add(self, *tasks: str) -> None:
         """Build a session for each task; the ones already loaded are not touched."""
@@ -152,13 +153,13 @@ class OnnxBackend:
 
         from tailorrt.precision import cpu_summary
 
-        entry = self.manifest["tasks"][task]
-        stored = load_file(str(self.mdir.export_file(self.kind.folder, entry["check"])))
+        entry = self.manifest.tasks[task]
+        stored = load_file(str(self.mdir.export_file(self.kind.folder, entry.check)))
         got = session.run(stored["input"])
         diff = float(np.abs(got - stored["logits"]).max())
         if not diff <= INT8_CHECK_TOLERANCE * max(1.0, float(np.abs(stored["logits"]).max())):
             raise PackError(f"task {task!r}: {self.kind.precision} logits on this CPU ({cpu_summary()}) differ by "
-                            f"{diff:.3g} from those of the export ({self.manifest.get('cpu', 'unknown CPU')}); export "
+                            f"{diff:.3g} from those of the export ({self.manifest.cpu or 'unknown CPU'}); export "
                             f"it again here (tailor export{self.kind.flag} --tasks {task}) or serve it at "
                             f"{kinds.DEFAULT_PRECISION}")
 
@@ -180,25 +181,25 @@ def not_loaded(task: str) -> UnknownTaskError:
     return UnknownTaskError(f"task {task!r} is not loaded")
 
 
-def current_export(mdir: ModelDir, kind: str) -> dict:
+def current_export(mdir: ModelDir, kind: str) -> ExportRecord:
     """The manifest of an export (a folder of :mod:`tailorrt.kinds`), refusing a missing one or one made
     from another backbone."""
-    manifest = mdir.export_manifest(kind)
+    manifest = mdir.export_record(kind)
     flag = kinds.get(kind).flag
     if manifest is None:
         raise PackError(f"no {kind} export in {mdir.root}; run: tailor export{flag} --model-dir {mdir.root}")
-    if kinds.get(kind).backbone_sha256(manifest) != mdir.backbone_record().sha256:
+    if manifest.backbone_sha256 != mdir.backbone_record().sha256:
         raise PackError(f"{mdir.export_dir(kind)} was exported from another backbone; run tailor export{flag} again")
     return manifest
 
 
-def export_entry(mdir: ModelDir, kind: str, manifest: dict, task: str) -> dict:
-    """A task's entry in an export manifest, refusing a task that is absent or exported before its pack changed."""
+def export_entry(mdir: ModelDir, kind: str, manifest: ExportRecord, task: str) -> ExportEntry:
+    """A task's entry in an export record, refusing a task that is absent or exported before its pack changed."""
     flag = kinds.get(kind).flag
-    entry = manifest["tasks"].get(task)
+    entry = manifest.tasks.get(task)
     if entry is None:
         raise PackError(f"task {task!r} is not in the {kind} export; run: tailor export{flag} --tasks {task}")
-    if entry.get("pack_sha256") != pack_file(mdir.task_meta(task))["sha256"]:
+    if entry.pack_sha256 != mdir.task_record(task).pack.sha256:
         raise PackError(f"the {kind} export of {task!r} is older than its task pack; "
                         f"run: tailor export{flag} --tasks {task}")
     return entry
@@ -224,7 +225,7 @@ class TensorRTBackend:
 
         self.trt = require_tensorrt()
         manifest = current_export(mdir, TENSORRT.folder)
-        self.mdir, self.manifest, self.max_batch = mdir, manifest, int(manifest["max_batch"])
+        self.mdir, self.manifest, self.max_batch = mdir, manifest, int(manifest.max_batch)
         self.runners: dict[str, object] = {}
 
     def add(self, *tasks: str) -> None:
@@ -232,7 +233,7 @@ class TensorRTBackend:
 
         for task in tasks:
             entry = export_entry(self.mdir, TENSORRT.folder, self.manifest, task)
-            self.runners[task] = EngineRunner(self.trt, self.mdir.export_file(TENSORRT.folder, entry).read_bytes())
+            self.runners[task] = EngineRunner(self.trt, self.mdir.export_file(TENSORRT.folder, entry.file).read_bytes())
 
     def remove(self, task: str) -> None:
         self.runners.pop(task, None)

@@ -17,8 +17,8 @@ def info_rows(model_dir: str | Path) -> tuple[BackboneRecord, list[dict]]:
     figures of a pack written without them are None)."""
     mdir = ModelDir(model_dir)
     backbone = mdir.backbone_record()
-    exports = {kind.folder: (mdir.export_manifest(kind.folder) or {}).get("tasks", {}) for kind in kinds.kinds()
-               if kind.task_files}
+    records = {kind.folder: mdir.export_record(kind.folder) for kind in kinds.kinds() if kind.task_files}
+    exports = {folder: {} if r is None else r.tasks for folder, r in records.items()}
     rows = []
     for name in mdir.task_names():
         rec = mdir.task_record(name)
@@ -32,9 +32,9 @@ def info_rows(model_dir: str | Path) -> tuple[BackboneRecord, list[dict]]:
                      "task_params": m and m.task_params, "shared_params_used": m and m.shared_params_used,
                      "flops": m and m.flops, "teacher_flops": m and m.teacher_flops, "pack_bytes": rec.pack.bytes,
                      "pack_vs_backbone": rec.pack.bytes / backbone.bytes,
-                     "onnx_bytes": graph["bytes"] if graph else None,
-                     "onnx_stale": bool(graph) and graph.get("pack_sha256") != rec.pack.sha256,
-                     "engine_bytes": engine["bytes"] if engine else None,
+                     "onnx_bytes": graph.file.bytes if graph else None,
+                     "onnx_stale": bool(graph) and graph.pack_sha256 != rec.pack.sha256,
+                     "engine_bytes": engine.file.bytes if engine else None,
                      "backbone_ok": rec.backbone_sha256 == backbone.sha256})
     return backbone, rows
 
@@ -59,14 +59,8 @@ def size_summary(model_dir: str | Path, backbone: BackboneRecord, rows: list[dic
            "finetuned_per_task_bytes": sum(finetuned_bytes(backbone, r["classes"]) for r in rows), "tasks": len(rows)}
     out["exports"] = {}
     for kind in kinds.kinds():
-        manifest = mdir.export_manifest(kind.folder)
-        if manifest and kind.summary is not None:
-            out["exports"][kind.folder] = {"summary": kind.summary(manifest), "tasks": len(manifest["tasks"]),
-                                           "bytes": export_bytes(manifest)}
+        record = mdir.export_record(kind.folder)
+        if record is not None and kind.summary is not None:
+            out["exports"][kind.folder] = {"summary": kind.summary(record), "tasks": len(record.tasks),
+                                           "bytes": record.bytes}
     return out
-
-
-def export_bytes(manifest: dict) -> int:
-    """Bytes of an export's files: the shared one (if any) and each task's."""
-    shared = manifest.get("shared") or {}
-    return shared.get("bytes", 0) + sum(t.get("bytes", 0) for t in manifest["tasks"].values())

@@ -28,7 +28,8 @@ from tailorrt.errors import BackboneMismatchError, PackError
 from tailorrt.integrity import FileVerifier
 from tailorrt.io import load_tensors, recover_swaps, replace_dir, save_tensors, sha256_file, staging_dir
 from tailorrt.precision import cpu_model, cpu_summary
-from tailorrt.records import FORMAT_VERSION, REMEDY, BackboneRecord, TaskRecord, read_record, write_record
+from tailorrt.records import (FORMAT_VERSION, REMEDY, BackboneRecord, ExportRecord, FileRef, TaskRecord, read_record,
+                              write_record)
 from tailorrt.version import __version__
 
 BACKBONE_FILE = "backbone.safetensors"
@@ -89,6 +90,11 @@ class ModelDir:
 
         return self.root / kinds.get(kind).folder
 
+    def export_record(self, kind: str) -> ExportRecord | None:
+        """The ``export.json`` of an export folder, typed (None when there is none)."""
+        manifest = self.export_manifest(kind)
+        return None if manifest is None else ExportRecord.from_json(manifest)
+
     def export_manifest(self, kind: str) -> dict | None:
         """The ``export.json`` of an export folder (checked), or None when there is none."""
         path = self.export_dir(kind) / "export.json"
@@ -96,9 +102,9 @@ class ModelDir:
             return None
         return read_record(path, "export")
 
-    def export_file(self, kind: str, entry: dict) -> Path:
-        """A file named by an export manifest's entry, checked against the sha256 recorded for it."""
-        return self.files.verify(self.export_dir(kind) / entry["file"], entry["sha256"],
+    def export_file(self, kind: str, entry: FileRef) -> Path:
+        """A file named by an export record, checked against the sha256 recorded for it."""
+        return self.files.verify(self.export_dir(kind) / entry.name, entry.sha256,
                                  recorded_in=self.export_dir(kind) / "export.json", remedy=REMEDY["export"])
 
     @property

@@ -98,7 +98,57 @@ class FileRef:
 
     name: str
     sha256: str
-    bytes: int
+    bytes: int | None = None
+
+    @classmethod
+    def entry(cls, data: Any, where: str) -> FileRef:
+        """A ``{"file", "sha256", "bytes"}`` entry of an export record (checked by its kind's record check)."""
+        return cls(data["file"], data["sha256"], data.get("bytes"))
+
+
+@dataclass(frozen=True)
+class ExportEntry:
+    """One task of an export record: its file (none for bf16), the pack it was exported from, and for int8 the
+    stored check images; ``raw`` holds the kind's own figures (parity, speed, accuracy checks)."""
+
+    file: FileRef | None
+    pack_sha256: str | None
+    check: FileRef | None
+    accuracy_check: dict | None  # a low precision's test accuracy against fp32, as its export measured it
+    raw: dict = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """An ``export.json`` of any export kind (:mod:`tailorrt.kinds`), checked by that kind and parsed once."""
+
+    kind: str  # the record kind (onnx, onnx-int8, bf16, tensorrt)
+    backbone_sha256: str
+    shared: FileRef | None  # the file every task graph reads
+    tasks: dict[str, ExportEntry]
+    max_batch: int | None  # engines: the largest batch of their optimisation profile
+    cpu: str | None  # where an int8 export ran its checks
+    raw: dict = field(compare=False, repr=False)
+
+    @classmethod
+    def from_json(cls, meta: dict) -> ExportRecord:
+        from tailorrt import kinds
+
+        check_export(meta)
+        kind = kinds.by_record_kind(meta["kind"])
+        tasks = {name: ExportEntry(FileRef.entry(e, name) if kind.task_files else None, e.get("pack_sha256"),
+                                   FileRef.entry(e["check"], name) if "check" in e else None, e.get("accuracy_check"),
+                                   e)
+                 for name, e in meta["tasks"].items()}
+        shared = FileRef.entry(meta["shared"], "shared") if "shared" in meta else None
+        return cls(meta["kind"], kind.backbone_sha256(meta), shared, tasks, meta.get("max_batch"), meta.get("cpu"),
+                   meta)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of its files: the shared one and each task's."""
+        files = [self.shared, *(e.file for e in self.tasks.values())]
+        return sum(f.bytes or 0 for f in files if f is not None)
 
 
 @dataclass(frozen=True)

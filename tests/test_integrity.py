@@ -129,7 +129,7 @@ def test_engine_files_and_the_timing_cache_are_checked_without_a_gpu(copy):
     """The tensorrt backend and ``export --trt`` read trt/ through the same checks (run here without TensorRT)."""
     from tailorrt.export.trt_export import _timing_cache
     from tailorrt.io import sha256_file
-    from tailorrt.records import write_record
+    from tailorrt.records import FileRef, write_record
 
     trt = copy / "trt"
     trt.mkdir()
@@ -141,11 +141,11 @@ def test_engine_files_and_the_timing_cache_are_checked_without_a_gpu(copy):
     write_record(trt / "export.json", manifest)
     mdir = ModelDir(copy)
     assert mdir.export_manifest("trt")["tasks"]["colors"] == entry
-    assert mdir.export_file("trt", entry).read_bytes() == b"engine" * 1000
+    assert mdir.export_file("trt", FileRef.entry(entry, "colors")).read_bytes() == b"engine" * 1000
     assert _timing_cache(trt, manifest, print) == b"cache" * 100
     flip(trt / "colors.engine", count=8)
     flip(trt / "timing.cache", count=8)
     with pytest.raises(IntegrityError, match="colors.engine does not match"):
-        ModelDir(copy).export_file("trt", entry)
+        ModelDir(copy).export_file("trt", FileRef.entry(entry, "colors"))
     said = []
     assert _timing_cache(trt, manifest, said.append) == b"" and "timing.cache" in said[0]

@@ -157,29 +157,38 @@ RECORD_NAMES = {"meta", "bmeta", "task_meta", "backbone_meta"}  # how code names
 # manifest; and two whose ``meta`` is not a record (checkpoint metadata, torchvision's CIFAR meta)
 RECORD_OWNERS = ("tailorrt.records", "tailorrt.fields", "tailorrt.methods", "tailorrt.kinds", "tailorrt.trainer",
                  "tailorrt.datasets")
+# export records: written by the export kinds' steps in tailorrt/export/, read elsewhere as ExportRecord
+MANIFEST_NAMES = {"manifest", "onnx_manifest"}
+MANIFEST_OWNERS = ("tailorrt.records", "tailorrt.fields", "tailorrt.kinds", "tailorrt.export")
 
 
-def _names_a_record(node: ast.AST) -> bool:
+def _names(node: ast.AST, names: set[str]) -> bool:
     """``meta``, ``x.meta``...: but not click's ``ctx.meta`` (a context's own dict)."""
-    return (isinstance(node, ast.Name) and node.id in RECORD_NAMES) or \
-        (isinstance(node, ast.Attribute) and node.attr in RECORD_NAMES and ast.unparse(node.value) != "ctx")
+    return (isinstance(node, ast.Name) and node.id in names) or \
+        (isinstance(node, ast.Attribute) and node.attr in names and ast.unparse(node.value) != "ctx")
 
 
-def test_task_and_backbone_records_are_read_by_attribute():
-    """Outside the modules that own them, no field of a task or backbone record is read by string key
-    (``meta["metrics"]``, ``bmeta.get("sha256")``): code reads :class:`tailorrt.records.TaskRecord` and
-    :class:`~tailorrt.records.BackboneRecord`, checked once."""
+def _string_key_reads(names: set[str], owners: tuple[str, ...]) -> list[str]:
     found = []
     for module, path in MODULES.items():
-        if module.startswith(RECORD_OWNERS):
+        if module.startswith(owners):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             key = None
-            if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and _names_a_record(node.value):
+            if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and _names(node.value, names):
                 key = node.slice
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
-                    and _names_a_record(node.func.value) and node.args:
+                    and _names(node.func.value, names) and node.args:
                 key = node.args[0]
             if isinstance(key, ast.Constant) and isinstance(key.value, str):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_records_are_read_by_attribute():
+    """Outside the modules that own them, no field of a task or backbone record (``meta["metrics"]``,
+    ``bmeta.get("sha256")``) or of an export record (``manifest["tasks"]``) is read by string key: code reads
+    :class:`tailorrt.records.TaskRecord`, :class:`~tailorrt.records.BackboneRecord` and
+    :class:`~tailorrt.records.ExportRecord`, checked once."""
+    found = _string_key_reads(RECORD_NAMES, RECORD_OWNERS) + _string_key_reads(MANIFEST_NAMES, MANIFEST_OWNERS)
     assert not found, found

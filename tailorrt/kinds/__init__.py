@@ -45,7 +45,7 @@ class ExportKind:
     export: str = ""  # "module:function" of its step in tailorrt.export (an ExportContext -> its manifest)
     wanted: Callable[[Any], bool] = field(default=lambda req: False, compare=False)  # ExportRequest -> bool
     check_device: Callable[[str, set[str] | None], None] = field(default=lambda device, flags: None, compare=False)
-    summary: Callable[[dict], str] | None = field(default=None, compare=False)  # tailor info's line of a manifest
+    summary: Callable[[Any], str] | None = field(default=None, compare=False)  # tailor info's line (ExportRecord)
 
     def backbone_sha256(self, manifest: dict) -> str:
         value: Any = manifest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from tailorrt.fields import Invalid, field_of, file_entry, sha
 
@@ -27,13 +28,12 @@ def onnx_record(*, files: bool = True, check_file: bool = False) -> Callable[[di
     return check
 
 
-def shared_summary(folder: str, shared: str) -> Callable[[dict], str]:
-    """``tailor info``'s line of an export whose graphs read one shared file."""
+def shared_summary(folder: str, shared: str) -> Callable[[Any], str]:
+    """``tailor info``'s line of an export whose graphs read one shared file (of its ExportRecord)."""
 
-    def summary(manifest: dict) -> str:
-        graphs = sum(t["bytes"] for t in manifest["tasks"].values())
-        s = manifest["shared"]["bytes"]
-        return (f"{folder}/: shared {shared} {s / 1e6:.2f} MB once + {len(manifest['tasks'])} task graphs "
-                f"{graphs / 1e6:.2f} MB = {(s + graphs) / 1e6:.2f} MB")
+    def summary(record: Any) -> str:
+        s = record.shared.bytes or 0
+        return (f"{folder}/: shared {shared} {s / 1e6:.2f} MB once + {len(record.tasks)} task graphs "
+                f"{(record.bytes - s) / 1e6:.2f} MB = {record.bytes / 1e6:.2f} MB")
 
     return summary

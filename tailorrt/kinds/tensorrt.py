@@ -12,9 +12,9 @@ def _record(meta: dict) -> None:
         file_entry(entry, f"tasks.{name}.")
 
 
-def _summary(manifest: dict) -> str:
-    engines = sum(t["bytes"] for t in manifest["tasks"].values())
-    return f"trt/: {len(manifest['tasks'])} engines ({'fp16' if manifest['fp16'] else 'fp32'}) {engines / 1e6:.2f} MB"
+def _summary(record) -> str:
+    precision = "fp16" if record.raw["fp16"] else "fp32"
+    return f"trt/: {len(record.tasks)} engines ({precision}) {record.bytes / 1e6:.2f} MB"
 
 
 TENSORRT = register(ExportKind(folder="trt", record_kind="tensorrt", backend="tensorrt", flag=" --trt",
