@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tailorrt.errors import IntegrityError, PackError
-from tailorrt.io import sha256_file
+from tailorrt.files import sha256_file
 
 SEAL_KEY = "content_sha256"
 

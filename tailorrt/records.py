@@ -16,7 +16,7 @@ from typing import Any
 from tailorrt.errors import CheckpointError, PackError
 from tailorrt.fields import Invalid, field_of, is_number, sha
 from tailorrt.integrity import seal, unseal
-from tailorrt.io import read_json, write_json
+from tailorrt.files import read_json, write_json
 from tailorrt.version import __version__
 
 FORMAT_VERSION = 1

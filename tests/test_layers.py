@@ -192,3 +192,21 @@ def test_records_are_read_by_attribute():
     :class:`~tailorrt.records.ExportRecord`, checked once."""
     found = _string_key_reads(RECORD_NAMES, RECORD_OWNERS) + _string_key_reads(MANIFEST_NAMES, MANIFEST_OWNERS)
     assert not found, found
+
+
+TORCH_FREE = ("tailorrt.records", "tailorrt.fields", "tailorrt.files", "tailorrt.integrity", "tailorrt.kinds",
+              "tailorrt.filecheck", "tailorrt.rgb", "tailorrt.preprocess", "tailorrt.limits", "tailorrt.serving.config",
+              "tailorrt.serving.routes")
+
+
+def test_the_model_dir_records_and_the_serving_settings_import_no_torch():
+    """What a serving install reads first (records and their checks, the export kinds, file checks, preprocessing's
+    definition, the server's settings and routes) imports neither torch nor torchvision, in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in TORCH_FREE)
+            + "from tailorrt import kinds\nkinds.kinds()\n"
+            + "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
