@@ -14,13 +14,13 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from tailorrt import kinds
 from tailorrt.datasets import TaskData
 from tailorrt.errors import ConfigError, PackError
 from tailorrt.export import speed
 from tailorrt.io import replace_dir, sha256_file, staging_dir
 from tailorrt.onnx_graph import INPUT, LOGITS
 from tailorrt.pack import ModelDir, preprocess_of
-from tailorrt import kinds
 from tailorrt.records import TaskRecord, write_record
 
 MANIFEST = "export.json"

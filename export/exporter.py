@@ -43,6 +43,7 @@ from tailorrt.export.common import (
 )
 from tailorrt.export.cpu_sessions import cpu_session
 from tailorrt.io import pid_alive, sha256_file
+from tailorrt.kinds.onnx import ONNX
 from tailorrt.kinds.tensorrt import TENSORRT
 from tailorrt.onnx_graph import (
     INPUT,
@@ -75,8 +76,8 @@ def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict:
 
             require_tensorrt()
     mdir = ModelDir(req.model_dir)
-    backbone, _ = mdir.load_backbone()
-    bmeta = mdir.backbone_record()
+    backbone, raw = mdir.load_backbone()
+    bmeta = BackboneRecord.from_json(raw)
     names = _task_names(mdir, req.tasks)
     _clean_stale_work(mdir)
     networks = [_load_network(mdir, name, backbone, bmeta.sha256, req, report) for name in names]
@@ -84,8 +85,7 @@ def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict:
     for kind in wanted:  # registration order: the fp32 graphs first, which the others are made from
         module, _, function = kind.export.partition(":")
         ctx.results[kind.folder] = getattr(importlib.import_module(module), function)(ctx)
-    return {"onnx": ctx.results.get("onnx"), "trt": ctx.results.get(TENSORRT.folder),
-            **{k: v for k, v in ctx.results.items() if k not in ("onnx", TENSORRT.folder)}}
+    return {ONNX.folder: None, TENSORRT.folder: None, **ctx.results}  # "trt" is None without --trt
 
 
 def onnx_step(ctx: ExportContext) -> dict:

@@ -26,8 +26,8 @@ from tailorrt.datasets import TaskData
 from tailorrt.errors import ExportError
 from tailorrt.export import parity
 from tailorrt.export.common import ExportRequest, Report, TaskNetwork, assemble_export, torch_logits
-from tailorrt.export.quantize import SHARED_INT8_FILE, CanonicalWeights, quantize_task
 from tailorrt.export.cpu_sessions import cpu_session
+from tailorrt.export.quantize import SHARED_INT8_FILE, CanonicalWeights, quantize_task
 from tailorrt.io import sha256_file
 from tailorrt.onnx_graph import INPUT, LOGITS
 from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, versions

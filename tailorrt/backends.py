@@ -18,11 +18,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from tailorrt.errors import ConfigError, DependencyMissingError, PackError, UnknownTaskError
-from tailorrt.pack import ModelDir
-from tailorrt.records import ExportEntry, ExportRecord
 from tailorrt import kinds
+from tailorrt.errors import ConfigError, DependencyMissingError, PackError, UnknownTaskError
 from tailorrt.kinds.tensorrt import TENSORRT
+from tailorrt.pack import ModelDir
+from tailorrt.records import BackboneRecord, ExportEntry, ExportRecord
 
 BACKENDS = ("torch", "onnx", "tensorrt")
 INT8_CHECK_TOLERANCE = 0.02  # of the largest stored logit: the same int8 arithmetic agrees far closer
@@ -67,7 +67,8 @@ class TorchBackend:
         self.kind = kind if kind.backend == self.name else None
         self.manifest = current_export(mdir, kind.folder) if self.kind is not None else None
         self.autocast = getattr(torch, self.kind.autocast) if self.kind is not None and self.kind.autocast else None
-        self.backbone, self.meta = mdir.load_backbone()
+        self.backbone, meta = mdir.load_backbone()
+        self.backbone_sha256 = BackboneRecord.from_json(meta).sha256
         self.backbone.to(self.device)
         self.models: dict[str, torch.nn.Module] = {}
 
@@ -75,7 +76,7 @@ class TorchBackend:
         for task in tasks:
             if self.manifest is not None:
                 export_entry(self.mdir, self.kind.folder, self.manifest, task)
-            model, _ = self.mdir.load_model(task, self.backbone, self.mdir.backbone_record().sha256)
+            model, _ = self.mdir.load_model(task, self.backbone, self.backbone_sha256)
             self.models[task] = model.to(self.device).eval()
         release_freed_memory()
 

@@ -20,8 +20,17 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from tailorrt.errors import DatasetMissingError, UnknownTaskError
-from tailorrt.filecheck import (CheckCache, CheckProgress, FileReport, Skipped, check_files, is_image_name, listed,
-                                relative)
+from tailorrt.filecheck import (
+    DECODE_ERRORS,
+    CheckCache,
+    CheckProgress,
+    FileReport,
+    Skipped,
+    check_files,
+    is_image_name,
+    listed,
+    relative,
+)
 from tailorrt.limits import DEFAULT_FORMATS
 from tailorrt.preprocess import Preprocess
 from tailorrt.world import BUILTIN_TASKS, generate
@@ -396,10 +405,11 @@ def _load_imagefolder(root: Path, preprocess: Preprocess, val_fraction: float, s
         report.ignored += [relative(p, root) for p in listing.ignored]
     files = [f for listing in listings.values() for fs in listing.classes.values() for f in fs]
     problems = _checked(files, root, report, check)
-    first = next(iter(listings.values()))
+    primary = next(iter(listings))  # train/, or the root as "all": the split whose classes are the task's
+    first = listings[primary]
     good = {n: {c: [f for f in fs if f not in problems] for c, fs in listing.classes.items()}
             for n, listing in listings.items()}
-    empty = [c for c, fs in good[next(iter(good))].items() if not fs]
+    empty = [c for c, fs in good[primary].items() if not fs]
     if empty:
         where = ", ".join(relative(first.root / c, root) + "/" for c in empty)
         if check.strict:
@@ -412,7 +422,7 @@ def _load_imagefolder(root: Path, preprocess: Preprocess, val_fraction: float, s
         if none:
             report.warnings.append(f"{n}/ has no readable image of {', '.join(none)}")
     carved = ("all" in listings or "test" not in listings) + ("val" not in listings)
-    few = [c for c in classes if len(good[next(iter(good))][c]) < 1 + carved]
+    few = [c for c in classes if len(good[primary][c]) < 1 + carved]
     if carved and few:
         report.warnings.append(f"classes with fewer images than the {1 + carved} the train/validation/test split "
                                f"needs (some split will have none of them): {', '.join(few)}")
@@ -482,9 +492,6 @@ class ImageFiles(Dataset):
             return self.transform(img), label
 
 
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError)
-
-
 class Resilient(Dataset):
     """A dataset of files whose item ``i``, if its file no longer decodes (changed under the run), is the next
     item that does; each such file is counted once in :attr:`failed`, and the run goes on."""
@@ -502,7 +509,7 @@ class Resilient(Dataset):
         for j in range(n):
             try:
                 return self.base[(i + j) % n]
-            except DECODE_ERRORS as e:
+            except (*DECODE_ERRORS, Image.DecompressionBombError) as e:
                 self.failed.setdefault(relative(self.path_of((i + j) % n), self.root), str(e) or type(e).__name__)
         raise DatasetMissingError(f"none of the {n} images under {self.root} can be read any more")
 

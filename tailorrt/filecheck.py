@@ -10,12 +10,10 @@ other file is decoded in full. Verdicts are cached per file (path, size, modific
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from tailorrt.files import atomic_path
 from tailorrt.limits import DEFAULT_FORMATS
 
 # Suffixes of files that are taken for images (and checked); any other file of a dataset folder is ignored
@@ -35,6 +34,8 @@ SAVE_EVERY_S = 30.0  # seconds of verdicts between cache writes on a long check:
 CHUNK = 256  # files a worker checks per task (one task per file costs more than the check of a cached file)
 WORKERS = 2  # threads; measured: the check of a file in the page cache holds the GIL (see check_files)
 PROGRESS_FROM = 500  # files to check (not cached) from which the check shows progress
+# what PIL raises for a file that does not decode (beyond UnidentifiedImageError and decompression bombs)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
 
 
 def is_image_name(path: Path) -> bool:
@@ -61,7 +62,7 @@ def file_problem(path: Path, formats: Sequence[str] = DEFAULT_FORMATS) -> str | 
         return _not_allowed(path, formats)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return "too many pixels"
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as e:
+    except DECODE_ERRORS as e:
         text = str(e)
         return "truncated" if "truncat" in text.lower() else f"cannot be decoded ({text or type(e).__name__})"
     return None
@@ -137,15 +138,8 @@ class CheckCache:
         """Write the cache atomically (compact JSON: it holds a line per file of the dataset)."""
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": CACHE_VERSION, "files": self.entries}, f, separators=(",", ":"))
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": self.entries}, separators=(",", ":")))
 
 
 class CheckProgress:
@@ -256,5 +250,3 @@ def relative(path: Path, root: Path) -> str:
     except ValueError:
         return str(path)
 
-
-Reporter = Callable[[str], None]

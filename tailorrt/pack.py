@@ -28,8 +28,16 @@ from tailorrt.errors import BackboneMismatchError, PackError
 from tailorrt.integrity import FileVerifier
 from tailorrt.io import load_tensors, recover_swaps, replace_dir, save_tensors, sha256_file, staging_dir
 from tailorrt.precision import cpu_model, cpu_summary
-from tailorrt.records import (FORMAT_VERSION, REMEDY, BackboneRecord, ExportRecord, FileRef, TaskRecord, read_record,
-                              write_record)
+from tailorrt.records import (
+    FORMAT_VERSION,
+    REMEDY,
+    BackboneRecord,
+    ExportRecord,
+    FileRef,
+    TaskRecord,
+    read_record,
+    write_record,
+)
 from tailorrt.version import __version__
 
 BACKBONE_FILE = "backbone.safetensors"

@@ -15,8 +15,8 @@ from typing import Any
 
 from tailorrt.errors import CheckpointError, PackError
 from tailorrt.fields import Invalid, field_of, is_number, sha
-from tailorrt.integrity import seal, unseal
 from tailorrt.files import read_json, write_json
+from tailorrt.integrity import seal, unseal
 from tailorrt.version import __version__
 
 FORMAT_VERSION = 1
@@ -101,7 +101,7 @@ class FileRef:
     bytes: int | None = None
 
     @classmethod
-    def entry(cls, data: Any, where: str) -> FileRef:
+    def entry(cls, data: Any) -> FileRef:
         """A ``{"file", "sha256", "bytes"}`` entry of an export record (checked by its kind's record check)."""
         return cls(data["file"], data["sha256"], data.get("bytes"))
 
@@ -136,11 +136,11 @@ class ExportRecord:
 
         check_export(meta)
         kind = kinds.by_record_kind(meta["kind"])
-        tasks = {name: ExportEntry(FileRef.entry(e, name) if kind.task_files else None, e.get("pack_sha256"),
-                                   FileRef.entry(e["check"], name) if "check" in e else None, e.get("accuracy_check"),
+        tasks = {name: ExportEntry(FileRef.entry(e) if kind.task_files else None, e.get("pack_sha256"),
+                                   FileRef.entry(e["check"]) if "check" in e else None, e.get("accuracy_check"),
                                    e)
                  for name, e in meta["tasks"].items()}
-        shared = FileRef.entry(meta["shared"], "shared") if "shared" in meta else None
+        shared = FileRef.entry(meta["shared"]) if "shared" in meta else None
         return cls(meta["kind"], kind.backbone_sha256(meta), shared, tasks, meta.get("max_batch"), meta.get("cpu"),
                    meta)
 

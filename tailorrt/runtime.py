@@ -23,8 +23,8 @@ from tailorrt.datasets import Preprocess
 from tailorrt.errors import ConfigError, UnknownTaskError
 from tailorrt.images import DecodeBudget, Limits, is_batch, to_batch
 from tailorrt.pack import ModelDir
-from tailorrt.records import TaskRecord
 from tailorrt.precision import check_precision
+from tailorrt.records import BackboneRecord, TaskRecord
 
 
 @dataclass
@@ -113,7 +113,7 @@ class Runtime:
 
     def describe(self, name: str) -> TaskInfo:
         """A task of the model directory as it would load (its pack checked against the backbone), not loaded."""
-        rec = TaskRecord.from_json(self.model_dir.task_meta_for(name, self.model_dir.backbone_record().sha256))
+        rec = TaskRecord.from_json(self.model_dir.task_meta_for(name, BackboneRecord.from_json(self.backbone_meta).sha256))
         return TaskInfo(name, list(rec.classes), Preprocess.from_json(rec.preprocess), rec.method, rec.pack.bytes,
                         rec.raw)
 

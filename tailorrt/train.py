@@ -21,7 +21,7 @@ from tailorrt.filecheck import listed
 from tailorrt.io import read_json, write_json
 from tailorrt.methods import Trained
 from tailorrt.pack import ModelDir, machine, preprocess_of, versions
-from tailorrt.records import TaskRecord
+from tailorrt.records import BackboneRecord, TaskRecord
 from tailorrt.trainer import Progress, Trainer, accuracy
 from tailorrt.world import BUILTIN_TASKS
 
@@ -117,8 +117,8 @@ def _spec_for(req: TrainRequest, mdir: ModelDir) -> BackboneSpec:
 def _backbone_for(req: TrainRequest, mdir: ModelDir) -> tuple[UniversalBackbone, str]:
     """The backbone to train on, written into the model dir (once) and its sha256."""
     if _uses_model_dir_backbone(req, mdir):
-        backbone, _ = mdir.load_backbone()
-        return backbone, mdir.backbone_record().sha256
+        backbone, meta = mdir.load_backbone()
+        return backbone, BackboneRecord.from_json(meta).sha256
     backbone, source = build_backbone(_backbone_name(req), weights=req.backbone_weights,
                                       pretrained=not req.random_init)
     sha = mdir.write_backbone(backbone, source)
@@ -155,8 +155,8 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
         if cluster.main:
             backbone, sha = _backbone_for(req, mdir)
     if not cluster.main:  # the backbone rank 0 has just written or checked
-        backbone, _ = mdir.load_backbone()
-        sha = mdir.backbone_record().sha256
+        backbone, bmeta = mdir.load_backbone()
+        sha = BackboneRecord.from_json(bmeta).sha256
     backbone.to(device).eval()
     frozen = fingerprint(backbone)
     if not req.auto:
@@ -228,8 +228,8 @@ def evaluate_task(model_dir: str | Path, task: str, *, data_dir: str | Path = "d
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split must be train, val or test, not {split!r}")
     mdir = ModelDir(model_dir)
-    backbone, _ = mdir.load_backbone()
-    student, meta = mdir.load_model(task, backbone, mdir.backbone_record().sha256)
+    backbone, bmeta = mdir.load_backbone()
+    student, meta = mdir.load_model(task, backbone, BackboneRecord.from_json(bmeta).sha256)
     rec = TaskRecord.from_json(meta)
     if rec.data_spec is None:
         raise PackError(f"task {task!r} does not record the data it was trained on; it cannot be evaluated again")

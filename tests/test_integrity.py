@@ -141,11 +141,11 @@ def test_engine_files_and_the_timing_cache_are_checked_without_a_gpu(copy):
     write_record(trt / "export.json", manifest)
     mdir = ModelDir(copy)
     assert mdir.export_manifest("trt")["tasks"]["colors"] == entry
-    assert mdir.export_file("trt", FileRef.entry(entry, "colors")).read_bytes() == b"engine" * 1000
+    assert mdir.export_file("trt", FileRef.entry(entry)).read_bytes() == b"engine" * 1000
     assert _timing_cache(trt, manifest, print) == b"cache" * 100
     flip(trt / "colors.engine", count=8)
     flip(trt / "timing.cache", count=8)
     with pytest.raises(IntegrityError, match="colors.engine does not match"):
-        ModelDir(copy).export_file("trt", FileRef.entry(entry, "colors"))
+        ModelDir(copy).export_file("trt", FileRef.entry(entry))
     said = []
     assert _timing_cache(trt, manifest, said.append) == b"" and "timing.cache" in said[0]

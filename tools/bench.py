@@ -39,6 +39,7 @@ from tailorrt.io import load_metadata, load_tensors, write_json
 from tailorrt.methods.tuned_net import TunedNet
 from tailorrt.pack import ModelDir, machine, versions
 from tailorrt.precision import backend_of, cpu_summary
+from tailorrt.records import BackboneRecord
 
 MB = 1e6
 
@@ -290,8 +291,8 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
     if not tasks:
         raise ConfigError(f"{mdir.root} has no tasks; train one first (tailor train --task synth-digits)")
     threads = req.threads or torch.get_num_threads()
-    backbone, _ = mdir.load_backbone()
-    bmeta = mdir.backbone_record()
+    backbone, raw = mdir.load_backbone()
+    bmeta = BackboneRecord.from_json(raw)
     size = backbone.spec.input_size
     out_dir = mdir.root / "bench"
     report(f"writing the per-task models of {len(tasks)} tasks to {out_dir / 'per-task'}")

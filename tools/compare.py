@@ -16,7 +16,7 @@ from tailorrt.export.speed import time_side_by_side
 from tailorrt.io import write_json
 from tailorrt.methods import REFERENCE
 from tailorrt.pack import ModelDir
-from tailorrt.records import TaskRecord
+from tailorrt.records import BackboneRecord, TaskRecord
 from tailorrt.train import TrainRequest, train_task
 from tailorrt.trainer import Progress
 
@@ -63,10 +63,11 @@ def compare(req: CompareRequest, *, device: torch.device, progress: Progress | N
         else:
             report(f"reusing {mdir.tasks_dir / name}")
         names[method] = name
-    backbone, _ = mdir.load_backbone()
+    backbone, raw = mdir.load_backbone()
+    b = BackboneRecord.from_json(raw)
     models, rows = {}, []
     for method, name in names.items():
-        model, meta = mdir.load_model(name, backbone, mdir.backbone_record().sha256)
+        model, meta = mdir.load_model(name, backbone, b.sha256)
         models[method] = model.to(device).eval()
         rec = TaskRecord.from_json(meta)
         m = rec.metrics
@@ -79,7 +80,6 @@ def compare(req: CompareRequest, *, device: torch.device, progress: Progress | N
     for r in rows:
         r["images_per_s"] = speed[r["method"]]
         r["vs_finetune_all"] = None if reference is None else round(r["accuracy"] - reference, 3)
-    b = mdir.backbone_record()
     result = {"task": req.task, "backbone": {"name": b.name, "sha256": b.sha256, "params": b.params, "bytes": b.bytes},
               "reference": REFERENCE if reference is not None else None, "speed_batch": req.batch,
               "device": str(device), "threads": torch.get_num_threads(), "methods": rows}

@@ -12,6 +12,7 @@ import torch
 from tailorrt.errors import ConfigError
 from tailorrt.io import load_tensors
 from tailorrt.pack import TASK_FILE, ModelDir
+from tailorrt.records import BackboneRecord
 from tailorrt.tools.bench import MB, BenchRequest, per_task_model, probe_load, written
 
 
@@ -32,8 +33,8 @@ def scaling(req: BenchRequest, counts: tuple[int, ...], report: Callable[[str], 
     if not base or not counts or min(counts) < 1:
         raise ConfigError("scaling needs at least one task and task counts of 1 or more, e.g. --scaling 1,2,4,8,16")
     threads = req.threads or torch.get_num_threads()
-    backbone, _ = mdir.load_backbone()
-    bmeta = mdir.backbone_record()
+    backbone, raw = mdir.load_backbone()
+    bmeta = BackboneRecord.from_json(raw)
     size = backbone.spec.input_size
     root = mdir.root / "bench" / "scaling"
     if root.exists():

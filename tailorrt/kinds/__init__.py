@@ -63,8 +63,6 @@ def _loaded() -> dict[str, ExportKind]:
     """The registry, every module of :data:`MODULES` imported (a module imported on its own registers only itself;
     importing is idempotent), kept in :data:`MODULES` order."""
     if len(_REGISTRY) < len(MODULES):
-        for name in MODULES:
-            importlib.import_module(f"tailorrt.kinds.{name}")
         order = [importlib.import_module(f"tailorrt.kinds.{name}") for name in MODULES]
         folders = [next(v.folder for v in vars(m).values() if isinstance(v, ExportKind)) for m in order]
         ordered = {f: _REGISTRY[f] for f in folders}

@@ -14,8 +14,14 @@ from dataclasses import replace
 import torch
 
 from tailorrt.methods import pictures
-from tailorrt.methods.channel_scales import AttentionMethod, attention_parameters, attention_summary, penalty, prune_by_scale
 from tailorrt.methods.base import MethodOption, register
+from tailorrt.methods.channel_scales import (
+    AttentionMethod,
+    attention_parameters,
+    attention_summary,
+    penalty,
+    prune_by_scale,
+)
 from tailorrt.methods.tuned_net import TunedNet, TuneSpec
 from tailorrt.methods.tuning_base import HEAD_EPOCHS, TUNE_EPOCHS, Runner, TuningMethod
 

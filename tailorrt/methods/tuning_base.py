@@ -18,8 +18,8 @@ from torch.nn import functional as F
 from tailorrt.backbones import UniversalBackbone
 from tailorrt.datasets import TaskData
 from tailorrt.methods import pictures
-from tailorrt.methods.channel_scales import AttentionConfig
 from tailorrt.methods.base import Method, MethodOption, Trained
+from tailorrt.methods.channel_scales import AttentionConfig
 from tailorrt.methods.tuned_net import TunedNet, TuneSpec
 from tailorrt.onnx_graph import INPUT, GraphBuilder
 from tailorrt.onnx_layers import emit_block, emit_head, emit_sequence
