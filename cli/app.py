@@ -7,8 +7,9 @@ import importlib
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import click
 import typer
@@ -18,6 +19,7 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from tailorrt.errors import TailorError
+from tailorrt.extras import require_training
 from tailorrt.kinds import DEFAULT_PRECISION
 from tailorrt.limits import MB, Limits
 from tailorrt.serving.config import BatchConfig, RayConfig, ServerConfig
@@ -30,6 +32,20 @@ if not out.is_terminal:  # piped or logged: do not squeeze tables into 80 column
 err = Console(stderr=True)
 
 ModelDirOpt = typer.Option("runs", "--model-dir", help="Model directory holding backbone/ and tasks/.")
+
+
+def training_side(command: Callable) -> Callable:
+    """A command of the training side: in a serving install (no torch) it stops with one line naming
+    ``pip install 'tailorrt[train]'`` (exit code 2) before it imports anything of that side."""
+
+    name = "tailor " + command.__name__.rstrip("_")
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        require_training(name)
+        return command(*args, **kwargs)
+
+    return run
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -62,6 +78,7 @@ class TrainCommand(TyperCommand):
         return list(typer.main.get_command(holder).params)
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        require_training(ctx.command_path)  # the methods' options are the training side's
         from tailorrt import methods
         from tailorrt.auto import default_candidates
 
@@ -85,6 +102,19 @@ class TrainCommand(TyperCommand):
         return super().invoke(ctx)
 
 
+class ServeCommand(TyperCommand):
+    """``tailor serve``: every option may also come from the environment as ``TAILOR_<OPTION>`` (``--max-batch``
+    from ``TAILOR_MAX_BATCH``, ``--api-key`` from ``TAILOR_API_KEY``), as a container's settings do; the command
+    line wins."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        for p in params:
+            if p.param_type_name == "option" and p.name != "help":
+                p.envvar, p.show_envvar = f"TAILOR_{p.name.upper()}", True
+        return params
+
+
 @app.command(epilog="Examples:\n\n  tailor train --task synth-digits\n\n"
              "  tailor train --task svhn --backbone resnet34 --data-dir ~/data\n\n"
              "  tailor train --task imagefolder:/data/pets --backbone resnet18 --backbone-weights r18.pth\n\n"
@@ -98,6 +128,7 @@ class TrainCommand(TyperCommand):
              "  tailor train --task synth-digits --nproc 2   # DDP over 2 processes (torchrun)\n\n"
              "  tailor train --task imagefolder:photos --strict   # refuse broken files instead of skipping them\n\n"
              "  tailor train --task synth-glyphs --method auto --max-drop 1 --max-pack-mb 2", cls=TrainCommand)
+@training_side
 def train(
     ctx: typer.Context,
     task: str = typer.Option(..., "--task", help="Task: synth-digits, gtsrb, imagefolder:PATH, coco:FILE.json ..."),
@@ -178,6 +209,7 @@ def train(
 @app.command(epilog="Examples:\n\n"
              "  tailor compare --task synth-signs --methods nettailor,fast-flex,linear,scale-shift,finetune-all\n\n"
              "  tailor compare --task svhn --methods flex,faster-flex --model-dir runs --retrain")
+@training_side
 def compare(
     task: str = typer.Option(..., "--task", help="Task, as for tailor train."),
     methods: str = typer.Option("nettailor,fast-flex,linear,scale-shift,adapters,finetune-all",
@@ -209,6 +241,7 @@ def compare(
 
 
 @app.command("eval", epilog="Example:\n\n  tailor eval --task synth-digits --model-dir runs")
+@training_side
 def eval_(
     task: str = typer.Option(..., "--task", help="Task pack name in the model dir."),
     model_dir: str = ModelDirOpt,
@@ -270,6 +303,7 @@ def _mb(n: int) -> str:
              "  tailor export --model-dir runs/demo --tasks synth-digits,synth-signs --bench\n\n"
              "  tailor export --precision int8 --max-drop 0.5   # also int8 graphs, calibrated on training images\n\n"
              "  tailor export --trt --fp16 --max-batch 64   # needs an NVIDIA GPU: pip install 'tailorrt\\[gpu]'")
+@training_side
 def export_(
     model_dir: str = ModelDirOpt,
     tasks: str | None = typer.Option(None, help="Comma-separated task names (default: every task)."),
@@ -338,7 +372,9 @@ def _print_speed(kind: str, record) -> None:
              "  tailor serve --ray --replicas 4 --max-tasks-per-replica 8 --model-dir /shared/runs\n\n"
              "  curl -F file=@digit.png 'http://127.0.0.1:8000/v1/tasks/synth-digits:predict?top_k=3'\n\n"
              "  python -c 'import tritonclient.grpc as g; print(g.InferenceServerClient(\"127.0.0.1:8001\")"
-             ".get_model_repository_index())'")
+             ".get_model_repository_index())'\n\n"
+             "  TAILOR_BACKEND=onnx TAILOR_HOST=0.0.0.0 TAILOR_MODEL_DIR=/models tailor serve   # every option",
+             cls=ServeCommand)
 def serve(
     ctx: typer.Context,
     tasks: str | None = typer.Option(None, help="Comma-separated tasks to load (default: every task)."),
@@ -379,7 +415,7 @@ def serve(
                                         "finding it taken waits up to 2 s, then gets 503). 0: unbounded."),
     image_formats: str = typer.Option(",".join(Limits.formats), help="Encoded image formats accepted "
                                       "(PIL names; others are refused with 400)."),
-    api_key: str | None = typer.Option(None, envvar="TAILOR_API_KEY", help="Require this key on every "
+    api_key: str | None = typer.Option(None, help="Require this key on every "
                                           "endpoint but health (header Authorization: Bearer KEY or X-API-Key)."),
     ray: bool = typer.Option(False, "--ray", help="Serve every task of the model dir from Ray Serve replicas "
                              "(pip install 'tailorrt\\[ray]'): each replica holds the backbone once and loads a task "
@@ -530,6 +566,7 @@ def predict(
              "  tailor bench --model-dir runs --tasks svhn,omniglot --batches 1,8,32 --out bench.json\n\n"
              "  tailor bench --model-dir runs/demo --scaling 1,2,4,8,16\n\n"
              "  tailor bench --model-dir runs/demo --precision int8   # int8 next to fp32, after export --precision int8")
+@training_side
 def bench(
     model_dir: str = ModelDirOpt,
     tasks: str | None = typer.Option(None, help="Comma-separated tasks (default: every task)."),
@@ -570,6 +607,7 @@ def bench(
 
 @app.command(epilog="Examples:\n\n  tailor report --model-dir runs/demo   # writes runs/demo/report/index.html\n\n"
              "  tailor report --model-dir runs --out /tmp/report")
+@training_side
 def report(
     model_dir: str = ModelDirOpt,
     out_dir: Path | None = typer.Option(None, "--out", help="Folder of the page and its PNGs "
@@ -605,6 +643,7 @@ def _names(csv: str | None) -> list[str] | None:
 
 @app.command(epilog="Examples:\n\n  tailor pretrain   # rewrites the embedded backbone\n\n"
              "  tailor pretrain --out my.safetensors --epochs 20")
+@training_side
 def pretrain(
     out_path: Path = typer.Option(None, "--out", help="Output weights (default: the package's embedded file)."),
     epochs: int | None = typer.Option(None, help="Epochs (default 10)."),
@@ -629,6 +668,7 @@ def pretrain(
 
 
 @app.command(epilog="Example:\n\n  tailor tasks")
+@training_side
 def tasks() -> None:
     """List the registered tasks (built-in generated ones need no download)."""
     from tailorrt.datasets import TORCHVISION_TASKS

@@ -21,7 +21,6 @@ import numpy as np
 from PIL import Image
 
 from tailorrt.runtime import Runtime
-from tailorrt.world import BUILTIN_TASKS, generate
 
 
 def png_bytes(image: np.ndarray | Image.Image) -> bytes:
@@ -38,20 +37,23 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_server(model_dir: str, *args: str, timeout: float = 120) -> Iterator[str]:
+def local_server(model_dir: str, *args: str, timeout: float = 120, env: dict | None = None) -> Iterator[str]:
     """Run ``tailor serve`` with ``args`` until the block ends (SIGTERM, graceful); yields its base URL."""
-    with serve_process(model_dir, *args, timeout=timeout) as (url, _proc):
+    with serve_process(model_dir, *args, timeout=timeout, env=env) as (url, _proc):
         yield url
 
 
 @contextmanager
-def serve_process(model_dir: str, *args: str, timeout: float = 120) -> Iterator[tuple[str, subprocess.Popen]]:
-    """As :func:`local_server`, yielding the base URL and the server's process (to watch its memory)."""
+def serve_process(model_dir: str, *args: str, timeout: float = 120, env: dict | None = None
+                  ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """As :func:`local_server`, yielding the base URL and the server's process (to watch its memory); ``env``
+    replaces the server's environment."""
     port = free_port()
     if "--grpc-port" not in args and "--no-grpc" not in args:  # never the default port another server may hold
         args = (*args, "--grpc-port", str(free_port()))
     proc = subprocess.Popen([sys.executable, "-m", "tailorrt.cli.app", "serve", "--model-dir", model_dir,
-                             "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout
@@ -75,6 +77,8 @@ def serve_process(model_dir: str, *args: str, timeout: float = 120) -> Iterator[
 def request_plan(runtime: Runtime, tasks: list[str], requests: int, images_per_task: int = 100, seed: int = 0
                  ) -> list[tuple[str, bytes, str, float]]:
     """``requests`` test images of built-in ``tasks``, mixed at random, as PNG with the answer ``runtime`` gives."""
+    from tailorrt.world import BUILTIN_TASKS, generate  # the built-in world is the training side's
+
     pool = []
     for t in tasks:
         images, _ = generate(BUILTIN_TASKS[t], "test", runtime.task(t).preprocess.size)

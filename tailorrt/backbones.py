@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -17,56 +17,11 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from tailorrt.backbone_spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec  # noqa: F401 (re-exported)
 from tailorrt.errors import CheckpointError, ConfigError
 from tailorrt.io import load_state_file
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 EMBEDDED = "embedded"
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Everything needed to rebuild a backbone's units, and how its inputs are normalised."""
-
-    name: str
-    block: str  # "basic" | "bottleneck" | "decathlon"
-    widths: tuple[int, ...]
-    depths: tuple[int, ...]
-    strides: tuple[int, ...]
-    stem: str  # "imagenet" (7x7/2 + maxpool) | "cifar" (3x3/1)
-    stem_width: int
-    input_size: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    torchvision_weights: str | None = None  # e.g. "ResNet34_Weights.IMAGENET1K_V1"
-    head_norm: bool = False  # a BN on the last unit's output before pooling (Decathlon WRN-26's ends_bn)
-
-    def __post_init__(self) -> None:
-        if self.block not in BLOCKS:
-            raise ConfigError(f"block must be one of {', '.join(BLOCKS)}, not {self.block!r}")
-        if not (len(self.widths) == len(self.depths) == len(self.strides)):
-            raise ConfigError("widths, depths and strides must have one entry per stage")
-        if self.stem not in ("imagenet", "cifar"):
-            raise ConfigError(f"stem must be 'imagenet' or 'cifar', not {self.stem!r}")
-
-    @property
-    def num_units(self) -> int:
-        """The stem plus one unit per residual block."""
-        return 1 + sum(self.depths)
-
-    @property
-    def feature_dim(self) -> int:
-        """Channels of the last unit (the classifier's input)."""
-        return self.widths[-1] * BLOCKS[self.block].expansion
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> BackboneSpec:
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**fields)
 
 
 _BUILDERS: dict[str, Callable[[], BackboneSpec]] = {}

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import torch
 
 from tailorrt import kinds
 from tailorrt.errors import ConfigError, DependencyMissingError, PackError, UnknownTaskError
+from tailorrt.extras import require_training
 from tailorrt.kinds.tensorrt import TENSORRT
 from tailorrt.pack import ModelDir
 from tailorrt.records import BackboneRecord, ExportEntry, ExportRecord
@@ -43,6 +43,7 @@ def make_backend(name: str, mdir: ModelDir, device: str, threads: int | None = N
                  share_weights: bool = True, precision: str = "fp32") -> Backend:
     """The backend ``name`` at ``precision`` (checked by :func:`tailorrt.precision.check_precision` first)."""
     if name == "torch":
+        require_training(f"the {name} backend", instead="or serve the ONNX export: --backend onnx")
         return TorchBackend(mdir, device, precision=precision)
     if name == "onnx":
         return OnnxBackend(mdir, device, threads, share_weights=share_weights, precision=precision)
@@ -59,6 +60,8 @@ class TorchBackend:
     max_batch = 256
 
     def __init__(self, mdir: ModelDir, device: str, *, precision: str = "fp32") -> None:
+        import torch
+
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise DependencyMissingError("device cuda was asked for but PyTorch sees no CUDA GPU; use device cpu")
         self.mdir, self.device = mdir, torch.device(device)
@@ -70,7 +73,7 @@ class TorchBackend:
         self.backbone, meta = mdir.load_backbone()
         self.backbone_sha256 = BackboneRecord.from_json(meta).sha256
         self.backbone.to(self.device)
-        self.models: dict[str, torch.nn.Module] = {}
+        self.models: dict = {}  # task -> torch module
 
     def add(self, *tasks: str) -> None:
         for task in tasks:
@@ -84,12 +87,13 @@ class TorchBackend:
         self.models.pop(task, None)
         release_freed_memory()
 
-    @torch.inference_mode()
     def logits(self, task: str, x: np.ndarray) -> np.ndarray:
+        import torch
+
         model = self.models.get(task)
         if model is None:
             raise not_loaded(task)
-        with (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()):
+        with torch.inference_mode(), (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()):
             return model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
 
@@ -105,6 +109,7 @@ class OnnxBackend:
         import onnxruntime as ort
 
         from tailorrt.onnx_weight_store import WeightStore
+        from tailorrt.precision import cpu_threads
 
         self.providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
@@ -112,7 +117,7 @@ class OnnxBackend:
                 raise DependencyMissingError("the onnx backend on cuda needs onnxruntime-gpu: "
                                              "pip install 'tailorrt[gpu]'")
             self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        self.mdir, self.threads = mdir, threads or torch.get_num_threads()
+        self.mdir, self.threads = mdir, threads or cpu_threads()
         self.kind = kinds.for_precision(precision)
         self.manifest = current_export(mdir, self.kind.folder)
         self.store, self.share_weights = WeightStore(), share_weights

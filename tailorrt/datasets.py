@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from tailorrt.errors import DatasetMissingError, UnknownTaskError
+from tailorrt.fields import TASK_NAME
 from tailorrt.filecheck import (
     DECODE_ERRORS,
     CheckCache,
@@ -34,8 +35,6 @@ from tailorrt.filecheck import (
 from tailorrt.limits import DEFAULT_FORMATS
 from tailorrt.preprocess import Preprocess
 from tailorrt.world import BUILTIN_TASKS, generate
-
-TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Any
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")  # a plain name inside the record's folder
+TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # a task pack's name (its folder under tasks/)
 
 
 class Invalid(Exception):

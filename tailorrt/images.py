@@ -1,7 +1,7 @@
 """Turning what callers send (PIL images, arrays, tensors, paths, encoded bytes) into a task's input batch.
 
-Every image goes through the task's own preprocessing (:class:`tailorrt.datasets.Preprocess`). Encoded images
-are bounded before any pixel is decoded:
+Every image goes through the task's own preprocessing (:class:`tailorrt.preprocess.Preprocess`: numpy and PIL,
+no torch). Encoded images are bounded before any pixel is decoded:
 
 - only the formats in ``Limits.formats`` are opened (PIL knows dozens, some with decoders that run external
   programs or were never meant for untrusted input);
@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
-from tailorrt.datasets import Preprocess
 from tailorrt.errors import BadInputError, InputTooLargeError, OverloadedError
 from tailorrt.heap import trim_heap
 from tailorrt.limits import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, MB, Limits
+from tailorrt.preprocess import Preprocess
 
 __all__ = ["DEFAULT_FORMATS", "DEFAULT_MAX_PIXELS", "DecodeBudget", "Limits", "decode", "decode_cost", "is_batch",
            "open_image", "to_batch"]
@@ -129,7 +128,7 @@ def _check_pixels(size: tuple[int, int], limits: Limits) -> None:
         raise BadInputError(f"image of {w}x{h} pixels is empty")
 
 
-def _from_array(arr: np.ndarray, pre: Preprocess, limits: Limits) -> list[torch.Tensor]:
+def _from_array(arr: np.ndarray, pre: Preprocess, limits: Limits) -> list[np.ndarray]:
     """uint8 ``[H,W,3]``/``[N,H,W,3]`` are raw pixels; float ``[3,S,S]``/``[N,3,S,S]`` are already preprocessed."""
     if arr.dtype == np.uint8:
         if arr.ndim == 3:
@@ -146,12 +145,12 @@ def _from_array(arr: np.ndarray, pre: Preprocess, limits: Limits) -> list[torch.
             raise BadInputError(f"float input must be preprocessed [N,3,{pre.size},{pre.size}], not {list(arr.shape)}")
         if not np.isfinite(arr).all():
             raise BadInputError("float input holds NaN or infinity")
-        return list(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)))
+        return list(np.ascontiguousarray(arr, dtype=np.float32))
     raise BadInputError(f"unsupported array dtype {arr.dtype}; send uint8 pixels or preprocessed float32")
 
 
-def _from_pil(img: Image.Image, pre: Preprocess) -> torch.Tensor:
-    return pre.transform()(img)  # the transform converts to RGB (once) when the mode is another
+def _from_pil(img: Image.Image, pre: Preprocess) -> np.ndarray:
+    return pre(img)  # converts to RGB (once) when the mode is another
 
 
 @dataclass
@@ -177,7 +176,7 @@ def _header(item: Any, limits: Limits) -> Any:
     return item
 
 
-def _tensors(item: Any, pre: Preprocess, limits: Limits, budget: DecodeBudget | None) -> list[torch.Tensor]:
+def _tensors(item: Any, pre: Preprocess, limits: Limits, budget: DecodeBudget | None) -> list[np.ndarray]:
     if isinstance(item, _Encoded):
         img, item.image = item.image, None  # this function holds the only reference: freed when it returns
         cost = decode_cost(img)
@@ -193,7 +192,7 @@ def _tensors(item: Any, pre: Preprocess, limits: Limits, budget: DecodeBudget | 
     if isinstance(item, Image.Image):
         _check_pixels(item.size, limits)
         return [_from_pil(item, pre)]
-    if isinstance(item, torch.Tensor):
+    if _is_torch_tensor(item):
         return _from_array(item.detach().cpu().numpy(), pre, limits)
     if isinstance(item, np.ndarray):
         return _from_array(item, pre, limits)
@@ -204,7 +203,12 @@ def is_batch(images: Any) -> bool:
     """Whether ``images`` holds several images (a list/tuple, or a 4-d array/tensor)."""
     if isinstance(images, (list, tuple)):
         return True
-    return isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4
+    return (isinstance(images, np.ndarray) or _is_torch_tensor(images)) and images.ndim == 4
+
+
+def _is_torch_tensor(item: Any) -> bool:
+    """Whether ``item`` is a torch tensor, told without importing torch (a serving install has none)."""
+    return type(item).__module__.split(".")[0] == "torch" and hasattr(item, "detach")
 
 
 def to_batch(images: Any, pre: Preprocess, limits: Limits = Limits(), budget: DecodeBudget | None = None
@@ -229,4 +233,4 @@ def to_batch(images: Any, pre: Preprocess, limits: Limits = Limits(), budget: De
         raise BadInputError("no images (an empty batch)")
     if len(tensors) > limits.max_images:
         raise InputTooLargeError(f"{len(tensors)} images in one request; the limit is {limits.max_images}")
-    return torch.stack(tensors).numpy().astype(np.float32, copy=False)
+    return np.stack(tensors).astype(np.float32, copy=False)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tailorrt import kinds, methods
-from tailorrt.backbones import BackboneSpec
+from tailorrt import kinds
+from tailorrt.backbone_spec import BackboneSpec
+from tailorrt.extras import missing_training
 from tailorrt.kinds.onnx import ONNX
 from tailorrt.kinds.tensorrt import TENSORRT
 from tailorrt.pack import ModelDir
-from tailorrt.records import BackboneRecord
+from tailorrt.records import BackboneRecord, TaskRecord
 
 
 def info_rows(model_dir: str | Path) -> tuple[BackboneRecord, list[dict]]:
@@ -25,7 +26,7 @@ def info_rows(model_dir: str | Path) -> tuple[BackboneRecord, list[dict]]:
         m = rec.metrics
         graph, engine = exports[ONNX.folder].get(name), exports[TENSORRT.folder].get(name)
         rows.append({"task": name, "method": rec.method, "chosen_by_auto": rec.auto is not None,
-                     "chosen": methods.for_record(rec.raw).describe(rec.raw) if m is not None else "",
+                     "chosen": chosen(rec) if m is not None else "",
                      "classes": len(rec.classes),
                      "accuracy": m and m.accuracy, "teacher_accuracy": m and m.teacher_accuracy,
                      "universal_blocks": m and f"{m.universal_blocks_kept}/{m.universal_blocks_total}",
@@ -37,6 +38,16 @@ def info_rows(model_dir: str | Path) -> tuple[BackboneRecord, list[dict]]:
                      "engine_bytes": engine.file.bytes if engine else None,
                      "backbone_ok": rec.backbone_sha256 == backbone.sha256})
     return backbone, rows
+
+
+def chosen(rec: TaskRecord) -> str:
+    """What training chose for a task, as its method words it; '' in a serving install, which has not the methods
+    (they are the training side)."""
+    if missing_training():
+        return ""
+    from tailorrt import methods
+
+    return methods.for_record(rec.raw).describe(rec.raw)
 
 
 def method_label(row: dict) -> str:

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
+
+from tailorrt.onnx_proto import initializers
 
 DISABLED_FUSIONS = ["ConvBNFusion", "ConvAddFusion", "ConvMulFusion"]
 OPTIMIZED_DATA = "optimized.data"
@@ -151,19 +152,16 @@ def task_session(task: str, graph: Path, store: WeightStore, *, threads: int,
     with tempfile.TemporaryDirectory(prefix="tailorrt-optimized-") as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         optimize_graph(graph, optimized, fuse=fuse)
-        model = onnx.load(str(optimized), load_external_data=False)
         opts = session_options(threads, Path(tmp))
         data = np.memmap(Path(tmp) / OPTIMIZED_DATA, np.uint8, mode="r") if (Path(tmp) / OPTIMIZED_DATA).exists() \
             else None
         values = []
-        for tensor in model.graph.initializer:
-            location = _external_location(tensor)
-            if location is not None:
-                offset, length = location
-                dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-                values.append(store.put(task, data[offset:offset + length], dtype, tuple(tensor.dims)))
+        for tensor in initializers(optimized):
+            if tensor.location is not None:
+                offset, length = tensor.location
+                values.append(store.put(task, data[offset:offset + length], tensor.dtype, tensor.dims))
                 opts.add_initializer(tensor.name, values[-1])
-        del model, data
+        del data
         register_shared_arena()
         opts.add_session_config_entry("session.use_env_allocators", "1")
         if not prepack:
@@ -174,10 +172,3 @@ def task_session(task: str, graph: Path, store: WeightStore, *, threads: int,
                                        disabled_optimizers=DISABLED_FUSIONS)
         return TaskSession(session, values)
 
-
-def _external_location(tensor: onnx.TensorProto) -> tuple[int, int] | None:
-    """(offset, length) of an initializer stored as external data, else None."""
-    if tensor.data_location != onnx.TensorProto.EXTERNAL:
-        return None
-    info = {e.key: e.value for e in tensor.external_data}
-    return int(info.get("offset", 0)), int(info["length"])

@@ -17,17 +17,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from tailorrt import methods
-from tailorrt.backbones import BackboneSource, BackboneSpec, UniversalBackbone, load_weights
-from tailorrt.datasets import TASK_NAME, Preprocess
 from tailorrt.errors import BackboneMismatchError, PackError
+from tailorrt.fields import TASK_NAME
+from tailorrt.files import recover_swaps, replace_dir, sha256_file, staging_dir
 from tailorrt.integrity import FileVerifier
-from tailorrt.io import load_tensors, recover_swaps, replace_dir, save_tensors, sha256_file, staging_dir
 from tailorrt.precision import cpu_model, cpu_summary
+from tailorrt.preprocess import Preprocess
 from tailorrt.records import (
     FORMAT_VERSION,
     REMEDY,
@@ -40,11 +37,18 @@ from tailorrt.records import (
 )
 from tailorrt.version import __version__
 
+if TYPE_CHECKING:  # the training side: torch is imported by the methods that build or save networks
+    import torch
+    from torch import nn
+
+    from tailorrt.backbones import BackboneSource, UniversalBackbone
+
 BACKBONE_FILE = "backbone.safetensors"
 TASK_FILE = "task.safetensors"
 
 
 def versions() -> dict:
+    import torch
     import torchvision
 
     return {"tailorrt": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
@@ -53,6 +57,8 @@ def versions() -> dict:
 
 def machine() -> dict:
     """Where a record was made: platform, CPU model and the instruction sets that decide speed, cores, threads."""
+    import torch
+
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_model": cpu_model(), "cpu": cpu_summary(), "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads()}
@@ -76,7 +82,8 @@ class TaskPack:
 
 class ModelDir:
     """Reads and writes one model directory. Every file it hands out was checked against its recorded sha256
-    (each file hashed once per identity, see :class:`~tailorrt.integrity.FileVerifier`)."""
+    (each file hashed once per identity, see :class:`~tailorrt.integrity.FileVerifier`). Reading records and
+    export files needs no torch; the methods that build, load or save networks import the training side."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -136,6 +143,8 @@ class ModelDir:
 
     def write_backbone(self, backbone: UniversalBackbone, source: BackboneSource) -> str:
         """Write the backbone once; an identical one already there is kept, a different one refused."""
+        from tailorrt.io import save_tensors
+
         tmp_root = self.root / ".work"
         tmp_root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
@@ -163,6 +172,9 @@ class ModelDir:
 
     def load_backbone(self) -> tuple[UniversalBackbone, dict]:
         """Rebuild the backbone from its JSON spec and weights, verifying the sha256 first."""
+        from tailorrt.backbones import BackboneSpec, UniversalBackbone, load_weights
+        from tailorrt.io import load_tensors
+
         rec = self.backbone_record()
         path = self.files.verify(self.backbone_dir / BACKBONE_FILE, rec.sha256,
                                  recorded_in=self.backbone_dir / "backbone.json", remedy=REMEDY["backbone"])
@@ -184,6 +196,8 @@ class ModelDir:
 
     def write_task(self, name: str, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
         """Assemble the pack in ``.work`` and rename it into ``tasks/`` in one step."""
+        from tailorrt.io import save_tensors
+
         check_task_name(name)
         tmp = staging_dir(self.root / ".work", f"pack-{name}-")
         try:
@@ -227,6 +241,8 @@ class ModelDir:
 
     def read_task(self, name: str, backbone_sha256: str) -> TaskPack:
         """Read a pack, refusing one trained on another backbone or whose weights do not match their sha256."""
+        from tailorrt.io import load_tensors
+
         meta = self.task_meta_for(name, backbone_sha256)
         folder = self.tasks_dir / name
         path = self.files.verify(folder / TASK_FILE, pack_file(meta)["sha256"], recorded_in=folder / "task.json",
@@ -235,6 +251,8 @@ class ModelDir:
 
     def load_model(self, name: str, backbone: UniversalBackbone, backbone_sha256: str) -> tuple[nn.Module, dict]:
         """A ready-to-run network for a task of any method, sharing the backbone's weights."""
+        from tailorrt import methods
+
         pack = self.read_task(name, backbone_sha256)
         meta = pack.meta
         method = methods.for_record(meta)

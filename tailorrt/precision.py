@@ -37,6 +37,17 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return _cpuinfo_field("model name", cpuinfo)
 
 
+def cpu_threads() -> int:
+    """Threads for a backend that is not told how many: this process's physical cores (as PyTorch's default),
+    at most the CPUs it may run on."""
+    import os
+
+    import psutil
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(psutil.cpu_count(logical=False) or usable, usable))
+
+
 def cpu_summary(flags: set[str] | None = None) -> str:
     """What this CPU has for low precision, in a few words (``AVX2, no VNNI, no bf16``)."""
     flags = cpu_flags() if flags is None else flags

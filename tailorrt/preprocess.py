@@ -1,10 +1,16 @@
-"""How a task's images become the network's input (``preprocess`` of its ``task.json``): one definition for training,
-evaluation, export and serving. The record part needs neither torch nor torchvision; the transform imports them
-when it is first built."""
+"""How a task's images become the network's input (``preprocess`` of its ``task.json``): one definition, in numpy
+and PIL, for training, evaluation, export and serving, so that they cannot drift apart and serving needs neither
+torch nor torchvision.
+
+The steps are torchvision's classic ones on a PIL image: :func:`tailorrt.rgb.to_rgb` (orientation, modes, 16-bit),
+``Resize((S, S))`` (PIL's bilinear filter, antialiased when it shrinks), ``ToImage`` + ``ToDtype(float32,
+scale=True)`` (times ``1/255``) and ``Normalize(mean, std)``; ``tests/test_preprocess.py`` holds them equal to that
+torchvision pipeline. The resize runs in PIL rather than on a uint8 tensor: torchvision's uint8 tensor resize takes
+another code path on CPUs without AVX2, so its result depends on the machine; PIL's does not.
+"""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +18,8 @@ import numpy as np
 from PIL import Image
 
 from tailorrt.rgb import to_rgb
+
+SCALE = np.float32(1.0 / 255)  # ToDtype(float32, scale=True) multiplies by the reciprocal, in float32
 
 
 @dataclass(frozen=True)
@@ -30,33 +38,47 @@ class Preprocess:
     def from_json(cls, data: dict) -> Preprocess:
         return cls(int(data["resize"][0]), tuple(data["mean"]), tuple(data["std"]))
 
-    def transform(self) -> Callable:
-        """A torchvision transform from a PIL image to the normalised tensor (built once per setting:
-        the runtime asks for it on every image)."""
-        return _transform(self)
+    def resized(self, image: Image.Image) -> np.ndarray:
+        """``image`` upright, in 8-bit RGB, at the task's size: ``[S,S,3]`` uint8."""
+        image = to_rgb(image)
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        return np.asarray(image)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """One PIL image as the network's input: ``[3,S,S]`` float32."""
+        return self.normalise(self.resized(image)[None])[0]
+
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """``[N,S,S,3]`` uint8 RGB at the task's size -> normalised ``[N,3,S,S]`` float32."""
+        x = pixels.transpose(0, 3, 1, 2).astype(np.float32) * SCALE
+        mean = np.asarray(self.mean, np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(self.std, np.float32).reshape(1, 3, 1, 1)
+        return np.ascontiguousarray((x - mean) / std)
 
     def normalise_uint8(self, images: np.ndarray):
-        """``[N,H,W,3]`` uint8 (already at size) -> normalised ``[N,3,H,W]`` float32 tensor."""
+        """``[N,H,W,3]`` uint8 RGB -> normalised ``[N,3,S,S]`` float32 torch tensor (training's in-memory datasets),
+        each image resized as :meth:`resized` does when it is not at the task's size."""
         import torch
 
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
-        if x.shape[-1] != self.size:
-            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear",
-                                                antialias=True, align_corners=False)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return (x - mean) / std
+        if images.shape[1:3] != (self.size, self.size):
+            images = np.stack([self.resized(Image.fromarray(a)) for a in images])
+        return torch.from_numpy(self.normalise(images))
+
+    def transform(self) -> Callable:
+        """For training's datasets: a PIL image -> the normalised ``[3,S,S]`` torch tensor."""
+        return _TensorTransform(self)
 
 
-@functools.lru_cache(maxsize=64)
-def _transform(pre: Preprocess) -> Callable:
-    import torch
-    from torchvision.transforms import v2
+@dataclass(frozen=True)
+class _TensorTransform:
+    """:class:`Preprocess` as a dataset transform that returns torch tensors (picklable, for DataLoader workers)."""
 
-    return v2.Compose([v2.Lambda(_upright_rgb), v2.ToImage(), v2.Resize((pre.size, pre.size), antialias=True),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))])
+    pre: Preprocess
 
+    def __call__(self, image):
+        import torch
 
-def _upright_rgb(image):
-    """PIL images through :func:`tailorrt.rgb.to_rgb` (orientation, modes); tensors pass through."""
-    return to_rgb(image) if isinstance(image, Image.Image) else image
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"preprocessing takes PIL images, not {type(image).__name__}")
+        return torch.from_numpy(self.pre(image))

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from tailorrt.backends import make_backend
-from tailorrt.datasets import Preprocess
 from tailorrt.errors import ConfigError, UnknownTaskError
 from tailorrt.images import DecodeBudget, Limits, is_batch, to_batch
 from tailorrt.pack import ModelDir
 from tailorrt.precision import check_precision
+from tailorrt.preprocess import Preprocess
 from tailorrt.records import BackboneRecord, TaskRecord
 
 

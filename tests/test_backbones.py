@@ -103,3 +103,11 @@ def test_decathlon_wrn26_checkpoint_names_map_onto_units(tmp_path):
     outs = ours.forward_units(x)
     assert [o.shape[1] for o in outs[1:]] == [64] * 4 + [128] * 4 + [256] * 4 and outs[-1].shape[-1] == 9
     assert not any("downsample" in k for k in ours.state_dict())  # avg-pool + zero-pad shortcuts
+
+
+def test_the_specs_expansions_are_the_blocks():
+    """``backbone_spec`` (no torch) knows each block kind's expansion; it must be the block's own."""
+    from tailorrt.backbone_spec import EXPANSION
+    from tailorrt.backbones import BLOCKS
+
+    assert EXPANSION == {name: block.expansion for name, block in BLOCKS.items()}

@@ -194,19 +194,52 @@ def test_records_are_read_by_attribute():
     assert not found, found
 
 
-TORCH_FREE = ("tailorrt.records", "tailorrt.fields", "tailorrt.files", "tailorrt.integrity", "tailorrt.kinds",
-              "tailorrt.filecheck", "tailorrt.rgb", "tailorrt.preprocess", "tailorrt.limits", "tailorrt.serving.config",
-              "tailorrt.serving.routes")
+# what a request runs, from the CLI and the server down to the runtime, the onnx backend and image decoding
+SERVING = ("tailorrt", "tailorrt.runtime", "tailorrt.backends", "tailorrt.onnx_weight_store", "tailorrt.images",
+           "tailorrt.pack", "tailorrt.inventory", "tailorrt.records", "tailorrt.integrity", "tailorrt.kinds",
+           "tailorrt.preprocess", "tailorrt.filecheck", "tailorrt.serving.app", "tailorrt.serving.grpc_server",
+           "tailorrt.serving.local", "tailorrt.cli.app")
+TRAINING_SIDE = ("torch", "torchvision", "onnx", "scipy", "matplotlib", "pycocotools")
 
 
-def test_the_model_dir_records_and_the_serving_settings_import_no_torch():
-    """What a serving install reads first (records and their checks, the export kinds, file checks, preprocessing's
-    definition, the server's settings and routes) imports neither torch nor torchvision, in a fresh interpreter."""
-    import subprocess
-    import sys
+def _module_level_imports(path: Path) -> set[str]:
+    """Every module a file imports when it is imported (not in functions, not for type checkers): dotted names,
+    tailorrt's and others'."""
+    found: set[str] = set()
 
-    code = ("import sys\n" + "".join(f"import {m}\n" for m in TORCH_FREE)
-            + "from tailorrt import kinds\nkinds.kinds()\n"
-            + "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]", out
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in MODULES)
+            elif isinstance(node, ast.If) and ast.unparse(node.test) != "TYPE_CHECKING":
+                visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+            elif isinstance(node, ast.ClassDef):
+                visit(node.body)
+
+    visit(ast.parse(path.read_text()).body)
+    return found
+
+
+def test_the_serving_side_does_not_import_the_training_side():
+    """Following every module-level import from the serving modules (a package's ``__init__`` included) reaches
+    neither torch, torchvision, onnx nor the other training dependencies: they are imported in functions that
+    need them (the torch and TensorRT backends, training commands), which a serving install never calls."""
+    seen, todo, reached = set(), list(SERVING), {}
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        parents = [".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)]
+        for name in _module_level_imports(MODULES[module]) | set(parents):
+            if name in MODULES:
+                todo.append(name)
+            elif name.split(".")[0] in TRAINING_SIDE:
+                reached.setdefault(name, module)
+    assert not reached, {name: f"imported by {module}" for name, module in reached.items()}

@@ -1,0 +1,59 @@
+"""What a backbone is, as its ``backbone.json`` records it: the spec to rebuild its units and how its inputs are
+normalised. Plain data (no torch), so that serving and ``tailor info`` read it without the training side; the
+network itself is :class:`tailorrt.backbones.UniversalBackbone`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from tailorrt.errors import ConfigError
+
+# output channels of a block per its width, per block kind (torchvision's BasicBlock/Bottleneck ``expansion``;
+# tests/test_backbones.py holds them equal to the blocks')
+EXPANSION = {"basic": 1, "bottleneck": 4, "decathlon": 1}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything needed to rebuild a backbone's units, and how its inputs are normalised."""
+
+    name: str
+    block: str  # "basic" | "bottleneck" | "decathlon"
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
+    strides: tuple[int, ...]
+    stem: str  # "imagenet" (7x7/2 + maxpool) | "cifar" (3x3/1)
+    stem_width: int
+    input_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    torchvision_weights: str | None = None  # e.g. "ResNet34_Weights.IMAGENET1K_V1"
+    head_norm: bool = False  # a BN on the last unit's output before pooling (Decathlon WRN-26's ends_bn)
+
+    def __post_init__(self) -> None:
+        if self.block not in EXPANSION:
+            raise ConfigError(f"block must be one of {', '.join(EXPANSION)}, not {self.block!r}")
+        if not (len(self.widths) == len(self.depths) == len(self.strides)):
+            raise ConfigError("widths, depths and strides must have one entry per stage")
+        if self.stem not in ("imagenet", "cifar"):
+            raise ConfigError(f"stem must be 'imagenet' or 'cifar', not {self.stem!r}")
+
+    @property
+    def num_units(self) -> int:
+        """The stem plus one unit per residual block."""
+        return 1 + sum(self.depths)
+
+    @property
+    def feature_dim(self) -> int:
+        """Channels of the last unit (the classifier's input)."""
+        return self.widths[-1] * EXPANSION[self.block]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> BackboneSpec:
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**fields)

@@ -1,0 +1,33 @@
+"""The two installs: ``pip install tailorrt`` serves ONNX exports (no torch); ``pip install 'tailorrt[train]'``
+adds what training, export, bench and report need. A command of the training side in a serving install stops
+with one line naming the install."""
+
+from __future__ import annotations
+
+import importlib
+
+from tailorrt.errors import DependencyMissingError
+
+TRAIN_INSTALL = "pip install 'tailorrt[train]'"
+TRAINING_MODULES = ("torch", "torchvision", "onnx")  # what every command of the training side imports
+
+
+def missing_training() -> list[str]:
+    """The modules of the training side that cannot be imported here (none in a training install)."""
+    missing = []
+    for name in TRAINING_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def require_training(what: str, instead: str = "") -> None:
+    """Refuse, in one line, ``what`` (a command, a backend) when the training side is not installed; ``instead``
+    names what works without it."""
+    missing = missing_training()
+    if missing:
+        raise DependencyMissingError(f"{what} needs the training side, and {', '.join(missing)} "
+                                     f"{'is' if len(missing) == 1 else 'are'} not installed: {TRAIN_INSTALL}"
+                                     + (f" ({instead})" if instead else ""))
