@@ -103,7 +103,7 @@ CASES = [("1", "PNG"), ("L", "PNG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("I;16", "
 _PROBE = """
 import resource, sys
 from PIL import Image
-from tailorrt.datasets import Preprocess
+from tailorrt.training.datasets import Preprocess
 from tailorrt.images import decode_cost, open_image, to_batch
 from tailorrt.limits import Limits
 from tailorrt.serving.local import png_bytes

@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from tailorrt.backbones import build_backbone, pool
-from tailorrt.methods.student import Student
 from tailorrt.precision import cpu_summary
+from tailorrt.training.backbones import build_backbone, pool
+from tailorrt.training.methods.student import Student
 
 
 def recompute_whole(s: Student, x: torch.Tensor):

@@ -36,8 +36,8 @@ def teacher_epoch_seconds(data, backbone, batches: int, batch_size: int) -> tupl
     import torch
     from torch.nn import functional as F
 
-    from tailorrt.teacher import Teacher
-    from tailorrt.trainer import make_loader
+    from tailorrt.training.teacher import Teacher
+    from tailorrt.training.trainer import make_loader
 
     teacher = Teacher(backbone, len(data.classes))
     opt = torch.optim.SGD(teacher.parameters(), lr=0.01, momentum=0.9)
@@ -67,9 +67,9 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from tailorrt.backbones import build_backbone
-    from tailorrt.datasets import DataCheck, Preprocess, load_task
     from tailorrt.precision import cpu_model, cpu_summary
+    from tailorrt.training.backbones import build_backbone
+    from tailorrt.training.datasets import DataCheck, Preprocess, load_task
 
     print(f"CPU: {cpu_model()} ({cpu_summary()}), {os.cpu_count()} cores, torch {torch.__version__}", flush=True)
     folder = build_folder(args.source, args.out / "fashion-mnist")

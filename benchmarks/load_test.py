@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tailorrt import Runtime
 from tailorrt.serving.local import local_server, request_plan, send_load
-from tailorrt.world import BUILTIN_TASKS
+from tailorrt.training.world import BUILTIN_TASKS
 
 
 def main() -> None:

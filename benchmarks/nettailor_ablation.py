@@ -51,8 +51,8 @@ TASKS = ("synth-digits", "synth-signs", "synth-glyphs")
 
 
 def config(variant: str):
-    from tailorrt.methods.base import replace_path
-    from tailorrt.methods.nettailor import NetTailorConfig
+    from tailorrt.training.methods.base import replace_path
+    from tailorrt.training.methods.nettailor import NetTailorConfig
 
     cfg = NetTailorConfig.quick()
     for path, value in VARIANTS[variant].items():
@@ -78,10 +78,10 @@ class Lines:
 
 
 def train_teacher(cfg, backbone, data, trainer) -> None:
-    """The teacher phase alone, as :func:`~tailorrt.methods.nettailor.train_nettailor` runs it first."""
+    """The teacher phase alone, as :func:`~tailorrt.training.methods.nettailor.train_nettailor` runs it first."""
     from torch.nn import functional as F
 
-    from tailorrt.teacher import Teacher
+    from tailorrt.training.teacher import Teacher
 
     teacher = Teacher(backbone, len(data.classes)).to(trainer.device)
 
@@ -96,10 +96,10 @@ def run(out: Path, task: str, variant: str) -> dict:
     """Train ``variant`` on ``task`` (its teacher shared with every variant) and return its figures."""
     import torch
 
-    from tailorrt.backbones import build_backbone
-    from tailorrt.datasets import Preprocess, load_task
-    from tailorrt.methods.nettailor import train_nettailor
-    from tailorrt.trainer import Trainer
+    from tailorrt.training.backbones import build_backbone
+    from tailorrt.training.datasets import Preprocess, load_task
+    from tailorrt.training.methods.nettailor import train_nettailor
+    from tailorrt.training.trainer import Trainer
 
     done = out / task / variant / "result.json"
     if done.is_file():

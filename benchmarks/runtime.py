@@ -140,7 +140,7 @@ def agree(model_dir: str) -> dict:
     import numpy as np
 
     from tailorrt import Runtime
-    from tailorrt.datasets import load_task
+    from tailorrt.training.datasets import load_task
 
     rts = {"torch": Runtime(model_dir, backend="torch"), "onnx": Runtime(model_dir, backend="onnx"),
            "onnx --fuse-weights": Runtime(model_dir, backend="onnx", share_weights=False)}
@@ -171,7 +171,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.what == "synthetic":
         from tailorrt.export.exporter import ExportRequest, export_model
-        from tailorrt.synthetic import make_model_dir
+        from tailorrt.training.synthetic import make_model_dir
 
         make_model_dir(args.model_dir, backbone="resnet34", tasks=args.tasks)
         export_model(ExportRequest(model_dir=args.model_dir, parity_images=8), report=print)

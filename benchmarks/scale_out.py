@@ -28,7 +28,7 @@ import psutil
 
 from tailorrt import Runtime
 from tailorrt.serving.local import request_plan, send_load, serve_process
-from tailorrt.world import BUILTIN_TASKS
+from tailorrt.training.world import BUILTIN_TASKS
 
 RAY_PROCESS = ("ray::", "gcs_server", "raylet", "dashboard", "ray/_private", "log_monitor", "monitor.py")
 

@@ -4,7 +4,7 @@
     python benchmarks/wire.py                      # 2000 requests at 16 concurrency, both cases below
     python benchmarks/wire.py --requests 400 --out /tmp/wire.json
 
-Two cases, each on its own server over a random model directory (``tailorrt.synthetic``; the torch backend):
+Two cases, each on its own server over a random model directory (``tailorrt.training.synthetic``; the torch backend):
 
 - ``32 px image``: the embedded backbone's 32 px task, one PNG per request as the ``image`` (BYTES) input;
 - ``224 px FP32``: a preprocessed ``[1,3,224,224]`` float tensor per request as the ``input`` (FP32) input, on
@@ -38,7 +38,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tailorrt import Runtime
 from tailorrt.serving.local import free_port, png_bytes, run_threads, serve_process
 from tailorrt.serving.protocol import pack_bytes
-from tailorrt.synthetic import make_model_dir
+from tailorrt.training.synthetic import make_model_dir
 
 HEADER = "Inference-Header-Content-Length"
 TRANSPORTS = ("json", "binary", "grpc")

@@ -60,7 +60,7 @@ class TrainCommand(TyperCommand):
     @functools.cached_property
     def method_params(self) -> list[click.Parameter]:
         """The registry's options as typer builds them (from a signature, as for any command)."""
-        from tailorrt import methods
+        from tailorrt.training import methods
 
         def options(**values: object) -> None: ...
 
@@ -79,8 +79,8 @@ class TrainCommand(TyperCommand):
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         require_training(ctx.command_path)  # the methods' options are the training side's
-        from tailorrt import methods
-        from tailorrt.auto import default_candidates
+        from tailorrt.training import methods
+        from tailorrt.training.auto import default_candidates
 
         params = super().get_params(ctx)
         for p in params:
@@ -95,7 +95,7 @@ class TrainCommand(TyperCommand):
 
     def invoke(self, ctx: click.Context):
         """The methods' option values go to ``ctx.meta['method_options']`` (flag -> value, given ones only)."""
-        from tailorrt import methods
+        from tailorrt.training import methods
 
         values = {p.name: ctx.params.pop(p.name) for p in self.method_params}
         ctx.meta["method_options"] = {o.flag: values[o.param] for o in methods.options() if values[o.param] is not None}
@@ -161,11 +161,11 @@ def train(
         _fail(f"--nproc must be at least 1, not {nproc}")
     import torch
 
-    from tailorrt import methods
-    from tailorrt.auto import Budget
     from tailorrt.cli.progress import RichProgress
-    from tailorrt.distributed import Cluster, launch
-    from tailorrt.train import TrainRequest, resolve_device, train_task
+    from tailorrt.training import methods
+    from tailorrt.training.auto import Budget
+    from tailorrt.training.distributed import Cluster, launch
+    from tailorrt.training.train import TrainRequest, resolve_device, train_task
 
     req = TrainRequest(task=task, model_dir=model_dir, backbone=backbone,
                        backbone_weights=str(backbone_weights) if backbone_weights else None, random_init=random_init,
@@ -227,7 +227,7 @@ def compare(
     from tailorrt.cli.progress import RichProgress
     from tailorrt.tools.compare import CompareRequest, markdown
     from tailorrt.tools.compare import compare as run_compare
-    from tailorrt.train import resolve_device
+    from tailorrt.training.train import resolve_device
 
     req = CompareRequest(task=task, methods=_names(methods) or [], model_dir=model_dir, data_dir=str(data_dir),
                          download=download, retrain=retrain, out=str(out_dir) if out_dir else None)
@@ -251,7 +251,7 @@ def eval_(
     download: bool = typer.Option(True, help="Try to download a missing dataset."),
 ) -> None:
     """Re-measure a saved task pack's accuracy from disk."""
-    from tailorrt.train import evaluate_task, resolve_device
+    from tailorrt.training.train import evaluate_task, resolve_device
 
     r = evaluate_task(model_dir, task, data_dir=data_dir, split=split, device=resolve_device(device),
                       download=download, report=lambda line: err.print(line, highlight=False, markup=False))
@@ -652,11 +652,11 @@ def pretrain(
     work_dir: Path = typer.Option(Path(".pretrain-work"), help="Checkpoints (resumes when present)."),
 ) -> None:
     """Pretrain a backbone on the built-in source task (reproduces the embedded backbone)."""
-    from tailorrt.backbones import embedded_weights_path
     from tailorrt.cli.progress import RichProgress
-    from tailorrt.pretrain import PretrainConfig
-    from tailorrt.pretrain import pretrain as run
-    from tailorrt.train import resolve_device
+    from tailorrt.training.backbones import embedded_weights_path
+    from tailorrt.training.pretrain import PretrainConfig
+    from tailorrt.training.pretrain import pretrain as run
+    from tailorrt.training.train import resolve_device
 
     cfg = PretrainConfig(backbone=backbone)
     if epochs is not None:
@@ -671,8 +671,8 @@ def pretrain(
 @training_side
 def tasks() -> None:
     """List the registered tasks (built-in generated ones need no download)."""
-    from tailorrt.datasets import TORCHVISION_TASKS
-    from tailorrt.world import BUILTIN_TASKS
+    from tailorrt.training.datasets import TORCHVISION_TASKS
+    from tailorrt.training.world import BUILTIN_TASKS
 
     for name, t in BUILTIN_TASKS.items():
         out.print(f"{name:16} generated, {len(t.classes)} classes, splits {t.sizes}", highlight=False)

@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from tailorrt import kinds
-from tailorrt.datasets import TaskData
 from tailorrt.errors import ConfigError, PackError
 from tailorrt.export import speed
-from tailorrt.io import replace_dir, sha256_file, staging_dir
-from tailorrt.onnx_graph import INPUT, LOGITS
+from tailorrt.files import replace_dir, sha256_file, staging_dir
 from tailorrt.pack import ModelDir, preprocess_of
 from tailorrt.records import TaskRecord, write_record
+from tailorrt.training.datasets import TaskData
+from tailorrt.training.onnx_graph import INPUT, LOGITS
 
 MANIFEST = "export.json"
 TIMING_CACHE = "timing.cache"

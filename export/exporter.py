@@ -27,9 +27,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from tailorrt import kinds, methods
-from tailorrt.backbones import UniversalBackbone
-from tailorrt.datasets import DataCheck, load_task
+from tailorrt import kinds
 from tailorrt.errors import ExportError, PackError
 from tailorrt.export import parity
 from tailorrt.export.common import (
@@ -42,10 +40,16 @@ from tailorrt.export.common import (
     torch_logits,
 )
 from tailorrt.export.cpu_sessions import cpu_session
-from tailorrt.io import pid_alive, sha256_file
+from tailorrt.files import pid_alive, sha256_file
 from tailorrt.kinds.onnx import ONNX
 from tailorrt.kinds.tensorrt import TENSORRT
-from tailorrt.onnx_graph import (
+from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, preprocess_of, versions
+from tailorrt.precision import check_precision
+from tailorrt.records import BackboneRecord, TaskRecord
+from tailorrt.training import methods
+from tailorrt.training.backbones import UniversalBackbone
+from tailorrt.training.datasets import DataCheck, load_task
+from tailorrt.training.onnx_graph import (
     INPUT,
     IR_VERSION,
     LOGITS,
@@ -56,9 +60,6 @@ from tailorrt.onnx_graph import (
     SharedWeights,
     save_graph,
 )
-from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, preprocess_of, versions
-from tailorrt.precision import check_precision
-from tailorrt.records import BackboneRecord, TaskRecord
 
 __all__ = ["FP32_TOLERANCE", "ExportRequest", "export_model"]
 

@@ -22,17 +22,17 @@ import onnxruntime as ort
 import torch
 from safetensors.numpy import save_file
 
-from tailorrt.datasets import TaskData
 from tailorrt.errors import ExportError
 from tailorrt.export import parity
 from tailorrt.export.common import ExportRequest, Report, TaskNetwork, assemble_export, torch_logits
 from tailorrt.export.cpu_sessions import cpu_session
 from tailorrt.export.quantize import SHARED_INT8_FILE, CanonicalWeights, quantize_task
-from tailorrt.io import sha256_file
-from tailorrt.onnx_graph import INPUT, LOGITS
+from tailorrt.files import sha256_file
 from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, versions
 from tailorrt.precision import cpu_summary
 from tailorrt.records import BackboneRecord
+from tailorrt.training.datasets import TaskData
+from tailorrt.training.onnx_graph import INPUT, LOGITS
 
 Forward = Callable[[np.ndarray], np.ndarray]
 CHECK_IMAGES = 8  # images (and their int8 logits) that every load of an int8 task re-runs

@@ -34,8 +34,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from tailorrt.io import atomic_path
-from tailorrt.onnx_graph import save_graph
+from tailorrt.files import atomic_path
+from tailorrt.training.onnx_graph import save_graph
 
 SHARED_INT8_FILE = "universal-int8.data"
 QMAX = 64  # 7-bit weights (ONNX Runtime's reduce_range): no int16 saturation in AVX2's u8 x s8 products

@@ -13,7 +13,7 @@ from types import ModuleType
 import torch
 
 from tailorrt.errors import ExportError
-from tailorrt.onnx_graph import INPUT
+from tailorrt.training.onnx_graph import INPUT
 from tailorrt.trt_runner import EngineRunner, require_tensorrt
 
 __all__ = ["EngineRunner", "build_engine", "gpu_name", "require_tensorrt", "timed_build"]

@@ -28,10 +28,10 @@ from tailorrt.export.common import (
 )
 from tailorrt.export.cpu_sessions import cpu_session
 from tailorrt.export.trt_build import gpu_name, timed_build
-from tailorrt.io import atomic_path, replace_dir, sha256_file
-from tailorrt.onnx_graph import INPUT, LOGITS
+from tailorrt.files import atomic_path, replace_dir, sha256_file
 from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, pack_file, versions
 from tailorrt.records import write_record
+from tailorrt.training.onnx_graph import INPUT, LOGITS
 from tailorrt.trt_runner import EngineRunner
 
 

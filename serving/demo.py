@@ -17,7 +17,7 @@ from rich.table import Table
 from tailorrt.pack import ModelDir
 from tailorrt.serving.local import local_server, png_bytes
 from tailorrt.serving.protocol import pack_bytes, unpack_bytes
-from tailorrt.world import BUILTIN_TASKS, generate
+from tailorrt.training.world import BUILTIN_TASKS, generate
 
 
 def infer(url: str, task: str, pngs: list[bytes], top_k: int = 1) -> list[tuple[str, float]]:

@@ -2,10 +2,10 @@
 process and over the same :class:`~tailorrt.serving.service.Service` (one runtime, one batcher, one set of
 counters).
 
-The message classes and the service stub are the code generated from Triton's published protocol,
-``grpc_service.proto`` and ``model_config.proto`` of github.com/triton-inference-server/common
-(``protobuf/``), as the official client package ``tritonclient[grpc]`` ships it: server and clients then
-share one copy of the classes, and nothing is written by hand. Implemented: ServerLive, ServerReady,
+The message classes and the service come from Triton's published protocol, ``grpc_service.proto`` and
+``model_config.proto`` of github.com/triton-inference-server/common (``protobuf/``), as the official client
+package ``tritonclient[grpc]`` ships them compiled (:mod:`tailorrt.serving.triton_grpc`): nothing is written by
+hand, and the serving install does without the client package. Implemented: ServerLive, ServerReady,
 ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelStatistics, ModelInfer (``raw_input_contents``
 or typed contents; outputs as ``raw_output_contents``; the classification extension), RepositoryIndex,
 RepositoryModelLoad and RepositoryModelUnload; the rest (streaming, shared memory, trace and log settings)
@@ -25,13 +25,13 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from tailorrt.errors import BadInputError, ConfigError
 from tailorrt.serving.config import ServerConfig
 from tailorrt.serving.connections import address
 from tailorrt.serving.protocol import VERSION, InferRequest, validate_request
 from tailorrt.serving.service import Service, http_status, key_matches
+from tailorrt.serving.triton_grpc import protocol
 
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
          408: grpc.StatusCode.DEADLINE_EXCEEDED, 409: grpc.StatusCode.FAILED_PRECONDITION,
@@ -55,7 +55,7 @@ def _answers_errors(method):
     return call
 
 
-def _value(p: service_pb2.InferParameter) -> Any:
+def _value(p: Any) -> Any:  # an InferParameter
     choice = p.WhichOneof("parameter_choice")
     return getattr(p, choice) if choice else None
 
@@ -64,7 +64,7 @@ def _parameters(params) -> dict[str, Any]:
     return {k: _value(v) for k, v in params.items()}
 
 
-def infer_request(msg: service_pb2.ModelInferRequest) -> tuple[InferRequest, bytes | None]:
+def infer_request(msg: Any) -> tuple[InferRequest, bytes | None]:  # a ModelInferRequest
     """The request as the HTTP side sees it, and its one input's raw bytes (None for typed contents)."""
     if msg.raw_input_contents and len(msg.raw_input_contents) != len(msg.inputs):
         raise BadInputError(f"{len(msg.raw_input_contents)} raw_input_contents for {len(msg.inputs)} inputs; send "
@@ -89,7 +89,7 @@ def infer_request(msg: service_pb2.ModelInferRequest) -> tuple[InferRequest, byt
     return request, (msg.raw_input_contents[0] if msg.raw_input_contents else None)
 
 
-class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer:
     """``inference.GRPCInferenceService`` over a :class:`Service`."""
 
     def __init__(self, service: Service) -> None:
@@ -97,53 +97,53 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_answers_errors
     def ServerLive(self, request, context):
-        return service_pb2.ServerLiveResponse(live=True)
+        return protocol().ServerLiveResponse(live=True)
 
     @_answers_errors
     def ServerReady(self, request, context):
-        return service_pb2.ServerReadyResponse(ready=self.service.ready())
+        return protocol().ServerReadyResponse(ready=self.service.ready())
 
     @_answers_errors
     def ModelReady(self, request, context):
-        return service_pb2.ModelReadyResponse(ready=self.service.model_ready(request.name, request.version))
+        return protocol().ModelReadyResponse(ready=self.service.model_ready(request.name, request.version))
 
     @_answers_errors
     def ServerMetadata(self, request, context):
-        return json_format.ParseDict(self.service.server_metadata(), service_pb2.ServerMetadataResponse(),
+        return json_format.ParseDict(self.service.server_metadata(), protocol().ServerMetadataResponse(),
                                      ignore_unknown_fields=True)
 
     @_answers_errors
     def ModelMetadata(self, request, context):
         return json_format.ParseDict(self.service.model_metadata(request.name, request.version),
-                                     service_pb2.ModelMetadataResponse(), ignore_unknown_fields=True)
+                                     protocol().ModelMetadataResponse(), ignore_unknown_fields=True)
 
     @_answers_errors
     def ModelConfig(self, request, context):
         config = json_format.ParseDict(self.service.model_config(request.name, request.version),
-                                       model_config_pb2.ModelConfig())
-        return service_pb2.ModelConfigResponse(config=config)
+                                       protocol().ModelConfig())
+        return protocol().ModelConfigResponse(config=config)
 
     @_answers_errors
     def ModelStatistics(self, request, context):
         return json_format.ParseDict(self.service.statistics(request.name, request.version),
-                                     service_pb2.ModelStatisticsResponse())
+                                     protocol().ModelStatisticsResponse())
 
     @_answers_errors
     def RepositoryIndex(self, request, context):
         index = self.service.repository_index()
         if request.ready:
             index = [m for m in index if m["state"] == "READY"]
-        return json_format.ParseDict({"models": index}, service_pb2.RepositoryIndexResponse())
+        return json_format.ParseDict({"models": index}, protocol().RepositoryIndexResponse())
 
     @_answers_errors
     def RepositoryModelLoad(self, request, context):
         self.service.load(request.model_name)
-        return service_pb2.RepositoryModelLoadResponse()
+        return protocol().RepositoryModelLoadResponse()
 
     @_answers_errors
     def RepositoryModelUnload(self, request, context):
         self.service.unload(request.model_name)
-        return service_pb2.RepositoryModelUnloadResponse()
+        return protocol().RepositoryModelUnloadResponse()
 
     @_answers_errors
     def ModelInfer(self, request, context):
@@ -152,9 +152,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             started = time.perf_counter()
             parsed, raw = infer_request(request)
             outs = self.service.run(task, parsed, raw, binary=True, started=started)
-        return service_pb2.ModelInferResponse(
+        return protocol().ModelInferResponse(
             model_name=task, model_version=VERSION, id=request.id,
-            outputs=[service_pb2.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=o.shape)
+            outputs=[protocol().ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=o.shape)
                      for o in outs],
             raw_output_contents=[o.raw() for o in outs])
 
@@ -196,7 +196,7 @@ def start_grpc_server(service: Service, config: ServerConfig) -> grpc.Server:
         options=[("grpc.max_receive_message_length", config.max_body_bytes),
                  ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=2 * config.grpc_workers)
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
+    server.add_generic_rpc_handlers((protocol().handler(InferenceServicer(service)),))
     where = address(config.grpc_host, config.grpc_port)
     try:
         server.add_insecure_port(where)

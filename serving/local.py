@@ -44,14 +44,14 @@ def local_server(model_dir: str, *args: str, timeout: float = 120, env: dict | N
 
 
 @contextmanager
-def serve_process(model_dir: str, *args: str, timeout: float = 120, env: dict | None = None
-                  ) -> Iterator[tuple[str, subprocess.Popen]]:
+def serve_process(model_dir: str, *args: str, timeout: float = 120, env: dict | None = None,
+                  python: str = sys.executable) -> Iterator[tuple[str, subprocess.Popen]]:
     """As :func:`local_server`, yielding the base URL and the server's process (to watch its memory); ``env``
-    replaces the server's environment."""
+    replaces the server's environment, ``python`` is the interpreter (of another install) that runs it."""
     port = free_port()
     if "--grpc-port" not in args and "--no-grpc" not in args:  # never the default port another server may hold
         args = (*args, "--grpc-port", str(free_port()))
-    proc = subprocess.Popen([sys.executable, "-m", "tailorrt.cli.app", "serve", "--model-dir", model_dir,
+    proc = subprocess.Popen([python, "-m", "tailorrt.cli.app", "serve", "--model-dir", model_dir,
                              "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=env)
     url = f"http://127.0.0.1:{port}"
@@ -77,7 +77,7 @@ def serve_process(model_dir: str, *args: str, timeout: float = 120, env: dict | 
 def request_plan(runtime: Runtime, tasks: list[str], requests: int, images_per_task: int = 100, seed: int = 0
                  ) -> list[tuple[str, bytes, str, float]]:
     """``requests`` test images of built-in ``tasks``, mixed at random, as PNG with the answer ``runtime`` gives."""
-    from tailorrt.world import BUILTIN_TASKS, generate  # the built-in world is the training side's
+    from tailorrt.training.world import BUILTIN_TASKS, generate  # the built-in world is the training side's
 
     pool = []
     for t in tasks:

@@ -1,6 +1,6 @@
 """What a backbone is, as its ``backbone.json`` records it: the spec to rebuild its units and how its inputs are
 normalised. Plain data (no torch), so that serving and ``tailor info`` read it without the training side; the
-network itself is :class:`tailorrt.backbones.UniversalBackbone`."""
+network itself is :class:`tailorrt.training.backbones.UniversalBackbone`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Atomic file writes, JSON records, hashing and folder swaps: what every part of tailorrt writes files with (no torch
-here; tensors are :mod:`tailorrt.io`)."""
+here; tensors are :mod:`tailorrt.training.io`)."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def chosen(rec: TaskRecord) -> str:
     (they are the training side)."""
     if missing_training():
         return ""
-    from tailorrt import methods
+    from tailorrt.training import methods
 
     return methods.for_record(rec.raw).describe(rec.raw)
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # the training side: torch is imported by the methods that bu
     import torch
     from torch import nn
 
-    from tailorrt.backbones import BackboneSource, UniversalBackbone
+    from tailorrt.training.backbones import BackboneSource, UniversalBackbone
 
 BACKBONE_FILE = "backbone.safetensors"
 TASK_FILE = "task.safetensors"
@@ -143,7 +143,7 @@ class ModelDir:
 
     def write_backbone(self, backbone: UniversalBackbone, source: BackboneSource) -> str:
         """Write the backbone once; an identical one already there is kept, a different one refused."""
-        from tailorrt.io import save_tensors
+        from tailorrt.training.io import save_tensors
 
         tmp_root = self.root / ".work"
         tmp_root.mkdir(parents=True, exist_ok=True)
@@ -172,8 +172,8 @@ class ModelDir:
 
     def load_backbone(self) -> tuple[UniversalBackbone, dict]:
         """Rebuild the backbone from its JSON spec and weights, verifying the sha256 first."""
-        from tailorrt.backbones import BackboneSpec, UniversalBackbone, load_weights
-        from tailorrt.io import load_tensors
+        from tailorrt.training.backbones import BackboneSpec, UniversalBackbone, load_weights
+        from tailorrt.training.io import load_tensors
 
         rec = self.backbone_record()
         path = self.files.verify(self.backbone_dir / BACKBONE_FILE, rec.sha256,
@@ -196,7 +196,7 @@ class ModelDir:
 
     def write_task(self, name: str, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
         """Assemble the pack in ``.work`` and rename it into ``tasks/`` in one step."""
-        from tailorrt.io import save_tensors
+        from tailorrt.training.io import save_tensors
 
         check_task_name(name)
         tmp = staging_dir(self.root / ".work", f"pack-{name}-")
@@ -241,7 +241,7 @@ class ModelDir:
 
     def read_task(self, name: str, backbone_sha256: str) -> TaskPack:
         """Read a pack, refusing one trained on another backbone or whose weights do not match their sha256."""
-        from tailorrt.io import load_tensors
+        from tailorrt.training.io import load_tensors
 
         meta = self.task_meta_for(name, backbone_sha256)
         folder = self.tasks_dir / name
@@ -251,7 +251,7 @@ class ModelDir:
 
     def load_model(self, name: str, backbone: UniversalBackbone, backbone_sha256: str) -> tuple[nn.Module, dict]:
         """A ready-to-run network for a task of any method, sharing the backbone's weights."""
-        from tailorrt import methods
+        from tailorrt.training import methods
 
         pack = self.read_task(name, backbone_sha256)
         meta = pack.meta

@@ -58,7 +58,7 @@ def read_record(path: Path, kind: str) -> dict:
 
 
 def check_preprocess(pre: Any, where: str = "preprocess.") -> None:
-    """The fields :class:`~tailorrt.datasets.Preprocess` is built from: a size, 3 means, 3 positive stds."""
+    """The fields :class:`~tailorrt.training.datasets.Preprocess` is built from: a size, 3 means, 3 positive stds."""
     resize = field_of(pre, "resize", list, where)
     if not resize or not isinstance(resize[0], int) or isinstance(resize[0], bool) or not 1 <= resize[0] <= 4096:
         raise Invalid(f"'{where}resize' must start with a size in 1..4096, not {resize[:2]!r}")
@@ -165,7 +165,7 @@ class TaskRecord:
     pack: FileRef
     data_spec: str | None  # the task spec it was trained from (built-in name, imagefolder:PATH, ...); None: not said
     metrics: Metrics | None  # None: a pack written without training figures (still served; tools show "-")
-    auto: dict | None  # tailorrt.auto's record of how --method auto chose (None: the method was given)
+    auto: dict | None  # tailorrt.training.auto's record of how --method auto chose (None: the method was given)
     raw: dict = field(compare=False, repr=False)
 
     @classmethod
@@ -204,7 +204,7 @@ class BackboneRecord:
 
     name: str
     sha256: str
-    spec: dict  # the fields of tailorrt.backbones.BackboneSpec
+    spec: dict  # the fields of tailorrt.training.backbones.BackboneSpec
     input_size: int
     bytes: int
     params: int

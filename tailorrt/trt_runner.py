@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from tailorrt.errors import DependencyMissingError, ExportError
-from tailorrt.onnx_graph import INPUT, LOGITS
+from tailorrt.training.onnx_graph import INPUT, LOGITS
 
 INSTALL_HINT = "pip install 'tailorrt[gpu]'"
 

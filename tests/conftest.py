@@ -95,7 +95,7 @@ def reseal(path: Path, drop: tuple[str, ...] = (), **changes) -> dict:
     """Rewrite a metadata record (task.json, backbone.json, export.json) with ``changes`` applied and the keys in
     ``drop`` removed, sealed again as tailorrt would write it: tests that edit a record on purpose are not
     corruptions."""
-    from tailorrt.io import read_json
+    from tailorrt.files import read_json
     from tailorrt.records import write_record
 
     data = {k: v for k, v in {**read_json(path), **changes}.items() if k not in drop}

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torchvision
 
-from tailorrt import backbones
-from tailorrt.backbones import UniversalBackbone, build_backbone, embedded_weights_path, get_spec
 from tailorrt.errors import CheckpointError, ConfigError
-from tailorrt.io import save_tensors
+from tailorrt.training import backbones
+from tailorrt.training.backbones import UniversalBackbone, build_backbone, embedded_weights_path, get_spec
+from tailorrt.training.io import save_tensors
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "wrn26", "embedded", "tiny"])
@@ -108,6 +108,6 @@ def test_decathlon_wrn26_checkpoint_names_map_onto_units(tmp_path):
 def test_the_specs_expansions_are_the_blocks():
     """``backbone_spec`` (no torch) knows each block kind's expansion; it must be the block's own."""
     from tailorrt.backbone_spec import EXPANSION
-    from tailorrt.backbones import BLOCKS
+    from tailorrt.training.backbones import BLOCKS
 
     assert EXPANSION == {name: block.expansion for name, block in BLOCKS.items()}

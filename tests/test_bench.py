@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tailorrt.pack import ModelDir
-from tailorrt.teacher import Teacher
 from tailorrt.tools.bench import per_task_model, teacher_checkpoint
+from tailorrt.training.teacher import Teacher
 from tests.conftest import one_line_error, run_cli, run_clis
 
 FAST = ("--rounds", "2", "--requests", "24", "--clients", "4", "--batches", "1,4", "--threads", "1")

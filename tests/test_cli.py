@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tailorrt.io import read_json
+from tailorrt.files import read_json
 from tests.conftest import QUICK, TAILOR, make_imagefolder, one_line_error, run_cli, run_clis
 
 
@@ -95,7 +95,7 @@ def test_corrupt_pack_and_weights_are_one_line(trained, tmp_path):
 
 
 def test_kill_mid_training_then_resume(tmp_path):
-    from tailorrt.io import load_metadata as _metadata
+    from tailorrt.training.io import load_metadata as _metadata
 
     data = make_imagefolder(tmp_path / "kill", classes=3, per_class=24)
     model_dir = tmp_path / "runs"

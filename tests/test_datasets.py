@@ -8,8 +8,8 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from tailorrt.datasets import Preprocess, load_task, pack_name
 from tailorrt.errors import DatasetMissingError, UnknownTaskError
+from tailorrt.training.datasets import Preprocess, load_task, pack_name
 from tests.conftest import class_image, make_imagefolder
 
 PRE = Preprocess(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

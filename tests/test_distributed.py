@@ -23,10 +23,10 @@ LINEAR = ("--backbone", "tiny", "--random-init", "--method", "linear", "--batch-
 def test_ddp_wraps_only_the_trainable_parts_and_leaves_the_backbone(tmp_path):
     """The DDP module manages the task's parameters alone, and training steps leave every backbone tensor
     (weights and batch-norm statistics) as it was."""
-    from tailorrt.backbones import build_backbone
-    from tailorrt.distributed import Cluster
-    from tailorrt.methods.tuned_net import TunedNet, TuneSpec
-    from tailorrt.train import fingerprint
+    from tailorrt.training.backbones import build_backbone
+    from tailorrt.training.distributed import Cluster
+    from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
+    from tailorrt.training.train import fingerprint
 
     backbone, _ = build_backbone("tiny", pretrained=False)
     net = TunedNet(backbone, 3, TuneSpec(units=(3,), bn="frozen"))
@@ -54,7 +54,7 @@ def test_ddp_wraps_only_the_trainable_parts_and_leaves_the_backbone(tmp_path):
 
 def _checkpoint_epoch(path: Path) -> int:
     from tailorrt.errors import TailorError
-    from tailorrt.io import load_metadata
+    from tailorrt.training.io import load_metadata
 
     try:
         return int(load_metadata(path)["epoch"])
@@ -89,7 +89,7 @@ def test_nproc_2_trains_a_loadable_pack_and_resumes_after_a_kill(tmp_path):
     assert not (models / "tasks" / "colors--linear").exists()
 
     # mark the checkpoint, so that the finished pack shows whether the run went on from it or started again
-    from tailorrt.io import load_metadata, load_tensors, save_tensors
+    from tailorrt.training.io import load_metadata, load_tensors, save_tensors
 
     meta = load_metadata(ckpt)
     history = json.loads(meta["history"])

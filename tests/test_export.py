@@ -14,15 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from tailorrt.backbones import BackboneSpec, UniversalBackbone, get_spec
 from tailorrt.errors import ExportError
 from tailorrt.export import exporter
 from tailorrt.export.exporter import ExportRequest, export_model
-from tailorrt.io import read_json
-from tailorrt.methods.nettailor import NetTailor, emit_student
-from tailorrt.methods.student import Student
-from tailorrt.onnx_graph import GraphBuilder, SharedWeights, save_graph
+from tailorrt.files import read_json
 from tailorrt.pack import ModelDir
+from tailorrt.training.backbones import BackboneSpec, UniversalBackbone, get_spec
+from tailorrt.training.methods.nettailor import NetTailor, emit_student
+from tailorrt.training.methods.student import Student
+from tailorrt.training.onnx_graph import GraphBuilder, SharedWeights, save_graph
 from tests.conftest import one_line_error, run_cli, run_clis
 
 SPECS = {

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from tailorrt import filecheck
-from tailorrt.datasets import DataCheck, ImageFiles, Preprocess, load_task
 from tailorrt.errors import DatasetMissingError
 from tailorrt.filecheck import CheckCache, check_files, file_problem
 from tailorrt.images import to_batch
 from tailorrt.rgb import EXIF_ORIENTATION, to_rgb
+from tailorrt.training.datasets import DataCheck, ImageFiles, Preprocess, load_task
 from tests.conftest import QUICK, class_image, make_imagefolder, one_line_error, run_cli
 from tests.test_datasets import BUILDERS
 

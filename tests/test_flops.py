@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from tailorrt.flops import count_flops, count_params
+from tailorrt.training.flops import count_flops, count_params
 
 
 def test_conv_linear_bn_flops_are_exact():

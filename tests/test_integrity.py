@@ -128,7 +128,7 @@ def test_an_unreadable_previous_export_is_replaced_not_fatal(copy):
 def test_engine_files_and_the_timing_cache_are_checked_without_a_gpu(copy):
     """The tensorrt backend and ``export --trt`` read trt/ through the same checks (run here without TensorRT)."""
     from tailorrt.export.trt_export import _timing_cache
-    from tailorrt.io import sha256_file
+    from tailorrt.files import sha256_file
     from tailorrt.records import FileRef, write_record
 
     trt = copy / "trt"

@@ -1,5 +1,5 @@
 """The code's shape: layers that only point down, no import cycles, and method names compared only in
-``tailorrt/methods/`` (read from the source with ``ast``, function-level imports included)."""
+``tailorrt/training/methods/`` (read from the source with ``ast``, function-level imports included)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import ast
 import importlib
 from pathlib import Path
 
-from tailorrt import methods
+from tailorrt.training import methods
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"tailorrt": "tailorrt", "cli": "tailorrt.cli", "export": "tailorrt.export", "serving": "tailorrt.serving",
            "tools": "tailorrt.tools"}
-# what each layer may import, bottom up: the core (tailorrt/, methods included) imports none of the others
+# what each layer may import, bottom up: the core (tailorrt/, training/ and its methods included) imports none of
+# the others
 ALLOWED = {"core": set(), "tailorrt.export": {"core"}, "tailorrt.serving": {"core"},
            "tailorrt.tools": {"core", "tailorrt.export", "tailorrt.serving"},
            "tailorrt.cli": {"core", "tailorrt.export", "tailorrt.serving", "tailorrt.tools"}}
@@ -97,12 +98,12 @@ def test_no_import_cycles():
 
 
 def test_method_names_are_compared_only_inside_methods():
-    """No string that is a registered method's name appears in code outside ``tailorrt/methods/``: everything else
-    asks the registry."""
+    """No string that is a registered method's name appears in code outside ``tailorrt/training/methods/``: everything
+    else asks the registry."""
     names = {n for m in methods.families() for n in m.names}
     found = []
     for module, path in MODULES.items():
-        if module.startswith("tailorrt.methods"):
+        if module.startswith("tailorrt.training.methods"):
             continue
         tree = ast.parse(path.read_text())
         attributes = {id(n.args[1]) for n in ast.walk(tree) if isinstance(n, ast.Call) and len(n.args) > 1
@@ -155,8 +156,8 @@ def test_every_export_kind_is_whole():
 RECORD_NAMES = {"meta", "bmeta", "task_meta", "backbone_meta"}  # how code names a task or backbone record's dict
 # modules that own the fields they read: the records module, each method its own fields, each export kind its
 # manifest; and two whose ``meta`` is not a record (checkpoint metadata, torchvision's CIFAR meta)
-RECORD_OWNERS = ("tailorrt.records", "tailorrt.fields", "tailorrt.methods", "tailorrt.kinds", "tailorrt.trainer",
-                 "tailorrt.datasets")
+RECORD_OWNERS = ("tailorrt.records", "tailorrt.fields", "tailorrt.training.methods", "tailorrt.kinds",
+                 "tailorrt.training.trainer", "tailorrt.training.datasets")
 # export records: written by the export kinds' steps in tailorrt/export/, read elsewhere as ExportRecord
 MANIFEST_NAMES = {"manifest", "onnx_manifest"}
 MANIFEST_OWNERS = ("tailorrt.records", "tailorrt.fields", "tailorrt.kinds", "tailorrt.export")
@@ -228,8 +229,9 @@ def _module_level_imports(path: Path) -> set[str]:
 
 def test_the_serving_side_does_not_import_the_training_side():
     """Following every module-level import from the serving modules (a package's ``__init__`` included) reaches
-    neither torch, torchvision, onnx nor the other training dependencies: they are imported in functions that
-    need them (the torch and TensorRT backends, training commands), which a serving install never calls."""
+    neither ``tailorrt/training/`` nor torch, torchvision, onnx and the other training dependencies: they are
+    imported in functions that need them (the torch and TensorRT backends, training commands), which a serving
+    install never calls."""
     seen, todo, reached = set(), list(SERVING), {}
     while todo:
         module = todo.pop()
@@ -238,7 +240,9 @@ def test_the_serving_side_does_not_import_the_training_side():
         seen.add(module)
         parents = [".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)]
         for name in _module_level_imports(MODULES[module]) | set(parents):
-            if name in MODULES:
+            if name in MODULES and name.startswith("tailorrt.training"):
+                reached.setdefault(name, module)
+            elif name in MODULES:
                 todo.append(name)
             elif name.split(".")[0] in TRAINING_SIDE:
                 reached.setdefault(name, module)

@@ -15,18 +15,24 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from tailorrt import Runtime, methods
-from tailorrt.backbones import UniversalBackbone, get_spec
+from tailorrt import Runtime
 from tailorrt.errors import ConfigError, PackError
-from tailorrt.io import load_tensors
-from tailorrt.methods.channel_scales import AttentionConfig, AttentionMethod, attention_parameters, prune_by_scale
-from tailorrt.methods.tuned_net import TunedNet, TuneSpec
-from tailorrt.methods.tuning_base import emit_tuned
-from tailorrt.onnx_graph import GraphBuilder, SharedWeights, save_graph
 from tailorrt.pack import ModelDir
 from tailorrt.serving.app import create_app
 from tailorrt.serving.local import png_bytes
-from tailorrt.trainer import PhaseConfig, Trainer
+from tailorrt.training import methods
+from tailorrt.training.backbones import UniversalBackbone, get_spec
+from tailorrt.training.io import load_tensors
+from tailorrt.training.methods.channel_scales import (
+    AttentionConfig,
+    AttentionMethod,
+    attention_parameters,
+    prune_by_scale,
+)
+from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
+from tailorrt.training.methods.tuning_base import emit_tuned
+from tailorrt.training.onnx_graph import GraphBuilder, SharedWeights, save_graph
+from tailorrt.training.trainer import PhaseConfig, Trainer
 from tests.conftest import class_image, one_line_error, run_cli, run_clis
 from tests.test_export import SPECS, _randomise_bn
 
@@ -123,8 +129,8 @@ def test_attention_schedule_runs_and_letters():
 
 def test_attention_phases_train_what_their_letter_says():
     """A: scales and classifier move, batch-norm statistics and affine stay; B: the reverse for the scales."""
-    from tailorrt.methods.channel_attention import set_trainable
-    from tailorrt.methods.tuning_base import cross_entropy
+    from tailorrt.training.methods.channel_attention import set_trainable
+    from tailorrt.training.methods.tuning_base import cross_entropy
 
     backbone = _backbone()
     net = TunedNet(backbone, 3, parse_method("attention", backbone.num_units))
@@ -230,7 +236,7 @@ def test_adapter_graphs_match_pytorch_and_read_every_universal_conv(kind, tmp_pa
 
 
 def test_early_stopping_ends_a_phase_and_keeps_the_best_epoch(monkeypatch, tmp_path):
-    from tailorrt import trainer
+    from tailorrt.training import trainer
 
     scores = iter([50.0, 60.0, 55.0, 54.0, 53.0, 99.0])
     monkeypatch.setattr(trainer, "accuracy", lambda *a, **k: next(scores))
@@ -377,9 +383,9 @@ def test_auto_picks_the_smallest_pack_within_the_budget_and_records_why(exported
 
 def test_a_run_saved_by_the_previous_version_resumes_with_the_config_it_saved():
     """Before the registry, request.json held the NetTailor config as 'config' and the others' as 'transfer'."""
-    from tailorrt.methods.nettailor import NetTailorConfig
-    from tailorrt.methods.tuning_base import TransferConfig
-    from tailorrt.train import TrainRequest
+    from tailorrt.training.methods.nettailor import NetTailorConfig
+    from tailorrt.training.methods.tuning_base import TransferConfig
+    from tailorrt.training.train import TrainRequest
 
     nettailor, others = NetTailorConfig(max_skip=2), TransferConfig.quick()
     old = {"task": "synth-digits", "model_dir": "runs", "backbone": None, "backbone_weights": None,

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from tailorrt.backbones import BackboneSource, UniversalBackbone, get_spec
-from tailorrt.datasets import Preprocess
 from tailorrt.errors import BackboneMismatchError, IntegrityError, PackError
-from tailorrt.methods.student import Student
 from tailorrt.pack import ModelDir
+from tailorrt.training.backbones import BackboneSource, UniversalBackbone, get_spec
+from tailorrt.training.datasets import Preprocess
+from tailorrt.training.methods.student import Student
 from tests.conftest import one_line_error, reseal, run_cli
 
 

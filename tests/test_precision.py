@@ -19,11 +19,11 @@ from tailorrt.errors import ConfigError, DependencyMissingError, ExportError, Pa
 from tailorrt.export import low_precision
 from tailorrt.export.exporter import ExportRequest, export_model
 from tailorrt.export.quantize import QMAX, CanonicalWeights, quantize_per_channel
-from tailorrt.io import sha256_file
-from tailorrt.onnx_graph import SharedWeights
+from tailorrt.files import sha256_file
 from tailorrt.pack import ModelDir
 from tailorrt.precision import BF16_FLAGS, check_precision, cpu_flags, cpu_summary
 from tailorrt.serving.app import ServerConfig, create_app
+from tailorrt.training.onnx_graph import SharedWeights
 from tests.conftest import one_line_error, reseal, run_clis
 
 NATIVE_BF16 = any(f in cpu_flags() for f in BF16_FLAGS)

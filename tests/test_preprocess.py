@@ -13,7 +13,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from tailorrt.preprocess import Preprocess
 from tailorrt.rgb import to_rgb
-from tailorrt.world import BUILTIN_TASKS, generate
+from tailorrt.training.world import BUILTIN_TASKS, generate
 from tests.test_files import awkward_images
 
 PRE = Preprocess(16, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tailorrt.methods.pictures import attention_history
 from tailorrt.pack import ModelDir
 from tailorrt.tools.render import check_rendering, find_browser, image_difference
 from tailorrt.tools.report import architecture_plot, attention_plot
+from tailorrt.training.methods.pictures import attention_history
 from tests.conftest import one_line_error, run_cli
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from tailorrt import Prediction, Runtime
-from tailorrt.datasets import load_task
 from tailorrt.errors import BadInputError, InputTooLargeError, OverloadedError, PackError, UnknownTaskError
 from tailorrt.images import Limits
 from tailorrt.pack import ModelDir
 from tailorrt.serving.batcher import BatchConfig, Batcher
 from tailorrt.serving.local import png_bytes
+from tailorrt.training.datasets import load_task
 from tests.conftest import class_image, reseal
 
 

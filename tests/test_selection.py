@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from tailorrt.backbones import UniversalBackbone, get_spec
-from tailorrt.datasets import TaskData
-from tailorrt.methods.nettailor import ArchitectureSearch, NetTailor, NetTailorConfig
-from tailorrt.methods.selection import Candidate, Plan, eligible, search
-from tailorrt.methods.student import Student
-from tailorrt.teacher import Teacher
-from tailorrt.trainer import PhaseConfig, Trainer
+from tailorrt.training.backbones import UniversalBackbone, get_spec
+from tailorrt.training.datasets import TaskData
+from tailorrt.training.methods.nettailor import ArchitectureSearch, NetTailor, NetTailorConfig
+from tailorrt.training.methods.selection import Candidate, Plan, eligible, search
+from tailorrt.training.methods.student import Student
+from tailorrt.training.teacher import Teacher
+from tailorrt.training.trainer import PhaseConfig, Trainer
 
 
 def candidate(k: int, val: float, flops: int | None = None) -> Candidate:

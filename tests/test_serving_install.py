@@ -119,6 +119,6 @@ def test_the_serving_side_imports_no_training_module():
     side, here where it is installed: the serving install does not merely survive without it, it never asks."""
     code = ("import sys\n" + "".join(f"import {m}\n" for m in SERVING) + "from tailorrt import Runtime\n"
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {TRAINING_SIDE!r} or m in "
-            "('tailorrt.methods', 'tailorrt.backbones', 'tailorrt.datasets', 'tailorrt.world')))")
+            "('tailorrt.training.methods', 'tailorrt.training.backbones', 'tailorrt.training.datasets', 'tailorrt.training.world')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out

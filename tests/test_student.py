@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from tailorrt.backbones import UniversalBackbone, get_spec
-from tailorrt.methods.student import Student
+from tailorrt.training.backbones import UniversalBackbone, get_spec
+from tailorrt.training.methods.student import Student
 
 
 @pytest.fixture()

@@ -395,3 +395,20 @@ def test_serve_refuses_a_grpc_port_in_use_in_one_line(exported_dir):
         port = held.getsockname()[1]
         proc = run_cli("serve", "--model-dir", str(exported_dir), "--port", str(free_port()), "--grpc-port", str(port))
     assert f"cannot listen for gRPC on 127.0.0.1:{port}" in one_line_error(proc)
+
+
+def test_the_servers_protocol_descriptors_are_the_official_clients():
+    """serving/triton/*.desc (what the server builds its messages from, without tritonclient) are the compiled
+    protocol of the installed tritonclient, byte for byte (after a tritonclient upgrade:
+    ``python -m tailorrt.serving.triton_grpc`` rewrites them)."""
+    from importlib import resources
+
+    from tritonclient.grpc import model_config_pb2
+
+    from tailorrt.serving.triton_grpc import FILES, protocol
+
+    folder = resources.files("tailorrt.serving") / "triton"
+    for name, module in (("model_config.desc", model_config_pb2), ("grpc_service.desc", service_pb2)):
+        assert name in FILES and folder.joinpath(name).read_bytes() == module.DESCRIPTOR.serialized_pb, name
+    ours = {m.name for m in protocol().service.methods}
+    assert ours == set(service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name)

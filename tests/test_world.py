@@ -1,6 +1,6 @@
 import numpy as np
 
-from tailorrt.world import BUILTIN_TASKS, SynthTask, generate
+from tailorrt.training.world import BUILTIN_TASKS, SynthTask, generate
 
 
 def _small(task: SynthTask) -> SynthTask:
@@ -35,7 +35,7 @@ def test_target_tasks_have_distinct_sizes_and_names():
 
 
 def test_builtin_task_loads_normalised_splits():
-    from tailorrt.datasets import Preprocess, load_task
+    from tailorrt.training.datasets import Preprocess, load_task
 
     data = load_task("synth-digits", data_dir=".", preprocess=Preprocess(16, (0.5,) * 3, (0.25,) * 3))
     assert data.classes == [str(i) for i in range(10)] and data.source == "generated"

@@ -32,14 +32,15 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from tailorrt import kinds, methods
-from tailorrt.backbones import UniversalBackbone
+from tailorrt import kinds
 from tailorrt.errors import ConfigError
-from tailorrt.io import load_metadata, load_tensors, write_json
-from tailorrt.methods.tuned_net import TunedNet
 from tailorrt.pack import ModelDir, machine, versions
 from tailorrt.precision import backend_of, cpu_summary
 from tailorrt.records import BackboneRecord
+from tailorrt.training import methods
+from tailorrt.training.backbones import UniversalBackbone
+from tailorrt.training.io import load_metadata, load_tensors, write_json
+from tailorrt.training.methods.tuned_net import TunedNet
 
 MB = 1e6
 
@@ -79,7 +80,7 @@ class PerTaskModel:
 
 
 def teacher_state_for(net: TunedNet, teacher_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A :class:`~tailorrt.teacher.Teacher`'s weights under a whole-backbone :class:`TunedNet`'s names."""
+    """A :class:`~tailorrt.training.teacher.Teacher`'s weights under a whole-backbone :class:`TunedNet`'s names."""
     out = {}
     for k, v in teacher_state.items():
         if k.startswith("backbone.stem."):
@@ -106,7 +107,7 @@ def teacher_checkpoint(mdir: ModelDir, task: str) -> dict[str, torch.Tensor] | N
 
 def per_task_model(mdir: ModelDir, task: str, backbone: UniversalBackbone, out_dir: Path) -> PerTaskModel:
     """Write ``task``'s per-task model (its teacher, or a same-architecture stand-in) as a stand-alone graph."""
-    from tailorrt.onnx_graph import GraphBuilder, SharedWeights, save_graph
+    from tailorrt.training.onnx_graph import GraphBuilder, SharedWeights, save_graph
 
     classes = len(mdir.task_record(task).classes)
     net = methods.reference_network(backbone, classes).eval()
@@ -146,7 +147,7 @@ def _dense_graph(kind: str, n: int) -> tuple[bytes, dict[str, np.ndarray], int]:
     graph = helper.make_graph([node], kind, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
                               [onnx.numpy_helper.from_array(w, "w")])
-    from tailorrt.onnx_graph import IR_VERSION, OPSET
+    from tailorrt.training.onnx_graph import IR_VERSION, OPSET
 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
     return model.SerializeToString(), {"x": x}, macs

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import torch
 
-from tailorrt import methods
-from tailorrt.backbones import BackboneSpec
-from tailorrt.datasets import pack_name
 from tailorrt.errors import ConfigError
 from tailorrt.export.speed import time_side_by_side
-from tailorrt.io import write_json
-from tailorrt.methods import REFERENCE
+from tailorrt.files import write_json
 from tailorrt.pack import ModelDir
 from tailorrt.records import BackboneRecord, TaskRecord
-from tailorrt.train import TrainRequest, train_task
-from tailorrt.trainer import Progress
+from tailorrt.training import methods
+from tailorrt.training.backbones import BackboneSpec
+from tailorrt.training.datasets import pack_name
+from tailorrt.training.methods import REFERENCE
+from tailorrt.training.train import TrainRequest, train_task
+from tailorrt.training.trainer import Progress
 
 
 @dataclass

@@ -2,7 +2,7 @@
 what tailoring did to its network.
 
 - The architecture picture and the attention weights over training, as each method draws them
-  (:mod:`tailorrt.methods.pictures`).
+  (:mod:`tailorrt.training.methods.pictures`).
 - Accuracy against parameters and against FLOPs, next to the task's teacher (the whole backbone fine-tuned).
 - The table of ``tailor info``, and the latest ``tailor bench`` summaries if the model dir has them.
 """
@@ -15,14 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tailorrt import methods
-from tailorrt.backbones import BackboneSpec
 from tailorrt.errors import ConfigError
+from tailorrt.files import read_json
 from tailorrt.inventory import info_rows, method_label, size_summary
-from tailorrt.io import read_json
-from tailorrt.methods.pictures import BLUE, GRAY
 from tailorrt.pack import ModelDir
 from tailorrt.records import BackboneRecord, TaskRecord
+from tailorrt.training import methods
+from tailorrt.training.backbones import BackboneSpec
+from tailorrt.training.methods.pictures import BLUE, GRAY
 
 
 @dataclass
@@ -198,7 +198,7 @@ def _selection_section(rec: TaskRecord, picture: Path | None) -> list[str]:
 
 def _auto_section(rec: TaskRecord) -> list[str]:
     """How ``--method auto`` chose the task's method: every candidate's figures and the reason, if it did."""
-    record = rec.auto  # tailorrt.auto's record of its choice
+    record = rec.auto  # tailorrt.training.auto's record of its choice
     if not record:
         return []
     esc = html.escape

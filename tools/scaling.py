@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 
 from tailorrt.errors import ConfigError
-from tailorrt.io import load_tensors
 from tailorrt.pack import TASK_FILE, ModelDir
 from tailorrt.records import BackboneRecord
 from tailorrt.tools.bench import MB, BenchRequest, per_task_model, probe_load, written
+from tailorrt.training.io import load_tensors
 
 
 def scaling(req: BenchRequest, counts: tuple[int, ...], report: Callable[[str], None] = print) -> dict:

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from tailorrt.errors import ExportError
-from tailorrt.io import atomic_path
+from tailorrt.files import atomic_path
 
 OPSET = 17
 IR_VERSION = 10  # ONNX 1.16; read by onnxruntime >= 1.18 (pyproject pins >= 1.20)

@@ -1,15 +1,15 @@
-"""The ways to tailor a task, one module per family, each registered once (:func:`~tailorrt.methods.base.register`).
+"""The ways to tailor a task, one module per family, each registered once (:func:`~tailorrt.training.methods.base.register`).
 
 Everything outside this package finds a method here, by name (:func:`get`) or by the ``method`` of a pack's
 ``task.json`` (:func:`for_record`), and asks it to train, rebuild, export or describe a task. A new family
-is one new module that subclasses :class:`~tailorrt.methods.base.Method` and registers itself, plus one line
+is one new module that subclasses :class:`~tailorrt.training.methods.base.Method` and registers itself, plus one line
 in :data:`FAMILIES` below.
 """
 
 # isort: off
-from tailorrt.methods import nettailor, flex, classic, channel_attention, adapters  # registration order
+from tailorrt.training.methods import nettailor, flex, classic, channel_attention, adapters  # registration order
 # isort: on
-from tailorrt.methods.base import (
+from tailorrt.training.methods.base import (
     Method,
     MethodOption,
     Trained,

@@ -22,18 +22,18 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from tailorrt.backbones import UniversalBackbone
-from tailorrt.datasets import TaskData
 from tailorrt.errors import ConfigError, ExportError
-from tailorrt.io import read_json, write_json
-from tailorrt.methods import pictures
-from tailorrt.methods.base import Method, MethodOption, Trained, register
-from tailorrt.methods.selection import Candidate, Plan, Selection, eligible, search
-from tailorrt.methods.student import Student
-from tailorrt.onnx_graph import INPUT, GraphBuilder, check_positive
-from tailorrt.onnx_layers import emit_block, emit_head, emit_sequence, passes_input
-from tailorrt.teacher import Teacher
-from tailorrt.trainer import JOINT, PhaseConfig, PhaseResult, Trainer, accuracy, make_loader
+from tailorrt.files import read_json, write_json
+from tailorrt.training.backbones import UniversalBackbone
+from tailorrt.training.datasets import TaskData
+from tailorrt.training.methods import pictures
+from tailorrt.training.methods.base import Method, MethodOption, Trained, register
+from tailorrt.training.methods.selection import Candidate, Plan, Selection, eligible, search
+from tailorrt.training.methods.student import Student
+from tailorrt.training.onnx_graph import INPUT, GraphBuilder, check_positive
+from tailorrt.training.onnx_layers import emit_block, emit_head, emit_sequence, passes_input
+from tailorrt.training.teacher import Teacher
+from tailorrt.training.trainer import JOINT, PhaseConfig, PhaseResult, Trainer, accuracy, make_loader
 
 
 @dataclass
@@ -211,7 +211,7 @@ def candidate_phase(finetune: str, k: int) -> str:
 
 
 class ArchitectureSearch:
-    """The candidates of one trained student (:mod:`tailorrt.methods.selection`): each is built afresh from the
+    """The candidates of one trained student (:mod:`tailorrt.training.methods.selection`): each is built afresh from the
     student's state, pruned, re-estimated, and fine-tuned as the phase ``finetune-k<k>`` (its own checkpoint, so a
     killed search resumes); a finished candidate's figures are kept in ``prune-k<k>.json`` beside it."""
 

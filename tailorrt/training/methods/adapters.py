@@ -17,11 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tailorrt.backbones import UniversalBackbone
-from tailorrt.methods.base import register
-from tailorrt.methods.student import SharedConv2d
-from tailorrt.methods.tuned_net import TunedNet, TuneSpec
-from tailorrt.methods.tuning_base import Runner, TuningMethod
+from tailorrt.training.backbones import UniversalBackbone
+from tailorrt.training.methods.base import register
+from tailorrt.training.methods.student import SharedConv2d
+from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
+from tailorrt.training.methods.tuning_base import Runner, TuningMethod
 
 
 class ParallelAdapterConv(SharedConv2d):

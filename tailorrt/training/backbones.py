@@ -19,7 +19,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from tailorrt.backbone_spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec  # noqa: F401 (re-exported)
 from tailorrt.errors import CheckpointError, ConfigError
-from tailorrt.io import load_state_file
+from tailorrt.training.io import load_state_file
 
 EMBEDDED = "embedded"
 

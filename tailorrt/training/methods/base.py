@@ -3,7 +3,7 @@
 A :class:`Method` holds everything the rest of tailorrt needs of its family: parsing a method name and
 its options into a config dataclass, training, the state its pack owns, rebuilding the inference
 network over the shared backbone from a pack, emitting its ONNX graph, and the rows and pictures that
-``tailor info``, ``tailor compare`` and ``tailor report`` show. Code outside :mod:`tailorrt.methods` asks
+``tailor info``, ``tailor compare`` and ``tailor report`` show. Code outside :mod:`tailorrt.training.methods` asks
 the registry and never compares method names or dispatches on a method's classes.
 """
 
@@ -16,11 +16,11 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from tailorrt.backbones import UniversalBackbone
-from tailorrt.datasets import TaskData
 from tailorrt.errors import ConfigError, PackError
-from tailorrt.onnx_graph import GraphBuilder
-from tailorrt.trainer import PhaseConfig, Trainer
+from tailorrt.training.backbones import UniversalBackbone
+from tailorrt.training.datasets import TaskData
+from tailorrt.training.onnx_graph import GraphBuilder
+from tailorrt.training.trainer import PhaseConfig, Trainer
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """The layers every task graph is made of, written as ONNX: conv/batch-norm/ReLU/pool sequences, residual blocks
 and the classifier head, over shared weights where a module holds the backbone's own (see
-:class:`~tailorrt.onnx_graph.GraphBuilder`). Each method's network is emitted from these by its own
-``emit`` (see :mod:`tailorrt.methods`).
+:class:`~tailorrt.training.onnx_graph.GraphBuilder`). Each method's network is emitted from these by its own
+``emit`` (see :mod:`tailorrt.training.methods`).
 
-Scales are tracked as in :mod:`tailorrt.onnx_graph`: a value ``v`` emitted for a true activation ``u``
+Scales are tracked as in :mod:`tailorrt.training.onnx_graph`: a value ``v`` emitted for a true activation ``u``
 satisfies ``u = c * v``, and a multiplier ``mult`` asked of a sequence is folded into its last batch
 norm (private to the task), so block-attention weights never need a ``Mul``. Blocks whose shortcut
 carries the input unchanged cannot absorb a scale (see :func:`passes_input`).
@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from tailorrt.backbones import DecathlonBlock
 from tailorrt.errors import ExportError
-from tailorrt.onnx_graph import GraphBuilder, bn_fold
+from tailorrt.training.backbones import DecathlonBlock
+from tailorrt.training.onnx_graph import GraphBuilder, bn_fold
 
 
 def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: float, mult: float = 1.0

@@ -1,4 +1,4 @@
-"""Channel attention as a method: trainable scales on every convolution (:mod:`tailorrt.methods.channel_scales`), trained
+"""Channel attention as a method: trainable scales on every convolution (:mod:`tailorrt.training.methods.channel_scales`), trained
 on a schedule of head (F), attention (A, statistics fixed, with the penalty) and batch-norm (B, statistics
 re-estimated) epochs; ``:prune`` removes the channels whose scale fell below the threshold (P) and recovers (B).
 
@@ -13,17 +13,17 @@ from dataclasses import replace
 
 import torch
 
-from tailorrt.methods import pictures
-from tailorrt.methods.base import MethodOption, register
-from tailorrt.methods.channel_scales import (
+from tailorrt.training.methods import pictures
+from tailorrt.training.methods.base import MethodOption, register
+from tailorrt.training.methods.channel_scales import (
     AttentionMethod,
     attention_parameters,
     attention_summary,
     penalty,
     prune_by_scale,
 )
-from tailorrt.methods.tuned_net import TunedNet, TuneSpec
-from tailorrt.methods.tuning_base import HEAD_EPOCHS, TUNE_EPOCHS, Runner, TuningMethod
+from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
+from tailorrt.training.methods.tuning_base import HEAD_EPOCHS, TUNE_EPOCHS, Runner, TuningMethod
 
 
 def set_trainable(net: TunedNet, letter: str) -> None:

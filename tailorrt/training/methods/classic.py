@@ -9,11 +9,11 @@ Each trains a linear head first, then (where it owns more) the owned parts, star
 
 from __future__ import annotations
 
-from tailorrt.backbones import UniversalBackbone
 from tailorrt.errors import ConfigError
-from tailorrt.methods.base import register
-from tailorrt.methods.tuned_net import TunedNet, TuneSpec
-from tailorrt.methods.tuning_base import Runner, TuningMethod
+from tailorrt.training.backbones import UniversalBackbone
+from tailorrt.training.methods.base import register
+from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
+from tailorrt.training.methods.tuning_base import Runner, TuningMethod
 
 REFERENCE = "finetune-all"  # the whole backbone fine-tuned: what tailor compare measures every method against
 

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from tailorrt.backbones import UniversalBackbone
+from tailorrt.training.backbones import UniversalBackbone
 
 
 class Teacher(nn.Module):

@@ -7,11 +7,11 @@ objects) or *owned* by the task (a trainable copy). A :class:`TuneSpec` says whi
 - ``linear[:U]``: nothing owned but the classifier, on the frozen features of the last unit (or unit U);
 - ``finetune-last:K``: the last K units; ``finetune-all``: every unit;
 - ``scale-shift``: the batch-norm affine weights and statistics of every unit, plus the classifier;
-- ``flex`` and its faster variants: exactly one unit (or every unit when that wins, see :mod:`tailorrt.methods.flex`);
+- ``flex`` and its faster variants: exactly one unit (or every unit when that wins, see :mod:`tailorrt.training.methods.flex`);
 - ``adapters``: the batch norms of every unit and a 1x1 convolution beside each 3x3 one
-  (see :mod:`tailorrt.methods.adapters`), plus the classifier;
+  (see :mod:`tailorrt.training.methods.adapters`), plus the classifier;
 - ``attention...``: the batch norms of every unit, with a trainable scale per channel or per filter
-  (see :mod:`tailorrt.methods.channel_scales`), plus the classifier; pruned channels are gone from the network.
+  (see :mod:`tailorrt.training.methods.channel_scales`), plus the classifier; pruned channels are gone from the network.
 
 Shared units keep the backbone's batch-norm statistics and stay in eval mode while training, except
 under ``scale-shift``, where the task re-estimates them. The task owns exactly :meth:`TunedNet.task_state`.
@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tailorrt.backbones import UniversalBackbone, pool
 from tailorrt.errors import ConfigError, PackError
-from tailorrt.flops import count_flops, count_params
-from tailorrt.methods.channel_scales import GRANULARITIES, add_attention, prune_channels
-from tailorrt.methods.student import share_frozen
+from tailorrt.training.backbones import UniversalBackbone, pool
+from tailorrt.training.flops import count_flops, count_params
+from tailorrt.training.methods.channel_scales import GRANULARITIES, add_attention, prune_channels
+from tailorrt.training.methods.student import share_frozen
 
 BN_MODES = ("frozen", "affine")
 

@@ -1,6 +1,6 @@
 """``tailor train --method auto``: pick the method for a task under a budget the user states.
 
-Every candidate (each registered family's :attr:`~tailorrt.methods.base.Method.candidates`, or the user's list)
+Every candidate (each registered family's :attr:`~tailorrt.training.methods.base.Method.candidates`, or the user's list)
 is trained on a short schedule (every phase's epochs scaled by :data:`SHORT`, at least one each) and measured
 on the task's validation split: accuracy, pack bytes, FLOPs. A candidate meets the budget when its pack and
 FLOPs are within ``--max-pack-mb`` and ``--max-mflops`` and its validation accuracy is within ``--max-drop``
@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 import torch
 from safetensors.torch import save
 
-from tailorrt import methods
 from tailorrt.errors import ConfigError
-from tailorrt.methods.base import Trained
+from tailorrt.training import methods
+from tailorrt.training.methods.base import Trained
 
 NAME = "auto"
 SHORT = 1 / 3  # the candidates' schedule, as a fraction of the full one

@@ -1,10 +1,10 @@
-"""What the methods that tune parts of the backbone share (see :class:`~tailorrt.methods.tuned_net.TunedNet`): their
+"""What the methods that tune parts of the backbone share (see :class:`~tailorrt.training.methods.tuned_net.TunedNet`): their
 schedules, a runner that builds and trains tuned networks phase by phase, their metrics, and the
 :class:`TuningMethod` base that rebuilds, exports and draws any of them from its pack.
 
-The families: the classic baselines (:mod:`~tailorrt.methods.classic`), flex-tuning
-(:mod:`~tailorrt.methods.flex`), channel attention (:mod:`~tailorrt.methods.channel_attention`) and residual
-adapters (:mod:`~tailorrt.methods.adapters`).
+The families: the classic baselines (:mod:`~tailorrt.training.methods.classic`), flex-tuning
+(:mod:`~tailorrt.training.methods.flex`), channel attention (:mod:`~tailorrt.training.methods.channel_attention`) and residual
+adapters (:mod:`~tailorrt.training.methods.adapters`).
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch.nn import functional as F
 
-from tailorrt.backbones import UniversalBackbone
-from tailorrt.datasets import TaskData
-from tailorrt.methods import pictures
-from tailorrt.methods.base import Method, MethodOption, Trained
-from tailorrt.methods.channel_scales import AttentionConfig
-from tailorrt.methods.tuned_net import TunedNet, TuneSpec
-from tailorrt.onnx_graph import INPUT, GraphBuilder
-from tailorrt.onnx_layers import emit_block, emit_head, emit_sequence
-from tailorrt.trainer import PhaseConfig, Trainer, accuracy
+from tailorrt.training.backbones import UniversalBackbone
+from tailorrt.training.datasets import TaskData
+from tailorrt.training.methods import pictures
+from tailorrt.training.methods.base import Method, MethodOption, Trained
+from tailorrt.training.methods.channel_scales import AttentionConfig
+from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
+from tailorrt.training.onnx_graph import INPUT, GraphBuilder
+from tailorrt.training.onnx_layers import emit_block, emit_head, emit_sequence
+from tailorrt.training.trainer import PhaseConfig, Trainer, accuracy
 
 
 @dataclass

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import time
 
-from tailorrt.methods.base import register
-from tailorrt.methods.tuned_net import TunedNet, TuneSpec
-from tailorrt.methods.tuning_base import Runner, TuningMethod, phase
+from tailorrt.training.methods.base import register
+from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
+from tailorrt.training.methods.tuning_base import Runner, TuningMethod, phase
 
 
 def select_unit(method: str, run: Runner) -> tuple[TunedNet, dict]:

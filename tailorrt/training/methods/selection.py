@@ -9,7 +9,7 @@ the tolerance, the most accurate candidate tried (all are under the FLOPs cap) i
 Accuracy falls as ``k`` grows, so ``k`` is found by bisection over the candidates under the FLOPs cap: on a
 backbone of ``L`` blocks a search fine-tunes about ``log2(L + 1)`` candidates, not ``L``. Each candidate is one
 fine-tune phase with its own checkpoint (``finetune-k<k>``), so a search killed between or inside candidates
-resumes where it stopped. This module holds the search; :mod:`tailorrt.methods.nettailor` supplies the
+resumes where it stopped. This module holds the search; :mod:`tailorrt.training.methods.nettailor` supplies the
 training.
 """
 

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tailorrt.backbones import BackboneSource, UniversalBackbone, get_spec
-from tailorrt.datasets import Preprocess
-from tailorrt.methods.nettailor import NAME, NetTailorConfig
-from tailorrt.methods.student import Student
 from tailorrt.pack import ModelDir, machine, versions
+from tailorrt.training.backbones import BackboneSource, UniversalBackbone, get_spec
+from tailorrt.training.datasets import Preprocess
+from tailorrt.training.methods.nettailor import NAME, NetTailorConfig
+from tailorrt.training.methods.student import Student
 
 
 def _image_folder(root: Path, classes: int, per_class: int = 4, size: int = 64) -> Path:
@@ -60,7 +60,7 @@ def make_model_dir(root: str | Path, *, backbone: str = "resnet34", tasks: int =
     mdir = ModelDir(root)
     torch.manual_seed(seed)
     model = UniversalBackbone(get_spec(backbone)).eval()
-    sha = mdir.write_backbone(model, BackboneSource("random", "tailorrt.synthetic"))
+    sha = mdir.write_backbone(model, BackboneSource("random", "tailorrt.training.synthetic"))
     spec = model.spec
     pre = Preprocess(input_size or spec.input_size, spec.mean, spec.std)
     folder = _image_folder(root.parent / f"{root.name}-images", classes)

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tailorrt.backbones import UniversalBackbone, pool
 from tailorrt.errors import ConfigError, PackError
-from tailorrt.flops import count_flops, count_params
+from tailorrt.training.backbones import UniversalBackbone, pool
+from tailorrt.training.flops import count_flops, count_params
 
 
 def share_frozen(module: nn.Module) -> nn.Module:

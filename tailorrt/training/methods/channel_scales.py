@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from tailorrt.backbones import DecathlonBlock
 from tailorrt.errors import ConfigError, PackError
-from tailorrt.methods.student import SharedConv2d
-from tailorrt.onnx_layers import conv_weight
+from tailorrt.training.backbones import DecathlonBlock
+from tailorrt.training.methods.student import SharedConv2d
+from tailorrt.training.onnx_layers import conv_weight
 
 GRANULARITIES = ("channel", "filter")
 PENALTIES = ("l1", "l2", "distance-to-1")

@@ -12,18 +12,18 @@ from typing import Any
 
 import torch
 
-from tailorrt import auto, methods
-from tailorrt.backbones import BackboneSpec, UniversalBackbone, build_backbone, get_spec
-from tailorrt.datasets import DataCheck, Preprocess, TaskData, load_task, pack_name
-from tailorrt.distributed import Cluster
 from tailorrt.errors import ConfigError, PackError, TrainingError
 from tailorrt.filecheck import listed
-from tailorrt.io import read_json, write_json
-from tailorrt.methods import Trained
+from tailorrt.files import read_json, write_json
 from tailorrt.pack import ModelDir, machine, preprocess_of, versions
 from tailorrt.records import BackboneRecord, TaskRecord
-from tailorrt.trainer import Progress, Trainer, accuracy
-from tailorrt.world import BUILTIN_TASKS
+from tailorrt.training import auto, methods
+from tailorrt.training.backbones import BackboneSpec, UniversalBackbone, build_backbone, get_spec
+from tailorrt.training.datasets import DataCheck, Preprocess, TaskData, load_task, pack_name
+from tailorrt.training.distributed import Cluster
+from tailorrt.training.methods import Trained
+from tailorrt.training.trainer import Progress, Trainer, accuracy
+from tailorrt.training.world import BUILTIN_TASKS
 
 
 @dataclass
@@ -129,7 +129,7 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
                progress: Progress | None = None, report: Callable[[str], None] = lambda _m: None,
                cluster: Cluster = Cluster()) -> Path:
     """Train ``req.task`` with ``req.method`` (or choose one, for ``auto``) and write its pack (named by
-    :func:`tailorrt.methods.pack_name`, so that several methods of one task live side by side; ``auto``'s is
+    :func:`tailorrt.training.methods.pack_name`, so that several methods of one task live side by side; ``auto``'s is
     named after the task); returns the pack's folder. Under torchrun (``cluster``) every process trains and rank 0
     alone writes."""
     mdir = ModelDir(req.model_dir)

@@ -34,7 +34,7 @@ from tailorrt.filecheck import (
 )
 from tailorrt.limits import DEFAULT_FORMATS
 from tailorrt.preprocess import Preprocess
-from tailorrt.world import BUILTIN_TASKS, generate
+from tailorrt.training.world import BUILTIN_TASKS, generate
 
 
 @dataclass

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tailorrt.distributed import Cluster
 from tailorrt.errors import TrainingDivergedError
-from tailorrt.io import load_metadata, load_tensors, save_tensors
+from tailorrt.training.distributed import Cluster
+from tailorrt.training.io import load_metadata, load_tensors, save_tensors
 
 # (inputs, labels) -> (loss, logits)
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
