@@ -48,6 +48,7 @@ def make_backend(name: str, mdir: ModelDir, device: str, threads: int | None = N
     if name == "onnx":
         return OnnxBackend(mdir, device, threads, share_weights=share_weights, precision=precision)
     if name == "tensorrt":
+        require_training(f"the {name} backend", instead="its engines take their inputs as torch CUDA tensors")
         return TensorRTBackend(mdir, device)
     raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 

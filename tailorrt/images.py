@@ -8,8 +8,8 @@ no torch). Encoded images are bounded before any pixel is decoded:
 - every image's header is read first: its pixel count against ``max_pixels``, the request's total against
   ``max_request_pixels`` and its image count against ``max_images``, so a request that would be refused is
   refused before any decoding work;
-- the memory a decode will take (pixels x bytes per pixel of its mode, the RGB conversion and the full-size
-  tensor) is reserved from a :class:`DecodeBudget` that all requests of a process share; an image larger
+- the memory a decode will take (pixels x bytes per pixel of its mode, the RGB conversion and the resize) is
+  reserved from a :class:`DecodeBudget` that all requests of a process share; an image larger
   than the whole budget is refused (413), and one that finds the budget taken waits a little, then gets
   :class:`~tailorrt.errors.OverloadedError` (503). A request's images are decoded one at a time.
 """
@@ -97,8 +97,9 @@ def decode(data: bytes, limits: Limits = Limits()) -> Image.Image:
 
 def decode_cost(img: Image.Image) -> int:
     """Upper bound of the bytes that decoding and preprocessing ``img`` hold at once: the decoded image, its RGB
-    conversion, two full-size uint8 copies made by the tensor conversion and the resize, and the decoder's own
-    buffer (checked against measured peaks by ``benchmarks/decode_bomb.py calibrate``)."""
+    conversion, room for two full-size uint8 copies (what the tensor resize before PIL's held; PIL resizes the RGB
+    image in place of them, so this is an upper bound) and the decoder's own buffer (checked against measured
+    peaks by ``benchmarks/decode_bomb.py calibrate``)."""
     w, h = img.size
     per_pixel = (_STORED_BYTES.get(img.mode, 4) + (0 if img.mode == "RGB" else 4) + 6
                  + _DECODER_BYTES.get(img.format or "", 0))
