@@ -130,10 +130,11 @@ def answers(venv: Path, model_dir: str, tasks: list[str], port: int) -> dict:
                 got.append(client.infer(task, [inp]).as_numpy("probabilities"))
             got = np.concatenate(got)
             classes = len(full_onnx.task(task).classes)
+            chunks = [pngs[i:i + 250] for i in range(0, len(pngs), 250)]  # Runtime's --max-images
             want = np.zeros_like(got)
-            for row, p in zip(want, full_onnx.predict(task, pngs, top_k=classes)):
+            for row, p in zip(want, [p for c in chunks for p in full_onnx.predict(task, c, top_k=classes)]):
                 row[p.indices] = p.scores
-            top1 = np.array([p.indices[0] for p in full_torch.predict(task, pngs)])
+            top1 = np.array([p.indices[0] for c in chunks for p in full_torch.predict(task, c)])
             out[task] = {"images": len(pngs), "top1_equal": int((got.argmax(1) == top1).sum()),
                          "max_prob_diff_vs_onnx": float(np.abs(got - want).max()),
                          "vs_previous_preprocessing": previous_preprocessing(full_torch, task, pngs)}
@@ -157,9 +158,10 @@ def previous_preprocessing(runtime, task: str, pngs: list[bytes]) -> dict:
     old = v2.Compose([v2.Lambda(to_rgb), v2.ToImage(), v2.Resize((pre.size, pre.size), antialias=True),
                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))])
     x_old = np.stack([old(Image.open(io.BytesIO(b))).numpy() for b in pngs])
-    a, b = runtime.logits(task, runtime.preprocess(task, pngs)), runtime.logits(task, x_old)
+    x_new = np.concatenate([runtime.preprocess(task, pngs[i:i + 250]) for i in range(0, len(pngs), 250)])
+    a, b = runtime.logits(task, x_new), runtime.logits(task, x_old)
     return {"max_logit_diff": float(np.abs(a - b).max()), "top1_equal": int((a.argmax(1) == b.argmax(1)).sum()),
-            "inputs_differing": int((np.abs(runtime.preprocess(task, pngs) - x_old).max(axis=(1, 2, 3)) > 0).sum())}
+            "inputs_differing": int((np.abs(x_new - x_old).max(axis=(1, 2, 3)) > 0).sum())}
 
 
 def main() -> None:
