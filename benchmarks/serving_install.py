@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,21 +81,16 @@ def import_seconds(python: Path, code: str) -> float:
 
 def cold_start(venv: Path, model_dir: str, tasks: list[str], port: int) -> float:
     """Seconds from starting ``tailor serve`` (onnx backend, the tasks) to its first 200 on /v2/health/ready."""
+    from tailorrt.serving.local import wait_ready
+
     t0 = time.perf_counter()
     proc = subprocess.Popen([str(venv / "bin" / "python"), "-m", "tailorrt.cli.app", "serve", "--model-dir",
                              model_dir, "--tasks", ",".join(tasks), "--backend", "onnx", "--port", str(port),
                              "--grpc-port", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             cwd=tempfile.gettempdir())  # not the source tree: the install's own tailorrt
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{venv}: tailor serve exited: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return time.perf_counter() - t0
-            except OSError:
-                time.sleep(0.01)
+        wait_ready(f"http://127.0.0.1:{port}", proc, interval=0.01)
+        return time.perf_counter() - t0
     finally:
         proc.terminate()
         proc.wait(timeout=60)

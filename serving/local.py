@@ -56,22 +56,31 @@ def serve_process(model_dir: str, *args: str, timeout: float = 120, env: dict | 
                             env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"tailor serve exited: {proc.stderr.read().strip()}")
-            try:
-                with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError("tailor serve did not become ready") from None
-                time.sleep(0.2)
+        wait_ready(url, proc, timeout)
         yield url, proc
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 120, interval: float = 0.2) -> None:
+    """Poll ``{url}/v2/health/ready`` until it answers 200. RuntimeError if ``proc`` (the server, when this process
+    started it) exits first, with the end of its stderr, or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            stderr = proc.stderr.read() if proc.stderr else ""
+            stderr = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+            raise RuntimeError(f"tailor serve exited: {stderr.strip()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"tailor serve at {url} did not become ready in {timeout:g} s")
+        time.sleep(interval)
 
 
 def request_plan(runtime: Runtime, tasks: list[str], requests: int, images_per_task: int = 100, seed: int = 0

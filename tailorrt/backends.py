@@ -94,7 +94,8 @@ class TorchBackend:
         model = self.models.get(task)
         if model is None:
             raise not_loaded(task)
-        with torch.inference_mode(), (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()):
+        autocast = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()
+        with torch.inference_mode(), autocast:
             return model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
 

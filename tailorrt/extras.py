@@ -4,6 +4,7 @@ with one line naming the install."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 from tailorrt.errors import DependencyMissingError
@@ -12,15 +13,17 @@ TRAIN_INSTALL = "pip install 'tailorrt[train]'"
 TRAINING_MODULES = ("torch", "torchvision", "onnx")  # what every command of the training side imports
 
 
-def missing_training() -> list[str]:
-    """The modules of the training side that cannot be imported here (none in a training install)."""
+@functools.cache
+def missing_training() -> tuple[str, ...]:
+    """The modules of the training side that cannot be imported here (none in a training install); asked once per
+    process (``tailor info`` asks for every task)."""
     missing = []
     for name in TRAINING_MODULES:
         try:
             importlib.import_module(name)
         except ImportError:
             missing.append(name)
-    return missing
+    return tuple(missing)
 
 
 def require_training(what: str, instead: str = "") -> None:

@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tailorrt.serving.local import free_port
+from tailorrt.serving.local import free_port, wait_ready
 from tests.test_serving_install import check_served
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,14 +67,10 @@ def test_the_image_serves_runtimes_answers_over_both_protocols(image, exported_d
         subprocess.run([image, "rm", "--force", name], capture_output=True)
 
 
-def _wait_ready(url: str, engine: str, name: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    logs = subprocess.run([engine, "logs", name], capture_output=True, text=True).stdout
-    raise AssertionError(f"the container did not become ready:\n{logs}")
+
+def _wait_ready(url: str, engine: str, name: str) -> None:
+    try:
+        wait_ready(url)
+    except RuntimeError as e:
+        logs = subprocess.run([engine, "logs", name], capture_output=True, text=True).stdout
+        raise AssertionError(f"the container did not become ready ({e}):\n{logs}") from None

@@ -22,7 +22,8 @@ RNG = np.random.default_rng(7)
 
 def torchvision_pipeline(pre: Preprocess) -> v2.Compose:
     """torchvision's classic transforms on a PIL image, step for step what :class:`Preprocess` defines."""
-    return v2.Compose([v2.Lambda(to_rgb), v2.Resize((pre.size, pre.size), InterpolationMode.BILINEAR, antialias=True),
+    return v2.Compose([v2.Lambda(to_rgb),
+                       v2.Resize((pre.size, pre.size), InterpolationMode.BILINEAR, antialias=True),
                        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))])
 
 

@@ -21,7 +21,7 @@ from tailorrt.errors import OverloadedError
 from tailorrt.images import Limits
 from tailorrt.pack import ModelDir
 from tailorrt.serving.app import ServerConfig, create_app
-from tailorrt.serving.local import free_port, png_bytes
+from tailorrt.serving.local import free_port, png_bytes, wait_ready
 from tests.conftest import TAILOR, class_image, run_cli
 
 KEY = "s3cret"
@@ -252,14 +252,7 @@ def test_tailor_serve_answers_and_finishes_in_flight_requests_on_sigterm(exporte
                              "--max-delay-ms", "1500", "--grpc-port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     answers = []
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
+        wait_ready(f"http://127.0.0.1:{port}", proc, timeout=60)
         png = png_bytes(class_image(1, np.random.default_rng(9)))
 
         def ask():
