@@ -30,7 +30,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "reference-distill": {"distill_logit_weight": 1 / 8},  # the reference's 1/L on the embedded backbone's 8 layers
     "global-distill": {"local_distill": False},
     "finetune-lr-0.01": {"finetune.lr": 0.01},
-    "finetune-3": {"finetune.epochs": 3},
+    "finetune-2": {"finetune.epochs": 2},  # the default before 2026-12-02's second session
     "no-clip": {"student.grad_clip": None, "finetune.grad_clip": None},
     "attention-unclipped": {"alpha_grad_clip": None},
     "alpha-lr-10": {"alpha_lr_mult": 10.0},
@@ -39,6 +39,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "proxy-threshold-0.1": {"proxy_threshold": 0.1},
     "student-6": {"student.epochs": 6},
     "student-8": {"student.epochs": 8},
+    "finetune-warmup": {"finetune.warmup_epochs": 0.5},
+    "finetune-lr-0.02": {"finetune.lr": 0.02},
 }
 # fields that act only after the student phase (the search): variants that differ only in these train the same
 # student, so a finished one's checkpoint is copied rather than trained again

@@ -302,6 +302,7 @@ def _mb(n: int) -> str:
 @app.command("export", epilog="Examples:\n\n  tailor export   # ONNX for every task in runs/\n\n"
              "  tailor export --model-dir runs/demo --tasks synth-digits,synth-signs --bench\n\n"
              "  tailor export --precision int8 --max-drop 0.5   # also int8 graphs, calibrated on training images\n\n"
+             "  tailor export --fuse-budget 0   # every universal convolution shared, none copied\n\n"
              "  tailor export --trt --fp16 --max-batch 64   # needs an NVIDIA GPU: pip install 'tailorrt\\[gpu]'")
 @training_side
 def export_(
@@ -324,6 +325,10 @@ def export_(
                                    "this, in points, against fp32."),
     calibration_images: int = typer.Option(512, help="Training images that set the int8 activation ranges."),
     check_images: int = typer.Option(2000, help="Test images of the int8 / bf16 accuracy check (all if fewer)."),
+    fuse_budget: float = typer.Option(0.02, help="The fraction of the shared weights' bytes "
+                                      "each task graph may copy to fold its batch norms in (the stem and first "
+                                      "blocks first, where a separate batch norm costs the most); 0 shares every "
+                                      "convolution."),
 ) -> None:
     """Export task packs: ONNX graphs that share one universal weight file (<model-dir>/onnx/) and optionally
     TensorRT engines (<model-dir>/trt/). Every graph is checked against PyTorch on validation images; the
@@ -336,7 +341,8 @@ def export_(
     req = ExportRequest(model_dir=model_dir, tasks=_names(tasks),
                         trt=trt, fp16=fp16, max_batch=max_batch, data_dir=str(data_dir), download=download,
                         parity_images=parity_images, bench=bench, precision=precision, max_drop=max_drop,
-                        calibration_images=calibration_images, check_images=check_images)
+                        calibration_images=calibration_images, check_images=check_images,
+                        fuse_budget=fuse_budget)
     result = export_model(req, report=lambda line: err.print(line, highlight=False, markup=False,
                                                                          soft_wrap=True))
     for kind, manifest in result.items():

@@ -49,6 +49,7 @@ class ExportRequest:
     max_drop: float = 0.5  # points of test accuracy a low precision may lose against fp32
     calibration_images: int = 512  # training images that set the int8 activation ranges
     check_images: int = 2000  # test images of the accuracy check (all when fewer)
+    fuse_budget: float = 0.02  # of the shared weights' bytes, what a task graph may copy to fold its batch norms
 
     def validate(self) -> None:
         if self.fp16 and not self.trt:
@@ -62,6 +63,8 @@ class ExportRequest:
             raise ConfigError(f"--max-drop is in points of accuracy, 0 to 100, not {self.max_drop}")
         if self.calibration_images < 1 or self.check_images < 1:
             raise ConfigError("--calibration-images and --check-images must be at least 1")
+        if not 0 <= self.fuse_budget <= 1:
+            raise ConfigError(f"--fuse-budget is a fraction of the shared weights, 0 to 1, not {self.fuse_budget}")
 
 
 @dataclass

@@ -23,6 +23,7 @@ from tailorrt.training.backbones import BackboneSpec, UniversalBackbone, get_spe
 from tailorrt.training.methods.nettailor import NetTailor, emit_student
 from tailorrt.training.methods.student import Student
 from tailorrt.training.onnx_graph import GraphBuilder, SharedWeights, save_graph
+from tailorrt.training.onnx_layers import choose_fused
 from tests.conftest import one_line_error, run_cli, run_clis
 
 SPECS = {
@@ -60,10 +61,10 @@ def _student(spec: BackboneSpec, seed: int = 0) -> tuple[UniversalBackbone, Stud
     return backbone, student.eval()
 
 
-def _export(backbone, student, folder: Path, name: str = "t") -> onnx.ModelProto:
+def _export(backbone, student, folder: Path, name: str = "t", fused: frozenset[str] = frozenset()) -> onnx.ModelProto:
     shared = SharedWeights(backbone)
     shared.write(folder / "universal.data")
-    g = GraphBuilder(name, shared)
+    g = GraphBuilder(name, shared, fused)
     emit_student(g, student)
     size = backbone.spec.input_size
     model = g.model((3, size, size), 5, {"task": name})
@@ -94,6 +95,43 @@ def test_graph_matches_pytorch_and_holds_only_kept_blocks(kind, tmp_path):
                      and getattr(layer.universal, "downsample", None) is not None)
     per_proxy = 2 if backbone.spec.block == "bottleneck" else 1
     assert ops.count("Conv") == 1 + universal_kept * convs_per_block + downsample + proxies_kept * per_proxy
+
+
+@pytest.mark.parametrize("kind", SPECS)
+def test_fused_copies_fold_batch_norms_within_the_budget(kind, tmp_path):
+    """The budget buys the shared convolutions with the largest output per weight first (the stem before any
+    block); each chosen one is a private copy with its batch norm folded in, the rest stay shared, and the graph
+    still matches PyTorch."""
+    backbone, student = _student(SPECS[kind])
+    shared = SharedWeights(backbone)
+    size = backbone.spec.input_size
+    shape = (3, size, size)
+    assert choose_fused(student, shared, shape, 0) == frozenset()
+    everything = choose_fused(student, shared, shape, shared.nbytes)
+    assert not any(n.startswith("blocks.1.") for n in everything)  # pruned: not run, not bought
+    stem = next(n for n in shared.tensors if n.startswith("stem."))
+    assert stem in everything
+    budget = max(shared.nbytes // 20, shared.tensors[stem].nbytes)
+    part = choose_fused(student, shared, shape, budget)
+    assert 0 < sum(shared.tensors[n].nbytes for n in part) <= budget and part < everything
+    if backbone.spec.stem == "cifar":  # a 3x3 stem at full resolution: the most output per weight element
+        assert stem in part
+    assert student.training is False
+    plain = _export(backbone, student, tmp_path, "plain")
+    for name, fused in (("part", part), ("all", everything)):
+        model = _export(backbone, student, tmp_path, name, fused)
+        external = {t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+        assert not external & fused and external | fused == {
+            t.name for t in plain.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+        ops = [n.op_type for n in model.graph.node]
+        bns = ops.count("BatchNormalization")
+        assert bns == [n.op_type for n in plain.graph.node].count("BatchNormalization") - len(fused)
+        session = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        x = torch.randn(4, *shape)
+        with torch.no_grad():
+            ref = student(x).numpy()
+        assert np.abs(session.run(["logits"], {"input": x.numpy()})[0] - ref).max() < 1e-4
+    assert "BatchNormalization" not in [n.op_type for n in model.graph.node]
 
 
 def test_identity_layers_with_tiny_attention_still_match(tmp_path):

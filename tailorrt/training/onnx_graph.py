@@ -93,11 +93,15 @@ def _align(n: int, to: int) -> int:
 
 
 class GraphBuilder:
-    """Nodes and initializers of one task graph; private names are prefixed with ``prefix/``."""
+    """Nodes and initializers of one task graph; private names are prefixed with ``prefix/``.
 
-    def __init__(self, prefix: str, shared: SharedWeights) -> None:
+    ``fused`` names shared convolution weights that this graph copies, with the task's batch norm folded in,
+    instead of referencing them (see :func:`~tailorrt.training.onnx_layers.choose_fused`)."""
+
+    def __init__(self, prefix: str, shared: SharedWeights, fused: frozenset[str] = frozenset()) -> None:
         self.prefix = prefix
         self.shared = shared
+        self.fused = fused
         self.nodes: list[onnx.NodeProto] = []
         self.private: dict[str, np.ndarray] = {}
         self.shared_used: list[str] = []
@@ -119,6 +123,11 @@ class GraphBuilder:
         if key not in self._consts:
             self._consts[key] = self.const(hint, arr)
         return self._consts[key]
+
+    def keeps_shared(self, param: torch.Tensor) -> bool:
+        """Whether ``param`` is a shared weight that this graph references (not one it copies fused)."""
+        name = self.shared.name_of(param)
+        return name is not None and name not in self.fused
 
     def weight(self, param: torch.Tensor, hint: str) -> str:
         """The shared name of a universal parameter, else a private copy of it."""

@@ -23,7 +23,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from tailorrt.errors import ExportError
 from tailorrt.training.backbones import DecathlonBlock
-from tailorrt.training.onnx_graph import GraphBuilder, bn_fold
+from tailorrt.training.onnx_graph import GraphBuilder, SharedWeights, bn_fold
 
 
 def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: float, mult: float = 1.0
@@ -55,14 +55,14 @@ def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: f
                 if m.bias is not None:
                     shift = shift + scale / c * m.bias.detach().double().cpu().numpy()
                 parallel = getattr(m, "parallel", None)
-                if g.shared.name_of(conv_weight(m)) is not None:  # universal: shared weight, private affine
+                if g.keeps_shared(conv_weight(m)):  # universal: shared weight, private affine
                     if m.bias is not None:
                         raise ExportError("universal convolutions with a bias are not supported")
                     y = g.conv(x, m)
                     x = g.affine(g.add([y, g.conv(x, parallel)]) if parallel is not None else y, scale, shift)
                 elif parallel is not None:
                     raise ExportError("a parallel convolution beside a task-owned one is not supported")
-                else:  # task-owned: fold the batch norm into the convolution
+                else:  # task-owned (or a shared weight the graph copies): fold the batch norm into the convolution
                     w = conv_weight(m).detach().double().cpu().numpy() * scale[:, None, None, None]
                     x = g.conv(x, m, weight=w.astype(np.float32), bias=shift.astype(np.float32))
                 c = 1.0 / k
@@ -79,6 +79,39 @@ def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: f
             raise ExportError(f"cannot export module {type(m).__name__}")
         i += 1
     return x, c
+
+
+def choose_fused(net: nn.Module, shared: SharedWeights, input_shape: tuple[int, ...], budget_bytes: int
+                 ) -> frozenset[str]:
+    """The shared convolutions whose weights a task graph copies, with its batch norm folded in, within
+    ``budget_bytes``. A shared convolution's per-task batch norm runs as a pass of its own over the conv's output
+    (and keeps ONNX Runtime from fusing the ReLU or residual add into the conv); a fused copy costs its weight's
+    bytes instead. So the convolutions with the largest output per weight element go first: the stem and the
+    first blocks, large activations from small weights. Only convolutions ``net`` runs on ``input_shape`` count."""
+    if budget_bytes <= 0:
+        return frozenset()
+    outputs: dict[str, int] = {}
+    hooks = []
+    for m in net.modules():
+        name = shared.name_of(conv_weight(m)) if isinstance(m, nn.Conv2d) else None
+        if name is not None and getattr(m, "parallel", None) is None:
+            hooks.append(m.register_forward_hook(
+                lambda _m, _x, y, name=name: outputs.__setitem__(name, outputs.get(name, 0) + y[0].numel())))
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, *input_shape, device=next(net.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+        net.train(was_training)
+    chosen, left = [], budget_bytes
+    for name in sorted(outputs, key=lambda n: (-outputs[n] / shared.tensors[n].size, n)):
+        if shared.tensors[name].nbytes <= left:
+            chosen.append(name)
+            left -= shared.tensors[name].nbytes
+    return frozenset(chosen)
 
 
 def _main_path(block: nn.Module) -> list[nn.Module]:

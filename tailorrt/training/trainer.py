@@ -74,13 +74,19 @@ def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, d
                       drop_last=drop_last, num_workers=0, sampler=sampler)
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on ``device``, image batches in the channels-last layout: PyTorch's CPU convolutions, batch norms
+    and max-pools run a NetTailor student's training step about a quarter faster on it than on NCHW."""
+    return x.to(device, memory_format=torch.channels_last) if x.dim() == 4 else x.to(device)
+
+
 @torch.no_grad()
 def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], ds: Dataset, device: torch.device,
                    batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """All logits and labels of a dataset (model already in eval mode)."""
     outs, labels = [], []
     for x, y in make_loader(ds, batch_size, shuffle=False):
-        outs.append(forward(x.to(device)).float().cpu())
+        outs.append(forward(to_device(x, device)).float().cpu())
         labels.append(torch.as_tensor(y))
     return torch.cat(outs), torch.cat(labels)
 
@@ -183,7 +189,7 @@ class Trainer:
             for step, (x, y) in enumerate(loader):
                 for g in opt.param_groups:
                     g["lr"] = phase.lr_at(epoch + step / loader_len) * g["lr_mult"]
-                x, y = x.to(self.device), torch.as_tensor(y).to(self.device)
+                x, y = to_device(x, self.device), torch.as_tensor(y).to(self.device)
                 loss, logits = step_fn(x, y)
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(f"{phase.name}: loss became {loss.item()} at epoch {epoch + 1}; "

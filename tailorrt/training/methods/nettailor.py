@@ -33,7 +33,7 @@ from tailorrt.training.methods.student import Student
 from tailorrt.training.onnx_graph import INPUT, GraphBuilder, check_positive
 from tailorrt.training.onnx_layers import emit_block, emit_head, emit_sequence, passes_input
 from tailorrt.training.teacher import Teacher
-from tailorrt.training.trainer import JOINT, PhaseConfig, PhaseResult, Trainer, accuracy, make_loader
+from tailorrt.training.trainer import JOINT, PhaseConfig, PhaseResult, Trainer, accuracy, make_loader, to_device
 
 
 @dataclass
@@ -81,7 +81,7 @@ class NetTailorConfig:
         """Schedules for the built-in generated tasks: minutes on 2 CPU cores."""
         return cls(alpha_lr_mult=3.0, teacher=PhaseConfig("teacher", 3, 0.02, batch_size=64),
                    student=PhaseConfig("student", 7, 0.1, batch_size=64),
-                   finetune=PhaseConfig("finetune", 2, 0.05, batch_size=64))
+                   finetune=PhaseConfig("finetune", 3, 0.05, batch_size=64))
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -196,7 +196,7 @@ def recalibrate_bn(model: torch.nn.Module, data: Dataset, device: torch.device, 
     seen = 0
     with torch.no_grad():
         for x, _ in make_loader(data, batch_size, shuffle=True, seed=0):
-            model(x.to(device))
+            model(to_device(x, device))
             seen += len(x)
             if seen >= images:
                 break
