@@ -1,7 +1,8 @@
 """What ``tailor export --fuse-budget`` buys: each task's ONNX graph exported with several budgets, timed side by side.
 
-    python benchmarks/fuse_budget.py --model-dir runs/demo                  # budgets 0, 0.02 (the default) and 1
+    python benchmarks/fuse_budget.py --model-dir runs/demo                  # budgets 0, 0.005 (the default), 0.02 and 1
     python benchmarks/fuse_budget.py --model-dir runs/demo --budgets 0,0.05 --batches 1,8,32
+    python benchmarks/fuse_budget.py --model-dir /tmp/r34 --budgets 0,0.005,0.02 --batches 1,8 --images 8 --rounds 5
 
 Copies the model dir's backbone and task packs once per budget into a temporary folder, exports each there with
 that budget (the model dir itself is not touched), then times every (budget, task) graph through the runtime's
@@ -35,10 +36,11 @@ def export_copy(model_dir: Path, out: Path, budget: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, required=True, help="A trained model dir (tailor train).")
-    ap.add_argument("--budgets", default="0,0.02,1", help="Comma-separated --fuse-budget values; the first is the "
+    ap.add_argument("--budgets", default="0,0.005,0.02,1", help="Comma-separated --fuse-budget values; the first is the "
                     "reference.")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--images", type=int, default=400, help="Images per timing (calls of batch B: images / B).")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
@@ -58,10 +60,10 @@ def main() -> None:
         rows = []
         for batch in (int(b) for b in args.batches.split(",")):
             x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
-            reps = max(1, 400 // batch)
+            reps = max(1, args.images // batch)
             times: dict[tuple, list[float]] = {k: [] for k in sessions}
             for s in sessions.values():
-                for _ in range(10):
+                for _ in range(max(1, reps // 10)):
                     s.run(x)
             for _ in range(args.rounds):
                 for k, s in sessions.items():

@@ -325,7 +325,7 @@ def export_(
                                    "this, in points, against fp32."),
     calibration_images: int = typer.Option(512, help="Training images that set the int8 activation ranges."),
     check_images: int = typer.Option(2000, help="Test images of the int8 / bf16 accuracy check (all if fewer)."),
-    fuse_budget: float = typer.Option(0.02, help="The fraction of the shared weights' bytes "
+    fuse_budget: float = typer.Option(0.005, help="The fraction of the shared weights' bytes "
                                       "each task graph may copy to fold its batch norms in (the stem and first "
                                       "blocks first, where a separate batch norm costs the most); 0 shares every "
                                       "convolution."),

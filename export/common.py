@@ -49,7 +49,7 @@ class ExportRequest:
     max_drop: float = 0.5  # points of test accuracy a low precision may lose against fp32
     calibration_images: int = 512  # training images that set the int8 activation ranges
     check_images: int = 2000  # test images of the accuracy check (all when fewer)
-    fuse_budget: float = 0.02  # of the shared weights' bytes, what a task graph may copy to fold its batch norms
+    fuse_budget: float = 0.005  # of the shared weights' bytes, what a task graph may copy to fold its batch norms
 
     def validate(self) -> None:
         if self.fp16 and not self.trt:
