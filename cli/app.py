@@ -21,6 +21,7 @@ from typer.core import TyperCommand
 from tailorrt.errors import TailorError
 from tailorrt.extras import require_training
 from tailorrt.kinds import DEFAULT_PRECISION
+from tailorrt.kinds.onnx import FUSE_BUDGET
 from tailorrt.limits import MB, Limits
 from tailorrt.serving.config import BatchConfig, RayConfig, ServerConfig
 
@@ -325,7 +326,7 @@ def export_(
                                    "this, in points, against fp32."),
     calibration_images: int = typer.Option(512, help="Training images that set the int8 activation ranges."),
     check_images: int = typer.Option(2000, help="Test images of the int8 / bf16 accuracy check (all if fewer)."),
-    fuse_budget: float = typer.Option(0.005, help="The fraction of the shared weights' bytes "
+    fuse_budget: float = typer.Option(FUSE_BUDGET, help="The fraction of the shared weights' bytes "
                                       "each task graph may copy to fold its batch norms in (the stem and first "
                                       "blocks first, where a separate batch norm costs the most); 0 shares every "
                                       "convolution."),

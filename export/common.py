@@ -18,6 +18,7 @@ from tailorrt import kinds
 from tailorrt.errors import ConfigError, PackError
 from tailorrt.export import speed
 from tailorrt.files import replace_dir, sha256_file, staging_dir
+from tailorrt.kinds.onnx import FUSE_BUDGET
 from tailorrt.pack import ModelDir, preprocess_of
 from tailorrt.records import TaskRecord, write_record
 from tailorrt.training.datasets import TaskData
@@ -49,7 +50,7 @@ class ExportRequest:
     max_drop: float = 0.5  # points of test accuracy a low precision may lose against fp32
     calibration_images: int = 512  # training images that set the int8 activation ranges
     check_images: int = 2000  # test images of the accuracy check (all when fewer)
-    fuse_budget: float = 0.005  # of the shared weights' bytes, what a task graph may copy to fold its batch norms
+    fuse_budget: float = FUSE_BUDGET  # of the shared weights' bytes, what a task graph may copy to fold batch norms
 
     def validate(self) -> None:
         if self.fp16 and not self.trt:

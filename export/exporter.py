@@ -183,8 +183,8 @@ def export_onnx(mdir: ModelDir, bmeta: BackboneRecord, shared: SharedWeights, ne
 def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: BackboneRecord, net: TaskNetwork, req: ExportRequest
                        ) -> dict:
     rec = net.record
-    g = GraphBuilder(net.name, shared, choose_fused(net.module, shared, net.input_shape,
-                                                    int(req.fuse_budget * shared.nbytes)))
+    budget = int(req.fuse_budget * shared.nbytes)
+    g = GraphBuilder(net.name, shared, choose_fused(net.module, shared, net.input_shape, budget))
     methods.for_record(rec.raw).emit(g, net.module)
     classes = len(rec.classes)
     props = {"tailorrt.task": net.name, "tailorrt.method": rec.method, "tailorrt.backbone_sha256": bmeta.sha256,
@@ -213,7 +213,7 @@ def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: BackboneRecord, 
                          {"name": PROBS, "dtype": "float32", "shape": batch + [classes]}],
              "preprocess": rec.preprocess, "shared_initializers": len(g.shared_used),
              "fused_copies": {"tensors": len(g.fused), "bytes": int(sum(shared.tensors[n].nbytes for n in g.fused)),
-                              "budget_bytes": int(req.fuse_budget * shared.nbytes)},
+                              "budget_bytes": budget},
              "private_initializers": len(g.private), "private_bytes": int(sum(a.nbytes for a in g.private.values())),
              "ops": dict(sorted(ops.items())), "parity": check}
     if req.bench:

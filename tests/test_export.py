@@ -99,9 +99,9 @@ def test_graph_matches_pytorch_and_holds_only_kept_blocks(kind, tmp_path):
 
 @pytest.mark.parametrize("kind", SPECS)
 def test_fused_copies_fold_batch_norms_within_the_budget(kind, tmp_path):
-    """The budget buys the shared convolutions with the largest output per weight first (the stem before any
-    block); each chosen one is a private copy with its batch norm folded in, the rest stay shared, and the graph
-    still matches PyTorch."""
+    """The budget buys only shared convolutions the pruned network runs, within its bytes (a 3x3 full-resolution
+    stem first); each chosen one is a private copy with its batch norm folded in, the rest stay shared, and the
+    graph still matches PyTorch."""
     backbone, student = _student(SPECS[kind])
     shared = SharedWeights(backbone)
     size = backbone.spec.input_size
