@@ -123,6 +123,9 @@ def test_fused_copies_fold_batch_norms_within_the_budget(kind, tmp_path):
         external = {t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
         assert not external & fused and external | fused == {
             t.name for t in plain.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+        g = GraphBuilder(name, shared, fused)
+        emit_student(g, student)
+        assert sorted(g.fused_used) == sorted(fused)  # what it copied (export.json's count) is what it was given
         ops = [n.op_type for n in model.graph.node]
         bns = ops.count("BatchNormalization")
         assert bns == [n.op_type for n in plain.graph.node].count("BatchNormalization") - len(fused)

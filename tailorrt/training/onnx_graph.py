@@ -105,6 +105,7 @@ class GraphBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self.private: dict[str, np.ndarray] = {}
         self.shared_used: list[str] = []
+        self.fused_used: list[str] = []  # the names of ``fused`` this graph copied (what it runs)
         self._count = 0
         self._consts: dict[tuple, str] = {}
 
@@ -128,6 +129,12 @@ class GraphBuilder:
         """Whether ``param`` is a shared weight that this graph references (not one it copies fused)."""
         name = self.shared.name_of(param)
         return name is not None and name not in self.fused
+
+    def copied(self, param: torch.Tensor) -> None:
+        """Note that the graph holds ``param``, if it is a shared weight, as a fused private copy."""
+        name = self.shared.name_of(param)
+        if name is not None and name not in self.fused_used:
+            self.fused_used.append(name)
 
     def weight(self, param: torch.Tensor, hint: str) -> str:
         """The shared name of a universal parameter, else a private copy of it."""

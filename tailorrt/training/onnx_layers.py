@@ -63,6 +63,7 @@ def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: f
                 elif parallel is not None:
                     raise ExportError("a parallel convolution beside a task-owned one is not supported")
                 else:  # task-owned (or a shared weight the graph copies): fold the batch norm into the convolution
+                    g.copied(conv_weight(m))
                     w = conv_weight(m).detach().double().cpu().numpy() * scale[:, None, None, None]
                     x = g.conv(x, m, weight=w.astype(np.float32), bias=shift.astype(np.float32))
                 c = 1.0 / k
