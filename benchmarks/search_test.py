@@ -36,7 +36,7 @@ def main() -> None:
     from tailorrt.training.methods.nettailor import ArchitectureSearch, NetTailorConfig
     from tailorrt.training.methods.student import Student
     from tailorrt.training.teacher import Teacher
-    from tailorrt.training.trainer import Trainer
+    from tailorrt.training.trainer import Trainer, correct
 
     print(f"CPU: {cpu_summary()}", flush=True)
     mdir = ModelDir(args.model_dir)
@@ -55,7 +55,7 @@ def main() -> None:
     student = Student(backbone, n, max_skip=cfg.max_skip)
     trainer.restore(cfg.student.name, student)
     search = ArchitectureSearch(cfg, backbone, n, student.state_dict(), teacher, data, trainer)
-    right = {split: _right(teacher, getattr(data, split), device) for split in ("val", "test")}
+    right = {split: correct(teacher, getattr(data, split), device) for split in ("val", "test")}
     print(f"teacher: val {_pct(right['val'])}, test {_pct(right['test'])} (tolerance {prune['tolerance']} points on "
           f"val; a difference below is candidate minus teacher, +- the standard error of that paired difference)")
     rows = [("student before any pruning", "", "", student)]
@@ -67,19 +67,10 @@ def main() -> None:
     for k, kept, flops, net in rows:
         cells = []
         for split in ("val", "test"):
-            mine = _right(net, getattr(data, split), device)
+            mine = correct(net, getattr(data, split), device)
             cells += [_pct(mine), _paired(mine, right[split])]
         chosen = "chosen" if k == str(prune["chosen"]) else ""
         print(f"| {k} | {kept} | {flops} | {' | '.join(cells)} | {chosen} |", flush=True)
-
-
-def _right(model, ds, device):
-    """Which images of ``ds`` the model classifies right (a bool tensor), in eval mode."""
-    from tailorrt.training.trainer import predict_logits
-
-    model.eval()
-    logits, labels = predict_logits(model, ds, device)
-    return logits.argmax(1) == labels
 
 
 def _pct(right) -> str:
@@ -93,6 +84,7 @@ def _paired(mine, theirs) -> str:
     b, c = int((mine & ~theirs).sum()), int((~mine & theirs).sum())
     se = math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
     return f"{100.0 * (b - c) / n:+.2f} +- {100.0 * se:.2f}"
+
 
 if __name__ == "__main__":
     main()

@@ -61,7 +61,9 @@ def _student(spec: BackboneSpec, seed: int = 0) -> tuple[UniversalBackbone, Stud
     return backbone, student.eval()
 
 
-def _export(backbone, student, folder: Path, name: str = "t", fused: frozenset[str] = frozenset()) -> onnx.ModelProto:
+def _build(backbone, student, folder: Path, name: str = "t", fused: frozenset[str] = frozenset()
+           ) -> tuple[onnx.ModelProto, GraphBuilder]:
+    """The student's graph written to ``folder``, and the builder that made it."""
     shared = SharedWeights(backbone)
     shared.write(folder / "universal.data")
     g = GraphBuilder(name, shared, fused)
@@ -69,7 +71,11 @@ def _export(backbone, student, folder: Path, name: str = "t", fused: frozenset[s
     size = backbone.spec.input_size
     model = g.model((3, size, size), 5, {"task": name})
     save_graph(model, folder / f"{name}.onnx")
-    return model
+    return model, g
+
+
+def _export(backbone, student, folder: Path, name: str = "t", fused: frozenset[str] = frozenset()) -> onnx.ModelProto:
+    return _build(backbone, student, folder, name, fused)[0]
 
 
 @pytest.mark.parametrize("kind", SPECS)
@@ -119,12 +125,10 @@ def test_fused_copies_fold_batch_norms_within_the_budget(kind, tmp_path):
     assert student.training is False
     plain = _export(backbone, student, tmp_path, "plain")
     for name, fused in (("part", part), ("all", everything)):
-        model = _export(backbone, student, tmp_path, name, fused)
+        model, g = _build(backbone, student, tmp_path, name, fused)
         external = {t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
         assert not external & fused and external | fused == {
             t.name for t in plain.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
-        g = GraphBuilder(name, shared, fused)
-        emit_student(g, student)
         assert sorted(g.fused_used) == sorted(fused)  # what it copied (export.json's count) is what it was given
         ops = [n.op_type for n in model.graph.node]
         bns = ops.count("BatchNormalization")

@@ -91,16 +91,24 @@ def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], ds: Dataset,
     return torch.cat(outs), torch.cat(labels)
 
 
-def accuracy(model: nn.Module, ds: Dataset, device: torch.device,
-             forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-    """Top-1 accuracy in percent, model in eval mode (restored afterwards)."""
+def correct(model: nn.Module, ds: Dataset, device: torch.device,
+            forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Which items of ``ds`` the model's top-1 class gets right (a bool tensor), model in eval mode (restored
+    afterwards)."""
     was = model.training
     model.eval()
     try:
         logits, labels = predict_logits(forward or model, ds, device)
     finally:
         model.train(was)
-    return 100.0 * float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
+    return logits.argmax(1) == labels
+
+
+def accuracy(model: nn.Module, ds: Dataset, device: torch.device,
+             forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Top-1 accuracy in percent, model in eval mode (restored afterwards)."""
+    right = correct(model, ds, device, forward)
+    return 100.0 * float(right.float().mean()) if len(right) else 0.0
 
 
 class Trainer:
