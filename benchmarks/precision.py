@@ -66,7 +66,7 @@ def engines(model_dir: str, task: str, threads: int, bf16_native: bool) -> dict:
 
 
 def speed(model_dir: str, task: str, batches: list[int], rounds: int, threads: int, bf16_native: bool) -> dict:
-    from tailorrt.export.speed import time_side_by_side
+    from tailorrt.export.speed import paired_ratio, time_side_by_side
     from tailorrt.pack import ModelDir, preprocess_of
 
     size = preprocess_of(ModelDir(model_dir).task_meta(task)).size
@@ -76,9 +76,8 @@ def speed(model_dir: str, task: str, batches: list[int], rounds: int, threads: i
         x = np.random.default_rng(0).standard_normal((b, 3, size, size)).astype(np.float32)
         fns = {k: (lambda f=f, x=x: f(x)) for k, (f, only) in runs.items() if only is None or b in only}
         res = time_side_by_side(fns, batch=b, rounds=rounds, warmup=1)
-        base = res["onnx fp32"]["images_per_s"]
-        for v in res.values():
-            v["vs_onnx_fp32"] = round(v["images_per_s"] / base, 3)
+        for k, v in res.items():
+            v["vs_onnx_fp32"] = paired_ratio(res, k, "onnx fp32")["median"]
         result[b] = res
     return result
 

@@ -106,7 +106,7 @@ def speed(model_dir: str, batches: tuple[int, ...]) -> dict:
     import onnxruntime as ort
 
     from tailorrt import Runtime
-    from tailorrt.export.speed import time_side_by_side
+    from tailorrt.export.speed import paired_ratio, time_side_by_side
     from tailorrt.onnx_weight_store import session_options
     from tailorrt.pack import ModelDir
 
@@ -128,7 +128,7 @@ def speed(model_dir: str, batches: tuple[int, ...]) -> dict:
             res = time_side_by_side({"plain": lambda: plain.run(["logits"], {"input": x}),
                                      "shared": lambda: shared.logits(t, x), "fused": lambda: fused.logits(t, x)},
                                     batch=b, rounds=11)
-            ratios = {k: res[k]["images_per_s"] / res["plain"]["images_per_s"] for k in ("shared", "fused")}
+            ratios = {k: paired_ratio(res, k, "plain")["median"] for k in ("shared", "fused")}
             result[f"{t}/batch_{b}"] = {**res, "ratio": {k: round(v, 3) for k, v in ratios.items()}}
             print(f"| {t} | {b} | {res['plain']['images_per_s']:.1f} | "
                   + " | ".join(f"{res[k]['images_per_s']:.1f} ({ratios[k]:.2f})" for k in ratios) + " |")

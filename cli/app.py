@@ -579,7 +579,8 @@ def bench(
     tasks: str | None = typer.Option(None, help="Comma-separated tasks (default: every task)."),
     backend: str = typer.Option("onnx", help="tailorrt's backend: onnx, torch or tensorrt."),
     batches: str = typer.Option("1,32", help="Batch sizes of the per-task timing."),
-    rounds: int = typer.Option(7, help="Interleaved timing rounds (median, min and max are reported)."),
+    rounds: int = typer.Option(7, help="Interleaved timing rounds (median, min and max are reported; a speedup "
+                               "is the median of the rounds' ratios, with its quartiles)."),
     requests: int = typer.Option(3000, help="Requests per stream through the dynamic batcher."),
     clients: int = typer.Option(16, help="Concurrent clients of each stream."),
     max_batch: int = typer.Option(32, help="The batcher's batch limit."),

@@ -172,6 +172,6 @@ def bench_task(net: TaskNetwork, session: ort.InferenceSession, batches: tuple[i
         for name, fn in (extra or {}).items():
             fns[name] = lambda fn=fn: fn(x)
         res = speed.time_side_by_side(fns, batch=b)
-        res["onnxruntime_vs_pytorch"] = round(res["pytorch"]["ms_per_batch"] / res["onnxruntime"]["ms_per_batch"], 3)
+        res["onnxruntime_vs_pytorch"] = speed.paired_ratio(res, "onnxruntime", "pytorch")["median"]
         out[f"batch_{b}"] = res
     return out

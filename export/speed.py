@@ -13,7 +13,8 @@ def time_side_by_side(fns: dict[str, Callable[[], object]], *, batch: int, round
     """Median and spread of milliseconds per call, and images/s, for each function.
 
     Every round runs each function for about ``round_seconds`` in turn; the figure of a round is
-    its mean time per call, and the median over rounds is reported with the min and max.
+    its mean time per call (kept in order under ``ms_rounds``, for :func:`paired_ratio`), and the
+    median over rounds is reported with the min and max.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -33,5 +34,21 @@ def time_side_by_side(fns: dict[str, Callable[[], object]], *, batch: int, round
     for name, ms in per_round.items():
         med = statistics.median(ms)
         out[name] = {"ms_per_batch": round(med, 4), "ms_min": round(min(ms), 4), "ms_max": round(max(ms), 4),
-                     "images_per_s": round(1e3 * batch / med, 1), "rounds": rounds}
+                     "images_per_s": round(1e3 * batch / med, 1), "rounds": rounds,
+                     "ms_rounds": [round(v, 4) for v in ms]}
     return out
+
+
+def paired_ratio(res: dict[str, dict], fast: str, slow: str) -> dict[str, float]:
+    """How many times faster ``fast`` ran than ``slow``, round by round: the median and quartiles of the
+    per-round ratios ``slow ms / fast ms`` of a :func:`time_side_by_side` result.
+
+    The two ran within a fraction of a second of each other in every round, so a slowdown of the
+    machine that lasts a round or more divides out of the ratio, where it would not out of a ratio of
+    medians taken over different rounds.
+    """
+    ratios = [s / f for f, s in zip(res[fast]["ms_rounds"], res[slow]["ms_rounds"], strict=True)]
+    if len(ratios) == 1:
+        return {"median": round(ratios[0], 3), "q1": round(ratios[0], 3), "q3": round(ratios[0], 3)}
+    q1, med, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return {"median": round(med, 3), "q1": round(q1, 3), "q3": round(q3, 3)}

@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from tailorrt.export.speed import paired_ratio
 from tailorrt.pack import ModelDir
 from tailorrt.tools.bench import per_task_model, teacher_checkpoint
 from tailorrt.training.teacher import Teacher
@@ -46,6 +47,14 @@ def test_the_per_task_model_is_the_tasks_teacher(bench_dir, tmp_path):
     assert np.abs(got - ref).max() < 1e-4
 
 
+def test_a_speedup_is_the_median_of_the_rounds_ratios():
+    # per-round ratios 3, 2 and 1
+    res = {"fast": {"ms_rounds": [1.0, 2.0, 4.0]}, "slow": {"ms_rounds": [3.0, 4.0, 4.0]}}
+    assert paired_ratio(res, "fast", "slow") == {"median": 2.0, "q1": 1.5, "q3": 2.5}
+    with pytest.raises(ValueError):
+        paired_ratio({"fast": {"ms_rounds": [1.0]}, "slow": {"ms_rounds": [1.0, 2.0]}}, "fast", "slow")
+
+
 def test_bench_reports_every_figure(bench_dir):
     proc = run_cli("bench", "--model-dir", str(bench_dir), *FAST, "--precision", "int8", check=True, timeout=600)
     r = json.loads((bench_dir / "bench" / "bench.json").read_text())
@@ -58,9 +67,12 @@ def test_bench_reports_every_figure(bench_dir):
             assert m["tailorrt"]["ms_min"] <= m["tailorrt"]["ms_per_batch"] <= m["tailorrt"]["ms_max"]
             assert 0 < m["fraction_of_limit"] and m["speedup"] > 0
             assert m["tailorrt_fused"]["images_per_s"] > 0 and m["fused_speedup_over_flop_ratio"] > 0
-            # int8 timed in the same rounds, as a ratio to the fp32 Runtime
-            assert m["low_precision_vs_tailorrt"] == pytest.approx(
-                m["tailorrt_low"]["images_per_s"] / m["tailorrt"]["images_per_s"], rel=1e-2)
+            # int8 timed in the same rounds, as a ratio to the fp32 Runtime; each ratio is the median of the
+            # rounds' ratios, between its quartiles
+            assert m["low_precision_vs_tailorrt"] == paired_ratio(m, "tailorrt_low", "tailorrt")["median"]
+            assert m["speedup"] == paired_ratio(m, "tailorrt", "per_task")["median"]
+            q1, q3 = m["speedup_over_flop_ratio_quartiles"]
+            assert q1 <= m["speedup_over_flop_ratio"] <= q3
         assert 0 <= row["low_precision_accuracy"]["accuracy"] <= 100
         prof = row["profile"]
         assert prof["batch"] == 1

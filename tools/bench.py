@@ -4,7 +4,9 @@ user would deploy otherwise), and against the machine's dense limit, measured si
 - Load: resident memory and load time, each from a fresh process (so one setting's allocator leftovers do
   not count against the next), and bytes on disk.
 - Speed: images/s per task at each batch size, tailorrt and the per-task model timed in interleaved rounds
-  (median, min and max), each task's speedup over its per-task model next to its FLOP ratio.
+  (median, min and max), each task's speedup over its per-task model next to its FLOP ratio. A speedup is the
+  median of the per-round ratios (the two ran back to back in each round, so a slow spell of the machine
+  divides out), with its quartiles.
 - Limit: the best multiply-accumulates per second of a large MatMul and a large convolution in ONNX Runtime
   with the same threads, and each task's achieved rate as a fraction of it.
 - Profile: at the smallest batch, where each setting's time goes by operator type (ONNX Runtime's profiler).
@@ -283,7 +285,7 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
     """Measure (see the module docstring), write the JSON and return it with a markdown summary under "summary"."""
     import onnxruntime as ort
 
-    from tailorrt.export.speed import time_side_by_side
+    from tailorrt.export.speed import paired_ratio, time_side_by_side
     from tailorrt.onnx_weight_store import session_options
     from tailorrt.runtime import Runtime
 
@@ -334,18 +336,19 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
             fns = {k: (lambda f=f: f(t, x)) for k, f in contenders.items()}
             res = time_side_by_side({**fns, "per_task": lambda: sessions[t].run(["logits"], {"input": x})},
                                     batch=b, rounds=req.rounds)
-            speedup = res["tailorrt"]["images_per_s"] / res["per_task"]["images_per_s"]
+            speedup = paired_ratio(res, "tailorrt", "per_task")
             achieved = flops * res["tailorrt"]["images_per_s"] / 1e9
-            row["batches"][str(b)] = {**res, "speedup": round(speedup, 3),
-                                      "speedup_over_flop_ratio": round(speedup / row["flop_ratio"], 3),
+            row["batches"][str(b)] = {**res, "speedup": speedup["median"],
+                                      "speedup_quartiles": [speedup["q1"], speedup["q3"]],
+                                      **over_flop_ratio("", speedup, row["flop_ratio"]),
                                       "achieved_gmacs_per_s": round(achieved, 2),
                                       "fraction_of_limit": round(achieved / limit["best_gmacs_per_s"], 3)}
             if "tailorrt_fused" in res:
-                fused = res["tailorrt_fused"]["images_per_s"] / res["per_task"]["images_per_s"]
-                row["batches"][str(b)]["fused_speedup_over_flop_ratio"] = round(fused / row["flop_ratio"], 3)
+                row["batches"][str(b)].update(over_flop_ratio("fused_", paired_ratio(res, "tailorrt_fused", "per_task"),
+                                                              row["flop_ratio"]))
             if "tailorrt_low" in res:
-                ratio = res["tailorrt_low"]["images_per_s"] / res["tailorrt"]["images_per_s"]
-                row["batches"][str(b)]["low_precision_vs_tailorrt"] = round(ratio, 3)
+                row["batches"][str(b)]["low_precision_vs_tailorrt"] = paired_ratio(res, "tailorrt_low",
+                                                                                   "tailorrt")["median"]
         if low is not None:  # the export's check, from the manifest the low-precision Runtime loaded
             row["low_precision_accuracy"] = low.backend.manifest.tasks[t].accuracy_check
         if req.backend == "onnx":
@@ -366,6 +369,13 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
         result["precision"] = {"precision": req.precision, "backend": backend_of(req.precision), "cpu": cpu_summary()}
     result["summary"] = summary(result)
     return written(result, Path(req.out) if req.out else out_dir / "bench.json")
+
+
+def over_flop_ratio(prefix: str, speedup: dict[str, float], flop_ratio: float) -> dict:
+    """``speedup`` (a :func:`~tailorrt.export.speed.paired_ratio`) over the FLOP ratio, median and quartiles."""
+    return {f"{prefix}speedup_over_flop_ratio": round(speedup["median"] / flop_ratio, 3),
+            f"{prefix}speedup_over_flop_ratio_quartiles": [round(speedup["q1"] / flop_ratio, 3),
+                                                           round(speedup["q3"] / flop_ratio, 3)]}
 
 
 def written(result: dict, path: Path) -> dict:
@@ -391,7 +401,7 @@ def summary(r: dict) -> str:
     lines += ["", f"Dense limit: {lim['best_gmacs_per_s']:.1f} GMAC/s (MatMul {lim['matmul']['gmacs_per_s']:.1f}, "
               f"conv {lim['conv']['gmacs_per_s']:.1f}).", "",
               "| task | per-task model | MFLOPs (per-task) | FLOP ratio | batch | tailorrt img/s | per-task img/s | "
-              "speedup | speedup / FLOP ratio | fused: speedup / FLOP ratio | GMAC/s | of limit |",
+              "speedup | speedup / FLOP ratio (quartiles) | fused: the same | GMAC/s | of limit |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for t, row in r["tasks"].items():
         for b, m in row["batches"].items():
@@ -399,8 +409,8 @@ def summary(r: dict) -> str:
             lines.append(f"| {t} | {row['per_task_model']} | {row['flops'] / 1e6:.1f} ({row['per_task_flops'] / 1e6:.1f}) "
                          f"| {row['flop_ratio']:.2f} | {b} | {m['tailorrt']['images_per_s']:.0f} "
                          f"({m['tailorrt']['ms_min']:.2f}-{m['tailorrt']['ms_max']:.2f} ms) | "
-                         f"{m['per_task']['images_per_s']:.0f} | {m['speedup']:.2f} | {m['speedup_over_flop_ratio']:.2f} "
-                         f"| {'-' if fused is None else f'{fused:.2f}'} "
+                         f"{m['per_task']['images_per_s']:.0f} | {m['speedup']:.2f} | {with_quartiles(m, '')} "
+                         f"| {'-' if fused is None else with_quartiles(m, 'fused_')} "
                          f"| {m['achieved_gmacs_per_s']:.1f} | {100 * m['fraction_of_limit']:.0f}% |")
     if "precision" in r:
         lines += ["", precision_summary(r)]
@@ -424,6 +434,12 @@ def summary(r: dict) -> str:
                      f"{s['mixed']['p99_ms']:.1f} | {s['single_equivalent_images_per_s']:.0f} | "
                      f"{s['mixed_over_single']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def with_quartiles(m: dict, prefix: str) -> str:
+    """A speedup over the FLOP ratio as the table shows it: the median and, in brackets, its quartiles."""
+    q1, q3 = m[f"{prefix}speedup_over_flop_ratio_quartiles"]
+    return f"{m[f'{prefix}speedup_over_flop_ratio']:.2f} ({q1:.2f}-{q3:.2f})"
 
 
 def precision_summary(r: dict) -> str:
