@@ -1,13 +1,15 @@
-"""NetTailor's training choices, one at a time, on the built-in tasks: test accuracy, blocks kept, FLOPs, seconds.
+"""NetTailor's training choices, one at a time: test accuracy, blocks kept, FLOPs, seconds.
 
     python benchmarks/nettailor_ablation.py --out /tmp/ablation                      # every variant, every task
     python benchmarks/nettailor_ablation.py --out /tmp/ablation --variants default,global-distill --tasks synth-digits
+    python benchmarks/nettailor_ablation.py --out /tmp/hard --tasks imagefolder:/tmp/fm/fashion-mnist-tops-3000 \
+        --variants default,augment-crop-flip                                      # a real folder (default schedule)
     python benchmarks/nettailor_ablation.py --out /tmp/ablation --table               # the table of what is done
 
-Each variant is the built-in schedule's config (``NetTailorConfig.quick()``, what ``tailor train`` uses on a
-built-in task) with a few fields changed, named below; each is trained from the same teacher (trained once per
-task and copied into every variant's work dir), through the same code as ``tailor train``: the student phase,
-then the architecture search. A finished (task, variant) is kept in ``<out>/<task>/<variant>/result.json`` and
+Each variant is the config ``tailor train`` uses on the task (``NetTailorConfig.quick()`` on a built-in task, the
+paper's schedule on real data) with a few fields changed, named below; each is trained from the same teacher
+(trained once per task and teacher configuration, and copied into every variant's work dir), through the same code
+as ``tailor train``: the student phase, then the architecture search. A finished (task, variant) is kept in ``<out>/<task>/<variant>/result.json`` and
 not trained again, so the script resumes, and two instances with disjoint ``--variants`` can share ``--out``
 (on 2 cores, each with ``--threads 1``). A variant that differs from a finished one only in what comes after the
 student phase starts from that one's trained student (the same computation), copied. Seconds are the student phase
@@ -41,22 +43,42 @@ VARIANTS: dict[str, dict[str, object]] = {
     "student-8": {"student.epochs": 8},
     "finetune-warmup": {"finetune.warmup_epochs": 0.5},
     "finetune-lr-0.02": {"finetune.lr": 0.02},
+    # the student's gap on small real tasks (issue 36): the reference's augmentation, a longer student, weights
+    "augment-none": {"augment": "none"},  # real data before issue 36 (the built-in tasks' default)
+    "augment-crop": {"augment": "crop"},  # real data's default since
+    "augment-crop-flip": {"augment": "crop-flip"},
+    "student-60": {"student.epochs": 60},
+    "augment-none-student-60": {"augment": "none", "student.epochs": 60},
+    "teacher-coeff-1": {"teacher_coeff": 1.0},
+    "augment-crop-teacher-coeff-1": {"augment": "crop", "teacher_coeff": 1.0},
+    "augment-crop-student-60": {"augment": "crop", "student.epochs": 60},
+    "augment-crop-teacher-coeff-30": {"augment": "crop", "teacher_coeff": 30.0},
 }
 # fields that act only after the student phase (the search): variants that differ only in these train the same
 # student, so a finished one's checkpoint is copied rather than trained again
 SEARCH_FIELDS = ("finetune.", "proxy_", "tolerance", "universal_drop")
 
 
+# fields that change the teacher: variants that differ in these train a teacher of their own
+TEACHER_FIELDS = ("teacher.", "augment")
+
+
 def student_fields(variant: str) -> dict:
     return {k: v for k, v in VARIANTS[variant].items() if not k.startswith(SEARCH_FIELDS)}
+
+
+def teacher_key(variant: str) -> str:
+    """The folder of the teacher ``variant`` trains from: ``_teacher``, or one named after its teacher's changes."""
+    changes = sorted(f"{k}={v}" for k, v in VARIANTS[variant].items() if k.startswith(TEACHER_FIELDS))
+    return "_teacher" + "".join(f"_{c}" for c in changes)
 TASKS = ("synth-digits", "synth-signs", "synth-glyphs")
 
 
-def config(variant: str):
+def config(variant: str, builtin: bool):
     from tailorrt.training.methods.base import replace_path
     from tailorrt.training.methods.nettailor import NetTailorConfig
 
-    cfg = NetTailorConfig.quick()
+    cfg = NetTailorConfig.quick() if builtin else NetTailorConfig()
     for path, value in VARIANTS[variant].items():
         cfg = replace_path(cfg, path, value)
     return cfg
@@ -79,31 +101,21 @@ class Lines:
         print(f"{self.prefix}{self.label}: {time.perf_counter() - self.t0:.0f} s{val}", flush=True)
 
 
-def train_teacher(cfg, backbone, data, trainer) -> None:
-    """The teacher phase alone, as :func:`~tailorrt.training.methods.nettailor.train_nettailor` runs it first."""
-    from torch.nn import functional as F
-
-    from tailorrt.training.teacher import Teacher
-
-    teacher = Teacher(backbone, len(data.classes)).to(trainer.device)
-
-    def loss(x, y):
-        logits = teacher(x)
-        return F.cross_entropy(logits, y), logits
-
-    trainer.run(cfg.teacher, teacher, loss, data.train, data.val)
-
-
-def run(out: Path, task: str, variant: str) -> dict:
-    """Train ``variant`` on ``task`` (its teacher shared with every variant) and return its figures."""
+def run(out: Path, task: str, variant: str, student_only: bool = False) -> dict:
+    """Train ``variant`` on ``task`` (its teacher shared with every variant) and return its figures; with
+    ``student_only``, stop after the student phase and return the student's figures against the teacher."""
     import torch
 
     from tailorrt.training.backbones import build_backbone
-    from tailorrt.training.datasets import Preprocess, load_task
-    from tailorrt.training.methods.nettailor import train_nettailor
+    from tailorrt.training.datasets import Preprocess, load_task, pack_name
+    from tailorrt.training.methods.nettailor import train_nettailor, train_teacher
     from tailorrt.training.trainer import Trainer
+    from tailorrt.training.world import BUILTIN_TASKS
 
-    done = out / task / variant / "result.json"
+    folder = out / pack_name(task)
+    done = folder / variant / "result.json"
+    if student_only and (folder / variant / "student.json").is_file():
+        return json.loads((folder / variant / "student.json").read_text())
     if done.is_file():
         return json.loads(done.read_text())
     torch.manual_seed(0)
@@ -112,25 +124,32 @@ def run(out: Path, task: str, variant: str) -> dict:
     spec = backbone.spec
     data = load_task(task, data_dir=Path("data"), preprocess=Preprocess(spec.input_size, spec.mean, spec.std),
                      download=False, seed=0)
-    cfg = config(variant)
+    cfg = config(variant, task in BUILTIN_TASKS)
     device = torch.device("cpu")
-    teacher_dir = out / task / "_teacher"
+    teacher_dir = folder / teacher_key(variant)
     teacher_dir.mkdir(parents=True, exist_ok=True)
     with open(teacher_dir / "lock", "w") as lock:  # another instance may be training it
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (teacher_dir / "teacher.safetensors").is_file():
+        shared = Trainer(device=device, work_dir=teacher_dir)
+        if shared.completed(cfg.teacher.name) is None:  # none yet, or one an interrupted run left half-trained
             print(f"{task}: training the teacher once, for every variant", flush=True)
-            train_teacher(cfg, backbone, data, Trainer(device=device, work_dir=teacher_dir))
-    work = out / task / variant / "work"
+            train_teacher(cfg, backbone, data, shared)
+    work = folder / variant / "work"
     work.mkdir(parents=True, exist_ok=True)
-    if not (work / "teacher.safetensors").is_file():
+    if Trainer(device=device, work_dir=work).completed(cfg.teacher.name) is None:
         shutil.copy(teacher_dir / "teacher.safetensors", work / "teacher.safetensors")
     same = [v for v in VARIANTS if v != variant and student_fields(v) == student_fields(variant)
-            and (out / task / v / "result.json").is_file()]
+            and (folder / v / "result.json").is_file()]
     if same and not (work / "student.safetensors").is_file():
-        shutil.copy(out / task / same[0] / "work" / "student.safetensors", work / "student.safetensors")
+        shutil.copy(folder / same[0] / "work" / "student.safetensors", work / "student.safetensors")
     print(f"{task} / {variant}: {VARIANTS[variant] or 'the defaults'}", flush=True)
     t0 = time.perf_counter()
+    if student_only:
+        row = student_row(cfg, backbone, data, Trainer(device=device, work_dir=work,
+                                                       progress=Lines(f"{task} / {variant} ")))
+        row.update(task=task, variant=variant, changes=VARIANTS[variant], wall_seconds=round(time.perf_counter() - t0, 1))
+        (folder / variant / "student.json").write_text(json.dumps(row, indent=1))
+        return row
     result = train_nettailor(cfg, backbone, data, Trainer(device=device, work_dir=work,
                                                           progress=Lines(f"{task} / {variant} ")))
     m = result.metrics
@@ -146,6 +165,40 @@ def run(out: Path, task: str, variant: str) -> dict:
            "alphas": [round(layer["blocks"][0]["alpha"], 2) for layer in result.student.architecture()]}
     done.write_text(json.dumps(row, indent=1))
     return row
+
+
+def student_row(cfg, backbone, data, trainer) -> dict:
+    """The teacher (restored) and the student phase, and the student against the teacher on validation and on test,
+    image by image."""
+    from tailorrt.training.methods.nettailor import train_student, train_teacher
+    from tailorrt.training.paired import Paired
+    from tailorrt.training.trainer import correct, percent
+
+    teacher, _ = train_teacher(cfg, backbone, data, trainer)
+    student, phase = train_student(cfg, backbone, data, trainer, teacher)
+    row = {"student_seconds": phase.seconds}
+    for split in ("val", "test"):
+        t, s = correct(teacher, getattr(data, split), trainer.device), correct(student, getattr(data, split),
+                                                                             trainer.device)
+        row[split] = {"teacher": round(percent(t), 2), "student": round(percent(s), 2),
+                      "student_vs_teacher": Paired.of(s, t).to_json()}
+    return row
+
+
+def student_table(out: Path) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/*/student.json"))]
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    rows.sort(key=lambda r: (r["task"], order.get(r["variant"], 99)))
+    from tailorrt.training.paired import Paired
+
+    lines = ["| task | variant | teacher val / test % | student val / test % | student vs teacher, val | "
+             "student vs teacher, test | student s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        v, t = r["val"], r["test"]
+        pv, pt = (Paired.from_json(split["student_vs_teacher"]).bracketed() for split in (v, t))
+        lines.append(f"| {r['task']} | {r['variant']} | {v['teacher']:.2f} / {t['teacher']:.2f} | {v['student']:.2f} / "
+                     f"{t['student']:.2f} | {pv} | {pt} | {r['student_seconds']:.0f} |")
+    return "\n".join(lines)
 
 
 def table(out: Path) -> str:
@@ -169,6 +222,8 @@ def main() -> None:
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
     ap.add_argument("--table", action="store_true", help="Only print the table of the finished runs.")
+    ap.add_argument("--student-only", action="store_true",
+                    help="Stop each variant after its student phase: the student against the teacher, val and test.")
     args = ap.parse_args()
     if not args.table:
         import torch
@@ -183,10 +238,14 @@ def main() -> None:
             ap.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
         for variant in args.variants.split(","):
             for task in args.tasks.split(","):
-                r = run(args.out, task, variant)
+                r = run(args.out, task, variant, args.student_only)
+                if args.student_only:
+                    print(f"{task} / {variant}: student {r['test']['student']:.2f} on test (teacher "
+                          f"{r['test']['teacher']:.2f})", flush=True)
+                    continue
                 print(f"{task} / {variant}: test {r['accuracy']:.2f} (teacher {r['teacher_accuracy']:.2f}), "
                       f"{r['universal_kept']}/{r['universal_total']} kept, {r['flops_ratio']:.2f}x FLOPs", flush=True)
-    print(table(args.out))
+    print(student_table(args.out) if args.student_only else table(args.out))
 
 
 if __name__ == "__main__":

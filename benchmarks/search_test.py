@@ -2,21 +2,27 @@
 
     python benchmarks/search_test.py --model-dir runs/demo --task synth-digits
     python benchmarks/search_test.py --model-dir /tmp/fmnist/runs --task fashion-mnist --data-dir /tmp/fmnist
+    python benchmarks/search_test.py --model-dir /tmp/fm/runs --task fashion-mnist-2000-6000 --all   # every k
 
-The search keeps the leanest candidate within ``--tolerance`` of the teacher's *validation* accuracy; this asks
-what the test split says about each candidate it fine-tuned, to see how far validation and test disagree at the
-tolerance's edge. It rebuilds each candidate from the checkpoints ``tailor train`` left in ``<model-dir>/.work/<task>``
-(the student, then each ``finetune-k<k>`` phase: pruned, batch norms re-estimated as in training, fine-tuned
-weights restored) and prints, for the teacher, the unpruned student (what a candidate's student had lost before any
-block was dropped) and each candidate, validation and test accuracy and the difference to the teacher on the same
-images with its paired standard error (how much of a difference the split's size can tell from noise).
-Nothing is trained; it needs the task's data where training found it.
+The search keeps the leanest candidate whose difference to the teacher, image by image on the validation split, is
+within ``--tolerance``; this asks what the test split says about each candidate it fine-tuned. It rebuilds each
+candidate from the checkpoints ``tailor train`` left in ``<model-dir>/.work/<task>`` (the student, then each
+``finetune-k<k>`` phase: pruned, batch norms re-estimated as in training, fine-tuned weights restored) and prints,
+for the teacher, the unpruned student (what a candidate's student had lost before any block was dropped) and each
+candidate, validation and test accuracy and the difference to the teacher on the same images with the half-width of
+its 95% interval (how much of a difference the split's size can tell from noise).
+
+``--all`` also fine-tunes every candidate under the FLOPs cap that the search did not try (each its own resumable
+phase in the work dir, as the search would have run it; the task's pack is not touched), and then replays the rule
+over them: the bisection the search runs, the same with one more candidate tried above the first that failed (what
+a search that does not trust accuracy to fall with ``k`` would pay for), and an exhaustive search; for each, the
+candidate it keeps, the fine-tunes it costs and that candidate's test figures. Nothing else is trained; it needs the
+task's data where training found it.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 
@@ -25,6 +31,7 @@ def main() -> None:
     ap.add_argument("--model-dir", type=Path, required=True)
     ap.add_argument("--task", required=True)
     ap.add_argument("--data-dir", type=Path, default=Path("data"))
+    ap.add_argument("--all", action="store_true", help="Fine-tune every untried candidate and replay the rule.")
     args = ap.parse_args()
 
     import torch
@@ -34,7 +41,9 @@ def main() -> None:
     from tailorrt.records import TaskRecord
     from tailorrt.training.datasets import load_task
     from tailorrt.training.methods.nettailor import ArchitectureSearch, NetTailorConfig
+    from tailorrt.training.methods.selection import eligible
     from tailorrt.training.methods.student import Student
+    from tailorrt.training.paired import Paired
     from tailorrt.training.teacher import Teacher
     from tailorrt.training.trainer import Trainer, correct
 
@@ -55,35 +64,66 @@ def main() -> None:
     student = Student(backbone, n, max_skip=cfg.max_skip)
     trainer.restore(cfg.student.name, student)
     search = ArchitectureSearch(cfg, backbone, n, student.state_dict(), teacher, data, trainer)
-    right = {split: correct(teacher, getattr(data, split), device) for split in ("val", "test")}
-    print(f"teacher: val {_pct(right['val'])}, test {_pct(right['test'])} (tolerance {prune['tolerance']} points on "
-          f"val; a difference below is candidate minus teacher, +- the standard error of that paired difference)")
-    rows = [("student before any pruning", "", "", student)]
-    for c in prune["candidates"]:
-        net, _ = search.restore(c["k"])  # pruned, re-estimated, its finished fine-tune restored
-        rows.append((str(c["k"]), str(c["universal_kept"]), f"{c['flops'] / prune['teacher_flops']:.2f}x", net))
+    right = {"val": search.teacher_right, "test": correct(teacher, data.test, device)}
+    print(f"teacher: val {_pct(right['val'])} ({len(data.val)} images), test {_pct(right['test'])} ({len(data.test)} "
+          f"images); tolerance {prune['tolerance']} points on val. Below, each network minus the teacher on the same "
+          "images, +- the half-width of its 95% interval.")
+    teacher_flops = prune["teacher_flops"]
+    ks = [c["k"] for c in prune["candidates"]]
+    if args.all:
+        ks = sorted(set(ks) | set(eligible(search.plans(), teacher_flops)))
+    found = {}  # k -> (candidate, its test comparison, the teacher's FLOPs)
+    rows = [("student before any pruning", "", "", student, None)]
+    for k in ks:
+        cand = search.evaluate(k)  # a recorded one is read back; an untried one is fine-tuned now (--all)
+        net, _ = search.restore(k)
+        rows.append((str(k), str(cand.universal_kept), f"{cand.flops / teacher_flops:.2f}x", net, cand))
     print("| k | universal kept | FLOPs vs teacher | val % | vs teacher (val) | test % | vs teacher (test) | |\n"
           "|---|---|---|---|---|---|---|---|")
-    for k, kept, flops, net in rows:
-        cells = []
+    for k, kept, flops, net, cand in rows:
+        cells, test = [], None
         for split in ("val", "test"):
             mine = correct(net, getattr(data, split), device)
-            cells += [_pct(mine), _paired(mine, right[split])]
-        chosen = "chosen" if k == str(prune["chosen"]) else ""
+            paired = Paired.of(mine, right[split])
+            cells += [_pct(mine), paired.words()]
+            test = paired
+        if cand is not None:
+            found[cand.k] = (cand, test, teacher_flops)
+        else:
+            student_val = Paired.of(correct(net, data.val, device), right["val"]).diff
+        recorded = [str(c["k"]) for c in prune["candidates"]]
+        chosen = "chosen" if k == str(prune["chosen"]) else "(--all)" if cand is not None and k not in recorded else ""
         print(f"| {k} | {kept} | {flops} | {' | '.join(cells)} | {chosen} |", flush=True)
+    if args.all:
+        replay(found, cfg.tolerance, student_val)
+
+
+def replay(found: dict, tolerance: float, student: float) -> None:
+    """The rule over every candidate: the bisection, the bisection with one more try, and an exhaustive search."""
+    from tailorrt.training.methods.selection import choose, search
+
+    ks = sorted(found)
+    plain = search(ks, lambda k: found[k][0], tolerance, student)
+    failed = [k for k in plain.tried if plain.fitted[k] < -tolerance and k > plain.chosen.k]
+    more = [k for k in ks if failed and k > min(failed) and k not in plain.tried][:1]
+    extra = choose([found[k][0] for k in plain.tried + more], tolerance, student)
+    every = choose([found[k][0] for k in ks], tolerance, student)
+    print("\n| search | fine-tunes | kept k | FLOPs vs teacher | vs teacher (val) | in the monotone fit | vs teacher "
+          "(test) |\n|---|---|---|---|---|---|---|")
+    for name, sel in (("bisection (tailor train)", plain), ("bisection + one more above the first failure", extra),
+                      ("exhaustive", every)):
+        cand, test, teacher_flops = found[sel.chosen.k]
+        print(f"| {name} | {len(sel.tried)} | {cand.k} | {cand.flops / teacher_flops:.2f}x | "
+              f"{cand.vs_teacher.words()} | {sel.fitted[cand.k]:+.2f} | {test.words()} |")
+    order = [found[k][0].vs_teacher.diff for k in ks]
+    rises = [(ks[i], ks[i + 1]) for i in range(len(ks) - 1) if order[i + 1] > order[i]]
+    print(f"\nk where accuracy on val rose with k (not monotone): {rises or 'none'}")
 
 
 def _pct(right) -> str:
-    return f"{100.0 * float(right.float().mean()):.2f}"
+    from tailorrt.training.trainer import percent
 
-
-def _paired(mine, theirs) -> str:
-    """``mine`` minus ``theirs`` in points on the same images, with the standard error of a paired difference:
-    ``sqrt(discordant - (b - c)^2 / n) / n`` for ``b`` images only one model gets right and ``c`` only the other."""
-    n = len(mine)
-    b, c = int((mine & ~theirs).sum()), int((~mine & theirs).sum())
-    se = math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
-    return f"{100.0 * (b - c) / n:+.2f} +- {100.0 * se:.2f}"
+    return f"{percent(right):.2f}"
 
 
 if __name__ == "__main__":

@@ -128,6 +128,7 @@ class ServeCommand(TyperCommand):
              "  tailor train --task synth-signs --method adapters\n\n"
              "  tailor train --task synth-digits --nproc 2   # DDP over 2 processes (torchrun)\n\n"
              "  tailor train --task imagefolder:photos --strict   # refuse broken files instead of skipping them\n\n"
+             "  tailor train --task imagefolder:clothes --augment crop-flip   # mirror images are the same class\n\n"
              "  tailor train --task synth-glyphs --method auto --max-drop 1 --max-pack-mb 2", cls=TrainCommand)
 @training_side
 def train(
@@ -205,6 +206,9 @@ def train(
               f"{m.accuracy:.2f}%{teacher}, {m.universal_blocks_kept}/{m.universal_blocks_total} universal "
               f"blocks, {m.task_params:,} task parameters, {m.flops / 1e6:.1f} MFLOPs "
               f"(teacher {m.teacher_flops / 1e6:.1f})", highlight=False)
+    verdict = methods.for_record(rec.raw).verdict(rec.raw)
+    if verdict:
+        out.print(verdict, highlight=False, markup=False)
 
 
 @app.command(epilog="Examples:\n\n"

@@ -13,14 +13,20 @@ from tests.conftest import QUICK, TAILOR, make_imagefolder, one_line_error, run_
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, imagefolder):
+def trained_run(tmp_path_factory, imagefolder):
     root = tmp_path_factory.mktemp("runs")
     proc = run_cli("train", "--task", f"imagefolder:{imagefolder}", "--model-dir", str(root), *QUICK, check=True)
     assert "wrote" in proc.stdout
-    return root
+    return root, proc
 
 
-def test_train_writes_pack_info_and_eval_agree(trained):
+@pytest.fixture(scope="module")
+def trained(trained_run):
+    return trained_run[0]
+
+
+def test_train_writes_pack_info_and_eval_agree(trained_run):
+    trained, proc = trained_run
     meta = read_json(trained / "tasks" / "colors" / "task.json")
     for key in ("format_version", "task", "method", "backbone_sha256", "classes", "preprocess", "architecture"):
         assert key in meta
@@ -29,8 +35,13 @@ def test_train_writes_pack_info_and_eval_agree(trained):
         assert key in meta["metrics"]
     assert meta["backbone_sha256"] == read_json(trained / "backbone" / "backbone.json")["sha256"]
     prune = meta["metrics"]["prune"]  # the architecture search: every candidate fine-tuned is recorded
-    fields = {"k", "universal_kept", "proxies_kept", "flops", "val_before", "val_accuracy", "seconds"}
+    fields = {"k", "universal_kept", "proxies_kept", "flops", "val_before", "val_accuracy", "seconds", "vs_teacher"}
     assert prune["candidates"] and all(set(c) == fields for c in prune["candidates"])
+    n_val = meta["data"]["val"]  # each candidate against the teacher on the same validation images
+    assert all(c["vs_teacher"]["n"] == n_val == prune["reference"]["images"] for c in prune["candidates"])
+    assert prune["student_vs_teacher"]["n"] == n_val and prune["test"]["chosen"]["n"] == meta["data"]["test"]
+    # tailor train's line says what the split could tell (a handful of images: that it cannot tell 0.5 points)
+    assert prune["words"] in " ".join(proc.stdout.split()) and "cannot tell" in prune["words"]
     chosen = next(c for c in prune["candidates"] if c["k"] == prune["chosen"])
     assert chosen["flops"] == meta["metrics"]["flops"] <= meta["metrics"]["teacher_flops"]
     assert chosen["universal_kept"] == meta["metrics"]["universal_blocks_kept"]

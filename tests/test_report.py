@@ -14,6 +14,7 @@ from tailorrt.pack import ModelDir
 from tailorrt.tools.render import check_rendering, find_browser, image_difference
 from tailorrt.tools.report import architecture_plot, attention_plot
 from tailorrt.training.methods.pictures import attention_history
+from tailorrt.training.paired import Paired
 from tests.conftest import one_line_error, run_cli
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -38,7 +39,14 @@ def test_the_page_has_every_tasks_pictures_and_opens_from_disk(report_dir, expor
     for src in sources:  # every picture is a file next to the page: no server, no network
         assert "/" not in src and (report_dir / src).read_bytes()[:8] == PNG
     assert "<script" not in page and "http" not in page
-    assert "<th>task params</th>" in page and page.count("<tr>") == len(tasks) + 1  # tailor info's table
+    info = page[page.index("<table>"):page.index("</table>")]
+    assert "<th>task params</th>" in info and info.count("<tr>") == len(tasks) + 1  # tailor info's table
+    for task in tasks:  # the search's table: every candidate against the teacher, with its 95% interval
+        prune = ModelDir(exported_dir).task_meta(task)["metrics"].get("prune")
+        if prune and "candidates" in prune:
+            section = page[page.index(f"<section id='{task}'>"):]
+            for c in prune["candidates"]:
+                assert f"<td>{Paired.from_json(c['vs_teacher']).bracketed()}</td>" in section
 
 
 def test_architecture_follows_the_weights_and_pruned_blocks_are_absent(exported_dir, tmp_path):

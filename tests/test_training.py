@@ -93,3 +93,48 @@ def test_special_parameters_can_be_clipped_on_their_own():
     # one step (64 images, batch 64) at the first learning rate of the cosine schedule
     assert moved["joint"] <= 0.1 * 1.0 + 1e-6  # clipped with the rest: the whole step's norm is at most 1
     assert moved[None] == pytest.approx(0.1 * 1e4, rel=1e-3)  # on its own and unclipped: the full step
+
+
+@pytest.mark.parametrize("policy", ["crop", "crop-flip"])
+def test_augmentation_translates_by_reflection_and_flips_only_where_asked(policy):
+    from tailorrt.training.augment import augment
+
+    x = torch.randn(32, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    out = augment(x, policy, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
+    padded = F.pad(x, (2, 2, 2, 2), mode="reflect")  # 16 px: shifted by up to 16 / 8 pixels each way
+    flipped = shifted = 0
+    for i in range(len(x)):
+        windows = [padded[i, :, dy:dy + 16, dx:dx + 16] for dy in range(5) for dx in range(5)]
+        plain = any(torch.equal(w, out[i]) for w in windows)
+        mirror = any(torch.equal(w.flip(-1), out[i]) for w in windows)
+        assert plain or mirror
+        flipped += mirror and not plain
+        shifted += not torch.equal(out[i], x[i]) and not torch.equal(out[i], x[i].flip(-1))
+    assert shifted > 16 and (flipped > 4 if policy == "crop-flip" else flipped == 0)
+    assert augment(x, "none") is x
+
+
+def test_nettailor_refuses_an_unknown_augmentation():
+    from tailorrt.errors import ConfigError
+    from tailorrt.training.methods.nettailor import NetTailorConfig
+
+    with pytest.raises(ConfigError, match="crop-flip"):
+        NetTailorConfig(augment="rotate")
+
+
+def test_a_small_training_set_gets_the_epochs_min_steps_asks_for(tmp_path):
+    data = _data()  # 64 items at batch 16: 4 steps an epoch
+    phase = PhaseConfig("p", epochs=1, lr=0.1, batch_size=16, min_steps=10)
+    assert phase.for_steps(4).epochs == 3 and phase.for_steps(10).epochs == 1  # ceil(10 / 4); enough already
+    assert PhaseConfig("q", epochs=2, lr=0.1).for_steps(1).epochs == 2  # min_steps 0: unchanged
+    m = _model()
+    steps = {"n": 0}
+    loss = _loss(m)
+
+    def counted(x, y):
+        steps["n"] += 1
+        return loss(x, y)
+
+    result = Trainer(device=torch.device("cpu"), work_dir=tmp_path).run(phase, m, counted, data, data)
+    assert result.epochs == 3 and steps["n"] == 12

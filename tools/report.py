@@ -192,8 +192,14 @@ def _selection_section(rec: TaskRecord, picture: Path | None) -> list[str]:
     if picture is None:
         return []
     esc = html.escape
-    return ["<h3>Architecture search</h3>", f"<p>{esc(methods.for_record(rec.raw).describe(rec.raw))}.</p>",
-            f"<img src='{esc(picture.name)}' alt='candidates of {esc(rec.task)}'>"]
+    method = methods.for_record(rec.raw)
+    table = method.selection_table(rec.raw)
+    rows = "" if table is None else (
+        "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in table[0]) + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table[1]) + "</table>")
+    said = ". ".join(x for x in (method.describe(rec.raw), method.verdict(rec.raw)) if x)
+    return ["<h3>Architecture search</h3>", f"<p>{esc(said)}.</p>",
+            f"<img src='{esc(picture.name)}' alt='candidates of {esc(rec.task)}'>", rows]
 
 
 def _auto_section(rec: TaskRecord) -> list[str]:

@@ -3,11 +3,12 @@
 Every candidate (each registered family's :attr:`~tailorrt.training.methods.base.Method.candidates`, or the user's list)
 is trained on a short schedule (every phase's epochs scaled by :data:`SHORT`, at least one each) and measured
 on the task's validation split: accuracy, pack bytes, FLOPs. A candidate meets the budget when its pack and
-FLOPs are within ``--max-pack-mb`` and ``--max-mflops`` and its validation accuracy is within ``--max-drop``
-points of the best candidate's. The smallest pack among those wins (ties: the more accurate), and is then
-trained again on the full schedule into the task's pack. ``task.json`` records every candidate's figures,
-why the winner won, and the seconds spent choosing. A budget nothing meets is a one-line error naming the
-candidate closest to it.
+FLOPs are within ``--max-pack-mb`` and ``--max-mflops``, its validation accuracy is within ``--max-drop``
+points of the best candidate's, and its own training did not find that it falls short of what it was held to
+(``metrics.shortfall``: NetTailor's candidates, or its student, under the teacher beyond its tolerance). The
+smallest pack among those wins (ties: the more accurate), and is then trained again on the full schedule into the
+task's pack. ``task.json`` records every candidate's figures, why the winner won, and the seconds spent choosing. A
+budget nothing meets is a one-line error naming the candidate closest to it.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def choose(candidates: list[str], budget: Budget, train: TrainFn, report: Callab
         rows.append({"method": name, "val_accuracy": round(val, 3), "test_accuracy": trained.metrics["accuracy"],
                      "pack_bytes": pack_bytes(trained.net.task_state()), "flops": int(trained.metrics["flops"]),
                      "seconds": round(time.perf_counter() - t0, 2)})
+        if trained.metrics.get("shortfall"):  # the method's own verdict: it could not match what it was held to
+            rows[-1]["shortfall"] = trained.metrics["shortfall"]
         report(f"auto: {name} val {val:.2f}%, pack {rows[-1]['pack_bytes'] / 1e6:.3f} MB, "
                f"{rows[-1]['flops'] / 1e6:.1f} MFLOPs, {rows[-1]['seconds']:.0f} s")
     best = max(r["val_accuracy"] for r in rows)
@@ -96,6 +99,8 @@ def _misses(row: dict, budget: Budget, best: float) -> list[str]:
         out.append(f"pack {row['pack_bytes'] / 1e6:.3f} MB > {budget.max_pack_mb:g} MB")
     if budget.max_mflops is not None and row["flops"] > budget.max_mflops * 1e6:
         out.append(f"{row['flops'] / 1e6:.1f} MFLOPs > {budget.max_mflops:g}")
+    if row.get("shortfall"):
+        out.append(row["shortfall"])
     if row["val_accuracy"] < best - budget.max_drop:
         out.append(f"val {row['val_accuracy']:.2f}% is {best - row['val_accuracy']:.2f} points below the best "
                    f"(--max-drop {budget.max_drop:g})")

@@ -3,6 +3,7 @@ resume from the last finished epoch, validation accuracy per epoch, progress bar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -36,6 +37,13 @@ class PhaseConfig:
     warmup_epochs: float = 0.0
     grad_clip: float | None = 5.0  # max gradient norm; None disables clipping
     patience: int | None = None  # early stopping: end after this many epochs without a better val accuracy
+    min_steps: int = 0  # at least this many optimisation steps: a small training set gets more epochs
+
+    def for_steps(self, steps_per_epoch: int) -> PhaseConfig:
+        """This phase with enough epochs of ``steps_per_epoch`` steps for :attr:`min_steps` (else unchanged)."""
+        if self.min_steps <= 0 or self.epochs * steps_per_epoch >= self.min_steps or steps_per_epoch < 1:
+            return self
+        return dataclasses.replace(self, epochs=math.ceil(self.min_steps / steps_per_epoch))
 
     def lr_at(self, progress: float) -> float:
         """Cosine decay over the phase (``progress`` in epochs), with optional linear warm-up."""
@@ -104,11 +112,15 @@ def correct(model: nn.Module, ds: Dataset, device: torch.device,
     return logits.argmax(1) == labels
 
 
+def percent(right: torch.Tensor) -> float:
+    """Accuracy in percent from which items a model gets right (:func:`correct`)."""
+    return 100.0 * float(right.float().mean()) if len(right) else 0.0
+
+
 def accuracy(model: nn.Module, ds: Dataset, device: torch.device,
              forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """Top-1 accuracy in percent, model in eval mode (restored afterwards)."""
-    right = correct(model, ds, device, forward)
-    return 100.0 * float(right.float().mean()) if len(right) else 0.0
+    return percent(correct(model, ds, device, forward))
 
 
 class Trainer:
@@ -181,6 +193,7 @@ class Trainer:
             [(g["params"], clip) for g, clip in zip(groups, (phase.grad_clip, special_clip))]
         start_epoch, history, seconds = self._resume(phase, model, opt, params)
         loader_len = len(self._loader(train, phase, 0))
+        phase = phase.for_steps(loader_len)
         self.progress.start(phase.name, phase.epochs * loader_len, start_epoch * loader_len)
         val_acc = history[-1]["val_accuracy"] if history else 0.0
         best = max(history, key=lambda r: r["val_accuracy"]) if history else None

@@ -94,6 +94,11 @@ class Method:
         """What training chose, in a few words (``unit 3``, ``12/40 channels cut``), or ''."""
         return ""
 
+    def verdict(self, meta: dict) -> str:
+        """What training could and could not tell about its choice, in one line for ``tailor train`` (a search's
+        difference to its reference, whether its data could resolve it, whether the method fell short), or ''."""
+        return ""
+
     def training_seconds(self, meta: dict) -> float:
         """Compute time of a pack's training: its phases as recorded (resumed runs count in full), plus any
         steps of the method that train nothing."""
@@ -105,6 +110,10 @@ class Method:
 
     def attention_figure(self, plt: Any, meta: dict) -> Any | None:
         """The report's picture of the attention weights over training, or None where the method learns none."""
+        return None
+
+    def selection_table(self, meta: dict) -> tuple[list[str], list[list[str]]] | None:
+        """The report's table of the candidates training chose among (a header and rows of cells), or None."""
         return None
 
     def selection_figure(self, plt: Any, meta: dict) -> Any | None:

@@ -146,25 +146,30 @@ def attention_history(meta: dict, phases: set[str] | None = None) -> tuple[list[
 
 
 def candidates_figure(plt, prune: dict) -> Any:
-    """NetTailor's architecture search: each candidate's validation accuracy against its FLOPs, the chosen one
-    marked, with the teacher's accuracy, the tolerance under it and the FLOPs cap."""
+    """NetTailor's architecture search: each candidate's accuracy minus the teacher's on the validation images, with
+    its 95% interval (image by image), against its FLOPs; the chosen one marked, the tolerance band under zero and
+    the FLOPs cap (the accuracy right after pruning, before fine-tuning, is in the report's table). A pack from before
+    the paired comparison shows the differences without intervals."""
     cands = sorted(prune["candidates"], key=lambda c: c["flops"])
+    teacher = prune["teacher_val_accuracy"]
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
     xs = [c["flops"] / 1e6 for c in cands]
-    ax.plot(xs, [c["val_before"] for c in cands], "x", color=GRAY, label="after pruning, before fine-tuning")
-    ax.plot(xs, [c["val_accuracy"] for c in cands], "o-", color=BLUE, label="after fine-tuning")
-    for c in cands:
-        ax.annotate(f"k={c['k']}", (c["flops"] / 1e6, c["val_accuracy"]), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7)
-    chosen = next(c for c in cands if c["k"] == prune["chosen"])
-    ax.plot(chosen["flops"] / 1e6, chosen["val_accuracy"], "o", ms=14, mfc="none", mec="black", mew=2,
-            label=f"chosen: k={chosen['k']}")
-    teacher = prune["teacher_val_accuracy"]
-    ax.axhline(teacher, color=GRAY, ls="-", lw=1, label="teacher")
-    ax.axhspan(teacher - prune["tolerance"], teacher, color=GRAY, alpha=0.15, label=f"tolerance {prune['tolerance']}")
+    diffs = [c["vs_teacher"]["diff"] if "vs_teacher" in c else c["val_accuracy"] - teacher for c in cands]
+    if all("vs_teacher" in c for c in cands):
+        errors = [[d - c["vs_teacher"]["low"] for d, c in zip(diffs, cands)],
+                  [c["vs_teacher"]["high"] - d for d, c in zip(diffs, cands)]]
+        ax.errorbar(xs, diffs, yerr=errors, fmt="o-", color=BLUE, capsize=3, label="after fine-tuning (95% interval)")
+    else:
+        ax.plot(xs, diffs, "o-", color=BLUE, label="after fine-tuning")
+    for c, x, d in zip(cands, xs, diffs):
+        ax.annotate(f"k={c['k']}", (x, d), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    i = next(i for i, c in enumerate(cands) if c["k"] == prune["chosen"])
+    ax.plot(xs[i], diffs[i], "o", ms=14, mfc="none", mec="black", mew=2, label=f"chosen: k={cands[i]['k']}")
+    ax.axhline(0, color=GRAY, ls="-", lw=1, label=f"teacher ({teacher:.2f}%)")
+    ax.axhspan(-prune["tolerance"], 0, color=GRAY, alpha=0.15, label=f"tolerance {prune['tolerance']}")
     ax.axvline(prune["teacher_flops"] / 1e6, color=GRAY, ls="--", lw=1, label="teacher's FLOPs (cap)")
     ax.set_xlabel("MFLOPs")
-    ax.set_ylabel("validation accuracy %")
+    ax.set_ylabel("points vs the teacher (val)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
     ax.set_title("architecture search: k universal blocks dropped, each candidate fine-tuned", fontsize=9)

@@ -2,9 +2,15 @@
 
 A *candidate* ``k`` drops the ``k`` universal blocks of lowest attention, the proxies under the thresholds and
 whatever that leaves without an input or without a reader; its batch-norm statistics are re-estimated and it
-is fine-tuned; then its validation accuracy is measured. The leanest candidate within ``tolerance`` points of
-the teacher's validation accuracy, and at most the teacher's FLOPs, is the task's network. When none is within
-the tolerance, the most accurate candidate tried (all are under the FLOPs cap) is, and the record says so.
+is fine-tuned; then it is compared with the teacher image by image on the validation split (the *selection
+split*: every NetTailor phase runs its fixed number of epochs and keeps its last, so no weight of the teacher or of
+a candidate was chosen on it, and the teacher's figure there is as unbiased as the candidate's). The leanest
+candidate whose paired difference to the teacher is within ``tolerance`` points, and at most the teacher's FLOPs, is
+the task's network. When none is within the tolerance, the most accurate candidate tried (all are under the FLOPs
+cap) is, and the record says so. The :class:`Verdict` says what the split could tell: whether the kept candidate's
+95% interval is narrower than the tolerance (else the split is too small to tell candidates apart at it), and
+whether the kept candidate, or the student before any pruning, is under the teacher beyond doubt (NetTailor could
+not match the teacher on this task).
 
 Accuracy falls as ``k`` grows, so ``k`` is found by bisection over the candidates under the FLOPs cap: on a
 backbone of ``L`` blocks a search fine-tunes about ``log2(L + 1)`` candidates, not ``L``. Each candidate is one
@@ -17,6 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+
+from tailorrt.training.paired import Paired
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,8 @@ class Plan:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A fine-tuned candidate: its plan and its validation accuracy before and after fine-tuning."""
+    """A fine-tuned candidate: its plan, its validation accuracy before and after fine-tuning, and its difference to
+    the teacher on the same validation images."""
 
     k: int
     universal_kept: int
@@ -41,9 +50,15 @@ class Candidate:
     val_before: float  # after pruning and re-estimating batch-norm statistics, before fine-tuning
     val_accuracy: float  # after fine-tuning
     seconds: float
+    vs_teacher: Paired  # after fine-tuning, image by image against the teacher on the validation split
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "vs_teacher": self.vs_teacher.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Candidate:
+        """A candidate as recorded; a KeyError when the record predates the paired comparison."""
+        return cls(**{**data, "vs_teacher": Paired.from_json(data["vs_teacher"])})
 
 
 @dataclass(frozen=True)
@@ -53,10 +68,58 @@ class Selection:
     candidates: tuple[Candidate, ...]
     chosen: Candidate
     within_tolerance: bool
+    fitted: dict[int, float]  # k -> its difference to the teacher as the rule read it (the monotone fit)
 
     @property
     def tried(self) -> list[int]:
         return [c.k for c in self.candidates]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the selection split could tell about the kept candidate, against ``tolerance`` points."""
+
+    tolerance: float
+    chosen: Paired  # the kept candidate against the teacher
+    student: Paired  # the student before any pruning against the teacher
+    within_tolerance: bool  # the rule's reading: the kept candidate's fitted difference is within the tolerance
+    fitted: float  # the kept candidate's difference in the monotone fit
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the split tells differences of the tolerance from noise: the kept candidate's 95% interval is
+        at most the tolerance on either side of its estimate."""
+        return self.chosen.half_width <= self.tolerance
+
+    @property
+    def short(self) -> bool:
+        """Beyond doubt short: no candidate is within the tolerance, and the most accurate one, or the student before
+        any block was dropped, is more than the tolerance under the teacher with 95% confidence."""
+        return not self.within_tolerance and min(self.chosen.interval()[1],
+                                                 self.student.interval()[1]) < -self.tolerance
+
+    def words(self) -> str:
+        """One line: the kept candidate against the teacher, whether NetTailor matched it, and what the split could
+        not tell."""
+        n = self.chosen.n
+        line = f"{self.chosen.words()} points vs the teacher on {n:,} validation images"
+        if abs(self.fitted - self.chosen.diff) >= 0.005:
+            line += f" ({self.fitted:+.2f} in the monotone fit)"
+        if not self.within_tolerance:
+            line = (f"NetTailor could not match the teacher here: no candidate within {self.tolerance:g} points; the "
+                    f"most accurate is {line}")
+            if self.student.diff < -self.tolerance:
+                line += f"; the student, before any block was dropped, was already {self.student.words()}"
+        if self.short:
+            return f"{line}; short beyond the 95% interval"
+        if not self.resolved:
+            line += f"; {n:,} images cannot tell {self.tolerance:g} points from noise"
+        return line
+
+    def to_json(self) -> dict:
+        return {"within_tolerance": self.within_tolerance, "resolved": self.resolved, "short": self.short,
+                "half_width": round(self.chosen.half_width, 3), "student_vs_teacher": self.student.to_json(),
+                "words": self.words()}
 
 
 def eligible(plans: list[Plan], flops_cap: int) -> list[int]:
@@ -64,28 +127,57 @@ def eligible(plans: list[Plan], flops_cap: int) -> list[int]:
     return sorted(p.k for p in plans if p.connected and p.flops <= flops_cap)
 
 
-def search(ks: list[int], evaluate: Callable[[int], Candidate], passes: Callable[[Candidate], bool]) -> Selection:
-    """The largest ``k`` of ``ks`` (increasing) whose candidate ``passes``, found by bisection, assuming that a
-    candidate that fails makes every larger ``k`` fail too. Each ``k`` is evaluated at most once. With no candidate
-    passing, the most accurate one evaluated is chosen (ties: the leaner)."""
+def monotone_fit(values: list[float]) -> list[float]:
+    """The non-increasing sequence nearest to ``values`` in least squares (pool adjacent violators): where a value
+    is higher than one before it, the two (and any run they join) are replaced by their mean."""
+    blocks: list[list[float]] = []  # [sum, count] of each pooled run
+    for v in values:
+        blocks.append([v, 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] < blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    return [total / count for total, count in blocks for _ in range(int(count))]
+
+
+def search(ks: list[int], evaluate: Callable[[int], Candidate], tolerance: float, student: float) -> Selection:
+    """The largest ``k`` of ``ks`` (increasing) whose candidate is within ``tolerance`` points of the teacher, found by
+    bisection; each ``k`` is evaluated at most once.
+
+    Dropping blocks should not make a network more accurate, so the differences are read through their monotone fit
+    (:func:`monotone_fit`) over the student before any pruning (its difference ``student``) and the candidates tried,
+    in order of ``k``: where a leaner candidate measures better than a less lean one (or than the student), that is
+    taken for noise and the two are pooled. A candidate passes when its fitted difference is at least
+    ``-tolerance``; the fitted differences fall with ``k``, so the passing candidates are the first ones, and the
+    bisection (which trusts that) finds the last of them. With no candidate passing, the one of highest fitted
+    difference is chosen (ties: the higher measured one, then the leaner)."""
     if not ks:
         raise ValueError("no candidate to search")
     done: dict[int, Candidate] = {}
 
-    def run(i: int) -> Candidate:
+    def passes(i: int) -> bool:
         if ks[i] not in done:
             done[ks[i]] = evaluate(ks[i])
-        return done[ks[i]]
+        return choose(list(done.values()), tolerance, student).fitted[ks[i]] >= -tolerance
 
-    lo, hi = -1, len(ks) - 1  # invariant: ks[lo] passes (lo = -1: none known to), every index above hi fails
+    lo, hi = -1, len(ks) - 1  # invariant: ks[lo] passed (lo = -1: none known to), every index above hi failed
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if passes(run(mid)):
+        if passes(mid):
             lo = mid
         else:
             hi = mid - 1
-    tried = tuple(done.values())
-    if lo >= 0:
-        return Selection(tried, done[ks[lo]], True)
-    best = max(tried, key=lambda c: (c.val_accuracy, -c.flops))
-    return Selection(tried, best, False)
+    return choose(list(done.values()), tolerance, student)
+
+
+def choose(tried: list[Candidate], tolerance: float, student: float) -> Selection:
+    """The rule over the candidates ``tried`` (in the order tried): the leanest whose fitted difference is within
+    ``tolerance``, else the one of highest fitted difference (:func:`search`)."""
+    by_k = {c.k: c for c in tried}
+    order = sorted(by_k)
+    fit = dict(zip(order, monotone_fit([student] + [by_k[k].vs_teacher.diff for k in order])[1:]))
+    passing = [k for k in order if fit[k] >= -tolerance]
+    if passing:  # with every candidate tried: an earlier pass may have been pooled with a later failure
+        return Selection(tuple(tried), by_k[max(passing)], True, fit)
+    best = max(order, key=lambda k: (fit[k], by_k[k].vs_teacher.diff, k))
+    return Selection(tuple(tried), by_k[best], False, fit)
