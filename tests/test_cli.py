@@ -35,7 +35,8 @@ def test_train_writes_pack_info_and_eval_agree(trained_run):
         assert key in meta["metrics"]
     assert meta["backbone_sha256"] == read_json(trained / "backbone" / "backbone.json")["sha256"]
     prune = meta["metrics"]["prune"]  # the architecture search: every candidate fine-tuned is recorded
-    fields = {"k", "universal_kept", "proxies_kept", "flops", "val_before", "val_accuracy", "seconds", "vs_teacher"}
+    fields = {"k", "universal_kept", "proxies_kept", "flops", "val_before", "val_accuracy", "seconds", "vs_teacher",
+              "fitted"}
     assert prune["candidates"] and all(set(c) == fields for c in prune["candidates"])
     n_val = meta["data"]["val"]  # each candidate against the teacher on the same validation images
     assert all(c["vs_teacher"]["n"] == n_val == prune["reference"]["images"] for c in prune["candidates"])

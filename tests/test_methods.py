@@ -381,8 +381,8 @@ def test_auto_picks_the_smallest_pack_within_the_budget_and_records_why(exported
     assert json.loads((root / "tasks" / "hues" / "task.json").read_text()) == meta  # the pack is kept
 
 
-def test_auto_does_not_pick_blindly_a_method_that_found_itself_short():
-    """NetTailor that could not match its teacher (``metrics.shortfall``) misses the budget, however small its pack."""
+def _auto_with_nettailor_saying(verdict: dict) -> tuple[dict, dict]:
+    """``auto.choose`` between a NetTailor with the smaller pack whose metrics carry ``verdict`` and a linear probe."""
     from torch import nn
 
     from tailorrt.training import auto
@@ -391,14 +391,24 @@ def test_auto_does_not_pick_blindly_a_method_that_found_itself_short():
     def train(name):
         net = nn.Linear(4, 2) if name == "nettailor" else nn.Linear(64, 2)
         net.task_state = net.state_dict
-        short = {"shortfall": "-2.30 ± 0.80 points vs the teacher; NetTailor could not match the teacher here"}
-        metrics = {"accuracy": 80.0, "flops": 10, **(short if name == "nettailor" else {})}
+        metrics = {"accuracy": 80.0, "flops": 10, **(verdict if name == "nettailor" else {})}
         return Trained(net, metrics, []), 80.0
 
     record = auto.choose(["nettailor", "linear"], auto.Budget(max_drop=5), train)
     rows = {r["method"]: r for r in record["candidates"]}
-    assert record["winner"] == "linear" and rows["nettailor"]["pack_bytes"] < rows["linear"]["pack_bytes"]
-    assert rows["nettailor"]["misses"] == [rows["nettailor"]["shortfall"]] and not rows["linear"]["misses"]
+    assert rows["nettailor"]["pack_bytes"] < rows["linear"]["pack_bytes"]
+    return record, rows
+
+
+def test_auto_does_not_pick_blindly_a_method_that_found_itself_short():
+    """NetTailor that could not match its teacher (``metrics.shortfall``) misses the budget, however small its pack;
+    one whose split could not tell (``metrics.caveat``) may win, and the reason says what it could not tell."""
+    short = "-2.30 ± 0.80 points vs the teacher; NetTailor could not match the teacher here"
+    record, rows = _auto_with_nettailor_saying({"shortfall": short})
+    assert record["winner"] == "linear" and rows["nettailor"]["misses"] == [short] and not rows["linear"]["misses"]
+    unsure = "-0.30 ± 2.05 points vs the teacher; 1,000 images cannot tell 0.5 points from noise"
+    record, rows = _auto_with_nettailor_saying({"caveat": unsure})
+    assert record["winner"] == "nettailor" and not rows["nettailor"]["misses"] and record["reason"].endswith(unsure)
 
 
 def test_a_run_saved_by_the_previous_version_resumes_with_the_config_it_saved():

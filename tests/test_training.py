@@ -138,3 +138,15 @@ def test_a_small_training_set_gets_the_epochs_min_steps_asks_for(tmp_path):
 
     result = Trainer(device=torch.device("cpu"), work_dir=tmp_path).run(phase, m, counted, data, data)
     assert result.epochs == 3 and steps["n"] == 12
+
+
+def test_epochs_given_run_exactly_and_a_shorter_schedule_scales_the_minimum():
+    from tailorrt.training.methods.base import configure, get, shorter
+
+    nettailor = get("nettailor")
+    assert configure(nettailor, False, {}).student.min_steps == 5600  # real data's default floor
+    assert configure(nettailor, False, {"student-epochs": 2}).student.min_steps == 0  # the user's epochs hold
+    both = configure(nettailor, False, {"student-epochs": 2, "student-min-steps": 100}).student
+    assert (both.epochs, both.min_steps) == (2, 100)
+    assert configure(nettailor, False, {"teacher-epochs": 2}).student.min_steps == 5600  # only that phase
+    assert shorter(configure(nettailor, False, {}), 1 / 3).student.min_steps == round(5600 / 3)

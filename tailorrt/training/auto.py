@@ -7,7 +7,8 @@ FLOPs are within ``--max-pack-mb`` and ``--max-mflops``, its validation accuracy
 points of the best candidate's, and its own training did not find that it falls short of what it was held to
 (``metrics.shortfall``: NetTailor's candidates, or its student, under the teacher beyond its tolerance). The
 smallest pack among those wins (ties: the more accurate), and is then trained again on the full schedule into the
-task's pack. ``task.json`` records every candidate's figures, why the winner won, and the seconds spent choosing. A
+task's pack; when the winner's own check could not tell whether it matches what it was held to (``metrics.caveat``:
+NetTailor's validation split too small for its tolerance), the reason says so. ``task.json`` records every candidate's figures, why the winner won, and the seconds spent choosing. A
 budget nothing meets is a one-line error naming the candidate closest to it.
 """
 
@@ -69,8 +70,9 @@ def choose(candidates: list[str], budget: Budget, train: TrainFn, report: Callab
         rows.append({"method": name, "val_accuracy": round(val, 3), "test_accuracy": trained.metrics["accuracy"],
                      "pack_bytes": pack_bytes(trained.net.task_state()), "flops": int(trained.metrics["flops"]),
                      "seconds": round(time.perf_counter() - t0, 2)})
-        if trained.metrics.get("shortfall"):  # the method's own verdict: it could not match what it was held to
-            rows[-1]["shortfall"] = trained.metrics["shortfall"]
+        for key in ("shortfall", "caveat"):  # the method's own verdict: it could not match (or show that it
+            if trained.metrics.get(key):     # matches) what it was held to
+                rows[-1][key] = trained.metrics[key]
         report(f"auto: {name} val {val:.2f}%, pack {rows[-1]['pack_bytes'] / 1e6:.3f} MB, "
                f"{rows[-1]['flops'] / 1e6:.1f} MFLOPs, {rows[-1]['seconds']:.0f} s")
     best = max(r["val_accuracy"] for r in rows)
@@ -87,6 +89,8 @@ def choose(candidates: list[str], budget: Budget, train: TrainFn, report: Callab
               f"within the budget; val {winner['val_accuracy']:.2f}% against the best {best:.2f}%")
     if smaller:
         reason += f"; smaller but outside it: {', '.join(smaller)}"
+    if winner.get("caveat"):  # within the budget as measured, but its own split could not tell
+        reason += f"; its own check: {winner['caveat']}"
     return {"winner": winner["method"], "reason": reason, "budget": asdict(budget), "schedule_fraction": SHORT,
             "best_val_accuracy": best, "candidates": rows,
             "search_seconds": round(sum(r["seconds"] for r in rows), 2)}

@@ -181,16 +181,25 @@ def options() -> list[MethodOption]:
 def configure(method: Method, builtin: bool, values: dict[str, Any], batch_size: int | None = None, *,
               strict: bool = True) -> Any:
     """``method``'s default config with the given option values (flag -> value; None: not given) and batch size.
-    An option the method does not have is a ConfigError, or ignored when not ``strict``."""
+    An option the method does not have is a ConfigError, or ignored when not ``strict``. A phase whose epochs are
+    given runs exactly those epochs: its default minimum of steps applies only when that is given too."""
     cfg = method.default_config(builtin)
     own = {o.flag: o for o in method.options}
+    given = set()
     for flag, value in values.items():
         if value is None or (flag not in own and not strict):
             continue
         if flag not in own:
             users = [m.family for m in REGISTRY.values() if any(o.flag == flag for o in m.options)]
             raise ConfigError(f"--{flag} applies to {', '.join(users) or 'no method'}, not {method.family}")
-        cfg = replace_path(cfg, own[flag].path, value)
+        given.add(own[flag].path)
+    for path in given:
+        if path.endswith(".epochs") and (floor := path.removesuffix(".epochs") + ".min_steps") not in given:
+            if isinstance(getattr(cfg, floor.partition(".")[0], None), PhaseConfig):
+                cfg = replace_path(cfg, floor, 0)
+    for flag, value in values.items():
+        if value is not None and flag in own:
+            cfg = replace_path(cfg, own[flag].path, value)
     return with_batch_size(cfg, batch_size) if batch_size is not None else cfg
 
 
@@ -208,8 +217,10 @@ def with_batch_size(cfg: Any, batch_size: int) -> Any:
 
 
 def shorter(cfg: Any, fraction: float) -> Any:
-    """A copy of ``cfg`` with every phase's epochs scaled by ``fraction`` (at least one epoch each)."""
-    return map_phases(cfg, lambda p: dataclasses.replace(p, epochs=max(1, round(p.epochs * fraction))))
+    """A copy of ``cfg`` with every phase's epochs and minimum of steps scaled by ``fraction`` (at least one
+    epoch each)."""
+    return map_phases(cfg, lambda p: dataclasses.replace(p, epochs=max(1, round(p.epochs * fraction)),
+                                                         min_steps=round(p.min_steps * fraction)))
 
 
 def map_phases(cfg: Any, change: Callable[[PhaseConfig], PhaseConfig]) -> Any:

@@ -213,6 +213,8 @@ def train_nettailor(cfg: NetTailorConfig, backbone: UniversalBackbone, data: Tas
                                             "chosen": Paired.of(final_right, teacher_right)})}
     if not metrics["prune"]["within_tolerance"]:  # --method auto reads it: NetTailor could not match its teacher
         metrics["shortfall"] = metrics["prune"]["words"]
+    elif not metrics["prune"]["resolved"]:  # ... or could not tell whether it did
+        metrics["caveat"] = metrics["prune"]["words"]
     phase_rows = ([p.to_json() for p in [teacher_phase, student_phase] + tuned]
                   + [{"name": "prune", "seconds": round(max(search_seconds, 0.0), 2)}])
     return TrainedTask(chosen, metrics, phase_rows)
@@ -433,7 +435,8 @@ class NetTailor(Method):
     teacher_phase = "teacher"
     options = (
         MethodOption("teacher-epochs", int, "Epochs of the teacher phase.", "teacher.epochs"),
-        MethodOption("student-epochs", int, "Epochs of the student phase.", "student.epochs"),
+        MethodOption("student-epochs", int, "Epochs of the student phase (exactly these: the minimum of steps "
+                     "then applies only with --student-min-steps).", "student.epochs"),
         MethodOption("student-min-steps", int, "At least this many student steps: a small training set gets more "
                      "epochs than --student-epochs (real data: 5600; built-in tasks: 0, off).", "student.min_steps"),
         MethodOption("finetune-epochs", int, "Epochs of the fine-tune phase.", "finetune.epochs"),

@@ -113,7 +113,8 @@ class Verdict:
         if self.short:
             return f"{line}; short beyond the 95% interval"
         if not self.resolved:
-            line += f"; {n:,} images cannot tell {self.tolerance:g} points from noise"
+            line += (f"; {n:,} images cannot tell {self.tolerance:g} points from noise, so this run cannot show that "
+                     "NetTailor matches the teacher")
         return line
 
     def to_json(self) -> dict:
