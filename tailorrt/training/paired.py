@@ -46,14 +46,12 @@ class Paired:
     @property
     def se(self) -> float:
         """Its standard error in points (the plain estimate, from the discordant counts)."""
-        b, c, n = self.gained, self.lost, self.n
-        return 100.0 * math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
+        return 100.0 * _se(self.gained, self.lost, self.n)
 
     def interval(self, z: float = Z95) -> tuple[float, float]:
         """The 95% interval of the difference in points (Agresti-Min: half an image added to every cell)."""
         b, c, n = self.gained + 0.5, self.lost + 0.5, self.n + 2
-        centre = (b - c) / n
-        half = z * math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
+        centre, half = (b - c) / n, z * _se(b, c, n)
         return 100.0 * (centre - half), 100.0 * (centre + half)
 
     @property
@@ -79,3 +77,8 @@ class Paired:
     def words(self) -> str:
         """``-0.25 +- 0.61`` style: the difference and the half-width of its 95% interval, in points."""
         return f"{self.diff:+.2f} ± {self.half_width:.2f}"
+
+
+def _se(gained: float, lost: float, n: float) -> float:
+    """The standard error of ``(gained - lost) / n``, as a fraction, from the discordant counts."""
+    return math.sqrt(max(gained + lost - (gained - lost) ** 2 / n, 0.0)) / n
