@@ -4,7 +4,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from tailorrt.errors import TrainingDivergedError
+from tailorrt.errors import ConfigError, TrainingDivergedError
 from tailorrt.training.trainer import PhaseConfig, Trainer
 
 
@@ -116,7 +116,6 @@ def test_augmentation_translates_by_reflection_and_flips_only_where_asked(policy
 
 
 def test_nettailor_refuses_an_unknown_augmentation():
-    from tailorrt.errors import ConfigError
     from tailorrt.training.methods.nettailor import NetTailorConfig
 
     with pytest.raises(ConfigError, match="crop-flip"):
@@ -150,3 +149,5 @@ def test_epochs_given_run_exactly_and_a_shorter_schedule_scales_the_minimum():
     assert (both.epochs, both.min_steps) == (2, 100)
     assert configure(nettailor, False, {"teacher-epochs": 2}).student.min_steps == 5600  # only that phase
     assert shorter(configure(nettailor, False, {}), 1 / 3).student.min_steps == round(5600 / 3)
+    with pytest.raises(ConfigError, match="min_steps must be >= 0"):
+        configure(nettailor, False, {"student-min-steps": -1})

@@ -90,8 +90,8 @@ class NetTailorConfig:
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a non-negative number, not {value}")
         for p in (self.teacher, self.student, self.finetune):
-            if p.epochs < 0 or p.lr <= 0:
-                raise ConfigError(f"phase {p.name}: epochs must be >= 0 and lr > 0")
+            if p.epochs < 0 or p.lr <= 0 or p.min_steps < 0:
+                raise ConfigError(f"phase {p.name}: epochs and min_steps must be >= 0 and lr > 0")
             if p.patience is not None:  # the validation split is the search's selection split: nothing selects on it
                 raise ConfigError(f"phase {p.name}: NetTailor's phases run their full epochs and keep the last, so "
                                   "that the architecture search compares the teacher and the candidates on "
