@@ -61,7 +61,7 @@ def main() -> None:
     teacher = Teacher(backbone, n)
     trainer.restore(cfg.teacher.name, teacher)
     teacher.eval()
-    student = Student(backbone, n, max_skip=cfg.max_skip)
+    student = Student(backbone, n, max_skip=cfg.max_skip, own_norms=cfg.universal_norms)
     trainer.restore(cfg.student.name, student)
     search = ArchitectureSearch(cfg, backbone, n, student.state_dict(), teacher, data, trainer)
     right = {"val": search.teacher_right, "test": correct(teacher, data.test, device)}

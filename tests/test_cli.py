@@ -139,3 +139,32 @@ def test_kill_mid_training_then_resume(tmp_path):
     teacher = meta["training"]["phases"][0]
     assert teacher["name"] == "teacher" and len(teacher["history"]) == 4
     assert teacher["history"][: len(saved_history)] == saved_history  # finished epochs kept, not retrained
+
+
+def test_a_task_that_owns_its_universal_norms_trains_exports_and_serves(tmp_path, imagefolder):
+    """Real data's default, --universal-norms, end to end: the pack carries the kept blocks' BN scale and shift
+    (--no-universal-norms: none), the backbone file is untouched, eval reproduces the recorded accuracy, and the
+    ONNX and torch runtimes agree."""
+    import numpy as np
+
+    from tailorrt import Runtime
+    from tailorrt.training.io import load_tensors
+
+    root = tmp_path / "runs"
+    weights = root / "backbone" / "backbone.safetensors"
+    before = b""
+    for flag in ("--no-universal-norms", None):
+        run_cli("train", "--task", f"imagefolder:{imagefolder}", "--model-dir", str(root), *QUICK,
+                *([flag] if flag else []), check=True)
+        meta = read_json(root / "tasks" / "colors" / "task.json")
+        assert meta["config"]["universal_norms"] is (flag is None)
+        tensors = load_tensors(root / "tasks" / "colors" / "task.safetensors")
+        assert any(".universal." in k and k.endswith(".weight") for k in tensors) is (flag is None)
+        before = before or weights.read_bytes()  # as the first run wrote it: the second must leave it so
+    ev = run_cli("eval", "--task", "colors", "--model-dir", str(root), check=True)
+    assert f"test accuracy {meta['metrics']['accuracy']:.2f}%" in ev.stdout
+    run_cli("export", "--model-dir", str(root), check=True)
+    image = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    scores = [Runtime(root, backend=b).predict("colors", image, top_k=3).scores for b in ("torch", "onnx")]
+    assert np.allclose(scores[0], scores[1], atol=1e-4)
+    assert weights.read_bytes() == before

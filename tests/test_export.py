@@ -44,13 +44,13 @@ def _randomise_bn(module: nn.Module, gen: torch.Generator) -> None:
 
 
 @torch.no_grad()
-def _student(spec: BackboneSpec, seed: int = 0) -> tuple[UniversalBackbone, Student]:
+def _student(spec: BackboneSpec, seed: int = 0, own_norms: bool = False) -> tuple[UniversalBackbone, Student]:
     """A student with trained-looking statistics, random attention, and pruning of every kind."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     backbone = UniversalBackbone(spec).eval()
     _randomise_bn(backbone, gen)
-    student = Student(backbone, 5)
+    student = Student(backbone, 5, own_norms=own_norms)
     _randomise_bn(student, gen)
     for layer in student.layers:
         layer.alpha_params.copy_(torch.randn(len(layer.alpha_params), generator=gen) * 1.5)
@@ -101,6 +101,21 @@ def test_graph_matches_pytorch_and_holds_only_kept_blocks(kind, tmp_path):
                      and getattr(layer.universal, "downsample", None) is not None)
     per_proxy = 2 if backbone.spec.block == "bottleneck" else 1
     assert ops.count("Conv") == 1 + universal_kept * convs_per_block + downsample + proxies_kept * per_proxy
+
+
+def test_owned_norms_are_the_graphs_and_the_convolutions_stay_shared(tmp_path):
+    """A task that owns its universal norms' scale and shift: the graph matches PyTorch with the task's own
+    (not the backbone's), and its universal convolutions are still the shared external data."""
+    backbone, student = _student(SPECS["basic-cifar"], own_norms=True)
+    assert not torch.equal(student.layers[0].universal.bn1.weight, backbone.blocks[0].bn1.weight)
+    model = _export(backbone, student, tmp_path)
+    session = ort.InferenceSession(str(tmp_path / "t.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(4, 3, backbone.spec.input_size, backbone.spec.input_size)
+    with torch.no_grad():
+        ref = student(x)
+    assert np.abs(session.run(["logits"], {"input": x.numpy()})[0] - ref.numpy()).max() < 1e-5
+    shared = {t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+    assert any(n.startswith("blocks.0.") for n in shared)
 
 
 @pytest.mark.parametrize("kind", SPECS)

@@ -144,3 +144,55 @@ def test_local_targets_equal_the_outputs_and_train_only_their_own_layer(backbone
     recent = [o.detach() for o in outs[:-1][::-1][: len(s.layers[-1].proxies) + 1]]
     s.layers[-1](recent).square().mean().backward()
     assert all(torch.allclose(p.grad, expected[n]) for n, p in s.named_parameters() if p.grad is not None)
+
+
+def test_owned_norms_train_privately_and_travel_in_the_task_state(backbone):
+    """With own_norms the universal blocks' BN scale and shift are the task's: trainable, private (the backbone's
+    stay as they were after a step), in task_state for kept blocks only, and reloaded exactly; their convolutions
+    stay shared."""
+    torch.manual_seed(2)
+    s = Student(backbone, 4, own_norms=True)
+    u, b = s.layers[0].universal, backbone.blocks[0]
+    assert u.conv1.weight is b.conv1.weight and u.bn1.weight is not b.bn1.weight and u.bn1.weight.requires_grad
+    before = b.bn1.weight.clone()
+    opt = torch.optim.SGD([p for p in s.parameters() if p.requires_grad], lr=0.5)
+    s.train()
+    s(torch.randn(8, 3, 16, 16)).square().mean().backward()
+    opt.step()
+    assert torch.equal(b.bn1.weight, before) and not torch.equal(u.bn1.weight, before)
+    s.prune(universal_drop=1, proxy_threshold=0.0)
+    s.compact()
+    s.eval()
+    state = s.task_state()
+    dropped = [l for l, layer in enumerate(s.layers) if not bool(layer.keep[0])]
+    kept = [l for l, layer in enumerate(s.layers) if bool(layer.keep[0])]
+    assert all(f"layers.{l}.universal.bn1.weight" in state for l in kept)
+    assert not any(k.startswith(tuple(f"layers.{l}.universal." for l in dropped)) for k in state)
+    assert not any(".universal." in k and "conv" in k for k in state)
+    fresh = Student(backbone, 4, own_norms=True)
+    fresh.load_task_state(state)
+    x = torch.randn(3, 3, 16, 16)
+    assert torch.equal(fresh.eval()(x), s(x))
+    shared = Student(backbone, 4).accounting()["task_params"]
+    owned = Student(backbone, 4, own_norms=True).accounting()["task_params"]
+    assert owned - shared == sum(m.weight.numel() * 2 for blk in backbone.blocks for m in blk.modules()
+                                 if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_a_task_state_cannot_write_into_the_backbone(backbone):
+    """A state that carries a weight the network shares with the backbone (a universal conv, or a norm's scale
+    when the task does not own its norms) is refused, and the backbone is left as it was."""
+    from tailorrt.errors import PackError
+
+    own = Student(backbone, 4, own_norms=True).eval()
+    state = own.task_state()
+    before = backbone.blocks[0].bn1.weight.clone()
+    with torch.no_grad():
+        state["layers.0.universal.bn1.weight"] = torch.zeros_like(before)
+    with pytest.raises(PackError, match="belong to the backbone"):
+        Student(backbone, 4).load_task_state(state)
+    plain = Student(backbone, 4).eval().task_state()
+    plain["layers.0.universal.conv1.weight"] = torch.zeros_like(backbone.blocks[0].conv1.weight)
+    with pytest.raises(PackError, match="belong to the backbone"):
+        Student(backbone, 4).load_task_state(plain)
+    assert torch.equal(backbone.blocks[0].bn1.weight, before) and backbone.blocks[0].conv1.weight.abs().sum() > 0

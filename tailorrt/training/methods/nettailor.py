@@ -64,6 +64,9 @@ class NetTailorConfig:
     tolerance: float = 0.5  # the search keeps the leanest candidate within this many points of the teacher (val)
     alpha_lr_mult: float = 1.0  # learning-rate multiplier of the block-attention logits (no weight decay)
     alpha_grad_clip: float | str | None = JOINT  # the logits' own gradient-norm clip (None: none), or JOINT
+    # the task owns and trains the universal blocks' BN scale and shift (real data's default: it closed most of the
+    # student's gap to its teacher on a small hard task; the README's On real data)
+    universal_norms: bool = True
     augment: str = "crop"  # training batches of every phase: none, crop or crop-flip (tailorrt.training.augment)
     teacher: PhaseConfig = field(default_factory=lambda: PhaseConfig("teacher", 30, 0.01, batch_size=32))
     # at least 5,600 student steps (30 epochs of 6,000 images at batch 32): on fewer images the student gets more
@@ -100,7 +103,8 @@ class NetTailorConfig:
     @classmethod
     def quick(cls) -> NetTailorConfig:
         """Schedules for the built-in generated tasks: minutes on 2 CPU cores."""
-        return cls(alpha_lr_mult=3.0, augment="none", teacher=PhaseConfig("teacher", 3, 0.02, batch_size=64),
+        return cls(alpha_lr_mult=3.0, augment="none", universal_norms=False,
+                   teacher=PhaseConfig("teacher", 3, 0.02, batch_size=64),
                    student=PhaseConfig("student", 7, 0.1, batch_size=64),
                    finetune=PhaseConfig("finetune", 3, 0.05, batch_size=64))
 
@@ -117,7 +121,7 @@ class NetTailorConfig:
 
 
 OBSOLETE = ("max_val_drop",)  # config fields of earlier versions, ignored when read
-EARLIER = {"local_distill": False, "augment": "none"}  # what a field added since meant before it existed
+EARLIER = {"local_distill": False, "augment": "none", "universal_norms": False}  # what a field added since meant before it existed
 
 
 @dataclass
@@ -175,7 +179,8 @@ def train_student(cfg: NetTailorConfig, backbone: UniversalBackbone, data: TaskD
                   teacher: Teacher) -> tuple[Student, PhaseResult]:
     """The student phase (or its finished checkpoint restored): every universal block beside its proxies, with block
     attention, distilled from ``teacher`` under the complexity term."""
-    student = Student(backbone, len(data.classes), max_skip=cfg.max_skip).to(trainer.device)
+    student = Student(backbone, len(data.classes), max_skip=cfg.max_skip, own_norms=cfg.universal_norms
+                      ).to(trainer.device)
     # the student learns to reproduce the teacher's last features, so the teacher's head is a good start
     student.classifier.load_state_dict(teacher.classifier.state_dict())
     result = trainer.run(cfg.student, student, _student_loss(student, teacher, cfg, True), data.train, data.val,
@@ -274,7 +279,8 @@ class ArchitectureSearch:
     def pruned(self, k: int) -> tuple[Student, bool]:
         """The trained student with ``k`` universal blocks and the weak proxies dropped (not yet compacted), and
         whether it still reaches the classifier."""
-        student = Student(self.backbone, self.num_classes, max_skip=self.cfg.max_skip).to(self.trainer.device)
+        student = Student(self.backbone, self.num_classes, max_skip=self.cfg.max_skip,
+                          own_norms=self.cfg.universal_norms).to(self.trainer.device)
         student.load_state_dict(self.state)
         connected = student.mark(universal_drop=k, proxy_threshold=self.cfg.proxy_threshold,
                                  proxy_relative=self.cfg.proxy_relative)
@@ -447,6 +453,9 @@ class NetTailor(Method):
                      "layer term (1; the reference's is 1/L for L layers).", "distill_logit_weight"),
         MethodOption("local-distill", bool, "Layer-local distillation, as the reference (the default): each "
                      "layer's distance to the teacher trains only its own blocks.", "local_distill"),
+        MethodOption("universal-norms", bool, "The task also owns and trains the scale and shift of the "
+                     "universal blocks' batch norms; their convolutions stay shared (real data's default; the "
+                     "built-in tasks': off).", "universal_norms"),
         MethodOption("proxy-threshold", float, "Prune proxies whose alpha is below this (0.05).", "proxy_threshold"),
         MethodOption("proxy-relative", float, "Also prune proxies below this fraction of the strongest proxy of "
                      "their layer (0: off).", "proxy_relative"),
@@ -473,7 +482,8 @@ class NetTailor(Method):
                        {"architecture": result.student.architecture(), "config": cfg.to_json()})
 
     def build(self, backbone: UniversalBackbone, meta: dict) -> Student:
-        return Student(backbone, len(meta["classes"]), max_skip=int(meta["config"]["max_skip"]))
+        return Student(backbone, len(meta["classes"]), max_skip=int(meta["config"]["max_skip"]),
+                       own_norms=bool(meta["config"].get("universal_norms", False)))
 
     def emit(self, g: GraphBuilder, net: Student) -> None:
         emit_student(g, net)

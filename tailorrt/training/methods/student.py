@@ -32,6 +32,22 @@ def share_frozen(module: nn.Module) -> nn.Module:
     return clone
 
 
+def share_frozen_own_norms(module: nn.Module) -> nn.Module:
+    """:func:`share_frozen`, except that every batch norm's scale and shift is a private, trainable copy."""
+    clone = share_frozen(module)
+    for m in clone.modules():
+        if isinstance(m, nn.BatchNorm2d) and m.affine:
+            m.weight = nn.Parameter(m.weight.detach().clone())
+            m.bias = nn.Parameter(m.bias.detach().clone())
+    return clone
+
+
+def norm_affine(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The scale and shift of every batch norm in ``module``, by name."""
+    return {f"{n}.{k}": getattr(m, k) for n, m in module.named_modules()
+            if isinstance(m, nn.BatchNorm2d) and m.affine for k in ("weight", "bias")}
+
+
 class SharedConv2d(nn.Conv2d):
     """A convolution like ``conv`` whose weight and bias *are* ``conv``'s Parameters (the backbone's, shared and
     frozen): subclasses add what the task owns beside them."""
@@ -115,12 +131,17 @@ class TailorLayer(nn.Module):
 
 
 class Student(nn.Module):
-    """Frozen universal blocks + trainable proxies, block attention and a classifier."""
+    """Frozen universal blocks + trainable proxies, block attention and a classifier. With ``own_norms``, the
+    task also owns (and trains) the scale and shift of the universal blocks' batch norms; their convolutions stay
+    shared."""
 
-    def __init__(self, backbone: UniversalBackbone, num_classes: int, *, max_skip: int = 3) -> None:
+    def __init__(self, backbone: UniversalBackbone, num_classes: int, *, max_skip: int = 3,
+                 own_norms: bool = False) -> None:
         super().__init__()
         spec = backbone.spec
         self.max_skip = max_skip
+        self.own_norms = own_norms
+        universal = share_frozen_own_norms if own_norms else share_frozen
         self.stem = share_frozen(backbone.stem)
         bottleneck = spec.block == "bottleneck"
         with torch.no_grad():
@@ -139,7 +160,7 @@ class Student(nn.Module):
                 proxy = Proxy(src[0], target[0], src[1] // target[1], bottleneck)
                 costs.append((count_params(proxy), count_flops(proxy, torch.zeros(1, *src))))
                 proxies.append(proxy)
-            layers.append(TailorLayer(share_frozen(block), proxies, costs))
+            layers.append(TailorLayer(universal(block), proxies, costs))
         self.layers = nn.ModuleList(layers)
         self.head_norm = share_frozen(backbone.head_norm)
         self.classifier = nn.Linear(backbone.feature_dim, num_classes)
@@ -295,7 +316,9 @@ class Student(nn.Module):
                 if bool(layer.keep[i]):
                     flops += f
                     if i == 0:
-                        shared += params
+                        owned = self._owned_norm_params(layer)
+                        shared += params - owned
+                        task += owned
                         kept_universal += 1
                     else:
                         task += params
@@ -304,9 +327,13 @@ class Student(nn.Module):
                 "universal_blocks_kept": kept_universal, "universal_blocks_total": len(self.layers),
                 "proxies_kept": kept_proxies, "proxies_total": sum(len(layer.proxies) for layer in self.layers)}
 
+    def _owned_norm_params(self, layer: TailorLayer) -> int:
+        return sum(t.numel() for t in norm_affine(layer.universal).values()) if self.own_norms else 0
+
     def task_state(self) -> dict[str, torch.Tensor]:
-        """Exactly what the task owns: universal BN statistics (stem, kept blocks, head norm), kept proxies,
-        attention parameters, keep flags and the classifier. Universal weights are excluded by structure."""
+        """Exactly what the task owns: universal BN statistics (stem, kept blocks, head norm; with ``own_norms``
+        the kept blocks' BN scale and shift too), kept proxies, attention parameters, keep flags and the
+        classifier. Universal weights are excluded by structure."""
         state: dict[str, torch.Tensor] = {}
         for n, b in self.stem.named_buffers():
             state[f"stem.{n}"] = b
@@ -316,6 +343,9 @@ class Student(nn.Module):
             if bool(layer.keep[0]):
                 for n, b in layer.universal.named_buffers():
                     state[f"layers.{l}.universal.{n}"] = b
+                if self.own_norms:
+                    for n, t in norm_affine(layer.universal).items():
+                        state[f"layers.{l}.universal.{n}"] = t
             for j, proxy in enumerate(layer.proxies):
                 if bool(layer.keep[j + 1]):
                     for n, t in proxy.state_dict().items():
@@ -342,5 +372,10 @@ class Student(nn.Module):
         missing = sorted(needed - set(state))
         if missing:
             raise PackError(f"task weights are incomplete: missing {', '.join(missing[:3])}")
+        # a key the task does not own (a universal weight, or a norm's scale this network shares) would be
+        # written into the backbone's shared tensors, under every other task
+        foreign = sorted(set(state) - needed)
+        if foreign:
+            raise PackError(f"task weights do not fit this network: {', '.join(foreign[:3])} belong to the backbone")
         self.load_state_dict(state, strict=False)
         self.compact()

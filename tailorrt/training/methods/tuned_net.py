@@ -29,7 +29,7 @@ from tailorrt.errors import ConfigError, PackError
 from tailorrt.training.backbones import UniversalBackbone, pool
 from tailorrt.training.flops import count_flops, count_params
 from tailorrt.training.methods.channel_scales import GRANULARITIES, add_attention, prune_channels
-from tailorrt.training.methods.student import share_frozen
+from tailorrt.training.methods.student import share_frozen, share_frozen_own_norms
 
 BN_MODES = ("frozen", "affine")
 
@@ -56,16 +56,6 @@ class TuneSpec:
     @classmethod
     def from_json(cls, data: dict) -> TuneSpec:
         return cls(tuple(int(u) for u in data["units"]), data["bn"], data.get("feature_unit"), data.get("attention"))
-
-
-def _affine_copy(unit: nn.Module) -> nn.Module:
-    """Shared frozen conv weights, with batch norms whose affine weights are the task's (trainable)."""
-    clone = share_frozen(unit)
-    for m in clone.modules():
-        if isinstance(m, nn.BatchNorm2d) and m.affine:
-            m.weight = nn.Parameter(m.weight.detach().clone())
-            m.bias = nn.Parameter(m.bias.detach().clone())
-    return clone
 
 
 class TunedNet(nn.Module):
@@ -103,7 +93,7 @@ class TunedNet(nn.Module):
             for p in clone.parameters():
                 p.requires_grad_(True)
             return clone
-        return _affine_copy(unit) if bn == "affine" else share_frozen(unit)
+        return share_frozen_own_norms(unit) if bn == "affine" else share_frozen(unit)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         for unit in self.units:
