@@ -121,7 +121,8 @@ class NetTailorConfig:
 
 
 OBSOLETE = ("max_val_drop",)  # config fields of earlier versions, ignored when read
-EARLIER = {"local_distill": False, "augment": "none", "universal_norms": False}  # what a field added since meant before it existed
+# what a field added since meant before it existed
+EARLIER = {"local_distill": False, "augment": "none", "universal_norms": False}
 
 
 @dataclass
