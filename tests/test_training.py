@@ -151,3 +151,8 @@ def test_epochs_given_run_exactly_and_a_shorter_schedule_scales_the_minimum():
     assert shorter(configure(nettailor, False, {}), 1 / 3).student.min_steps == round(5600 / 3)
     with pytest.raises(ConfigError, match="min_steps must be >= 0"):
         configure(nettailor, False, {"student-min-steps": -1})
+    ft = configure(nettailor, False, {"finetune-epochs": 3, "finetune-min-steps": 200}).finetune
+    assert (ft.epochs, ft.min_steps) == (3, 200)
+    assert configure(nettailor, False, {}).finetune.min_steps == 2800
+    assert configure(nettailor, False, {"finetune-epochs": 3}).finetune.min_steps == 0
+    assert configure(nettailor, True, {}).finetune.min_steps == 0  # the built-in tasks' schedule is unchanged
