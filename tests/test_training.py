@@ -143,12 +143,12 @@ def test_epochs_given_run_exactly_and_a_shorter_schedule_scales_the_minimum():
     from tailorrt.training.methods.base import configure, get, shorter
 
     nettailor = get("nettailor")
-    assert configure(nettailor, False, {}).student.min_steps == 5600  # real data's default floor
+    assert configure(nettailor, False, {}).student.min_steps == 11200  # real data's default floor
     assert configure(nettailor, False, {"student-epochs": 2}).student.min_steps == 0  # the user's epochs hold
     both = configure(nettailor, False, {"student-epochs": 2, "student-min-steps": 100}).student
     assert (both.epochs, both.min_steps) == (2, 100)
-    assert configure(nettailor, False, {"teacher-epochs": 2}).student.min_steps == 5600  # only that phase
-    assert shorter(configure(nettailor, False, {}), 1 / 3).student.min_steps == round(5600 / 3)
+    assert configure(nettailor, False, {"teacher-epochs": 2}).student.min_steps == 11200  # only that phase
+    assert shorter(configure(nettailor, False, {}), 1 / 3).student.min_steps == round(11200 / 3)
     with pytest.raises(ConfigError, match="min_steps must be >= 0"):
         configure(nettailor, False, {"student-min-steps": -1})
     ft = configure(nettailor, False, {"finetune-epochs": 3, "finetune-min-steps": 200}).finetune
