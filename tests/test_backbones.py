@@ -4,21 +4,23 @@ import pytest
 import torch
 import torchvision
 
+from tailorrt.backbone_spec import EXPANSION
 from tailorrt.errors import CheckpointError, ConfigError
 from tailorrt.training import backbones
 from tailorrt.training.backbones import UniversalBackbone, build_backbone, embedded_weights_path, get_spec
 from tailorrt.training.io import save_tensors
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "wrn26", "embedded", "tiny"])
-def test_every_backbone_builds_and_splits_into_units(name):
-    spec = get_spec(name)
-    model = UniversalBackbone(spec).eval()
-    assert model.num_units == 1 + sum(spec.depths)
-    size = min(spec.input_size, 64)
-    outs = model.forward_units(torch.zeros(1, 3, size, size))
-    assert len(outs) == model.num_units
-    assert outs[-1].shape[1] == model.feature_dim
+def test_every_backbone_builds_and_splits_into_units():
+    assert {"resnet18", "wrn26", "embedded", "tiny", "efficientnet-lite0", "tiny-mbconv"} <= set(backbones.available())
+    for name in backbones.available():
+        spec = get_spec(name)
+        model = UniversalBackbone(spec).eval()
+        assert model.num_units == 1 + sum(spec.depths), name
+        x = torch.zeros(1, 3, min(spec.input_size, 64), min(spec.input_size, 64))
+        outs = model.forward_units(x)
+        assert len(outs) == model.num_units and outs[-1].shape[1] == spec.widths[-1] * EXPANSION[spec.block], name
+        assert model.features(outs[-1]).shape == (1, model.feature_dim) == (1, spec.feature_dim), name
 
 
 def test_unknown_backbone_is_a_clear_error():

@@ -104,17 +104,18 @@ def test_each_method_owns_exactly_its_parts(method):
 
 
 def test_method_names_are_checked():
-    n = _backbone().num_units
-    assert methods.get("nettailor", n).family == "nettailor" and methods.get("fast-flex", n).family == "flex"
+    spec = _backbone().spec
+    n = spec.num_units
+    assert methods.get("nettailor", spec).family == "nettailor" and methods.get("fast-flex", spec).family == "flex"
     for bad in ("finetune-last:0", f"finetune-last:{n + 1}", f"linear:{n}", "linear:x", "finetune-all:2",
                 "nettailor:2", "adapters:1", "flexx"):
         with pytest.raises(ConfigError):
-            methods.get(bad, n)
+            methods.get(bad, spec)
     assert AttentionMethod.parse("attention:prune:l2") == AttentionMethod("channel", "l2", True)
     assert AttentionMethod.parse("attention:filter:distance-to-1") == AttentionMethod("filter", "distance-to-1")
     for bad in ("attention:l1:l2", "attention:filter:prune", "attention:x", "attention:prune:prune"):
         with pytest.raises(ConfigError):
-            methods.get(bad, n)
+            methods.get(bad, spec)
 
 
 def test_attention_schedule_runs_and_letters():

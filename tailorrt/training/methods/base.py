@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from tailorrt.backbone_spec import BackboneSpec
 from tailorrt.errors import ConfigError, PackError
 from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.datasets import TaskData
@@ -62,6 +63,7 @@ class Method:
     candidates: ClassVar[tuple[str, ...]] = ()  # the names --method auto tries by default
     default_pack: ClassVar[bool] = False  # True: its pack is named after the task alone
     teacher_phase: ClassVar[str | None] = None  # the phase whose checkpoint is the task's fine-tuned backbone
+    blocks: ClassVar[tuple[str, ...]] = ("basic", "bottleneck", "decathlon")  # the block families it runs on
 
     def accepts(self, name: str) -> bool:
         base, sep, _ = name.partition(":")
@@ -143,13 +145,19 @@ def syntax() -> str:
     return ", ".join(m.syntax for m in REGISTRY.values())
 
 
-def get(name: str, num_units: int | None = None) -> Method:
-    """The family of a method name (its options checked against ``num_units`` when given), or ConfigError."""
+def get(name: str, backbone: BackboneSpec | None = None) -> Method:
+    """The family of a method name (given the ``backbone``, checked to run on its blocks and its options checked
+    against its units), or ConfigError."""
     method = next((m for m in REGISTRY.values() if m.accepts(name)), None)
     if method is None:
         raise ConfigError(f"unknown method {name!r}; choose one of {syntax()}")
-    if num_units is not None:
-        method.check(name, num_units)
+    if backbone is not None:
+        if backbone.block not in method.blocks:
+            runs_on = sorted(m.syntax for m in REGISTRY.values() if backbone.block in m.blocks)
+            raise ConfigError(f"method {name!r} does not run on {backbone.block} blocks ({backbone.name}) yet; "
+                              + (f"methods that do: {', '.join(runs_on)}" if runs_on else
+                                 "no method does yet: use a ResNet backbone"))
+        method.check(name, backbone.num_units)
     return method
 
 

