@@ -2,18 +2,23 @@
 and agreement with someone else's implementation (timm) where it is installed."""
 
 import importlib.util
+import json
 import pathlib
 
+import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
 
+from tailorrt import Runtime
 from tailorrt.errors import CheckpointError, ConfigError
 from tailorrt.preprocess import Preprocess
 from tailorrt.training import methods
 from tailorrt.training.backbones import UniversalBackbone, build_backbone, get_spec
 from tailorrt.training.io import load_state_file, save_tensors
 from tailorrt.training.mbconv import PACKAGED, MBConvBlock, PackagedWeights, lukemelas_key_map, same_pads, timm_key_map
+from tests.conftest import class_image, make_imagefolder, run_cli, run_clis
 
 
 def test_same_padding_is_tensorflows():
@@ -49,14 +54,14 @@ def test_both_checkpoint_layouts_map_onto_the_units(tmp_path):
     ours = ref.state_dict()
     spec = ref.spec
     # write our weights in each layout by name, as the published files name them
-    luke = {"_conv_stem.weight": ours["stem.0.weight"], "_conv_head.weight": ours["head.0.weight"],
+    luke = {"_conv_stem.weight": ours["stem.0.weight"], "_conv_head.weight": ours["head_norm.0.weight"],
             "_fc.weight": torch.zeros(10, 32), "_fc.bias": torch.zeros(10)}
-    timm = {"conv_stem.weight": ours["stem.0.weight"], "conv_head.weight": ours["head.0.weight"],
+    timm = {"conv_stem.weight": ours["stem.0.weight"], "conv_head.weight": ours["head_norm.0.weight"],
             "classifier.weight": torch.zeros(10, 32), "classifier.bias": torch.zeros(10)}
     stage_of = [0, 1, 1, 2]
     for field in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-        luke[f"_bn0.{field}"], luke[f"_bn1.{field}"] = ours[f"stem.1.{field}"], ours[f"head.1.{field}"]
-        timm[f"bn1.{field}"], timm[f"bn2.{field}"] = ours[f"stem.1.{field}"], ours[f"head.1.{field}"]
+        luke[f"_bn0.{field}"], luke[f"_bn1.{field}"] = ours[f"stem.1.{field}"], ours[f"head_norm.1.{field}"]
+        timm[f"bn1.{field}"], timm[f"bn2.{field}"] = ours[f"stem.1.{field}"], ours[f"head_norm.1.{field}"]
     for i, stage in enumerate(stage_of):
         first = stage_of.index(stage)
         parts = {"expand.0": ("_expand_conv", "conv_pw"), "expand.1": ("_bn0", "bn1"),
@@ -144,3 +149,33 @@ def test_lite0_matches_timm_and_recognises_grace_hopper():
     with torch.no_grad():
         logits = torch.nn.functional.linear(model(pixels), state["_fc.weight"], state["_fc.bias"])
     assert logits.argmax().item() == 652  # "military uniform", as the reference implementation says
+
+
+def test_methods_that_run_on_mbconv_train_export_and_serve_through_the_cli(tmp_path):
+    """Every method declaring MBConv blocks, through the real CLI on tiny-mbconv: trained, exported to fp32 and int8
+    (depthwise convolutions, SAME pads, ReLU6 as Clip), and served by both backends with the same logits."""
+    runs_on = [name for m in methods.families() if "mbconv" in m.blocks for name in m.examples]
+    assert runs_on, "no method runs on MBConv blocks"
+    folder = make_imagefolder(tmp_path / "colors", classes=3, per_class=12)
+    root = tmp_path / "m"
+    run_cli("train", "--task", f"imagefolder:{folder}", "--model-dir", str(root), "--backbone", "tiny-mbconv",
+            "--random-init", "--method", runs_on[0], "--head-epochs", "1", "--tune-epochs", "1", "--batch-size", "8",
+            check=True)
+    run_clis(*[("train", "--task", f"imagefolder:{folder}", "--model-dir", str(root), "--method", name,
+                "--head-epochs", "1", "--tune-epochs", "1", "--batch-size", "8") for name in runs_on[1:]], check=True)
+    run_cli("export", "--model-dir", str(root), "--precision", "int8", "--max-drop", "100", check=True)
+    manifest = json.loads((root / "onnx" / "export.json").read_text())
+    assert len(manifest["tasks"]) == len(runs_on)
+    assert all(t["parity"]["max_abs_logit_diff"] <= 1e-4 for t in manifest["tasks"].values())
+    graph = onnx.load(str(root / "onnx" / f"{next(iter(manifest['tasks']))}.onnx"), load_external_data=False)
+    ops = {n.op_type for n in graph.graph.node}
+    assert "Clip" in ops and any(a.name == "group" and a.i > 1 for n in graph.graph.node for a in n.attribute)
+    pads = [next(list(a.ints) for a in n.attribute if a.name == "pads") for n in graph.graph.node if n.op_type == "Conv"]
+    assert any(p[:2] != p[2:] for p in pads)  # SAME padding: asymmetric on the stride-2 convolutions
+    torch_rt, onnx_rt = Runtime(root, backend="torch"), Runtime(root, backend="onnx")
+    images = [class_image(i % 3, np.random.default_rng(i)) for i in range(4)]
+    for task in onnx_rt.tasks:
+        x = onnx_rt.preprocess(task, images)
+        assert np.abs(torch_rt.logits(task, x) - onnx_rt.logits(task, x)).max() <= 1e-4
+    int8 = Runtime(root, backend="onnx", precision="int8")
+    assert sorted(int8.tasks) == sorted(onnx_rt.tasks)

@@ -151,7 +151,7 @@ BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottlen
 
 class UniversalBackbone(nn.Module):
     """A stem followed by residual blocks (ResNet's or MBConv's); every one of them is a *unit*. The head norm
-    (Decathlon WRN) or head (EfficientNet's 1x1 conv to 1280) runs on the last unit's output before pooling."""
+    (Decathlon WRN's final BN, EfficientNet's 1x1 conv to 1280) runs on the last unit's output before pooling."""
 
     def __init__(self, spec: BackboneSpec) -> None:
         super().__init__()
@@ -159,8 +159,9 @@ class UniversalBackbone(nn.Module):
         self.stem = _make_stem(spec)
         self.blocks = nn.ModuleList(mbconv.make_blocks(spec) if spec.block == "mbconv" else _resnet_blocks(spec))
         channels = spec.widths[-1] * EXPANSION[spec.block]
-        self.head_norm = nn.BatchNorm2d(channels) if spec.head_norm else nn.Identity()
-        self.head = mbconv.make_head(spec) if spec.head_width else nn.Identity()
+        # what runs on the last unit's output before pooling: WRN-26's final BN, EfficientNet's 1x1 conv to 1280
+        self.head_norm = (mbconv.make_head(spec) if spec.head_width else
+                          nn.BatchNorm2d(channels) if spec.head_norm else nn.Identity())
         self.feature_dim = spec.feature_dim
         if spec.block != "mbconv":
             for m in self.modules():
@@ -179,8 +180,8 @@ class UniversalBackbone(nn.Module):
         return outs
 
     def features(self, last: torch.Tensor) -> torch.Tensor:
-        """The classifier's input from the last unit's output: (head norm or head and) global average pooling."""
-        return pool(self.head(self.head_norm(last)))
+        """The classifier's input from the last unit's output: (head norm and) global average pooling."""
+        return pool(self.head_norm(last))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features of the last unit."""

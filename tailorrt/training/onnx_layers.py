@@ -23,7 +23,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from tailorrt.errors import ExportError
 from tailorrt.training.backbones import DecathlonBlock
-from tailorrt.training.onnx_graph import GraphBuilder, SharedWeights, bn_fold
+from tailorrt.training.mbconv import MBConvBlock
+from tailorrt.training.onnx_graph import GraphBuilder, SharedWeights, bn_fold, check_positive
 
 
 def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: float, mult: float = 1.0
@@ -74,6 +75,8 @@ def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: f
             c = 1.0 / k
         elif isinstance(m, nn.ReLU):
             x = g.relu(x)
+        elif isinstance(m, nn.ReLU6):  # relu6(c * v) = c * clip(v, 0, 6 / c)
+            x = g.clip(x, 6.0 / check_positive(c, "the scale before a ReLU6"))
         elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.Identity)):
             x = g.pool(x, m)
         else:
@@ -116,6 +119,8 @@ def choose_fused(net: nn.Module, shared: SharedWeights, input_shape: tuple[int, 
 
 
 def _main_path(block: nn.Module) -> list[nn.Module]:
+    if isinstance(block, MBConvBlock):
+        return block.main_path()
     if isinstance(block, Bottleneck):
         return [block.conv1, block.bn1, nn.ReLU(), block.conv2, block.bn2, nn.ReLU(), block.conv3, block.bn3]
     if isinstance(block, (BasicBlock, DecathlonBlock)):
@@ -127,12 +132,18 @@ def passes_input(block: nn.Module) -> bool:
     """Whether the block's shortcut carries its input with no affine that could absorb a scale."""
     if isinstance(block, DecathlonBlock):
         return True
+    if isinstance(block, MBConvBlock):
+        return block.residual
     return getattr(block, "downsample", None) is None
 
 
 def emit_block(g: GraphBuilder, block: nn.Module, x: str, in_scale: float, mult: float) -> str:
     """``mult * block(in_scale * x)``; for a pass-through shortcut, ``mult * in_scale`` must be 1."""
     y, _ = emit_sequence(g, _main_path(block), x, in_scale, mult)
+    if passes_input(block) and abs(mult * in_scale - 1.0) > 1e-9:
+        raise ExportError("internal error: a pass-through shortcut was given a scale")
+    if isinstance(block, MBConvBlock):  # a linear output: the sum, or the projection alone
+        return g.add([y, x]) if block.residual else y
     if isinstance(block, DecathlonBlock):
         r = g.pool(x, block.pool)
         if block.extra_channels:
@@ -141,13 +152,15 @@ def emit_block(g: GraphBuilder, block: nn.Module, x: str, in_scale: float, mult:
         r, _ = emit_sequence(g, list(block.downsample), x, in_scale, mult)
     else:
         r = x
-    if passes_input(block) and abs(mult * in_scale - 1.0) > 1e-9:
-        raise ExportError("internal error: a pass-through shortcut was given a scale")
     return g.relu(g.add([y, r]))
 
 
 def emit_head(g: GraphBuilder, head_norm: nn.Module, classifier: nn.Linear, x: str, c: float) -> None:
-    """Pooling and classifier, with the input scale and the head norm folded into the classifier."""
+    """Pooling and classifier, with the input scale and the head norm folded into the classifier (a head of layers,
+    EfficientNet's 1x1 conv + BN + ReLU6, runs before pooling)."""
+    if isinstance(head_norm, nn.Sequential):
+        x, c = emit_sequence(g, list(head_norm), x, c)
+        head_norm = nn.Identity()
     w = classifier.weight.detach().double().cpu().numpy()
     b = classifier.bias.detach().double().cpu().numpy() if classifier.bias is not None else np.zeros(w.shape[0])
     if isinstance(head_norm, nn.BatchNorm2d):
