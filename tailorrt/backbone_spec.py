@@ -11,6 +11,9 @@ from tailorrt.errors import ConfigError
 # output channels of a block per its width, per block kind (torchvision's BasicBlock/Bottleneck ``expansion``;
 # tests/test_backbones.py holds them equal to the blocks')
 EXPANSION = {"basic": 1, "bottleneck": 4, "decathlon": 1, "mbconv": 1}
+# the block families whose outputs are linear (no activation after the residual add): a NetTailor layer combines
+# its blocks' outputs as they do, linearly, instead of relu(sum)
+LINEAR_OUTPUT = frozenset({"mbconv"})
 STEMS = ("imagenet", "cifar", "efficientnet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,6 +54,11 @@ class BackboneSpec:
     def num_units(self) -> int:
         """The stem plus one unit per residual block."""
         return 1 + sum(self.depths)
+
+    @property
+    def linear_output(self) -> bool:
+        """Whether a block's output is linear (MBConv) rather than ReLU'd (ResNet)."""
+        return self.block in LINEAR_OUTPUT
 
     @property
     def feature_dim(self) -> int:

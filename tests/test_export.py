@@ -32,6 +32,7 @@ SPECS = {
     "decathlon-headnorm": BackboneSpec("td", "decathlon", (8, 16, 32), (2, 1, 1), (2, 2, 2), "cifar", 8, 24,
                                        head_norm=True),
 }
+ALL_SPECS = {**SPECS, "mbconv": get_spec("tiny-mbconv")}  # with the MBConv family, for what runs on it
 
 
 def _randomise_bn(module: nn.Module, gen: torch.Generator) -> None:
@@ -78,9 +79,9 @@ def _export(backbone, student, folder: Path, name: str = "t", fused: frozenset[s
     return _build(backbone, student, folder, name, fused)[0]
 
 
-@pytest.mark.parametrize("kind", SPECS)
+@pytest.mark.parametrize("kind", ALL_SPECS)
 def test_graph_matches_pytorch_and_holds_only_kept_blocks(kind, tmp_path):
-    backbone, student = _student(SPECS[kind])
+    backbone, student = _student(ALL_SPECS[kind])
     model = _export(backbone, student, tmp_path)
     session = ort.InferenceSession(str(tmp_path / "t.onnx"), providers=["CPUExecutionProvider"])
     size = backbone.spec.input_size
@@ -96,11 +97,13 @@ def test_graph_matches_pytorch_and_holds_only_kept_blocks(kind, tmp_path):
     assert not any(n.startswith("blocks.1.") for n in shared)  # the pruned universal block is absent
     proxies_kept = sum(int(layer.keep[1:].sum()) for layer in student.layers)
     universal_kept = sum(int(layer.keep[0]) for layer in student.layers)
-    convs_per_block = {"basic": 2, "bottleneck": 3, "decathlon": 2}[backbone.spec.block]
-    downsample = sum(1 for l, layer in enumerate(student.layers) if layer.keep[0]
-                     and getattr(layer.universal, "downsample", None) is not None)
+    assert universal_kept < len(student.layers)
+    universal_convs = sum(isinstance(m, nn.Conv2d) for layer in student.layers if layer.keep[0]
+                          for m in layer.universal.modules())  # shortcut convolutions included
+    head_convs = sum(isinstance(m, nn.Conv2d) for m in student.head_norm.modules())  # EfficientNet's 1x1 head
     per_proxy = 2 if backbone.spec.block == "bottleneck" else 1
-    assert ops.count("Conv") == 1 + universal_kept * convs_per_block + downsample + proxies_kept * per_proxy
+    assert ops.count("Conv") == 1 + universal_convs + head_convs + proxies_kept * per_proxy
+    assert ("Clip" in ops) == (backbone.spec.block == "mbconv")
 
 
 def test_owned_norms_are_the_graphs_and_the_convolutions_stay_shared(tmp_path):
@@ -118,12 +121,12 @@ def test_owned_norms_are_the_graphs_and_the_convolutions_stay_shared(tmp_path):
     assert any(n.startswith("blocks.0.") for n in shared)
 
 
-@pytest.mark.parametrize("kind", SPECS)
+@pytest.mark.parametrize("kind", ALL_SPECS)
 def test_fused_copies_fold_batch_norms_within_the_budget(kind, tmp_path):
     """The budget buys only shared convolutions the pruned network runs, within its bytes (a 3x3 full-resolution
     stem first); each chosen one is a private copy with its batch norm folded in, the rest stay shared, and the
     graph still matches PyTorch."""
-    backbone, student = _student(SPECS[kind])
+    backbone, student = _student(ALL_SPECS[kind])
     shared = SharedWeights(backbone)
     size = backbone.spec.input_size
     shape = (3, size, size)

@@ -155,14 +155,17 @@ def test_methods_that_run_on_mbconv_train_export_and_serve_through_the_cli(tmp_p
     """Every method declaring MBConv blocks, through the real CLI on tiny-mbconv: trained, exported to fp32 and int8
     (depthwise convolutions, SAME pads, ReLU6 as Clip), and served by both backends with the same logits."""
     runs_on = [name for m in methods.families() if "mbconv" in m.blocks for name in m.examples]
-    assert runs_on, "no method runs on MBConv blocks"
+    assert "nettailor" in runs_on and "linear" in runs_on
     folder = make_imagefolder(tmp_path / "colors", classes=3, per_class=12)
     root = tmp_path / "m"
-    run_cli("train", "--task", f"imagefolder:{folder}", "--model-dir", str(root), "--backbone", "tiny-mbconv",
-            "--random-init", "--method", runs_on[0], "--head-epochs", "1", "--tune-epochs", "1", "--batch-size", "8",
-            check=True)
-    run_clis(*[("train", "--task", f"imagefolder:{folder}", "--model-dir", str(root), "--method", name,
-                "--head-epochs", "1", "--tune-epochs", "1", "--batch-size", "8") for name in runs_on[1:]], check=True)
+    quick = {"nettailor": ("--teacher-epochs", "1", "--student-epochs", "1", "--finetune-epochs", "1")}
+
+    def train(name: str) -> tuple[str, ...]:
+        return ("train", "--task", f"imagefolder:{folder}", "--model-dir", str(root), "--method", name,
+                "--batch-size", "8", *quick.get(name, ("--head-epochs", "1", "--tune-epochs", "1")))
+
+    run_cli(*train(runs_on[0]), "--backbone", "tiny-mbconv", "--random-init", check=True)
+    run_clis(*[train(name) for name in runs_on[1:]], check=True)
     run_cli("export", "--model-dir", str(root), "--precision", "int8", "--max-drop", "100", check=True)
     manifest = json.loads((root / "onnx" / "export.json").read_text())
     assert len(manifest["tasks"]) == len(runs_on)
@@ -179,3 +182,16 @@ def test_methods_that_run_on_mbconv_train_export_and_serve_through_the_cli(tmp_p
         assert np.abs(torch_rt.logits(task, x) - onnx_rt.logits(task, x)).max() <= 1e-4
     int8 = Runtime(root, backend="onnx", precision="int8")
     assert sorted(int8.tasks) == sorted(onnx_rt.tasks)
+
+
+def test_auto_tries_only_the_methods_that_run_on_the_backbones_blocks():
+    from tailorrt.training.train import TrainRequest
+
+    mbconv, resnet = get_spec("tiny-mbconv"), get_spec("tiny")
+    req = TrainRequest(task="synth-digits", method="auto")
+    req.check(mbconv)  # no candidate refuses: those that would are not tried
+    tried = req.candidates(mbconv)
+    assert tried and all(mbconv.block in methods.get(name).blocks for name in tried)
+    assert set(tried) < set(req.candidates(resnet))  # attention and adapters are tried on ResNets only
+    with pytest.raises(ConfigError, match="adapters"):  # asked for by name, a method that cannot run is refused
+        TrainRequest(task="synth-digits", method="auto", auto_candidates=["linear", "adapters"]).check(mbconv)

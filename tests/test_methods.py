@@ -34,7 +34,7 @@ from tailorrt.training.methods.tuning_base import emit_tuned
 from tailorrt.training.onnx_graph import GraphBuilder, SharedWeights, save_graph
 from tailorrt.training.trainer import PhaseConfig, Trainer
 from tests.conftest import class_image, one_line_error, run_cli, run_clis
-from tests.test_export import SPECS, _randomise_bn
+from tests.test_export import ALL_SPECS, SPECS, _randomise_bn
 
 METHODS = ["linear", "linear:2", "finetune-last:2", "finetune-all", "scale-shift", "attention", "attention:filter",
            "adapters"]
@@ -212,14 +212,11 @@ def _external_after_parity(backbone: UniversalBackbone, net: TunedNet, tmp_path:
     return {t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
 
 
-TUNED_SPECS = {**SPECS, "mbconv": get_spec("tiny-mbconv")}  # the classic methods run on MBConv blocks too
-
-
-@pytest.mark.parametrize("kind", TUNED_SPECS)
+@pytest.mark.parametrize("kind", ALL_SPECS)
 @pytest.mark.parametrize("spec", [TuneSpec(), TuneSpec(feature_unit=1), TuneSpec(units=(1,)), TuneSpec(units=(0, 2)),
                                   TuneSpec(bn="affine")], ids=["linear", "linear-1", "flex-1", "units-0-2", "ss"])
 def test_tuned_graphs_match_pytorch_and_share_what_is_shared(kind, spec, tmp_path):
-    backbone = _backbone(TUNED_SPECS[kind])
+    backbone = _backbone(ALL_SPECS[kind])
     if spec.feature_unit is None and spec.units and max(spec.units) >= backbone.num_units:
         pytest.skip("backbone too short")
     net = _net(backbone, spec)

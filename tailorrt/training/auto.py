@@ -44,8 +44,10 @@ class Budget:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a non-negative number, not {value}")
 
 
-def default_candidates() -> list[str]:
-    return [name for m in methods.families() for name in m.candidates]
+def default_candidates(block: str | None = None) -> list[str]:
+    """The methods ``--method auto`` tries when none are given: every family's candidates (those that run on
+    ``block``, given a block family)."""
+    return [name for m in methods.families() if block is None or block in m.blocks for name in m.candidates]
 
 
 def pack_bytes(state: dict[str, torch.Tensor]) -> int:

@@ -74,14 +74,15 @@ class TrainRequest:
         """Whether the method is to be chosen (``--method auto``)."""
         return self.method == auto.NAME
 
-    def candidates(self) -> list[str]:
-        return self.auto_candidates or auto.default_candidates()
+    def candidates(self, backbone: BackboneSpec | None = None) -> list[str]:
+        """The methods ``auto`` tries: those given, else the defaults that run on ``backbone``'s blocks."""
+        return self.auto_candidates or auto.default_candidates(backbone.block if backbone else None)
 
     def check(self, backbone: BackboneSpec | None = None) -> None:
         """Raise ConfigError for an unknown method or candidate, or an option it does not take (and, given the
         ``backbone``, a method that does not run on its blocks or options that do not fit its units): before
         anything is loaded."""
-        for name in self.candidates() if self.auto else [self.method]:
+        for name in self.candidates(backbone) if self.auto else [self.method]:
             self.config(methods.get(name, backbone))
 
     def config(self, method: methods.Method) -> Any:
@@ -178,7 +179,7 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
             trained = run(candidate, cfg, work / "auto" / candidate.replace(":", "-"))
             return trained, accuracy(trained.net, data.val, device)
 
-        extra["auto"] = auto.choose(req.candidates(), req.budget, short, report)
+        extra["auto"] = auto.choose(req.candidates(spec), req.budget, short, report)
         method_name = extra["auto"]["winner"]
         report(f"auto: {method_name} wins ({extra['auto']['reason']}); training it on the full schedule")
     t0 = time.perf_counter()

@@ -71,6 +71,10 @@ class ResidualAdapters(TuningMethod):
     help = ("parallel residual adapters: a task-owned 1x1 convolution beside each 3x3 convolution of the frozen "
             "backbone, with the task's own batch norms (Rebuffi et al. 2018)")
     examples = ("adapters",)
+    blocks = ("basic", "bottleneck", "decathlon")
+    why_not = {"mbconv": "residual adapters sit beside full 3x3 convolutions, and an MBConv block's spatial "
+                         "convolution is depthwise (a 1x1 depthwise adapter would be a per-channel scale, which "
+                         "scale-shift trains)"}
     candidates = ("adapters",)
 
     def network(self, backbone: UniversalBackbone, classes: int, spec: TuneSpec) -> TunedNet:

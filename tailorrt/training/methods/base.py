@@ -63,7 +63,8 @@ class Method:
     candidates: ClassVar[tuple[str, ...]] = ()  # the names --method auto tries by default
     default_pack: ClassVar[bool] = False  # True: its pack is named after the task alone
     teacher_phase: ClassVar[str | None] = None  # the phase whose checkpoint is the task's fine-tuned backbone
-    blocks: ClassVar[tuple[str, ...]] = ("basic", "bottleneck", "decathlon")  # the block families it runs on
+    blocks: ClassVar[tuple[str, ...]] = ("basic", "bottleneck", "decathlon", "mbconv")  # the families it runs on
+    why_not: ClassVar[dict[str, str]] = {}  # block family -> why it does not run on it (for the one-line refusal)
 
     def accepts(self, name: str) -> bool:
         base, sep, _ = name.partition(":")
@@ -153,10 +154,10 @@ def get(name: str, backbone: BackboneSpec | None = None) -> Method:
         raise ConfigError(f"unknown method {name!r}; choose one of {syntax()}")
     if backbone is not None:
         if backbone.block not in method.blocks:
-            runs_on = sorted(m.syntax for m in REGISTRY.values() if backbone.block in m.blocks)
-            raise ConfigError(f"method {name!r} does not run on {backbone.block} blocks ({backbone.name}) yet; "
-                              + (f"methods that do: {', '.join(runs_on)}" if runs_on else
-                                 "no method does yet: use a ResNet backbone"))
+            runs_on = [m.syntax for m in REGISTRY.values() if backbone.block in m.blocks]
+            raise ConfigError(f"method {name!r} does not run on {backbone.block} blocks ({backbone.name}): "
+                              f"{method.why_not.get(backbone.block, 'not built for them')}; methods that do: "
+                              f"{', '.join(runs_on)}")
         method.check(name, backbone.num_units)
     return method
 

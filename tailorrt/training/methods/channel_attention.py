@@ -82,6 +82,10 @@ class ChannelAttention(TuningMethod):
     help = ("a trainable scale on every convolution's channels (or filters) with the task's own batch norms; "
             ":prune removes the channels it switched off")
     examples = ("attention:prune",)
+    blocks = ("basic", "bottleneck", "decathlon")
+    why_not = {"mbconv": "its filter scales wrap full convolutions and its pruning removes a channel between two "
+                         "of a block's full convolutions, where an MBConv block's expanded channels pass through a "
+                         "depthwise one (scale-shift trains the same batch norms without the scales)"}
     candidates = ("attention",)
     takes_options = True
     options = (HEAD_EPOCHS, TUNE_EPOCHS,

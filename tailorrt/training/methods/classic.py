@@ -55,7 +55,6 @@ class Classic(TuningMethod):
     examples = ("linear", "scale-shift", "finetune-last:1")
     candidates = ("linear", "scale-shift")
     takes_options = True
-    blocks = ("basic", "bottleneck", "decathlon", "mbconv")
 
     def check(self, name: str, num_units: int) -> None:
         parse(name, num_units)

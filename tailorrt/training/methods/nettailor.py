@@ -420,7 +420,9 @@ def emit_student(g: GraphBuilder, student: Student) -> None:
             else:
                 proxy = layer.proxies[i - 1]
                 terms.append(emit_sequence(g, [proxy.pool, *proxy.body], v, c_src, mult)[0])
-        out = terms[0] if len(terms) == 1 and universal else g.relu(g.add(terms))  # a block ends in ReLU already
+        out = g.add(terms)
+        if not (layer.linear or (len(terms) == 1 and universal)):  # a ResNet block ends in ReLU already
+            out = g.relu(out)
         outs.append((out, c_out))
     if outs[-1] is None:
         raise ExportError("the pruned network has no path to the classifier")

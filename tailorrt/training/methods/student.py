@@ -79,8 +79,10 @@ class Proxy(nn.Module):
 class TailorLayer(nn.Module):
     """One universal block plus proxies from the previous ``len(proxies)`` unit outputs."""
 
-    def __init__(self, universal: nn.Module, proxies: list[nn.Module], costs: list[tuple[int, int]]) -> None:
+    def __init__(self, universal: nn.Module, proxies: list[nn.Module], costs: list[tuple[int, int]], *,
+                 linear: bool = False) -> None:
         super().__init__()
+        self.linear = linear  # the blocks' outputs are linear (MBConv): combined as they are, without a ReLU
         self.universal = universal
         self.proxies = nn.ModuleList(proxies)
         n = 1 + len(proxies)
@@ -113,13 +115,13 @@ class TailorLayer(nn.Module):
         return ys, pooled
 
     def combine(self, ys: list[torch.Tensor | None]) -> torch.Tensor | None:
-        """``relu(sum_i alpha_i * y_i)`` over the blocks that have an output."""
+        """``relu(sum_i alpha_i * y_i)`` over the blocks that have an output (the sum alone where :attr:`linear`)."""
         alphas = self.alphas()
         out = None
         for i, y in enumerate(ys):
             if y is not None:
                 out = alphas[i] * y if out is None else out + alphas[i] * y
-        return None if out is None else F.relu(out)
+        return out if out is None or self.linear else F.relu(out)
 
     def local(self, ys: list[torch.Tensor | None], pooled: list[torch.Tensor | None]) -> torch.Tensor | None:
         """The layer's output as computed from *detached* inputs, given what :meth:`blocks` returned for the same
@@ -157,10 +159,10 @@ class Student(nn.Module):
             proxies = []
             for j in range(min(max_skip, l)):
                 src = self.shapes[l - 1 - j]
-                proxy = Proxy(src[0], target[0], src[1] // target[1], bottleneck)
+                proxy = Proxy(src[0], target[0], -(-src[1] // target[1]), bottleneck)  # ceil: odd sizes too
                 costs.append((count_params(proxy), count_flops(proxy, torch.zeros(1, *src))))
                 proxies.append(proxy)
-            layers.append(TailorLayer(universal(block), proxies, costs))
+            layers.append(TailorLayer(universal(block), proxies, costs, linear=spec.linear_output))
         self.layers = nn.ModuleList(layers)
         self.head_norm = share_frozen(backbone.head_norm)
         self.classifier = nn.Linear(backbone.feature_dim, num_classes)
