@@ -119,6 +119,7 @@ class ServeCommand(TyperCommand):
 @app.command(epilog="Examples:\n\n  tailor train --task synth-digits\n\n"
              "  tailor train --task svhn --backbone resnet34 --data-dir ~/data\n\n"
              "  tailor train --task imagefolder:/data/pets --backbone resnet18 --backbone-weights r18.pth\n\n"
+             "  tailor train --task imagefolder:/data/parts --backbone efficientnet-lite0 --input-size 128\n\n"
              "  tailor train --task synth-glyphs --resume   # after an interruption\n\n"
              "  tailor train --task synth-glyphs --tolerance 1   # NetTailor: leanest candidate within 1 point\n\n"
              "  tailor train --task synth-digits --prune-universal 5   # NetTailor's fixed rule, no search\n\n"
@@ -141,6 +142,8 @@ def train(
                                            "Default: the model dir's, else embedded for built-in tasks, resnet34."),
     backbone_weights: Path | None = typer.Option(None, help="Local checkpoint (.safetensors or .pth; "
                                                    "EfficientNet-Lite in lukemelas' or timm's key names too)."),
+    input_size: int | None = typer.Option(None, help="Pixels the backbone runs at (default: its own, e.g. 224 "
+                                          "for ImageNet backbones); set by a model dir's first task, shared by all."),
     random_init: bool = typer.Option(False, help="Keep the backbone randomly initialised (testing only)."),
     data_dir: Path = typer.Option(Path("data"), help="Where datasets live or are downloaded to."),
     download: bool = typer.Option(True, help="Try to download a missing dataset."),
@@ -172,7 +175,8 @@ def train(
     from tailorrt.training.train import TrainRequest, resolve_device, train_task
 
     req = TrainRequest(task=task, model_dir=model_dir, backbone=backbone,
-                       backbone_weights=str(backbone_weights) if backbone_weights else None, random_init=random_init,
+                       backbone_weights=str(backbone_weights) if backbone_weights else None, input_size=input_size,
+                       random_init=random_init,
                        data_dir=str(data_dir), download=download, seed=seed, method=method or methods.DEFAULT,
                        options=ctx.meta["method_options"], batch_size=batch_size,
                        budget=Budget(max_pack_mb, max_mflops, max_drop), auto_candidates=_names(candidates),

@@ -47,6 +47,8 @@ class BackboneSpec:
             raise ConfigError("widths, depths and strides must have one entry per stage")
         if self.stem not in STEMS:
             raise ConfigError(f"stem must be one of {', '.join(STEMS)}, not {self.stem!r}")
+        if self.input_size < 8:
+            raise ConfigError(f"input size must be at least 8 pixels, not {self.input_size}")
         if self.block == "mbconv" and not (len(self.kernels) == len(self.expansions) == len(self.widths)):
             raise ConfigError("an mbconv backbone needs one kernel and one expansion ratio per stage")
 

@@ -18,7 +18,7 @@ from tailorrt.training import methods
 from tailorrt.training.backbones import UniversalBackbone, build_backbone, get_spec
 from tailorrt.training.io import load_state_file, save_tensors
 from tailorrt.training.mbconv import PACKAGED, MBConvBlock, PackagedWeights, lukemelas_key_map, same_pads, timm_key_map
-from tests.conftest import class_image, make_imagefolder, run_cli, run_clis
+from tests.conftest import class_image, make_imagefolder, one_line_error, run_cli, run_clis
 
 
 def test_same_padding_is_tensorflows():
@@ -164,7 +164,11 @@ def test_methods_that_run_on_mbconv_train_export_and_serve_through_the_cli(tmp_p
         return ("train", "--task", f"imagefolder:{folder}", "--model-dir", str(root), "--method", name,
                 "--batch-size", "8", *quick.get(name, ("--head-epochs", "1", "--tune-epochs", "1")))
 
-    run_cli(*train(runs_on[0]), "--backbone", "tiny-mbconv", "--random-init", check=True)
+    # 20 px, not its own 16: sizes 10, 5 and 3 below the stem, so SAME padding and the proxies' pooling meet odd ones
+    run_cli(*train(runs_on[0]), "--backbone", "tiny-mbconv", "--random-init", "--input-size", "20", check=True)
+    assert json.loads((root / "backbone" / "backbone.json").read_text())["spec"]["input_size"] == 20
+    line = one_line_error(run_cli(*train("linear"), "--input-size", "16"))
+    assert "runs at 20 px" in line
     run_clis(*[train(name) for name in runs_on[1:]], check=True)
     run_cli("export", "--model-dir", str(root), "--precision", "int8", "--max-drop", "100", check=True)
     manifest = json.loads((root / "onnx" / "export.json").read_text())

