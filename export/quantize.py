@@ -39,7 +39,7 @@ from tailorrt.training.onnx_graph import save_graph
 
 SHARED_INT8_FILE = "universal-int8.data"
 QMAX = 64  # 7-bit weights (ONNX Runtime's reduce_range): no int16 saturation in AVX2's u8 x s8 products
-QUANTIZED_OPS = ["Conv", "Add", "Relu", "MaxPool"]  # the head (Gemm) and softmax stay fp32
+QUANTIZED_OPS = ["Conv", "Add", "Relu", "Clip", "MaxPool"]  # Clip: MBConv's ReLU6; the head (Gemm) and softmax stay fp32
 PAGE = 4096
 
 

@@ -188,6 +188,8 @@ def test_methods_that_run_on_mbconv_train_export_and_serve_through_the_cli(tmp_p
         assert np.abs(torch_rt.logits(task, x) - onnx_rt.logits(task, x)).max() <= 1e-4
     int8 = Runtime(root, backend="onnx", precision="int8")
     assert sorted(int8.tasks) == sorted(onnx_rt.tasks)
+    quantized = onnx.load(str(root / "onnx-int8" / f"{next(iter(manifest['tasks']))}.onnx"), load_external_data=False)
+    assert "Clip" not in {n.op_type for n in quantized.graph.node}  # ReLU6 quantized with its conv, not in fp32
 
 
 def test_auto_tries_only_the_methods_that_run_on_the_backbones_blocks():
