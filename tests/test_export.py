@@ -172,16 +172,23 @@ def test_identity_layers_with_tiny_attention_still_match(tmp_path):
     assert np.abs(session.run(["logits"], {"input": x.numpy()})[0] - ref).max() < 1e-4
 
 
-def test_shared_weights_are_named_like_the_backbone_and_aligned(tmp_path):
-    backbone = UniversalBackbone(get_spec("embedded"))
+@pytest.mark.parametrize("name", ["embedded", "tiny-mbconv"])
+def test_shared_weights_are_named_like_the_backbone_folded_and_aligned(name, tmp_path):
+    backbone = UniversalBackbone(get_spec(name)).eval()
+    _randomise_bn(backbone, torch.Generator().manual_seed(0))
     shared = SharedWeights(backbone)
     state = backbone.state_dict()
     assert set(shared.tensors) == {k for k in state if k.endswith("weight") and state[k].dim() == 4}
+    assert set(shared.norm_scale) == set(shared.tensors)  # every convolution of these is followed by its norm
     shared.write(tmp_path / "u.data")
     raw = (tmp_path / "u.data").read_bytes()
-    for name, (offset, length) in shared.offsets.items():
+    for key, (offset, length) in shared.offsets.items():
         assert offset % (4096 if length >= 64 * 1024 else 64) == 0
-        assert raw[offset:offset + length] == state[name].numpy().astype("<f4").tobytes()
+        module, _, last = key.removesuffix(".weight").rpartition(".")  # its norm: the next of a Sequential, bnK
+        norm = backbone.get_submodule(f"{module}.{int(last) + 1 if last.isdigit() else last.replace('conv', 'bn')}")
+        a = (norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)).detach()  # its norm, folded in
+        expected = (state[key].double() * a[:, None, None, None]).float().numpy().astype("<f4").tobytes()
+        assert raw[offset:offset + length] == expected, key
 
 
 # ---------------------------------------------------------------------------------------------- the real CLI

@@ -13,6 +13,7 @@ batch norm absorbs it into its per-task affine, so block-attention weights never
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,17 +42,30 @@ class SharedWeights:
 
     Shared tensors are recognised by *identity*: a task network's frozen universal modules hold the
     very ``Parameter`` objects of the backbone (see ``student.share_frozen``).
+
+    A convolution that the backbone follows by a batch norm is stored with that norm's scale folded in
+    (``W' = a * W``, ``a = gamma / sqrt(var + eps)`` per output channel; :attr:`norm_scale` keeps ``a``), so a task
+    that runs the backbone's own norm needs no pass of its own after the shared convolution: the graph's ``Conv``
+    takes ``W'`` and the norm's shift as its bias, as a network with its norms folded does, and ONNX Runtime fuses
+    the activation or the residual add into it. A task with norms of its own divides its affine by ``a``.
     """
 
     def __init__(self, backbone: nn.Module, location: str = SHARED_FILE) -> None:
         self.location = location
         self.tensors: dict[str, np.ndarray] = {}
+        self.norm_scale: dict[str, np.ndarray] = {}  # name -> the backbone norm's scale folded into the tensor
         self._by_id: dict[int, str] = {}
+        norms = _norm_after(backbone)
         for mod_name, mod in backbone.named_modules():
             if isinstance(mod, nn.Conv2d):
                 for p_name, p in mod.named_parameters(recurse=False):
                     name = f"{mod_name}.{p_name}"
-                    self.tensors[name] = p.detach().cpu().numpy().astype(np.float32)
+                    w = p.detach().cpu().double().numpy()
+                    a = _foldable_scale(norms.get(mod_name)) if p_name == "weight" and mod.bias is None else None
+                    if a is not None:
+                        w = w * a[:, None, None, None]
+                        self.norm_scale[name] = a
+                    self.tensors[name] = w.astype(np.float32)
                     self._by_id[id(p)] = name
         self.offsets: dict[str, tuple[int, int]] = {}
         offset = 0
@@ -86,6 +100,23 @@ class SharedWeights:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.tensors.values())
+
+
+def _norm_after(backbone: nn.Module) -> dict[str, nn.BatchNorm2d]:
+    """Each convolution's batch norm, by the convolution's name: the leaf module right after it, where that is a
+    norm of its output channels (a block's modules are declared in the order they run)."""
+    leaves = [(n, m) for n, m in backbone.named_modules() if not any(True for _ in m.children())]
+    return {name: nxt for (name, m), (_, nxt) in itertools.pairwise(leaves)
+            if isinstance(m, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d) and nxt.num_features == m.out_channels}
+
+
+def _foldable_scale(bn: nn.BatchNorm2d | None) -> np.ndarray | None:
+    """The norm's per-channel scale ``gamma / sqrt(var + eps)``, or None where there is no norm or a scale too
+    near 0 to divide by (a task with its own norm divides its affine by it)."""
+    if bn is None:
+        return None
+    a, _ = bn_fold(bn)
+    return a if np.all(np.abs(a) >= 1e-6 * max(np.abs(a).max(), 1e-30)) and np.abs(a).max() > 0 else None
 
 
 def _align(n: int, to: int) -> int:

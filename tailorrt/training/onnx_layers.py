@@ -48,19 +48,20 @@ def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: f
                     raise ExportError("a parallel convolution needs a batch norm after it")
                 if m.bias is not None and c != 1.0:
                     raise ExportError("cannot carry a scale through a biased convolution without a batch norm")
-                private = conv_weight(m) is not m.weight
-                x = g.conv(x, m, weight=conv_weight(m).detach().cpu().numpy() if private else None)
+                if g.shared.norm_scale.get(g.shared.name_of(m.weight)) is not None and not private_weight(m):
+                    raise ExportError("internal error: a shared convolution stored with its norm folded in runs "
+                                      "without that norm")
+                x = g.conv(x, m, weight=conv_weight(m).detach().cpu().numpy() if private_weight(m) else None)
             else:
                 k = mult if i + 1 == last_bn else 1.0
                 scale, shift = bn_fold(bn, c, k)
                 if m.bias is not None:
                     shift = shift + scale / c * m.bias.detach().double().cpu().numpy()
                 parallel = getattr(m, "parallel", None)
-                if g.keeps_shared(conv_weight(m)):  # universal: shared weight, private affine
+                if g.keeps_shared(conv_weight(m)):  # universal: shared weight, private affine (or bias)
                     if m.bias is not None:
                         raise ExportError("universal convolutions with a bias are not supported")
-                    y = g.conv(x, m)
-                    x = g.affine(g.add([y, g.conv(x, parallel)]) if parallel is not None else y, scale, shift)
+                    x = _shared_conv(g, m, parallel, x, scale, shift)
                 elif parallel is not None:
                     raise ExportError("a parallel convolution beside a task-owned one is not supported")
                 else:  # task-owned (or a shared weight the graph copies): fold the batch norm into the convolution
@@ -83,6 +84,25 @@ def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: f
             raise ExportError(f"cannot export module {type(m).__name__}")
         i += 1
     return x, c
+
+
+def _shared_conv(g: GraphBuilder, conv: nn.Conv2d, parallel: nn.Conv2d | None, x: str, scale: np.ndarray,
+                 shift: np.ndarray) -> str:
+    """``scale * conv(x) + shift`` (per channel) over the shared weight, which holds the backbone norm's scale ``a``
+    folded in where :class:`SharedWeights` folded one: the affine is divided by it, and where that leaves a scale
+    of 1 (the backbone's own norm, nothing to rescale) the shift is the convolution's bias and no pass follows."""
+    a = g.shared.norm_scale.get(g.shared.name_of(conv.weight))
+    if a is not None:
+        scale = scale / a
+        if parallel is None and np.allclose(scale, 1.0, rtol=1e-6, atol=0.0):
+            return g.conv(x, conv, bias=shift.astype(np.float32))
+    y = g.conv(x, conv)
+    if parallel is not None:  # the adapter's output joins the shared one's, so it takes the same scale
+        w = parallel.weight.detach().double().cpu().numpy()
+        if a is not None:
+            w = w * a[:, None, None, None]
+        y = g.add([y, g.conv(x, parallel, weight=w.astype(np.float32))])
+    return g.affine(y, scale, shift)
 
 
 def choose_fused(net: nn.Module, shared: SharedWeights, input_shape: tuple[int, ...], budget_bytes: int
@@ -170,6 +190,11 @@ def emit_head(g: GraphBuilder, head_norm: nn.Module, classifier: nn.Linear, x: s
     else:
         raise ExportError(f"cannot export head norm {type(head_norm).__name__}")
     g.classifier(x, w * scale[None, :], b + w @ shift)
+
+
+def private_weight(conv: nn.Conv2d) -> bool:
+    """Whether the convolution applies a weight other than its ``weight`` (e.g. filter attention's)."""
+    return conv_weight(conv) is not conv.weight
 
 
 def conv_weight(conv: nn.Conv2d) -> torch.Tensor:
