@@ -131,7 +131,6 @@ def test_lite0_matches_timm_and_recognises_grace_hopper():
     import matplotlib
     import timm
 
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     model, source = build_backbone("efficientnet-lite0")
     assert source.kind == "package"
     model.eval()

@@ -166,7 +166,7 @@ class UniversalBackbone(nn.Module):
         self.head_norm = (mbconv.make_head(spec) if spec.head_width else
                           nn.BatchNorm2d(channels) if spec.head_norm else nn.Identity())
         self.feature_dim = spec.feature_dim
-        if spec.block != "mbconv":
+        if spec.block != "mbconv":  # MBConv keeps PyTorch's init: its projections are linear, not ReLU'd
             for m in self.modules():
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

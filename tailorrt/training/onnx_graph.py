@@ -78,6 +78,10 @@ class SharedWeights:
         """The shared name of a backbone parameter, or None if the tensor is not shared."""
         return self._by_id.get(id(param))
 
+    def folded_scale(self, param: torch.Tensor) -> np.ndarray | None:
+        """The backbone norm's scale that the stored form of ``param`` holds folded in, or None."""
+        return self.norm_scale.get(self.name_of(param))
+
     def proto(self, name: str) -> TensorProto:
         """An initializer that points into the shared file instead of holding the data."""
         arr = self.tensors[name]
@@ -116,7 +120,8 @@ def _foldable_scale(bn: nn.BatchNorm2d | None) -> np.ndarray | None:
     if bn is None:
         return None
     a, _ = bn_fold(bn)
-    return a if np.all(np.abs(a) >= 1e-6 * max(np.abs(a).max(), 1e-30)) and np.abs(a).max() > 0 else None
+    size = np.abs(a)
+    return a if size.min() >= 1e-6 * size.max() > 0 else None
 
 
 def _align(n: int, to: int) -> int:

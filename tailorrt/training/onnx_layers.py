@@ -48,7 +48,7 @@ def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: f
                     raise ExportError("a parallel convolution needs a batch norm after it")
                 if m.bias is not None and c != 1.0:
                     raise ExportError("cannot carry a scale through a biased convolution without a batch norm")
-                if g.shared.norm_scale.get(g.shared.name_of(m.weight)) is not None and not private_weight(m):
+                if g.shared.folded_scale(m.weight) is not None and not private_weight(m):
                     raise ExportError("internal error: a shared convolution stored with its norm folded in runs "
                                       "without that norm")
                 x = g.conv(x, m, weight=conv_weight(m).detach().cpu().numpy() if private_weight(m) else None)
@@ -91,7 +91,7 @@ def _shared_conv(g: GraphBuilder, conv: nn.Conv2d, parallel: nn.Conv2d | None, x
     """``scale * conv(x) + shift`` (per channel) over the shared weight, which holds the backbone norm's scale ``a``
     folded in where :class:`SharedWeights` folded one: the affine is divided by it, and where that leaves a scale
     of 1 (the backbone's own norm, nothing to rescale) the shift is the convolution's bias and no pass follows."""
-    a = g.shared.norm_scale.get(g.shared.name_of(conv.weight))
+    a = g.shared.folded_scale(conv.weight)
     if a is not None:
         scale = scale / a
         if parallel is None and np.allclose(scale, 1.0, rtol=1e-6, atol=0.0):
