@@ -52,8 +52,9 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"weights file not found: {path}")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for bad files
-        raise CheckpointError(f"cannot read {path} as a weights-only PyTorch file ({type(e).__name__}: {e})") from e
+    except Exception as e:  # torch raises many types for bad files, some with pages of advice: its first line
+        first = next((line for line in str(e).splitlines() if line.strip()), "")
+        raise CheckpointError(f"cannot read {path} as a weights-only PyTorch file ({type(e).__name__}: {first})") from e
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
