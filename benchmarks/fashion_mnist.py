@@ -7,8 +7,10 @@ through `tailor train`.
     python benchmarks/fashion_mnist.py --out /tmp/fm --classes t-shirt-top,pullover,coat,shirt --train-images 3000 \
         --val-images 1000 --build-only                     # a harder task: four classes that are often confused
     python benchmarks/fashion_mnist.py --out /tmp/fmnist --tailor /other/venv/bin/tailor   # another build, same data
-    python benchmarks/fashion_mnist.py --out /tmp/fm --train-images 2000 --backbone efficientnet-lite0 --input-size 64 \
-        --methods nettailor,linear,finetune-all --model-dir /tmp/fm/lite0   # real ImageNet features
+    python benchmarks/fashion_mnist.py --out /tmp/fm --train-images 6000 --backbone efficientnet-lite0 --input-size 64 \
+        --methods nettailor,linear,finetune-all --model-dir /tmp/fm/lite0 \
+        --method-options 'nettailor=--teacher-epochs 8 --student-epochs 16 --finetune-epochs 5' \
+        --method-options 'finetune-all=--head-epochs 2 --tune-epochs 8'   # real ImageNet features, in ~2 h
 
 The folder is ``<out>/<name>/{train,val,test}/<class>/<n>.png``, written as the 28 px grey PNGs the images are (the
 task's preprocessing turns them into 32 px RGB, as for any folder). The 60,000 training images of the ``--classes``
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -139,10 +142,15 @@ def main() -> None:
     ap.add_argument("--input-size", type=int, help="Pixels the backbone runs at (default: its own).")
     ap.add_argument("--methods", default="nettailor", help="Comma-separated methods, each trained into the same "
                     "model dir (e.g. nettailor,linear,finetune-all; default nettailor).")
+    ap.add_argument("--method-options", action="append", default=[], metavar="METHOD=OPTIONS",
+                    help="tailor train options for one method only, e.g. 'finetune-all=--head-epochs 2 "
+                    "--tune-epochs 8' (repeatable; those after -- go to every method).")
     ap.add_argument("--tailor", default=str(Path(sys.executable).parent / "tailor"), help="The tailor command.")
     ap.add_argument("extra", nargs="*", help="More tailor train options (after --).")
     args = ap.parse_args()
     classes = class_ids(args.classes)
+    methods = args.methods.split(",")
+    own = method_options(args.method_options, methods)
     name = layout_name(classes, args.train_images, args.val_images, args.test_images)
     folder = build_folder(args.source, args.out / name, classes, args.train_images, args.val_images, args.test_images,
                           args.split_seed)
@@ -155,19 +163,30 @@ def main() -> None:
     schedule = args.schedule or ("short" if args.train_images == 54000 else "default")
     model_dir = args.model_dir or args.out / "runs"
     size = ("--input-size", str(args.input_size)) if args.input_size else ()
+    result_path = model_dir / f"{name}.result.json"
     results = {}
-    for method in args.methods.split(","):
+    for method in methods:
         nettailor = method == "nettailor"
         short = (SHORT if nettailor else SHORT[-2:]) if schedule == "short" else ()
         cmd = [args.tailor, "train", "--task", f"imagefolder:{folder}", "--model-dir", str(model_dir), "--backbone",
-               args.backbone, *size, "--method", method, "--resume", *short, *args.extra]
+               args.backbone, *size, "--method", method, "--resume", *short, *args.extra, *own.get(method, ())]
         print(" ".join(cmd), flush=True)
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)
         pack = name if nettailor else f"{name}--{method.replace(':', '-')}"
         results[method] = run_result(model_dir / "tasks" / pack / "task.json", cmd, time.perf_counter() - t0)
-    (model_dir / f"{name}.result.json").write_text(json.dumps(
-        results["nettailor"] if list(results) == ["nettailor"] else results, indent=1))
+    result_path.write_text(json.dumps(results["nettailor"] if methods == ["nettailor"] else results, indent=1))
+
+
+def method_options(pairs: list[str], methods: list[str]) -> dict[str, list[str]]:
+    """``METHOD=OPTIONS`` pairs as each method's own tailor train options (shell-split), or exit naming the bad one."""
+    own: dict[str, list[str]] = {}
+    for pair in pairs:
+        method, sep, options = pair.partition("=")
+        if not sep or method not in methods:
+            sys.exit(f"--method-options {pair!r}: give METHOD=OPTIONS for one of --methods ({', '.join(methods)})")
+        own.setdefault(method, []).extend(shlex.split(options))
+    return own
 
 
 def run_result(task_json: Path, cmd: list[str], seconds: float) -> dict:

@@ -4,6 +4,7 @@
     python benchmarks/runtime.py speed --model-dir runs/demo
     python benchmarks/runtime.py agree --model-dir runs/demo   # torch vs onnx on every task's test split
     python benchmarks/runtime.py synthetic --model-dir /tmp/r34 --tasks 6  # random ResNet34 + 6 pruned tasks, exported
+    python benchmarks/runtime.py synthetic --model-dir /tmp/l0 --tasks 6 --backbone efficientnet-lite0 --pretrained
     python benchmarks/runtime.py memory --model-dir /tmp/r34 --tasks 6
 
 Memory: each figure comes from a fresh process (resident set size after loading and one prediction
@@ -167,13 +168,16 @@ def main() -> None:
     ap.add_argument("--model-dir", default="runs/demo")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--tasks", type=int, default=3, help="synthetic: how many tasks to make; memory: how many to load")
+    ap.add_argument("--backbone", default="resnet34", help="synthetic: the backbone (random weights).")
+    ap.add_argument("--pretrained", action="store_true", help="synthetic: the backbone's pretrained weights (where "
+                    "they are installed or downloadable) instead of random ones.")
     ap.add_argument("--out", help="Also write the figures as JSON here.")
     args = ap.parse_args()
     if args.what == "synthetic":
         from tailorrt.export.exporter import ExportRequest, export_model
         from tailorrt.training.synthetic import make_model_dir
 
-        make_model_dir(args.model_dir, backbone="resnet34", tasks=args.tasks)
+        make_model_dir(args.model_dir, backbone=args.backbone, tasks=args.tasks, pretrained=args.pretrained)
         export_model(ExportRequest(model_dir=args.model_dir, parity_images=8), report=print)
         return
     if args.what == "memory":

@@ -107,25 +107,32 @@ def teacher_checkpoint(mdir: ModelDir, task: str) -> dict[str, torch.Tensor] | N
     return {k[len("model."):]: v for k, v in load_tensors(path).items() if k.startswith("model.")}
 
 
-def per_task_model(mdir: ModelDir, task: str, backbone: UniversalBackbone, out_dir: Path) -> PerTaskModel:
-    """Write ``task``'s per-task model (its teacher, or a same-architecture stand-in) as a stand-alone graph."""
-    from tailorrt.training.onnx_graph import GraphBuilder, SharedWeights, save_graph
+def reference_graph(backbone: UniversalBackbone, classes: int, name: str,
+                    teacher: dict[str, torch.Tensor] | None = None) -> tuple[onnx.ModelProto, int]:
+    """The whole backbone fine-tuned for ``classes`` (``teacher``'s weights, or the backbone's: a stand-in) as a
+    stand-alone graph at the backbone's input size, and its FLOPs."""
+    from tailorrt.training.onnx_graph import GraphBuilder, SharedWeights
 
-    classes = len(mdir.task_record(task).classes)
     net = methods.reference_network(backbone, classes).eval()
-    teacher = teacher_checkpoint(mdir, task)
-    kind = "stand-in"
     if teacher is not None:
         net.load_state_dict(teacher_state_for(net, teacher), strict=True)
-        kind = "teacher"
     size = backbone.spec.input_size
-    g = GraphBuilder(task, SharedWeights(torch.nn.Module()))  # nothing shared: a model of its own
+    g = GraphBuilder(name, SharedWeights(torch.nn.Module()))  # nothing shared: a model of its own
     methods.get(methods.REFERENCE).emit(g, net)
+    kind = "stand-in" if teacher is None else "teacher"
+    return g.model((3, size, size), classes, {"task": name, "kind": kind}), net.accounting(size)["flops"]
+
+
+def per_task_model(mdir: ModelDir, task: str, backbone: UniversalBackbone, out_dir: Path) -> PerTaskModel:
+    """Write ``task``'s per-task model (its teacher, or a same-architecture stand-in) as a stand-alone graph."""
+    from tailorrt.training.onnx_graph import save_graph
+
+    teacher = teacher_checkpoint(mdir, task)
+    model, flops = reference_graph(backbone, len(mdir.task_record(task).classes), task, teacher)
     path = out_dir / f"{task}.onnx"
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_graph(g.model((3, size, size), classes, {"task": task, "kind": kind}), path)
-    flops = net.accounting(size)["flops"]
-    return PerTaskModel(task, path, kind, flops)
+    save_graph(model, path)
+    return PerTaskModel(task, path, "stand-in" if teacher is None else "teacher", flops)
 
 
 # ---------------------------------------------------------------------------------------------------- limit

@@ -1,6 +1,6 @@
 """Untrained model directories for measuring memory and speed at full size (no training, no dataset).
 
-``make_model_dir(root, backbone="resnet34", tasks=3)`` writes a randomly initialised backbone and
+``make_model_dir(root, backbone="resnet34", tasks=3)`` writes a randomly initialised (or pretrained) backbone and
 ``tasks`` NetTailor packs with random attention, random BN statistics and a different pruning
 each (every second universal block dropped in turn, weak proxies dropped), plus a tiny image folder
 for the export's parity check. Accuracy is meaningless; sizes, graphs and timings are real.
@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from tailorrt.pack import ModelDir, machine, versions
-from tailorrt.training.backbones import BackboneSource, UniversalBackbone, get_spec
+from tailorrt.training.backbones import BackboneSource, UniversalBackbone, build_backbone, get_spec
 from tailorrt.training.datasets import Preprocess
 from tailorrt.training.methods.nettailor import NAME, NetTailorConfig
 from tailorrt.training.methods.student import Student
@@ -33,11 +33,12 @@ def _image_folder(root: Path, classes: int, per_class: int = 4, size: int = 64) 
 
 
 @torch.no_grad()
-def make_student(backbone: UniversalBackbone, classes: int, seed: int) -> Student:
-    """A pruned student with random attention and BN statistics. Seed 0 keeps every universal block (a hard
-    task); others drop every second one, odd or even by seed."""
+def make_student(backbone: UniversalBackbone, classes: int, seed: int, own_norms: bool = True) -> Student:
+    """A pruned student with random attention and BN statistics (its own copies of the universal blocks' norms too,
+    as real data's default has them). Seed 0 keeps every universal block (a hard task); others drop every second
+    one, odd or even by seed."""
     gen = torch.Generator().manual_seed(seed)
-    student = Student(backbone, classes).eval()
+    student = Student(backbone, classes, own_norms=own_norms).eval()
     for m in student.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
@@ -53,23 +54,28 @@ def make_student(backbone: UniversalBackbone, classes: int, seed: int) -> Studen
 
 
 def make_model_dir(root: str | Path, *, backbone: str = "resnet34", tasks: int = 3, classes: int = 10,
-                   seed: int = 0, input_size: int | None = None) -> ModelDir:
-    """Write a random ``backbone`` and ``tasks`` synthetic task packs named ``synthetic-<i>``, whose images are
-    resized to ``input_size`` (default: the backbone's own)."""
+                   seed: int = 0, input_size: int | None = None, pretrained: bool = False) -> ModelDir:
+    """Write a random ``backbone`` (or its pretrained weights, as ``tailor train`` finds them) and ``tasks``
+    synthetic task packs named ``synthetic-<i>``, whose images are resized to ``input_size`` (default: the
+    backbone's own)."""
     root = Path(root)
     mdir = ModelDir(root)
     torch.manual_seed(seed)
-    model = UniversalBackbone(get_spec(backbone)).eval()
-    sha = mdir.write_backbone(model, BackboneSource("random", "tailorrt.training.synthetic"))
+    if pretrained:
+        model, source = build_backbone(backbone)
+    else:
+        model, source = UniversalBackbone(get_spec(backbone)), BackboneSource("random", "tailorrt.training.synthetic")
+    sha = mdir.write_backbone(model.eval(), source)
     spec = model.spec
     pre = Preprocess(input_size or spec.input_size, spec.mean, spec.std)
     folder = _image_folder(root.parent / f"{root.name}-images", classes)
+    cfg = NetTailorConfig()
     for i in range(tasks):
-        student = make_student(model, classes, seed + i)
+        student = make_student(model, classes, seed + i, own_norms=cfg.universal_norms)
         acc = student.accounting()
         meta = {"method": NAME, "backbone": spec.name, "backbone_sha256": sha,
                 "classes": [f"class{c:03d}" for c in range(classes)], "preprocess": pre.to_json(),
-                "architecture": student.architecture(), "config": NetTailorConfig().to_json(),
+                "architecture": student.architecture(), "config": cfg.to_json(),
                 "data": {"spec": f"imagefolder:{folder}", "name": "synthetic"},
                 "metrics": {"accuracy": 0.0, "teacher_accuracy": 0.0, "teacher_flops": student.total_flops_dense(),
                             **acc},
