@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from tailorrt import onnx_rewrite
 from tailorrt.onnx_proto import initializers
 
 DISABLED_FUSIONS = ["ConvBNFusion", "ConvAddFusion", "ConvMulFusion"]
@@ -109,14 +110,20 @@ def session_options(threads: int, external_folder: Path | None = None) -> ort.Se
 
 def optimize_graph(graph: Path, out: Path, *, fuse: bool = False) -> None:
     """Write ``graph`` as ONNX Runtime optimises it for this CPU (full level; conv-affine fusions off unless
-    ``fuse``) to ``out``; tensors of at least MIN_EXTERNAL_BYTES go to ``OPTIMIZED_DATA`` beside it."""
+    ``fuse``) to ``out``; tensors of at least MIN_EXTERNAL_BYTES go to ``OPTIMIZED_DATA`` beside it. Without
+    ``fuse``, on a CPU with the NCHWc layout, the task's own batch norms after shared convolutions are first written
+    as 1x1 depthwise convolutions (:mod:`tailorrt.onnx_rewrite`), which the layout runs with their ReLU6 fused."""
     opts = session_options(1, graph.parent)
     opts.optimized_model_filepath = str(out)
     opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", OPTIMIZED_DATA)
     opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                   str(MIN_EXTERNAL_BYTES))
     opts.log_severity_level = 3  # the "optimised for this hardware" warning is the point here
-    ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"],
+    model: str | bytes = str(graph)
+    if not fuse and onnx_rewrite.nchwc_cpu():
+        rewritten, count = onnx_rewrite.affines_as_convs(graph.read_bytes())
+        model = rewritten if count else model  # from memory: its external data is found in graph.parent (above)
+    ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"],
                          disabled_optimizers=[] if fuse else DISABLED_FUSIONS)
 
 
