@@ -119,12 +119,18 @@ def optimize_graph(graph: Path, out: Path, *, fuse: bool = False) -> None:
     opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                   str(MIN_EXTERNAL_BYTES))
     opts.log_severity_level = 3  # the "optimised for this hardware" warning is the point here
-    model: str | bytes = str(graph)
-    if not fuse and onnx_rewrite.nchwc_cpu():
-        rewritten, count = onnx_rewrite.affines_as_convs(graph.read_bytes())
-        model = rewritten if count else model  # from memory: its external data is found in graph.parent (above)
-    ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"],
+    ort.InferenceSession(session_model(graph, fuse=fuse), opts, providers=["CPUExecutionProvider"],
                          disabled_optimizers=[] if fuse else DISABLED_FUSIONS)
+
+
+def session_model(graph: Path, *, fuse: bool = False) -> str | bytes:
+    """What a task session optimises: the graph file, or (shared weights on an NCHWc CPU) its bytes with the task's
+    own batch norms written as convolutions; either way its external data is found in ``graph.parent`` by the
+    options of :func:`session_options`."""
+    if fuse or not onnx_rewrite.nchwc_cpu():
+        return str(graph)
+    rewritten, count = onnx_rewrite.affines_as_convs(graph.read_bytes())
+    return rewritten if count else str(graph)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from tailorrt.onnx_weight_store import DISABLED_FUSIONS, session_options
+from tailorrt.onnx_weight_store import DISABLED_FUSIONS, session_model, session_options
 
 
 def op_profile(graph: Path, x: np.ndarray, *, threads: int, fuse: bool, calls: int = 300, warmup: int = 30) -> dict:
@@ -24,7 +24,7 @@ def op_profile(graph: Path, x: np.ndarray, *, threads: int, fuse: bool, calls: i
         opts = session_options(threads, graph.parent)
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tmp) / "profile")
-        sess = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"],
+        sess = ort.InferenceSession(session_model(graph, fuse=fuse), opts, providers=["CPUExecutionProvider"],
                                     disabled_optimizers=[] if fuse else DISABLED_FUSIONS)
         name = sess.get_inputs()[0].name
         for _ in range(warmup + calls):
