@@ -196,3 +196,34 @@ def test_a_task_state_cannot_write_into_the_backbone(backbone):
     with pytest.raises(PackError, match="belong to the backbone"):
         Student(backbone, 4).load_task_state(plain)
     assert torch.equal(backbone.blocks[0].bn1.weight, before) and backbone.blocks[0].conv1.weight.abs().sum() > 0
+
+
+def test_layer_distance_is_relative_where_block_outputs_are_linear():
+    from tailorrt.errors import ConfigError
+    from tailorrt.training.methods.nettailor import NetTailorConfig, _distill, relative_distance
+
+    torch.manual_seed(0)
+    students = {name: Student(UniversalBackbone(get_spec(name)).eval(), 3) for name in ("tiny", "tiny-mbconv")}
+    auto = NetTailorConfig()
+    assert auto.layer_distance == "auto"
+    assert not relative_distance(auto, students["tiny"]) and relative_distance(auto, students["tiny-mbconv"])
+    assert relative_distance(NetTailorConfig(layer_distance="relative"), students["tiny"])
+    assert not relative_distance(NetTailorConfig(layer_distance="mse"), students["tiny-mbconv"])
+    with pytest.raises(ConfigError, match="layer-distance"):
+        NetTailorConfig(layer_distance="l1")
+    # a config saved before the option trained with the squared distance, and resumes with it
+    saved = {k: v for k, v in auto.to_json().items() if k != "layer_distance"}
+    assert NetTailorConfig.from_json(saved).layer_distance == "mse"
+
+    # relative: the layer terms do not change when the features (student's and teacher's) are 10x larger
+    cfg = NetTailorConfig(distill_logit_weight=0.0)
+    s_units, t_units = [None] + [torch.randn(2, 4, 3, 3) for _ in range(3)], [None] + [torch.randn(2, 4, 3, 3)
+                                                                                      for _ in range(3)]
+    logits = torch.zeros(2, 3)
+
+    def term(scale: float, relative: bool) -> float:
+        return float(_distill(cfg, logits, [None] + [u * scale for u in s_units[1:]], logits,
+                              [None] + [u * scale for u in t_units[1:]], relative))
+
+    assert term(10.0, True) == pytest.approx(term(1.0, True), rel=1e-5)
+    assert term(10.0, False) == pytest.approx(100 * term(1.0, False), rel=1e-5)

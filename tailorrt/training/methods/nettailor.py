@@ -58,6 +58,11 @@ class NetTailorConfig:
     complexity_coeff: float = 0.3
     distill_logit_weight: float = 1.0  # the distillation's logit term against its mean layer term (reference: 1/L)
     local_distill: bool = True  # each layer's distance to the teacher computed from detached inputs (reference)
+    # each layer's squared distance to the teacher as it is (mse, the reference), or over the teacher's mean square
+    # of that layer (relative); auto: relative where the backbone's block outputs are linear (MBConv), whose scale
+    # is the backbone's own (EfficientNet-Lite0's are 7-84 in mean square where a ResNet's, after BN and ReLU, are
+    # 0.2-0.6: the distillation took the whole loss and the student did not learn; the README's On real features)
+    layer_distance: str = "auto"
     proxy_threshold: float = 0.05
     proxy_relative: float = 0.0  # also prune proxies below this fraction of their layer's strongest proxy
     universal_drop: int | None = None  # the fixed rule: drop the N lowest-alpha universal blocks; None: search
@@ -87,6 +92,9 @@ class NetTailorConfig:
         if not 0 <= self.proxy_relative <= 1:
             raise ConfigError("--proxy-relative must be in [0, 1]")
         augment.check(self.augment)
+        if self.layer_distance not in LAYER_DISTANCES:
+            raise ConfigError(f"--layer-distance must be one of {', '.join(LAYER_DISTANCES)}, not "
+                              f"{self.layer_distance!r}")
         if self.universal_drop is not None and self.universal_drop < 0:
             raise ConfigError(f"--prune-universal must be at least 0, not {self.universal_drop}")
         if not (self.alpha_grad_clip in (None, JOINT) or (isinstance(self.alpha_grad_clip, (int, float))
@@ -126,7 +134,8 @@ class NetTailorConfig:
 
 OBSOLETE = ("max_val_drop",)  # config fields of earlier versions, ignored when read
 # what a field added since meant before it existed
-EARLIER = {"local_distill": False, "augment": "none", "universal_norms": False}
+EARLIER = {"local_distill": False, "augment": "none", "universal_norms": False, "layer_distance": "mse"}
+LAYER_DISTANCES = ("auto", "mse", "relative")
 
 
 @dataclass
@@ -138,24 +147,34 @@ class TrainedTask:
     phases: list[dict]
 
 
-def _distill(cfg: NetTailorConfig, logits: torch.Tensor, units: list, t_logits: torch.Tensor, t_units: list
-             ) -> torch.Tensor:
+def relative_distance(cfg: NetTailorConfig, student: Student) -> bool:
+    """Whether the layer terms of the distillation are relative to the teacher's mean square (``layer_distance``)."""
+    return cfg.layer_distance == "relative" or (cfg.layer_distance == "auto" and student.linear_outputs)
+
+
+def _distill(cfg: NetTailorConfig, logits: torch.Tensor, units: list, t_logits: torch.Tensor, t_units: list,
+             relative: bool = False) -> torch.Tensor:
     """The distance to the teacher: ``distill_logit_weight`` times the squared distance of the logits, plus the
-    squared distances of the surviving layer outputs summed over the number of layers ``L``. The reference weighs
-    the logits as one layer (``1/L``), which lost accuracy on the built-in schedule (the README's ablation)."""
+    squared distances of the surviving layer outputs (each over the teacher's mean square there, if ``relative``)
+    summed over the number of layers ``L``. The reference weighs the logits as one layer (``1/L``), which lost
+    accuracy on the built-in schedule (the README's ablation)."""
     total = cfg.distill_logit_weight * F.mse_loss(logits, t_logits)
-    layers = [F.mse_loss(s, t) for s, t in zip(units[1:], t_units[1:]) if s is not None]
+    layers = [F.mse_loss(s, t) / (t.pow(2).mean().clamp_min(1e-12) if relative else 1.0)
+              for s, t in zip(units[1:], t_units[1:]) if s is not None]
     return total + (torch.stack(layers).sum() / (len(units) - 1) if layers else 0.0)
 
 
 def _student_loss(student: Student, teacher: Teacher, cfg: NetTailorConfig, complexity: bool
                   ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    relative = relative_distance(cfg, student)
+
     def loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = augment.augment(x, cfg.augment)
         with torch.no_grad():
             t_logits, t_units = teacher.forward_all(x)
         logits, units = student.forward_all(x, local=cfg.local_distill)
-        loss = F.cross_entropy(logits, y) + cfg.teacher_coeff * _distill(cfg, logits, units, t_logits, t_units)
+        loss = F.cross_entropy(logits, y) + cfg.teacher_coeff * _distill(cfg, logits, units, t_logits, t_units,
+                                                                         relative)
         if complexity:
             loss = loss + cfg.complexity_coeff * student.expected_complexity()
         return loss, logits
@@ -464,6 +483,9 @@ class NetTailor(Method):
                      "layer term (1; the reference's is 1/L for L layers).", "distill_logit_weight"),
         MethodOption("local-distill", bool, "Layer-local distillation, as the reference (the default): each "
                      "layer's distance to the teacher trains only its own blocks.", "local_distill"),
+        MethodOption("layer-distance", str, "Each layer's distillation term: mse (the reference), relative (over "
+                     "the teacher's mean square of the layer) or auto (the default: relative where the backbone's "
+                     "block outputs are linear, MBConv).", "layer_distance"),
         MethodOption("universal-norms", bool, "The task also owns and trains the scale and shift of the "
                      "universal blocks' batch norms; their convolutions stay shared (real data's default; the "
                      "built-in tasks': off).", "universal_norms"),

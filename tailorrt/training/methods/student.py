@@ -143,6 +143,7 @@ class Student(nn.Module):
         spec = backbone.spec
         self.max_skip = max_skip
         self.own_norms = own_norms
+        self.linear_outputs = spec.linear_output  # the blocks' outputs are linear (MBConv): no ReLU bounds their scale
         universal = share_frozen_own_norms if own_norms else share_frozen
         self.stem = share_frozen(backbone.stem)
         bottleneck = spec.block == "bottleneck"
