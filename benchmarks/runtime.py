@@ -102,23 +102,34 @@ def memory(model_dir: str, max_tasks: int) -> dict:
     return result
 
 
-def speed(model_dir: str, batches: tuple[int, ...]) -> dict:
+def speed(model_dir: str, batches: tuple[int, ...], tasks: int = 3, rounds: int = 11) -> dict:
+    """Each task through the Runtime (shared weights; and with ``--fuse-weights``) against one plain session of
+    its graph, in interleaved rounds; on an NCHWc CPU also the shared session without the rewrite of the task's own
+    norms (:mod:`tailorrt.onnx_rewrite`), as it ran before it."""
+    from unittest import mock
+
     import numpy as np
     import onnxruntime as ort
 
-    from tailorrt import Runtime
+    from tailorrt import Runtime, onnx_rewrite
     from tailorrt.export.speed import paired_ratio, time_side_by_side
     from tailorrt.onnx_weight_store import session_options
     from tailorrt.pack import ModelDir
+    from tailorrt.precision import cpu_summary
 
-    names = ModelDir(model_dir).task_names()[:3]
-    shared = Runtime(model_dir, tasks=names, backend="onnx")
-    fused = Runtime(model_dir, tasks=names, backend="onnx", share_weights=False)
+    names = ModelDir(model_dir).task_names()[:tasks]
+    runtimes = {"shared": Runtime(model_dir, tasks=names, backend="onnx"),
+                "fused": Runtime(model_dir, tasks=names, backend="onnx", share_weights=False)}
+    if onnx_rewrite.nchwc_cpu():
+        with mock.patch.object(onnx_rewrite, "nchwc_cpu", return_value=False):
+            runtimes["norms as BatchNormalization"] = Runtime(model_dir, tasks=names, backend="onnx")
+    shared = runtimes["shared"]
     size = shared.backbone_meta["input_size"]
     result = {}
-    print(f"| task | batch | plain session img/s | runtime, {len(names)} tasks, shared weights: img/s (ratio) "
-          "| runtime, --fuse-weights: img/s (ratio) |")
-    print("|---|---|---|---|---|")
+    print(f"CPU: {cpu_summary()}; {shared.backend.threads} threads; {rounds} rounds")
+    print("| task | batch | plain session img/s | " + " | ".join(
+        f"runtime, {len(names)} tasks, {k}: img/s (ratio)" for k in runtimes) + " |")
+    print("|---|---|---|" + "---|" * len(runtimes))
     for t in names:
         # default optimisation, same threads as the runtime's sessions: a session that spins when idle would take
         # the cores from whichever contender runs next in the interleaved rounds
@@ -126,13 +137,15 @@ def speed(model_dir: str, batches: tuple[int, ...]) -> dict:
                                      session_options(shared.backend.threads), providers=["CPUExecutionProvider"])
         for b in batches:
             x = np.random.default_rng(0).standard_normal((b, 3, size, size)).astype(np.float32)
-            res = time_side_by_side({"plain": lambda: plain.run(["logits"], {"input": x}),
-                                     "shared": lambda: shared.logits(t, x), "fused": lambda: fused.logits(t, x)},
-                                    batch=b, rounds=11)
-            ratios = {k: paired_ratio(res, k, "plain")["median"] for k in ("shared", "fused")}
-            result[f"{t}/batch_{b}"] = {**res, "ratio": {k: round(v, 3) for k, v in ratios.items()}}
+            fns = {"plain": lambda: plain.run(["logits"], {"input": x})}
+            fns.update({k: (lambda rt=rt: rt.logits(t, x)) for k, rt in runtimes.items()})
+            res = time_side_by_side(fns, batch=b, rounds=rounds)
+            ratios = {k: paired_ratio(res, k, "plain") for k in runtimes}
+            result[f"{t}/batch_{b}"] = {**res, "ratio": {k: v["median"] for k, v in ratios.items()},
+                                        "ratio_quartiles": {k: [v["q1"], v["q3"]] for k, v in ratios.items()}}
             print(f"| {t} | {b} | {res['plain']['images_per_s']:.1f} | "
-                  + " | ".join(f"{res[k]['images_per_s']:.1f} ({ratios[k]:.2f})" for k in ratios) + " |")
+                  + " | ".join(f"{res[k]['images_per_s']:.1f} ({r['median']:.2f}, {r['q1']:.2f}-{r['q3']:.2f})"
+                               for k, r in ratios.items()) + " |", flush=True)
     return result
 
 
@@ -167,7 +180,9 @@ def main() -> None:
     ap.add_argument("what", choices=["memory", "speed", "agree", "synthetic"])
     ap.add_argument("--model-dir", default="runs/demo")
     ap.add_argument("--batches", default="1,32")
-    ap.add_argument("--tasks", type=int, default=3, help="synthetic: how many tasks to make; memory: how many to load")
+    ap.add_argument("--tasks", type=int, default=3, help="synthetic: how many tasks to make; memory and speed: how "
+                    "many to load")
+    ap.add_argument("--rounds", type=int, default=11, help="speed: interleaved rounds per task and batch.")
     ap.add_argument("--backbone", default="resnet34", help="synthetic: the backbone (random weights).")
     ap.add_argument("--pretrained", action="store_true", help="synthetic: the backbone's pretrained weights (where "
                     "they are installed or downloadable) instead of random ones.")
@@ -185,7 +200,7 @@ def main() -> None:
     elif args.what == "agree":
         result = agree(args.model_dir)
     else:
-        result = speed(args.model_dir, tuple(int(b) for b in args.batches.split(",")))
+        result = speed(args.model_dir, tuple(int(b) for b in args.batches.split(",")), args.tasks, args.rounds)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
 
