@@ -8,12 +8,21 @@ from dataclasses import asdict, dataclass
 
 from tailorrt.errors import ConfigError
 
-# output channels of a block per its width, per block kind (torchvision's BasicBlock/Bottleneck ``expansion``;
-# tests/test_backbones.py holds them equal to the blocks')
-EXPANSION = {"basic": 1, "bottleneck": 4, "decathlon": 1, "mbconv": 1}
-# the block families whose outputs are linear (no activation after the residual add): a NetTailor layer combines
-# its blocks' outputs as they do, linearly, instead of relu(sum)
-LINEAR_OUTPUT = frozenset({"mbconv"})
+
+
+@dataclass(frozen=True)
+class BlockFamily:
+    """What a family of residual blocks means to the spec, outside torch (its modules:
+    ``tailorrt.training.backbones.BLOCKS``)."""
+
+    expansion: int  # output channels per width (torchvision's ``expansion``; tests/test_backbones.py checks them)
+    # no activation after the residual add (MBConv): a NetTailor layer combines its blocks' outputs as they do,
+    # linearly, instead of relu(sum), and their scale is the backbone's own
+    linear_output: bool = False
+
+
+BLOCK_FAMILIES = {"basic": BlockFamily(1), "bottleneck": BlockFamily(4), "decathlon": BlockFamily(1),
+                  "mbconv": BlockFamily(1, linear_output=True)}
 STEMS = ("imagenet", "cifar", "efficientnet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,8 +50,8 @@ class BackboneSpec:
     bn_eps: float = 1e-5  # every batch norm's eps (1e-3 in the TensorFlow-trained EfficientNets)
 
     def __post_init__(self) -> None:
-        if self.block not in EXPANSION:
-            raise ConfigError(f"block must be one of {', '.join(EXPANSION)}, not {self.block!r}")
+        if self.block not in BLOCK_FAMILIES:
+            raise ConfigError(f"block must be one of {', '.join(BLOCK_FAMILIES)}, not {self.block!r}")
         if not (len(self.widths) == len(self.depths) == len(self.strides)):
             raise ConfigError("widths, depths and strides must have one entry per stage")
         if self.stem not in STEMS:
@@ -58,14 +67,18 @@ class BackboneSpec:
         return 1 + sum(self.depths)
 
     @property
+    def family(self) -> BlockFamily:
+        return BLOCK_FAMILIES[self.block]
+
+    @property
     def linear_output(self) -> bool:
         """Whether a block's output is linear (MBConv) rather than ReLU'd (ResNet)."""
-        return self.block in LINEAR_OUTPUT
+        return self.family.linear_output
 
     @property
     def feature_dim(self) -> int:
         """Channels of the classifier's input: the head's, else the last unit's."""
-        return self.head_width or self.widths[-1] * EXPANSION[self.block]
+        return self.head_width or self.widths[-1] * self.family.expansion
 
     def to_json(self) -> dict:
         return asdict(self)

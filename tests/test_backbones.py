@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from tailorrt.backbone_spec import EXPANSION
+from tailorrt.backbone_spec import BLOCK_FAMILIES
 from tailorrt.errors import CheckpointError, ConfigError
 from tailorrt.training import backbones
 from tailorrt.training.backbones import UniversalBackbone, build_backbone, embedded_weights_path, get_spec
@@ -19,7 +19,7 @@ def test_every_backbone_builds_and_splits_into_units():
         assert model.num_units == 1 + sum(spec.depths), name
         x = torch.zeros(1, 3, min(spec.input_size, 64), min(spec.input_size, 64))
         outs = model.forward_units(x)
-        assert len(outs) == model.num_units and outs[-1].shape[1] == spec.widths[-1] * EXPANSION[spec.block], name
+        assert len(outs) == model.num_units and outs[-1].shape[1] == spec.widths[-1] * spec.family.expansion, name
         assert model.features(outs[-1]).shape == (1, model.feature_dim) == (1, spec.feature_dim), name
 
 
@@ -110,7 +110,8 @@ def test_decathlon_wrn26_checkpoint_names_map_onto_units(tmp_path):
 
 def test_the_specs_expansions_are_the_blocks():
     """``backbone_spec`` (no torch) knows each block kind's expansion; it must be the block's own."""
-    from tailorrt.backbone_spec import EXPANSION
+    from tailorrt.backbone_spec import BLOCK_FAMILIES
     from tailorrt.training.backbones import BLOCKS
 
-    assert EXPANSION == {name: block.expansion for name, block in BLOCKS.items()}
+    assert {name: f.expansion for name, f in BLOCK_FAMILIES.items()} == {name: block.expansion
+                                                                       for name, block in BLOCKS.items()}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from tailorrt.backbone_spec import EXPANSION, IMAGENET_MEAN, IMAGENET_STD, BackboneSpec  # noqa: F401 (re-exported)
+from tailorrt.backbone_spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec  # noqa: F401 (re-exported)
 from tailorrt.errors import CheckpointError, ConfigError
 from tailorrt.training import mbconv
 from tailorrt.training.io import load_state_file
@@ -161,7 +161,7 @@ class UniversalBackbone(nn.Module):
         self.spec = spec
         self.stem = _make_stem(spec)
         self.blocks = nn.ModuleList(mbconv.make_blocks(spec) if spec.block == "mbconv" else _resnet_blocks(spec))
-        channels = spec.widths[-1] * EXPANSION[spec.block]
+        channels = spec.widths[-1] * spec.family.expansion
         # what runs on the last unit's output before pooling: WRN-26's final BN, EfficientNet's 1x1 conv to 1280
         self.head_norm = (mbconv.make_head(spec) if spec.head_width else
                           nn.BatchNorm2d(channels) if spec.head_norm else nn.Identity())

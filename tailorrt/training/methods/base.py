@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from tailorrt.backbone_spec import BackboneSpec
+from tailorrt.backbone_spec import BLOCK_FAMILIES, BackboneSpec
 from tailorrt.errors import ConfigError, PackError
 from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.datasets import TaskData
@@ -63,7 +63,7 @@ class Method:
     candidates: ClassVar[tuple[str, ...]] = ()  # the names --method auto tries by default
     default_pack: ClassVar[bool] = False  # True: its pack is named after the task alone
     teacher_phase: ClassVar[str | None] = None  # the phase whose checkpoint is the task's fine-tuned backbone
-    blocks: ClassVar[tuple[str, ...]] = ("basic", "bottleneck", "decathlon", "mbconv")  # the families it runs on
+    blocks: ClassVar[tuple[str, ...]] = tuple(BLOCK_FAMILIES)  # the block families it runs on
     why_not: ClassVar[dict[str, str]] = {}  # block family -> why it does not run on it (for the one-line refusal)
 
     def accepts(self, name: str) -> bool:
