@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass
 from tailorrt.errors import ConfigError
 
 
-
 @dataclass(frozen=True)
 class BlockFamily:
     """What a family of residual blocks means to the spec, outside torch (its modules:

@@ -4,7 +4,6 @@ import pytest
 import torch
 import torchvision
 
-from tailorrt.backbone_spec import BLOCK_FAMILIES
 from tailorrt.errors import CheckpointError, ConfigError
 from tailorrt.training import backbones
 from tailorrt.training.backbones import UniversalBackbone, build_backbone, embedded_weights_path, get_spec
