@@ -156,3 +156,18 @@ def test_epochs_given_run_exactly_and_a_shorter_schedule_scales_the_minimum():
     assert configure(nettailor, False, {}).finetune.min_steps == 2800
     assert configure(nettailor, False, {"finetune-epochs": 3}).finetune.min_steps == 0
     assert configure(nettailor, True, {}).finetune.min_steps == 0  # the built-in tasks' schedule is unchanged
+
+
+def test_a_phase_that_selects_nothing_validates_about_ten_times_and_at_its_end(tmp_path):
+    data = _data()
+    assert [e for e in range(25) if PhaseConfig("p", 25, 0.1).validates_after(e)] == [2, 5, 8, 11, 14, 17, 20, 23,
+                                                                                       24]
+    assert all(PhaseConfig("p", 25, 0.1, patience=3).validates_after(e) for e in range(25))  # it chooses on each
+    m = _model()
+    phase = PhaseConfig("p", epochs=12, lr=0.1, batch_size=16)
+    result = Trainer(device=torch.device("cpu"), work_dir=tmp_path).run(phase, m, _loss(m), data, data)
+    measured = [r["epoch"] for r in result.history if r["val_accuracy"] is not None]
+    assert measured == [2, 4, 6, 8, 10, 12] and result.val_accuracy == result.history[-1]["val_accuracy"]
+    again = _model()  # a finished phase resumes from a history with gaps
+    assert Trainer(device=torch.device("cpu"), work_dir=tmp_path).run(
+        phase, again, _loss(again, fail_at=1), data, data).val_accuracy == result.val_accuracy
