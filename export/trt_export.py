@@ -59,11 +59,13 @@ def export_trt(trt: ModuleType, mdir: ModelDir, onnx_manifest: dict, networks: l
             check = parity.compare(lambda x: session.run([LOGITS], {INPUT: x})[0], runner.logits, net.images,
                                    batch_size=req.max_batch)
             tol, agree = TRT_TOLERANCE[req.fp16], TRT_MIN_AGREEMENT[req.fp16]
+            limit = parity.allowed(check, tol)
             check.update({"reference": "onnxruntime CPUExecutionProvider", "runtime": "tensorrt", "split": "val",
-                          "tolerance": tol, "min_top1_agreement": agree, "precision": "fp16" if req.fp16 else "fp32"})
-            if not (check["max_abs_logit_diff"] <= tol and check["top1_agreement"] >= agree):
+                          "tolerance": tol, "allowed_diff": limit, "min_top1_agreement": agree,
+                          "precision": "fp16" if req.fp16 else "fp32"})
+            if not (check["max_abs_logit_diff"] <= limit and check["top1_agreement"] >= agree):
                 raise ExportError(f"task {net.name!r}: the TensorRT engine differs from ONNX Runtime (max |logit diff| "
-                                  f"{check['max_abs_logit_diff']:.2e}, tolerance {tol:g}; top-1 agreement "
+                                  f"{check['max_abs_logit_diff']:.2e}, allowed {limit:.1e}; top-1 agreement "
                                   f"{check['top1_agreement']:.4f}, needed {agree}); nothing was written")
             tasks[net.name] = {"file": engine_path.name, "sha256": sha256_file(engine_path),
                                "bytes": engine_path.stat().st_size,
