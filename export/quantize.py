@@ -90,7 +90,9 @@ def quantize_per_channel(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def fold_batchnorms(model: onnx.ModelProto, canonical: CanonicalWeights) -> int:
     """Fold every BatchNormalization that is a conv's only consumer into that conv, in place; a universal
-    weight is folded as ``a * s * q`` (see the module docstring). Returns how many were folded."""
+    weight is folded as ``a * s * q`` (see the module docstring), and one with no norm after it (a task that runs
+    the backbone's own norms, folded into the shared weight) is written as ``s * q``, so that the quantiser finds
+    the canonical ``q`` in it too. Returns how many norms were folded."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
@@ -100,14 +102,17 @@ def fold_batchnorms(model: onnx.ModelProto, canonical: CanonicalWeights) -> int:
     outputs = {o.name for o in graph.output}
     dropped, folded = [], 0
     for conv in [n for n in graph.node if n.op_type == "Conv"]:
-        out = conv.output[0]
-        if out in outputs or len(users[out]) != 1 or users[out][0].op_type != "BatchNormalization":
+        out, wname = conv.output[0], conv.input[1]
+        bn = users[out][0] if out not in outputs and len(users[out]) == 1 else None
+        bn = bn if bn is not None and bn.op_type == "BatchNormalization" else None
+        if bn is None and wname not in canonical.q:
             continue
-        bn = users[out][0]
-        gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
-        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-        a = gamma / np.sqrt(var + eps)
-        wname = conv.input[1]
+        if bn is not None:
+            gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
+            eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+            a = gamma / np.sqrt(var + eps)
+        else:
+            a, beta, mean = np.ones(1), 0.0, 0.0
         if wname in canonical.q:
             w = canonical.scale[wname][:, None, None, None] * canonical.q[wname].astype(np.float64)
         else:
@@ -115,13 +120,15 @@ def fold_batchnorms(model: onnx.ModelProto, canonical: CanonicalWeights) -> int:
         bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 else 0.0
         prefix = f"{conv.name}/folded"
         graph.initializer.extend([
-            numpy_helper.from_array((w * a[:, None, None, None]).astype(np.float32), f"{prefix}_w"),
-            numpy_helper.from_array((bias * a + beta - a * mean).astype(np.float32), f"{prefix}_b")])
+            numpy_helper.from_array((w * a.reshape(-1, 1, 1, 1)).astype(np.float32), f"{prefix}_w"),
+            numpy_helper.from_array(np.broadcast_to(bias * a + beta - a * mean, (len(w),)).astype(np.float32),
+                                    f"{prefix}_b")])
         del conv.input[1:]
         conv.input.extend([f"{prefix}_w", f"{prefix}_b"])
-        conv.output[0] = bn.output[0]
-        dropped.append(bn)
-        folded += 1
+        if bn is not None:
+            conv.output[0] = bn.output[0]
+            dropped.append(bn)
+            folded += 1
     for bn in dropped:
         graph.node.remove(bn)
     used = {n for node in graph.node for n in node.input}

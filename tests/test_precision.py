@@ -168,3 +168,29 @@ def test_bf16_export_and_runtime(exported_dir, tmp_path, monkeypatch):
         x = np.random.default_rng(0).standard_normal((4, 3, size, size)).astype(np.float32)
         a, b = fp32.logits(task, x), bf16.logits(task, x)
         assert b.dtype == np.float32 and 0 < np.abs(a - b).max() < 0.1 * max(1.0, np.abs(a).max())
+
+
+def test_a_universal_conv_with_no_norm_after_it_is_written_as_its_canonical_weights():
+    """A task that runs the backbone's own norms has none after its shared convs (they are folded into the shared
+    weight); its conv must still hold ``s * q`` so that the quantiser finds the canonical ``q`` (it kept a private
+    int8 copy of every such conv before)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tailorrt.export.quantize import fold_batchnorms
+
+    w = np.random.default_rng(0).standard_normal((4, 3, 1, 1)).astype(np.float32)
+    b = np.arange(4, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "blocks.0.w", "bias"], ["y"], name="c"), helper.make_node("Relu", ["y"], ["z"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 2, 2])],
+        [numpy_helper.from_array(w, "blocks.0.w"), numpy_helper.from_array(b, "bias")])
+    model = helper.make_model(graph)
+    canonical = CanonicalWeights.of({"blocks.0.w": w})
+    assert fold_batchnorms(model, canonical) == 0  # no norm folded, but the weight rewritten
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    conv = model.graph.node[0]
+    expected = (canonical.scale["blocks.0.w"][:, None, None, None] * canonical.q["blocks.0.w"]).astype(np.float32)
+    assert np.array_equal(inits[conv.input[1]], expected) and np.array_equal(inits[conv.input[2]], b)
+    onnx.checker.check_model(model)
