@@ -159,6 +159,34 @@ def test_fused_copies_fold_batch_norms_within_the_budget(kind, tmp_path):
     assert "BatchNormalization" not in [n.op_type for n in model.graph.node]
 
 
+@pytest.mark.parametrize("kind", ["basic-cifar", "mbconv"])
+def test_a_task_on_the_backbones_own_norms_copies_nothing_the_budget_offers(kind, tmp_path):
+    """Its convolutions have no pass after them (the norm is folded into the shared weight): a copy would cost
+    bytes and buy nothing, so the graph references every shared weight even where the budget would pay for it."""
+    from tailorrt.training import methods
+    from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
+
+    torch.manual_seed(0)
+    backbone = UniversalBackbone(ALL_SPECS[kind]).eval()
+    _randomise_bn(backbone, torch.Generator().manual_seed(0))
+    net = TunedNet(backbone, 5, TuneSpec()).eval()  # linear: nothing owned but the classifier
+    shared = SharedWeights(backbone)
+    size = backbone.spec.input_size
+    everything = choose_fused(net, shared, (3, size, size), shared.nbytes)
+    assert everything
+    shared.write(tmp_path / "universal.data")
+    g = GraphBuilder("t", shared, everything)
+    methods.get("linear").emit(g, net)
+    model = g.model((3, size, size), 5, {"task": "t"})
+    save_graph(model, tmp_path / "t.onnx")
+    assert g.fused_used == [] and "BatchNormalization" not in [n.op_type for n in model.graph.node]
+    session = ort.InferenceSession(str(tmp_path / "t.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    assert np.abs(session.run(["logits"], {"input": x.numpy()})[0] - ref).max() < 1e-4
+
+
 def test_identity_layers_with_tiny_attention_still_match(tmp_path):
     """A universal block with a pass-through shortcut and a very small alpha: its scale is carried, not multiplied."""
     backbone, student = _student(get_spec("tiny"), seed=3)

@@ -58,7 +58,8 @@ def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: f
                 if m.bias is not None:
                     shift = shift + scale / c * m.bias.detach().double().cpu().numpy()
                 parallel = getattr(m, "parallel", None)
-                if g.keeps_shared(conv_weight(m)):  # universal: shared weight, private affine (or bias)
+                if g.keeps_shared(conv_weight(m)) or (parallel is None and _as_shared(g, m, scale)):
+                    # universal: shared weight, private affine (or bias)
                     if m.bias is not None:
                         raise ExportError("universal convolutions with a bias are not supported")
                     x = _shared_conv(g, m, parallel, x, scale, shift)
@@ -103,6 +104,13 @@ def _shared_conv(g: GraphBuilder, conv: nn.Conv2d, parallel: nn.Conv2d | None, x
             w = w * a[:, None, None, None]
         y = g.add([y, g.conv(x, parallel, weight=w.astype(np.float32))])
     return g.affine(y, scale, shift)
+
+
+def _as_shared(g: GraphBuilder, conv: nn.Conv2d, scale: np.ndarray) -> bool:
+    """Whether a shared convolution the graph may copy runs as well from the shared weight: its norm's scale is the
+    one folded into it, so no pass follows it (a copy would cost bytes and buy nothing)."""
+    a = g.shared.folded_scale(conv_weight(conv))
+    return a is not None and np.allclose(scale / a, 1.0, rtol=1e-6, atol=0.0)
 
 
 def choose_fused(net: nn.Module, shared: SharedWeights, input_shape: tuple[int, ...], budget_bytes: int
