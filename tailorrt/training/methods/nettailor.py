@@ -61,7 +61,7 @@ class NetTailorConfig:
     # each layer's squared distance to the teacher as it is (mse, the reference), or over the teacher's mean square
     # of that layer (relative); auto: relative where the backbone's block outputs are linear (MBConv), whose scale
     # is the backbone's own (EfficientNet-Lite0's are 7-84 in mean square where a ResNet's, after BN and ReLU, are
-    # 0.2-0.6: the distillation took the whole loss and the student did not learn; the README's On real features)
+    # 0.2-0.6: the distillation took the whole loss and the student did not learn; the README's Backbones)
     layer_distance: str = "auto"
     proxy_threshold: float = 0.05
     proxy_relative: float = 0.0  # also prune proxies below this fraction of their layer's strongest proxy
