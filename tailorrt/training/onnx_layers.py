@@ -92,11 +92,11 @@ def _shared_conv(g: GraphBuilder, conv: nn.Conv2d, parallel: nn.Conv2d | None, x
     """``scale * conv(x) + shift`` (per channel) over the shared weight, which holds the backbone norm's scale ``a``
     folded in where :class:`SharedWeights` folded one: the affine is divided by it, and where that leaves a scale
     of 1 (the backbone's own norm, nothing to rescale) the shift is the convolution's bias and no pass follows."""
+    if parallel is None and _as_shared(g, conv, scale):
+        return g.conv(x, conv, bias=shift.astype(np.float32))
     a = g.shared.folded_scale(conv.weight)
     if a is not None:
         scale = scale / a
-        if parallel is None and np.allclose(scale, 1.0, rtol=1e-6, atol=0.0):
-            return g.conv(x, conv, bias=shift.astype(np.float32))
     y = g.conv(x, conv)
     if parallel is not None:  # the adapter's output joins the shared one's, so it takes the same scale
         w = parallel.weight.detach().double().cpu().numpy()
