@@ -6,6 +6,8 @@ through `tailor train`.
     python benchmarks/fashion_mnist.py --out /tmp/fm --train-images 6000 --val-images 1000   # a user-sized task
     python benchmarks/fashion_mnist.py --out /tmp/fm --classes t-shirt-top,pullover,coat,shirt --train-images 3000 \
         --val-images 1000 --build-only                     # a harder task: four classes that are often confused
+    python benchmarks/fashion_mnist.py --out /tmp/fm --train-images 2000 --test-images 10000 --test-from-pool \
+        --build-only                                       # the same train/val, tested on unused training images
     python benchmarks/fashion_mnist.py --out /tmp/fmnist --tailor /other/venv/bin/tailor   # another build, same data
     python benchmarks/fashion_mnist.py --out /tmp/fm --train-images 6000 --backbone efficientnet-lite0 --input-size 64 \
         --methods nettailor,linear,finetune-all --model-dir /tmp/fm/lite0 \
@@ -59,19 +61,22 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def layout_name(classes: list[int], train: int, val: int, test: int | None) -> str:
-    """The folder's name: ``fashion-mnist`` for every class at 54,000 / 6,000 / all, else the layout spelt out."""
-    if len(classes) == len(CLASSES) and (train, val, test) == (54000, 6000, None):
+def layout_name(classes: list[int], train: int, val: int, test: int | None, pool: bool = False) -> str:
+    """The folder's name: ``fashion-mnist`` for every class at 54,000 / 6,000 / all, else the layout spelt out
+    (``-pool`` when the test split comes from the training pool)."""
+    if len(classes) == len(CLASSES) and (train, val, test, pool) == (54000, 6000, None, False):
         return "fashion-mnist"
     subset = "" if len(classes) == len(CLASSES) else "-" + "-".join(str(c) for c in classes)
-    return f"fashion-mnist{subset}-{train}-{val}" + ("" if test is None else f"-{test}")
+    return f"fashion-mnist{subset}-{train}-{val}" + ("" if test is None else f"-{test}") + ("-pool" if pool else "")
 
 
 def build_folder(source: Path, root: Path, classes: list[int], train_images: int, val_images: int,
-                 test_images: int | None, seed: int = 0) -> Path:
+                 test_images: int | None, seed: int = 0, from_pool: bool = False) -> Path:
     """Write the image folder once (a finished one is reused): of the training images of ``classes``, in a seeded
     permutation, the first ``train_images`` for training and the last ``val_images`` for validation; the test
-    images of ``classes`` (``test_images`` of them, seeded, or all) for testing."""
+    images of ``classes`` (``test_images`` of them, seeded, or all) for testing, or with ``from_pool`` the
+    ``test_images`` training images that follow the training ones (used by neither split: the distribution
+    validation comes from, where the test set's is another draw)."""
     done = root / ".complete"
     if done.is_file():
         return root
@@ -88,7 +93,12 @@ def build_folder(source: Path, root: Path, classes: list[int], train_images: int
         sys.exit(f"--train-images {train_images} and --val-images {val_images} must be at least 1 and add up to at "
                  f"most the {len(order)} training images of those classes")
     test = np.flatnonzero(np.isin(test_y, classes))
-    if test_images is not None:
+    if from_pool:
+        spare = len(order) - train_images - val_images
+        if not 0 < (test_images or 0) <= spare:
+            sys.exit(f"--test-from-pool needs --test-images in 1..{spare} (the training images neither split uses)")
+        test_x, test_y, test = train_x, train_y, np.sort(order[train_images:train_images + test_images])
+    elif test_images is not None:
         if not 0 < test_images <= len(test):
             sys.exit(f"--test-images must be in 1..{len(test)}, not {test_images}")
         test = np.sort(test[np.random.default_rng(seed).permutation(len(test))[:test_images]])
@@ -132,6 +142,8 @@ def main() -> None:
     ap.add_argument("--train-images", type=int, default=54000, help="Training images (default 54,000).")
     ap.add_argument("--val-images", type=int, default=6000, help="Validation images, held out of the 60,000 (6,000).")
     ap.add_argument("--test-images", type=int, help="Test images of those classes, seeded (default: all).")
+    ap.add_argument("--test-from-pool", action="store_true",
+                    help="Test on --test-images training images that neither split uses, not the test set.")
     ap.add_argument("--split-seed", type=int, default=0, help="Seed of the split (the folder is built once).")
     ap.add_argument("--schedule", choices=("default", "short"),
                     help="default: tailor train's own epochs; short: 1/5/3 at batch 64 (the default on 54,000 images).")
@@ -151,9 +163,9 @@ def main() -> None:
     classes = class_ids(args.classes)
     methods = args.methods.split(",")
     own = method_options(args.method_options, methods)
-    name = layout_name(classes, args.train_images, args.val_images, args.test_images)
+    name = layout_name(classes, args.train_images, args.val_images, args.test_images, args.test_from_pool)
     folder = build_folder(args.source, args.out / name, classes, args.train_images, args.val_images, args.test_images,
-                          args.split_seed)
+                          args.split_seed, args.test_from_pool)
     if args.build_only:
         print(folder)
         return

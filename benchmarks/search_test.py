@@ -3,6 +3,8 @@
     python benchmarks/search_test.py --model-dir runs/demo --task synth-digits
     python benchmarks/search_test.py --model-dir /tmp/fmnist/runs --task fashion-mnist --data-dir /tmp/fmnist
     python benchmarks/search_test.py --model-dir /tmp/fm/runs --task fashion-mnist-2000-6000 --all   # every k
+    python benchmarks/search_test.py --model-dir /tmp/fm/runs --task fashion-mnist-2000-6000 \
+        --also imagefolder:/tmp/fm/fashion-mnist-2000-6000-10000-pool   # and on that folder's test split
 
 The search keeps the leanest candidate whose difference to the teacher, image by image on the validation split, is
 within ``--tolerance``; this asks what the test split says about each candidate it fine-tuned. It rebuilds each
@@ -18,6 +20,11 @@ over them: the bisection the search runs, the same with one more candidate tried
 a search that does not trust accuracy to fall with ``k`` would pay for), and an exhaustive search; for each, the
 candidate it keeps, the fine-tunes it costs and that candidate's test figures. Nothing else is trained; it needs the
 task's data where training found it.
+
+``--also SPEC`` measures every network on another task's test split too (same classes), in two more columns: for
+example unused images of the pool the training and validation images came from (``fashion_mnist.py
+--test-from-pool``), which tells a difference between validation and test that is the test set's own distribution
+from one that is the validation split's noise.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ def main() -> None:
     ap.add_argument("--task", required=True)
     ap.add_argument("--data-dir", type=Path, default=Path("data"))
     ap.add_argument("--all", action="store_true", help="Fine-tune every untried candidate and replay the rule.")
+    ap.add_argument("--also", action="append", default=[], metavar="SPEC",
+                    help="Another task (same classes) whose test split is measured too (repeatable).")
     args = ap.parse_args()
 
     import torch
@@ -64,9 +73,16 @@ def main() -> None:
     student = Student(backbone, n, max_skip=cfg.max_skip, own_norms=cfg.universal_norms)
     trainer.restore(cfg.student.name, student)
     search = ArchitectureSearch(cfg, backbone, n, student.state_dict(), teacher, data, trainer)
-    right = {"val": search.teacher_right, "test": correct(teacher, data.test, device)}
-    print(f"teacher: val {_pct(right['val'])} ({len(data.val)} images), test {_pct(right['test'])} ({len(data.test)} "
-          f"images); tolerance {prune['tolerance']} points on val. Below, each network minus the teacher on the same "
+    splits = {"val": data.val, "test": data.test}
+    for spec in args.also:
+        other = load_task(spec, data_dir=args.data_dir, preprocess=preprocess_of(meta), download=False)
+        if other.classes != data.classes:
+            raise SystemExit(f"--also {spec}: its classes {other.classes} are not the task's {data.classes}")
+        splits[Path(spec.split(":", 1)[-1]).name] = other.test
+    right = {"val": search.teacher_right, **{name: correct(teacher, split, device)
+                                              for name, split in splits.items() if name != "val"}}
+    print("teacher: " + ", ".join(f"{name} {_pct(right[name])} ({len(split)} images)" for name, split in splits.items())
+          + f"; tolerance {prune['tolerance']} points on val. Below, each network minus the teacher on the same "
           "images, +- the half-width of its 95% interval.")
     teacher_flops = prune["teacher_flops"]
     ks = [c["k"] for c in prune["candidates"]]
@@ -78,15 +94,15 @@ def main() -> None:
         cand = search.evaluate(k)  # a recorded one is read back; an untried one is fine-tuned now (--all)
         net, _ = search.restore(k)
         rows.append((str(k), str(cand.universal_kept), f"{cand.flops / teacher_flops:.2f}x", net, cand))
-    print("| k | universal kept | FLOPs vs teacher | val % | vs teacher (val) | test % | vs teacher (test) | |\n"
-          "|---|---|---|---|---|---|---|---|")
+    print("| k | universal kept | FLOPs vs teacher | " + " | ".join(f"{name} % | vs teacher ({name})" for name in splits)
+          + " | |\n" + "|---" * (4 + 2 * len(splits)) + "|")
     for k, kept, flops, net, cand in rows:
         cells, test = [], None
-        for split in ("val", "test"):
-            mine = correct(net, getattr(data, split), device)
-            paired = Paired.of(mine, right[split])
+        for name, split in splits.items():
+            mine = correct(net, split, device)
+            paired = Paired.of(mine, right[name])
             cells += [_pct(mine), paired.words()]
-            test = paired
+            test = paired if name == "test" else test
         if cand is not None:
             found[cand.k] = (cand, test, teacher_flops)
         else:
