@@ -172,6 +172,23 @@ def test_a_candidate_better_than_its_student_by_noise_does_not_pass_alone():
     assert "(-0.75 in the monotone fit)" in v.words() and "the student, before any block was dropped" in v.words()
 
 
+def test_a_student_above_the_teacher_is_the_bar_pruning_may_not_spend():
+    """The student measured 1.0 point above the teacher: a candidate 0.8 under the student (+0.2 vs the teacher)
+    passes, one 0.9 under it (+0.1) does not, although it is above the teacher; a student under the teacher leaves
+    the teacher as the bar."""
+    cands = {4: candidate(4, 99.8), 5: candidate(5, 99.2), 6: candidate(6, 98.8)}  # -0.2, -0.8, -1.2 vs teacher
+    led = search([4, 5, 6], cands.__getitem__, 0.5, 0.4)  # student +0.4: bar +0.4, pass at >= -0.1
+    assert led.within_tolerance is False and led.chosen.k == 4 and led.tried == [5, 4]
+    level = search([4, 5, 6], cands.__getitem__, 0.5, -0.3)  # student under the teacher: the teacher is the bar
+    assert level.within_tolerance and level.chosen.k == 4
+    wide = search([4, 5, 6], cands.__getitem__, 1.5, 0.4)  # bar +0.4 - 1.5 = -1.1: k = 5 passes, k = 6 not
+    assert wide.within_tolerance and wide.chosen.k == 5
+    v = Verdict(0.5, led.chosen.vs_teacher, Paired(1000, 6, 2), led.within_tolerance, led.fitted[4])
+    assert v.words().startswith("NetTailor could not keep its student's accuracy here: no candidate within 0.5 "
+                                "points of the unpruned student, which measured +0.40")
+    assert not v.short  # above the teacher's tolerance: not short of the teacher
+
+
 def test_paired_difference_on_a_hand_example():
     mine = torch.tensor([True] * 6 + [False] * 4)  # A right on 0-5
     theirs = torch.tensor([True] * 4 + [False] * 2 + [True] * 2 + [False] * 2)  # B right on 0-3 and 6-7

@@ -397,7 +397,9 @@ class ArchitectureSearch:
             rule = (f"the leanest of candidates k (the k lowest-attention universal blocks dropped, then fine-tuned) "
                     f"whose accuracy minus the teacher's, image by image on the validation split and read through "
                     f"the non-increasing fit over the student and the candidates in order of k, is at least "
-                    f"-{cfg.tolerance:g} points, among those at most the teacher's FLOPs")
+                    f"-{cfg.tolerance:g} points, or the unpruned student's lead over the teacher minus "
+                    f"{cfg.tolerance:g} where it led (pruning may not spend that lead), among those at most the "
+                    "teacher's FLOPs")
         verdict = Verdict(cfg.tolerance, selection.chosen.vs_teacher, student, selection.within_tolerance,
                           selection.fitted[selection.chosen.k])
         return {"rule": rule, "fixed": cfg.universal_drop is not None, "tolerance": cfg.tolerance,
