@@ -183,10 +183,12 @@ def test_a_student_above_the_teacher_is_the_bar_pruning_may_not_spend():
     assert level.within_tolerance and level.chosen.k == 4
     wide = search([4, 5, 6], cands.__getitem__, 1.5, 0.4)  # bar +0.4 - 1.5 = -1.1: k = 5 passes, k = 6 not
     assert wide.within_tolerance and wide.chosen.k == 5
-    v = Verdict(0.5, led.chosen.vs_teacher, Paired(1000, 6, 2), led.within_tolerance, led.fitted[4])
-    assert v.words().startswith("NetTailor could not keep its student's accuracy here: no candidate within 0.5 "
-                                "points of the unpruned student, which measured +0.40")
-    assert not v.short  # above the teacher's tolerance: not short of the teacher
+    v = Verdict(0.5, led.chosen.vs_teacher, Paired(1000, 6, 2), led.fitted[4] >= -0.5, led.fitted[4],
+                bar_met=led.within_tolerance)
+    assert v.within_tolerance and not v.short  # within the teacher's tolerance: no shortfall for --method auto
+    assert v.words().startswith("-0.20 ± ") and "could not match" not in v.words()
+    assert "; no leaner candidate stayed within 0.5 points of the unpruned student, which measured +0.40" in v.words()
+    assert v.to_json()["bar_met"] is False
 
 
 def test_paired_difference_on_a_hand_example():

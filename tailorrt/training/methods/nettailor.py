@@ -400,8 +400,9 @@ class ArchitectureSearch:
                     f"-{cfg.tolerance:g} points, or the unpruned student's lead over the teacher minus "
                     f"{cfg.tolerance:g} where it led (pruning may not spend that lead), among those at most the "
                     "teacher's FLOPs")
-        verdict = Verdict(cfg.tolerance, selection.chosen.vs_teacher, student, selection.within_tolerance,
-                          selection.fitted[selection.chosen.k])
+        fitted = selection.fitted[selection.chosen.k]
+        verdict = Verdict(cfg.tolerance, selection.chosen.vs_teacher, student, fitted >= -cfg.tolerance, fitted,
+                          bar_met=selection.within_tolerance)
         return {"rule": rule, "fixed": cfg.universal_drop is not None, "tolerance": cfg.tolerance,
                 "proxy_threshold": cfg.proxy_threshold, "proxy_relative": cfg.proxy_relative,
                 "reference": {"split": "val", "images": len(self.teacher_right),

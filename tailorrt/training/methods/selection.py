@@ -83,9 +83,9 @@ class Verdict:
     tolerance: float
     chosen: Paired  # the kept candidate against the teacher
     student: Paired  # the student before any pruning against the teacher
-    within_tolerance: bool  # the rule's reading: the kept candidate's fitted difference is within the tolerance of the
-    # bar (:func:`bar`)
+    within_tolerance: bool  # the kept candidate's fitted difference is within the tolerance of the teacher
     fitted: float  # the kept candidate's difference in the monotone fit
+    bar_met: bool = True  # the search found a candidate within the tolerance of the bar (:func:`bar`)
 
     @property
     def resolved(self) -> bool:
@@ -107,10 +107,9 @@ class Verdict:
         line = f"{self.chosen.words()} points vs the teacher on {n:,} validation images"
         if abs(self.fitted - self.chosen.diff) >= 0.005:
             line += f" ({self.fitted:+.2f} in the monotone fit)"
-        if not self.within_tolerance and bar(self.student.diff) > 0:
-            line = (f"NetTailor could not keep its student's accuracy here: no candidate within {self.tolerance:g} "
-                    f"points of the unpruned student, which measured {self.student.words()} vs the teacher; the most "
-                    f"accurate is {line}")
+        if self.within_tolerance and not self.bar_met:
+            line += (f"; no leaner candidate stayed within {self.tolerance:g} points of the unpruned student, which "
+                     f"measured {self.student.words()} vs the teacher")
         elif not self.within_tolerance:
             line = (f"NetTailor could not match the teacher here: no candidate within {self.tolerance:g} points; the "
                     f"most accurate is {line}")
@@ -124,7 +123,8 @@ class Verdict:
         return line
 
     def to_json(self) -> dict:
-        return {"within_tolerance": self.within_tolerance, "resolved": self.resolved, "short": self.short,
+        return {"within_tolerance": self.within_tolerance, "bar_met": self.bar_met, "resolved": self.resolved,
+                "short": self.short,
                 "half_width": round(self.chosen.half_width, 3), "student_vs_teacher": self.student.to_json(),
                 "words": self.words()}
 
