@@ -173,9 +173,9 @@ def test_a_candidate_better_than_its_student_by_noise_does_not_pass_alone():
 
 
 def test_a_student_above_the_teacher_is_the_bar_pruning_may_not_spend():
-    """The student measured 1.0 point above the teacher: a candidate 0.8 under the student (+0.2 vs the teacher)
-    passes, one 0.9 under it (+0.1) does not, although it is above the teacher; a student under the teacher leaves
-    the teacher as the bar."""
+    """The student measured 0.4 point above the teacher: a candidate 0.6 under the student (-0.2 vs the teacher)
+    fails at a tolerance of 0.5, although it is within 0.5 of the teacher, and the verdict says why without calling
+    it a shortfall; a student under the teacher leaves the teacher as the bar."""
     cands = {4: candidate(4, 99.8), 5: candidate(5, 99.2), 6: candidate(6, 98.8)}  # -0.2, -0.8, -1.2 vs teacher
     led = search([4, 5, 6], cands.__getitem__, 0.5, 0.4)  # student +0.4: bar +0.4, pass at >= -0.1
     assert led.within_tolerance is False and led.chosen.k == 4 and led.tried == [5, 4]

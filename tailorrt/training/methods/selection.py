@@ -68,7 +68,7 @@ class Selection:
 
     candidates: tuple[Candidate, ...]
     chosen: Candidate
-    within_tolerance: bool
+    within_tolerance: bool  # the chosen one passed: within the tolerance of the bar (:func:`bar`), not only the teacher
     fitted: dict[int, float]  # k -> its difference to the teacher as the rule read it (the monotone fit)
 
     @property
