@@ -191,6 +191,12 @@ def test_a_student_above_the_teacher_is_the_bar_pruning_may_not_spend():
     assert v.to_json()["bar_met"] is False
 
 
+def test_a_candidate_reads_back_from_its_record_with_the_fit_beside_it():
+    cand = candidate(3, 99.2)
+    assert Candidate.from_json({**cand.to_json(), "fitted": -0.5}) == cand  # as metrics.prune lists it
+    assert Candidate.from_json(json.loads(json.dumps(cand.to_json()))) == cand  # as its phase's file holds it
+
+
 def test_paired_difference_on_a_hand_example():
     mine = torch.tensor([True] * 6 + [False] * 4)  # A right on 0-5
     theirs = torch.tensor([True] * 4 + [False] * 2 + [True] * 2 + [False] * 2)  # B right on 0-3 and 6-7

@@ -58,8 +58,10 @@ class Candidate:
 
     @classmethod
     def from_json(cls, data: dict) -> Candidate:
-        """A candidate as recorded; a KeyError when the record predates the paired comparison."""
-        return cls(**{**data, "vs_teacher": Paired.from_json(data["vs_teacher"])})
+        """A candidate as recorded (in ``metrics.prune`` or its phase's file), without what the search derived from
+        it (``fitted``); a KeyError when the record predates the paired comparison."""
+        fields = {k: v for k, v in data.items() if k != "fitted"}
+        return cls(**{**fields, "vs_teacher": Paired.from_json(data["vs_teacher"])})
 
 
 @dataclass(frozen=True)
