@@ -58,11 +58,12 @@ def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: f
                 if m.bias is not None:
                     shift = shift + scale / c * m.bias.detach().double().cpu().numpy()
                 parallel = getattr(m, "parallel", None)
-                if g.keeps_shared(conv_weight(m)) or (parallel is None and _as_shared(g, m, scale)):
+                own_norm = parallel is None and _as_shared(g, m, scale)
+                if g.keeps_shared(conv_weight(m)) or own_norm:
                     # universal: shared weight, private affine (or bias)
                     if m.bias is not None:
                         raise ExportError("universal convolutions with a bias are not supported")
-                    x = _shared_conv(g, m, parallel, x, scale, shift)
+                    x = _shared_conv(g, m, parallel, x, scale, shift, own_norm)
                 elif parallel is not None:
                     raise ExportError("a parallel convolution beside a task-owned one is not supported")
                 else:  # task-owned (or a shared weight the graph copies): fold the batch norm into the convolution
@@ -88,11 +89,12 @@ def emit_sequence(g: GraphBuilder, modules: list[nn.Module], x: str, in_scale: f
 
 
 def _shared_conv(g: GraphBuilder, conv: nn.Conv2d, parallel: nn.Conv2d | None, x: str, scale: np.ndarray,
-                 shift: np.ndarray) -> str:
+                 shift: np.ndarray, own_norm: bool) -> str:
     """``scale * conv(x) + shift`` (per channel) over the shared weight, which holds the backbone norm's scale ``a``
     folded in where :class:`SharedWeights` folded one: the affine is divided by it, and where that leaves a scale
-    of 1 (the backbone's own norm, nothing to rescale) the shift is the convolution's bias and no pass follows."""
-    if parallel is None and _as_shared(g, conv, scale):
+    of 1 (``own_norm``, from :func:`_as_shared`: the backbone's own norm, nothing to rescale) the shift is the
+    convolution's bias and no pass follows."""
+    if own_norm:
         return g.conv(x, conv, bias=shift.astype(np.float32))
     a = g.shared.folded_scale(conv.weight)
     if a is not None:
