@@ -32,6 +32,7 @@ def rows(model_dir: Path) -> list[str]:
         chosen = next(c for c in prune["candidates"] if c["k"] == prune["chosen"])
         seconds = meta["training"]["seconds"]
         words = "within" if prune["within_tolerance"] else "none within: the best"
+        words += "" if prune.get("bar_met", True) else " the teacher, not the student's bar"
         words += "" if prune["resolved"] else ", cannot tell" if not prune["short"] else ""
         words += ", short" if prune["short"] else ""
         out.append(f"| {meta['task']} | {data['train']:,} / {data['val']:,} / {data['test']:,} | "
