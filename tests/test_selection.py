@@ -189,6 +189,9 @@ def test_a_student_above_the_teacher_is_the_bar_pruning_may_not_spend():
     assert v.words().startswith("-0.20 ± ") and "could not match" not in v.words()
     assert "; no leaner candidate stayed within 0.5 points of the unpruned student, which measured +0.40" in v.words()
     assert v.to_json()["bar_met"] is False
+    prune = {**v.to_json(), "tolerance": 0.5, "chosen": 4, "candidates": [c.to_json() for c in led.candidates]}
+    line = NetTailor().describe({"metrics": {"universal_blocks_total": 8, "prune": prune}})  # tailor info's cell
+    assert line.startswith("dropped 4/8 (2 tried, none within 0.5 of the student), -0.20 ± ")
 
 
 def test_a_candidate_reads_back_from_its_record_with_the_fit_beside_it():

@@ -565,6 +565,8 @@ class NetTailor(Method):
         tried = len(prune["candidates"])
         if prune.get("fixed"):
             head = f"dropped {prune['chosen']}/{n} (--prune-universal)"
+        elif prune["within_tolerance"] and not prune.get("bar_met", True):
+            head = f"dropped {prune['chosen']}/{n} ({tried} tried, none within {prune['tolerance']} of the student)"
         elif prune["within_tolerance"]:
             head = f"dropped {prune['chosen']}/{n} ({tried} tried)"
         else:
