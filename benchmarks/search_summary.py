@@ -53,8 +53,7 @@ def replay(model_dir: Path) -> list[str]:
         prune = metrics.get("prune") or {}
         if "student_vs_teacher" not in prune:
             continue
-        found = {c["k"]: Candidate.from_json(c)
-                 for c in prune["candidates"]}
+        found = {c["k"]: Candidate.from_json(c) for c in prune["candidates"]}
         student = prune["student_vs_teacher"]["diff"]
         asked: list[int] = []
 

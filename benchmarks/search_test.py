@@ -116,11 +116,11 @@ def main() -> None:
 
 def replay(found: dict, tolerance: float, student: float) -> None:
     """The rule over every candidate: the bisection, the bisection with one more try, and an exhaustive search."""
-    from tailorrt.training.methods.selection import bar, choose, search
+    from tailorrt.training.methods.selection import choose, passes, search
 
     ks = sorted(found)
     plain = search(ks, lambda k: found[k][0], tolerance, student)
-    failed = [k for k in plain.tried if plain.fitted[k] < bar(student) - tolerance and k > plain.chosen.k]
+    failed = [k for k in plain.tried if not passes(plain.fitted[k], tolerance, student) and k > plain.chosen.k]
     more = [k for k in ks if failed and k > min(failed) and k not in plain.tried][:1]
     extra = choose([found[k][0] for k in plain.tried + more], tolerance, student)
     every = choose([found[k][0] for k in ks], tolerance, student)

@@ -140,6 +140,11 @@ def bar(student: float) -> float:
     return max(0.0, student)
 
 
+def passes(fitted: float, tolerance: float, student: float) -> bool:
+    """Whether a candidate whose fitted difference to the teacher is ``fitted`` is within ``tolerance`` of the bar."""
+    return fitted >= bar(student) - tolerance
+
+
 def eligible(plans: list[Plan], flops_cap: int) -> list[int]:
     """The ``k`` that leave a path to the classifier at no more than ``flops_cap`` FLOPs, in increasing order."""
     return sorted(p.k for p in plans if p.connected and p.flops <= flops_cap)
@@ -173,15 +178,15 @@ def search(ks: list[int], evaluate: Callable[[int], Candidate], tolerance: float
         raise ValueError("no candidate to search")
     done: dict[int, Candidate] = {}
 
-    def passes(i: int) -> bool:
+    def passed(i: int) -> bool:
         if ks[i] not in done:
             done[ks[i]] = evaluate(ks[i])
-        return choose(list(done.values()), tolerance, student).fitted[ks[i]] >= bar(student) - tolerance
+        return passes(choose(list(done.values()), tolerance, student).fitted[ks[i]], tolerance, student)
 
     lo, hi = -1, len(ks) - 1  # invariant: ks[lo] passed (lo = -1: none known to), every index above hi failed
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if passes(mid):
+        if passed(mid):
             lo = mid
         else:
             hi = mid - 1
@@ -194,7 +199,7 @@ def choose(tried: list[Candidate], tolerance: float, student: float) -> Selectio
     by_k = {c.k: c for c in tried}
     order = sorted(by_k)
     fit = dict(zip(order, monotone_fit([student] + [by_k[k].vs_teacher.diff for k in order])[1:]))
-    passing = [k for k in order if fit[k] >= bar(student) - tolerance]
+    passing = [k for k in order if passes(fit[k], tolerance, student)]
     if passing:  # with every candidate tried: an earlier pass may have been pooled with a later failure
         return Selection(tuple(tried), by_k[max(passing)], True, fit)
     best = max(order, key=lambda k: (fit[k], by_k[k].vs_teacher.diff, k))
