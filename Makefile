@@ -29,9 +29,10 @@ demo: .venv
 	$(BIN)/tailor export --model-dir $(DEMO_DIR) --bench --precision int8
 	$(BIN)/tailor info --model-dir $(DEMO_DIR)
 	$(BIN)/tailor report --model-dir $(DEMO_DIR)
-	$(BIN)/python -m tailorrt.serving.demo --model-dir $(DEMO_DIR)
+	$(BIN)/python -m tailorrt.tools.serve_demo --model-dir $(DEMO_DIR)
 
 test: .venv
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 image:

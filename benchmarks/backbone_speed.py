@@ -55,8 +55,8 @@ def main() -> None:
     for b in (int(v) for v in args.batches.split(",")):
         inputs = {n: np.random.default_rng(0).standard_normal((b, 3, sizes[n], sizes[n])).astype(np.float32)
                   for n in names}
-        res = time_side_by_side({n: (lambda s=sessions[n], x=inputs[n]: s.run(["logits"], {"input": x})) for n in names},
-                                batch=b, rounds=args.rounds)
+        runs = {n: (lambda s=sessions[n], x=inputs[n]: s.run(["logits"], {"input": x})) for n in names}
+        res = time_side_by_side(runs, batch=b, rounds=args.rounds)
         result["batches"][str(b)] = res
         for n in names:
             r = paired_ratio(res, n, first)

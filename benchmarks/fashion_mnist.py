@@ -138,7 +138,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="Folder for the images, the model dir and the result.")
     ap.add_argument("--source", type=Path, default=SOURCE, help="Where the idx files are.")
-    ap.add_argument("--classes", help=f"Comma-separated classes to keep (names or 0..9; default all): {', '.join(CLASSES)}.")
+    ap.add_argument("--classes", help="Comma-separated classes to keep (names or 0..9; default all): "
+                    f"{', '.join(CLASSES)}.")
     ap.add_argument("--train-images", type=int, default=54000, help="Training images (default 54,000).")
     ap.add_argument("--val-images", type=int, default=6000, help="Validation images, held out of the 60,000 (6,000).")
     ap.add_argument("--test-images", type=int, help="Test images of those classes, seeded (default: all).")

@@ -36,8 +36,8 @@ def teacher_epoch_seconds(data, backbone, batches: int, batch_size: int) -> tupl
     import torch
     from torch.nn import functional as F
 
+    from tailorrt.training.phases import make_loader
     from tailorrt.training.teacher import Teacher
-    from tailorrt.training.trainer import make_loader
 
     teacher = Teacher(backbone, len(data.classes))
     opt = torch.optim.SGD(teacher.parameters(), lr=0.01, momentum=0.9)

@@ -36,8 +36,8 @@ def export_copy(model_dir: Path, out: Path, budget: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, required=True, help="A trained model dir (tailor train).")
-    ap.add_argument("--budgets", default="0,0.005,0.02,1", help="Comma-separated --fuse-budget values; the first is the "
-                    "reference.")
+    ap.add_argument("--budgets", default="0,0.005,0.02,1",
+                    help="Comma-separated --fuse-budget values; the first is the reference.")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--images", type=int, default=400, help="Images per timing (calls of batch B: images / B).")

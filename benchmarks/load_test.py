@@ -18,7 +18,8 @@ import urllib.request
 from pathlib import Path
 
 from tailorrt import Runtime
-from tailorrt.serving.local import local_server, request_plan, send_load
+from tailorrt.serving.local import local_server, send_load
+from tailorrt.tools.serve_demo import request_plan
 from tailorrt.training.world import BUILTIN_TASKS
 
 

@@ -9,8 +9,9 @@
 Each variant is the config ``tailor train`` uses on the task (``NetTailorConfig.quick()`` on a built-in task, the
 paper's schedule on real data) with a few fields changed, named below; each is trained from the same teacher
 (trained once per task and teacher configuration, and copied into every variant's work dir), through the same code
-as ``tailor train``: the student phase, then the architecture search. A finished (task, variant) is kept in ``<out>/<task>/<variant>/result.json`` and
-not trained again, so the script resumes, and two instances with disjoint ``--variants`` can share ``--out``
+as ``tailor train``: the student phase, then the architecture search. A finished (task, variant) is kept in
+``<out>/<task>/<variant>/result.json`` and not trained again, so the script resumes, and two instances with disjoint
+``--variants`` can share ``--out``
 (on 2 cores, each with ``--threads 1``). A variant that differs from a finished one only in what comes after the
 student phase starts from that one's trained student (the same computation), copied. Seconds are the student phase
 plus the search (every candidate's fine-tune): compare them within one table, run the same way.
@@ -116,7 +117,7 @@ def run(out: Path, task: str, variant: str, student_only: bool = False) -> dict:
     from tailorrt.training.backbones import build_backbone
     from tailorrt.training.datasets import Preprocess, load_task, pack_name
     from tailorrt.training.methods.nettailor import train_nettailor, train_teacher
-    from tailorrt.training.trainer import Trainer
+    from tailorrt.training.phases import Trainer
     from tailorrt.training.world import BUILTIN_TASKS
 
     folder = out / pack_name(task)
@@ -154,7 +155,8 @@ def run(out: Path, task: str, variant: str, student_only: bool = False) -> dict:
     if student_only:
         row = student_row(cfg, backbone, data, Trainer(device=device, work_dir=work,
                                                        progress=Lines(f"{task} / {variant} ")))
-        row.update(task=task, variant=variant, changes=VARIANTS[variant], wall_seconds=round(time.perf_counter() - t0, 1))
+        row.update(task=task, variant=variant, changes=VARIANTS[variant],
+                   wall_seconds=round(time.perf_counter() - t0, 1))
         (folder / variant / "student.json").write_text(json.dumps(row, indent=1))
         return row
     result = train_nettailor(cfg, backbone, data, Trainer(device=device, work_dir=work,
@@ -179,7 +181,7 @@ def student_row(cfg, backbone, data, trainer) -> dict:
     image by image."""
     from tailorrt.training.methods.nettailor import train_student, train_teacher
     from tailorrt.training.paired import Paired
-    from tailorrt.training.trainer import correct, percent
+    from tailorrt.training.phases import correct, percent
 
     teacher, _ = train_teacher(cfg, backbone, data, trainer)
     student, phase = train_student(cfg, backbone, data, trainer, teacher)
@@ -218,7 +220,8 @@ def table(out: Path) -> str:
         cands = ", ".join(f"{c['k']}: {c['val_accuracy']:.1f}" for c in r["prune"]["candidates"])
         lines.append(f"| {r['variant']} | {r['task']} | {r['accuracy']:.2f} ({r['teacher_accuracy']:.2f}) | "
                      f"{r['universal_kept']}/{r['universal_total']} | {r['proxies_kept']} | {r['flops_ratio']:.2f}x | "
-                     f"{cands} (chose {r['prune']['chosen']}) | {r['student_seconds']:.0f} | {r['search_seconds']:.0f} |")
+                     f"{cands} (chose {r['prune']['chosen']}) | {r['student_seconds']:.0f} | "
+                     f"{r['search_seconds']:.0f} |")
     return "\n".join(lines)
 
 

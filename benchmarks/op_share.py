@@ -33,13 +33,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    from tailorrt.pack import ModelDir
     from tailorrt.precision import cpu_summary
     from tailorrt.runtime import Runtime
     from tailorrt.tools.bench import per_task_model
     from tailorrt.tools.onnx_profile import op_profile
+    from tailorrt.training.packs import TrainingDir
 
-    mdir = ModelDir(args.model_dir)
+    mdir = TrainingDir(args.model_dir)
     tasks = [t for t in args.tasks.split(",") if t] or mdir.task_names()
     backbone, _ = mdir.load_backbone()
     size = backbone.spec.input_size

@@ -3,7 +3,7 @@
     tailor export --model-dir runs/demo --precision int8            # int8 graphs, accuracy-checked
     python benchmarks/precision.py --model-dir runs/demo
     python benchmarks/runtime.py synthetic --model-dir /tmp/r34 --tasks 6
-    tailor export --model-dir /tmp/r34 --precision int8 --max-drop 100   # random tasks: accuracy is meaningless
+    tailor export --model-dir /tmp/r34 --precision int8 --max-precision-drop 100   # random tasks: accuracy meaningless
     python benchmarks/precision.py --model-dir /tmp/r34 --tasks 6
 
 Engines, each with the same threads, timed in interleaved rounds in one process (median):

@@ -27,7 +27,8 @@ from pathlib import Path
 import psutil
 
 from tailorrt import Runtime
-from tailorrt.serving.local import request_plan, send_load, serve_process
+from tailorrt.serving.local import send_load, serve_process
+from tailorrt.tools.serve_demo import request_plan
 from tailorrt.training.world import BUILTIN_TASKS
 
 RAY_PROCESS = ("ray::", "gcs_server", "raylet", "dashboard", "ray/_private", "log_monitor", "monitor.py")

@@ -45,19 +45,20 @@ def main() -> None:
 
     import torch
 
-    from tailorrt.pack import ModelDir, preprocess_of
+    from tailorrt.pack import preprocess_of
     from tailorrt.precision import cpu_summary
     from tailorrt.records import TaskRecord
     from tailorrt.training.datasets import load_task
     from tailorrt.training.methods.nettailor import ArchitectureSearch, NetTailorConfig
     from tailorrt.training.methods.selection import eligible
     from tailorrt.training.methods.student import Student
+    from tailorrt.training.packs import TrainingDir
     from tailorrt.training.paired import Paired
+    from tailorrt.training.phases import Trainer, correct
     from tailorrt.training.teacher import Teacher
-    from tailorrt.training.trainer import Trainer, correct
 
     print(f"CPU: {cpu_summary()}", flush=True)
-    mdir = ModelDir(args.model_dir)
+    mdir = TrainingDir(args.model_dir)
     backbone, _ = mdir.load_backbone()
     meta = mdir.task_meta(args.task)
     prune = meta["metrics"]["prune"]
@@ -94,8 +95,8 @@ def main() -> None:
         cand = search.evaluate(k)  # a recorded one is read back; an untried one is fine-tuned now (--all)
         net, _ = search.restore(k)
         rows.append((str(k), str(cand.universal_kept), f"{cand.flops / teacher_flops:.2f}x", net, cand))
-    print("| k | universal kept | FLOPs vs teacher | " + " | ".join(f"{name} % | vs teacher ({name})" for name in splits)
-          + " | |\n" + "|---" * (4 + 2 * len(splits)) + "|")
+    columns = " | ".join(f"{name} % | vs teacher ({name})" for name in splits)
+    print("| k | universal kept | FLOPs vs teacher | " + columns + " | |\n" + "|---" * (4 + 2 * len(splits)) + "|")
     for k, kept, flops, net, cand in rows:
         cells, test = [], None
         for name, split in splits.items():
@@ -137,7 +138,7 @@ def replay(found: dict, tolerance: float, student: float) -> None:
 
 
 def _pct(right) -> str:
-    from tailorrt.training.trainer import percent
+    from tailorrt.training.phases import percent
 
     return f"{percent(right):.2f}"
 

@@ -1,4 +1,5 @@
-"""``python -m tailorrt.cli``: the ``tailor`` command (what torchrun starts in each process of ``tailor train --nproc``)."""
+"""``python -m tailorrt.cli``: the ``tailor`` command (what torchrun starts in each process of ``tailor train
+--nproc``)."""
 
 from tailorrt.cli.app import main
 

@@ -22,7 +22,7 @@ from tailorrt.errors import TailorError
 from tailorrt.extras import require_training
 from tailorrt.kinds import DEFAULT_PRECISION
 from tailorrt.kinds.onnx import FUSE_BUDGET
-from tailorrt.limits import MB, Limits
+from tailorrt.limits import MIB, Limits
 from tailorrt.serving.config import BatchConfig, RayConfig, ServerConfig
 
 app = typer.Typer(help="tailorrt: one frozen backbone, many small task networks.", no_args_is_help=True,
@@ -89,9 +89,10 @@ class TrainCommand(TyperCommand):
                 p.help = f"--method auto: comma-separated methods to try (default: {','.join(default_candidates())})."
             if p.name == "method":
                 p.help = "One of: " + "; ".join(f"{m.syntax} ({m.help})" for m in methods.families()) + \
-                    f". Default: {methods.DEFAULT}. Any method but {methods.DEFAULT} writes the pack <task>--<method> " \
-                    "(':' becomes '-'). Or auto: train the --candidates on a short schedule and keep the smallest pack " \
-                    "within --max-pack-mb, --max-mflops and --max-drop, trained in full (the pack <task>)."
+                    f". Default: {methods.DEFAULT}. Any method but {methods.DEFAULT} writes the pack " \
+                    "<task>--<method> (':' becomes '-'). Or auto: train the --candidates on a short schedule and " \
+                    "keep the smallest pack within --max-pack-mb, --max-mflops and --max-drop, trained in full " \
+                    "(the pack <task>)."
         return [*params[:-1], *self.method_params, params[-1]]  # --help stays last
 
     def invoke(self, ctx: click.Context):
@@ -205,7 +206,7 @@ def train(
     rec = ModelDir(model_dir).task_record(path.name)  # the sealed reader, typed
     m = rec.metrics
     teacher = "" if m.teacher_accuracy is None else f" (teacher {m.teacher_accuracy:.2f}%)"
-    chosen = methods.for_record(rec.raw).describe(rec.raw)
+    chosen = methods.describe(rec.raw)
     if rec.auto is not None:
         chosen = ", ".join(x for x in (chosen, f"chosen by auto of {len(rec.auto['candidates'])}") if x)
     out.print(f"[green]wrote[/green] {path}: {rec.method}{', ' + chosen if chosen else ''}, accuracy "
@@ -275,9 +276,13 @@ def eval_(
 def info(model_dir: str = ModelDirOpt, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """One row per task (accuracy, blocks kept, parameters, FLOPs, bytes of pack, ONNX graph and engine) and
     the bytes on disk against one fine-tuned model per task."""
+    from tailorrt.extras import missing_training
     from tailorrt.inventory import info_rows, method_label, size_summary
 
-    backbone, rows = info_rows(model_dir)
+    describe = None  # what training chose, as its method words it: the training side's (none in a serving install)
+    if not missing_training():
+        from tailorrt.training.methods import describe
+    backbone, rows = info_rows(model_dir, describe)
     sizes = size_summary(model_dir, backbone, rows)
     if as_json:
         out.print_json(data={"backbone": {"name": backbone.name, "sha256": backbone.sha256, "params": backbone.params,
@@ -312,7 +317,8 @@ def _mb(n: int) -> str:
 
 @app.command("export", epilog="Examples:\n\n  tailor export   # ONNX for every task in runs/\n\n"
              "  tailor export --model-dir runs/demo --tasks synth-digits,synth-signs --bench\n\n"
-             "  tailor export --precision int8 --max-drop 0.5   # also int8 graphs, calibrated on training images\n\n"
+             "  tailor export --precision int8 --max-precision-drop 0.5   # also int8 graphs, calibrated on "
+             "training images\n\n"
              "  tailor export --fuse-budget 0   # every universal convolution shared, none copied\n\n"
              "  tailor export --trt --fp16 --max-batch 64   # needs an NVIDIA GPU: pip install 'tailorrt\\[gpu]'")
 @training_side
@@ -332,8 +338,8 @@ def export_(
     precision: str = typer.Option(DEFAULT_PRECISION, help="fp32, or also int8 (ONNX graphs in <model-dir>/onnx-int8, "
                                   "calibrated on training images) or bf16 (a check for the torch backend; needs a "
                                   "CPU with AVX512-BF16 or AMX)."),
-    max_drop: float = typer.Option(0.5, help="Refuse an int8 or bf16 export that loses more test accuracy than "
-                                   "this, in points, against fp32."),
+    max_precision_drop: float = typer.Option(0.5, help="Refuse an int8 or bf16 export that loses more test "
+                                             "accuracy than this, in points, against fp32."),
     calibration_images: int = typer.Option(512, help="Training images that set the int8 activation ranges."),
     check_images: int = typer.Option(2000, help="Test images of the int8 / bf16 accuracy check (all if fewer)."),
     fuse_budget: float = typer.Option(FUSE_BUDGET, help="The fraction of the shared weights' bytes "
@@ -344,14 +350,15 @@ def export_(
     """Export task packs: ONNX graphs that share one universal weight file (<model-dir>/onnx/) and optionally
     TensorRT engines (<model-dir>/trt/). Every graph is checked against PyTorch on validation images; the
     export fails, keeping the previous one, when the logits differ by more than 1e-4. With --precision int8 or
-    bf16, a task that loses more than --max-drop points of test accuracy against fp32 fails the same way."""
+    bf16, a task that loses more than --max-precision-drop points of test accuracy against fp32 fails the same way."""
     from tailorrt.export.exporter import ExportRequest, export_model
     from tailorrt.records import ExportRecord
 
     del onnx  # ONNX is always written: engines are built from it
     req = ExportRequest(model_dir=model_dir, tasks=_names(tasks),
                         trt=trt, fp16=fp16, max_batch=max_batch, data_dir=str(data_dir), download=download,
-                        parity_images=parity_images, bench=bench, precision=precision, max_drop=max_drop,
+                        parity_images=parity_images, bench=bench, precision=precision,
+                        max_precision_drop=max_precision_drop,
                         calibration_images=calibration_images, check_images=check_images,
                         fuse_budget=fuse_budget)
     result = export_model(req, report=lambda line: err.print(line, highlight=False, markup=False,
@@ -404,32 +411,34 @@ def serve(
                                        "(a little faster on small inputs, about one backbone of memory per task). "
                                        "At int8: each task's session pre-packs its own copy of its int8 weights "
                                        "(about 1.5x faster, about its int8 weights of memory per task)."),
-    precision: str = typer.Option(RayConfig.precision, help="fp32; int8 (onnx backend, after tailor export --precision int8); "
-                                  "bf16 (torch backend, after tailor export --precision bf16; needs a CPU with "
-                                  "AVX512-BF16 or AMX, or a GPU)."),
+    precision: str = typer.Option(RayConfig.precision, help="fp32; int8 (onnx backend, after tailor export "
+                                  "--precision int8); bf16 (torch backend, after tailor export --precision bf16; "
+                                  "needs a CPU with AVX512-BF16 or AMX, or a GPU)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, help="TCP port of the HTTP endpoint."),
     grpc: bool = typer.Option(True, "--grpc/--no-grpc", help="Also serve the KServe v2 / Triton gRPC protocol "
                               "(on --host, port --grpc-port)."),
     grpc_port: int = typer.Option(8001, help="TCP port of the gRPC endpoint."),
-    grpc_workers: int = typer.Option(ServerConfig.grpc_workers, help="gRPC calls served at once (twice as many are accepted; more get "
-                                     "RESOURCE_EXHAUSTED)."),
+    grpc_workers: int = typer.Option(ServerConfig.grpc_workers, help="gRPC calls served at once (twice as many "
+                                     "are accepted; more get RESOURCE_EXHAUSTED)."),
     max_batch: int = typer.Option(BatchConfig.max_batch, help="Largest batch run at once per task."),
     max_delay_ms: float = typer.Option(BatchConfig.max_delay_ms, help="Longest wait for a batch to fill."),
     max_queue: int = typer.Option(BatchConfig.max_queue, help="Images waiting per task before answering 503."),
-    batch_workers: int = typer.Option(BatchConfig.workers, help="Batches run at once over all tasks (1: each batch uses every "
-                                      "CPU core and other tasks' requests gather meanwhile)."),
-    max_body_mb: float = typer.Option(ServerConfig.max_body_bytes / MB, help="Largest request body."),
-    header_timeout_s: float = typer.Option(ServerConfig.header_timeout_s, help="A request's headers must arrive whole within this many "
-                                           "seconds (else the connection is closed)."),
-    body_timeout_s: float = typer.Option(ServerConfig.body_timeout_s, help="A request body must arrive whole within this many seconds "
-                                         "of its headers (else 408 and the connection is closed)."),
-    max_image_mpx: float = typer.Option(Limits.max_pixels / 1e6, help="Largest image, in megapixels (read from its header, "
-                                        "before decoding)."),
+    batch_workers: int = typer.Option(BatchConfig.workers, help="Batches run at once over all tasks (1: each "
+                                      "batch uses every CPU core and other tasks' requests gather meanwhile)."),
+    max_body_mb: float = typer.Option(ServerConfig.max_body_bytes / MIB, help="Largest request body."),
+    header_timeout_s: float = typer.Option(ServerConfig.header_timeout_s, help="A request's headers must "
+                                           "arrive whole within this many seconds (else the connection is closed)."),
+    body_timeout_s: float = typer.Option(ServerConfig.body_timeout_s, help="A request body must arrive whole "
+                                         "within this many seconds of its headers (else 408 and the connection is "
+                                         "closed)."),
+    max_image_mpx: float = typer.Option(Limits.max_pixels / 1e6, help="Largest image, in megapixels (read "
+                                        "from its header, before decoding)."),
     max_images: int = typer.Option(Limits.max_images, help="Most images in one request."),
-    max_decode_mb: float = typer.Option(Limits.max_decode_bytes / MB, help="Memory that image decodes in flight may take together, "
-                                        "over all requests (an image needing more is refused with 413; one "
-                                        "finding it taken waits up to 2 s, then gets 503). 0: unbounded."),
+    max_decode_mb: float = typer.Option(Limits.max_decode_bytes / MIB, help="Memory that image decodes in "
+                                        "flight may take together, over all requests (an image needing more is "
+                                        "refused with 413; one finding it taken waits up to 2 s, then gets 503). "
+                                        "0: unbounded."),
     image_formats: str = typer.Option(",".join(Limits.formats), help="Encoded image formats accepted "
                                       "(PIL names; others are refused with 400)."),
     api_key: str | None = typer.Option(None, help="Require this key on every "
@@ -438,9 +447,11 @@ def serve(
                              "(pip install 'tailorrt\\[ray]'): each replica holds the backbone once and loads a task "
                              "on its first request; HTTP only.", rich_help_panel="Ray Serve"),
     replicas: int = typer.Option(RayConfig.replicas, help="--ray: worker replicas.", rich_help_panel="Ray Serve"),
-    max_tasks_per_replica: int = typer.Option(RayConfig.max_tasks_per_replica, help="--ray: tasks one replica holds; beyond it the least recently "
-                                              "used is evicted.", rich_help_panel="Ray Serve"),
-    replica_cpus: float = typer.Option(RayConfig.replica_cpus, help="--ray: Ray CPUs reserved per replica.", rich_help_panel="Ray Serve"),
+    max_tasks_per_replica: int = typer.Option(RayConfig.max_tasks_per_replica, help="--ray: tasks one replica "
+                                              "holds; beyond it the least recently used is evicted.",
+                                              rich_help_panel="Ray Serve"),
+    replica_cpus: float = typer.Option(RayConfig.replica_cpus, help="--ray: Ray CPUs reserved per replica.",
+                                       rich_help_panel="Ray Serve"),
     replica_gpus: float | None = typer.Option(None, help="--ray: Ray GPUs per replica (default: 1 with --device "
                                               "cuda, else 0; 0.5 puts two replicas on a GPU).",
                                               rich_help_panel="Ray Serve"),
@@ -451,8 +462,9 @@ def serve(
                                            rich_help_panel="Ray Serve"),
     ray_cpus: int | None = typer.Option(None, help="--ray: CPUs of the local cluster (default: every core).",
                                         rich_help_panel="Ray Serve"),
-    request_timeout_s: float = typer.Option(RayConfig.request_timeout_s, help="--ray: a request gets its answer, or 503 with Retry-After, "
-                                            "within this time (a dead replica is retried once).",
+    request_timeout_s: float = typer.Option(RayConfig.request_timeout_s, help="--ray: a request gets its answer, "
+                                            "or 503 with Retry-After, within this time (a dead replica is retried "
+                                            "once).",
                                             rich_help_panel="Ray Serve"),
     print_config: bool = typer.Option(False, "--print-config", help="--ray: print a Ray Serve config file for these "
                                       "options (for serve deploy on a cluster) and exit.", rich_help_panel="Ray Serve"),
@@ -460,8 +472,8 @@ def serve(
     """Serve tasks over HTTP and gRPC: the KServe v2 / Triton protocol (/v2/models/{task}/infer with JSON or
     binary tensor data, model config and statistics; gRPC inference.GRPCInferenceService on --grpc-port),
     POST /v1/tasks/{task}:predict with an image, GET /v1/tasks, Prometheus /metrics. Inputs: 'image' (BYTES,
-    encoded images), 'pixels' (UINT8 [N,H,W,C]) or 'input' (FP32 [N,3,S,S]). The backbone is loaded once for all tasks; POST
-    /v2/repository/models/{task}/load (or /unload) adds (or drops) a task while serving. Every file is
+    encoded images), 'pixels' (UINT8 [N,H,W,C]) or 'input' (FP32 [N,3,S,S]). The backbone is loaded once for all
+    tasks; POST /v2/repository/models/{task}/load (or /unload) adds (or drops) a task while serving. Every file is
     checked against its recorded sha256 before it is used; every request is bounded (body size and time,
     image pixels and count, decode memory over all requests)."""
     if api_key is None and "TAILOR_API_KEY" in os.environ:  # click reads an empty variable as unset
@@ -475,7 +487,7 @@ def serve(
         except ImportError as e:
             _fail(f"--ray needs Ray Serve, which is not installed ({e}); pip install 'tailorrt[ray]'")
     limits = Limits(max_pixels=int(max_image_mpx * 1e6), max_images=max_images,
-                    max_decode_bytes=int(max_decode_mb * MB),
+                    max_decode_bytes=int(max_decode_mb * MIB),
                     formats=tuple(f.upper() for f in _names(image_formats) or []))
     batch = BatchConfig(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue, workers=batch_workers)
     if ray:
@@ -492,7 +504,7 @@ def serve(
     from tailorrt.serving.app import create_app
     from tailorrt.serving.connections import address, check_free, header_timeout_protocol
 
-    cfg = ServerConfig(max_body_bytes=int(max_body_mb * MB), body_timeout_s=body_timeout_s,
+    cfg = ServerConfig(max_body_bytes=int(max_body_mb * MIB), body_timeout_s=body_timeout_s,
                        header_timeout_s=header_timeout_s, api_key=api_key, grpc_port=grpc_port if grpc else None,
                        grpc_host=host, grpc_workers=grpc_workers, batch=batch)
     if grpc:
@@ -582,7 +594,8 @@ def predict(
 @app.command(epilog="Examples:\n\n  tailor bench --model-dir runs/demo\n\n"
              "  tailor bench --model-dir runs --tasks svhn,omniglot --batches 1,8,32 --out bench.json\n\n"
              "  tailor bench --model-dir runs/demo --scaling 1,2,4,8,16\n\n"
-             "  tailor bench --model-dir runs/demo --precision int8   # int8 next to fp32, after export --precision int8")
+             "  tailor bench --model-dir runs/demo --precision int8   # int8 next to fp32, after export "
+             "--precision int8")
 @training_side
 def bench(
     model_dir: str = ModelDirOpt,
@@ -612,7 +625,9 @@ def bench(
                          batches=tuple(int(x) for x in batches.split(",")), rounds=rounds, requests=requests,
                          clients=clients, max_batch=max_batch, threads=threads, precision=precision,
                          out=str(out_path) if out_path else None)
-    report = lambda m: err.print(m, highlight=False)
+    def report(m: str) -> None:
+        err.print(m, highlight=False)
+
     if scaling and precision != DEFAULT_PRECISION:
         _fail("--precision applies to the timing bench, not to --scaling")
     if scaling:
@@ -701,13 +716,13 @@ def tasks() -> None:
 
 
 def main() -> None:
-    """Entry point: typed library errors become one line on stderr and exit code 1 (2: a missing optional
-    dependency such as TensorRT)."""
+    """Entry point: typed library errors become one line on stderr and their class's exit code (1; 2: a missing
+    optional dependency such as TensorRT)."""
     try:
         app()
     except TailorError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(getattr(e, "exit_code", 1))
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

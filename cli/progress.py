@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tailorrt.training.trainer import Progress as LoopProgress
+from tailorrt.training.phases import Progress as LoopProgress
 
 
 class RichProgress(LoopProgress):

@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -18,6 +19,7 @@ from tailorrt import kinds
 from tailorrt.errors import ConfigError, PackError
 from tailorrt.export import speed
 from tailorrt.files import replace_dir, sha256_file, staging_dir
+from tailorrt.kinds import ExportKind
 from tailorrt.kinds.onnx import FUSE_BUDGET
 from tailorrt.pack import ModelDir, preprocess_of
 from tailorrt.records import TaskRecord, write_record
@@ -30,6 +32,19 @@ FP32_TOLERANCE = 1e-4  # |logit difference| against PyTorch per logit scale (par
 TRT_TOLERANCE = {False: 1e-3, True: 0.1}  # |logit difference| against ONNX Runtime per logit scale, fp32 / fp16
 TRT_MIN_AGREEMENT = {False: 0.999, True: 0.98}
 Report = Callable[[str], None]
+# each export kind's step, by the kind's folder: a function of an ExportContext that returns its manifest, registered
+# by :func:`export_step` in the module that writes that kind
+STEPS: dict[str, Callable[[Any], dict]] = {}
+
+
+def export_step(kind: ExportKind) -> Callable[[Callable[[Any], dict]], Callable[[Any], dict]]:
+    """Register the decorated function as the step that writes ``kind`` (:mod:`tailorrt.kinds`)."""
+
+    def register(step: Callable[[Any], dict]) -> Callable[[Any], dict]:
+        STEPS[kind.folder] = step
+        return step
+
+    return register
 
 
 @dataclass
@@ -47,7 +62,7 @@ class ExportRequest:
     tolerance: float = FP32_TOLERANCE
     bench: bool = False
     precision: str = "fp32"  # also write a bf16 check or int8 graphs (tailorrt.precision)
-    max_drop: float = 0.5  # points of test accuracy a low precision may lose against fp32
+    max_precision_drop: float = 0.5  # points of test accuracy a low precision may lose against fp32
     calibration_images: int = 512  # training images that set the int8 activation ranges
     check_images: int = 2000  # test images of the accuracy check (all when fewer)
     fuse_budget: float = FUSE_BUDGET  # of the shared weights' bytes, what a task graph may copy to fold batch norms
@@ -60,8 +75,8 @@ class ExportRequest:
         if self.parity_images < 1:
             raise ConfigError(f"--parity-images must be at least 1, not {self.parity_images}")
         kinds.for_precision(self.precision)  # an unknown one: a ConfigError naming the choices
-        if not 0 <= self.max_drop <= 100:
-            raise ConfigError(f"--max-drop is in points of accuracy, 0 to 100, not {self.max_drop}")
+        if not 0 <= self.max_precision_drop <= 100:
+            raise ConfigError(f"--max-precision-drop is in points of accuracy, 0 to 100, not {self.max_precision_drop}")
         if self.calibration_images < 1 or self.check_images < 1:
             raise ConfigError("--calibration-images and --check-images must be at least 1")
         if not 0 <= self.fuse_budget <= 1:

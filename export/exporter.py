@@ -15,7 +15,6 @@ from the previous one.
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shutil
@@ -26,26 +25,29 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import psutil
 
 from tailorrt import kinds
 from tailorrt.errors import ExportError, PackError
-from tailorrt.export import parity
+from tailorrt.export import low_precision, parity, trt_export  # noqa: F401 - low_precision's, trt_export's steps register
 from tailorrt.export.common import (
     FP32_TOLERANCE,
+    STEPS,
     ExportRequest,
     Report,
     TaskNetwork,
     assemble_export,
     bench_task,
+    export_step,
     torch_logits,
 )
 from tailorrt.export.cpu_sessions import cpu_session
-from tailorrt.files import pid_alive, sha256_file
+from tailorrt.files import sha256_file
 from tailorrt.kinds.onnx import ONNX
 from tailorrt.kinds.tensorrt import TENSORRT
-from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, preprocess_of, versions
+from tailorrt.pack import preprocess_of
 from tailorrt.precision import check_precision
-from tailorrt.records import BackboneRecord, TaskRecord
+from tailorrt.records import FORMAT_VERSION, BackboneRecord, TaskRecord
 from tailorrt.training import methods
 from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.datasets import DataCheck, load_task
@@ -61,6 +63,7 @@ from tailorrt.training.onnx_graph import (
     save_graph,
 )
 from tailorrt.training.onnx_layers import choose_fused
+from tailorrt.training.packs import TrainingDir, machine, versions
 
 __all__ = ["FP32_TOLERANCE", "ExportRequest", "export_model"]
 
@@ -74,10 +77,10 @@ def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict:
         if kind.precision not in (None, kinds.DEFAULT_PRECISION):
             check_precision(kind.precision, kind.backend)
         if kind.folder == TENSORRT.folder:
-            from tailorrt.export.trt_build import require_tensorrt
+            from tailorrt.training.trt_runner import require_tensorrt
 
             require_tensorrt()
-    mdir = ModelDir(req.model_dir)
+    mdir = TrainingDir(req.model_dir)
     backbone, raw = mdir.load_backbone()
     bmeta = BackboneRecord.from_json(raw)
     names = _task_names(mdir, req.tasks)
@@ -85,11 +88,11 @@ def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict:
     networks = [_load_network(mdir, name, backbone, bmeta.sha256, req, report) for name in names]
     ctx = ExportContext(mdir, bmeta, SharedWeights(backbone), networks, req, report)
     for kind in wanted:  # registration order: the fp32 graphs first, which the others are made from
-        module, _, function = kind.export.partition(":")
-        ctx.results[kind.folder] = getattr(importlib.import_module(module), function)(ctx)
+        ctx.results[kind.folder] = STEPS[kind.folder](ctx)
     return {ONNX.folder: None, TENSORRT.folder: None, **ctx.results}  # "trt" is None without --trt
 
 
+@export_step(ONNX)
 def onnx_step(ctx: ExportContext) -> dict:
     """The fp32 ONNX export kind's step (:mod:`tailorrt.kinds.onnx`)."""
     return export_onnx(ctx.mdir, ctx.bmeta, ctx.shared, ctx.networks, ctx.req, ctx.report)
@@ -100,7 +103,7 @@ class ExportContext:
     """What every export kind's step reads: the model dir, the tasks' networks and data, and the manifests the
     kinds before it wrote (``results``, by folder)."""
 
-    mdir: ModelDir
+    mdir: TrainingDir
     bmeta: BackboneRecord
     shared: SharedWeights
     networks: list[TaskNetwork]
@@ -109,7 +112,7 @@ class ExportContext:
     results: dict[str, dict] = field(default_factory=dict)
 
 
-def _task_names(mdir: ModelDir, wanted: list[str] | None) -> list[str]:
+def _task_names(mdir: TrainingDir, wanted: list[str] | None) -> list[str]:
     have = mdir.task_names()
     if not have:
         raise PackError(f"no task packs in {mdir.root}; train one first (tailor train --task ...)")
@@ -120,7 +123,7 @@ def _task_names(mdir: ModelDir, wanted: list[str] | None) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
-def _load_network(mdir: ModelDir, name: str, backbone: UniversalBackbone, sha: str, req: ExportRequest,
+def _load_network(mdir: TrainingDir, name: str, backbone: UniversalBackbone, sha: str, req: ExportRequest,
                   report: Report) -> TaskNetwork:
     """A task's network and its data for the parity and calibration reads (files checked as training checks them,
     through the model dir's cache)."""
@@ -137,21 +140,21 @@ def _load_network(mdir: ModelDir, name: str, backbone: UniversalBackbone, sha: s
     return TaskNetwork(name, meta, student, images, data)
 
 
-def _clean_stale_work(mdir: ModelDir) -> None:
+def _clean_stale_work(mdir: TrainingDir) -> None:
     """Remove export folders left by killed exports (their process is gone)."""
     work = mdir.root / ".work"
     if not work.is_dir():
         return
     for d in work.glob("export-*"):
         m = re.match(r"export-\w+-(\d+)-", d.name)
-        if m and not pid_alive(int(m.group(1))):
+        if m and not psutil.pid_exists(int(m.group(1))):
             shutil.rmtree(d, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
 
 
-def export_onnx(mdir: ModelDir, bmeta: BackboneRecord, shared: SharedWeights, networks: list[TaskNetwork],
+def export_onnx(mdir: TrainingDir, bmeta: BackboneRecord, shared: SharedWeights, networks: list[TaskNetwork],
                 req: ExportRequest, report: Report) -> dict:
     """Write ``onnx/`` (shared weights once, one graph per task), checked against PyTorch."""
 
@@ -189,7 +192,7 @@ def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: BackboneRecord, 
     classes = len(rec.classes)
     props = {"tailorrt.task": net.name, "tailorrt.method": rec.method, "tailorrt.backbone_sha256": bmeta.sha256,
              "tailorrt.shared_file": SHARED_FILE, "tailorrt.pack_sha256": rec.pack.sha256,
-             "tailorrt.preprocess": _json(rec.preprocess), "tailorrt.classes": _json(list(rec.classes))}
+             "tailorrt.preprocess": _json(rec.preprocess.to_json()), "tailorrt.classes": _json(list(rec.classes))}
     model = g.model(net.input_shape, classes, props)
     path = tmp / f"{net.name}.onnx"
     save_graph(model, path)
@@ -213,7 +216,7 @@ def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: BackboneRecord, 
              "inputs": [{"name": INPUT, "dtype": "float32", "shape": batch + list(net.input_shape)}],
              "outputs": [{"name": LOGITS, "dtype": "float32", "shape": batch + [classes]},
                          {"name": PROBS, "dtype": "float32", "shape": batch + [classes]}],
-             "preprocess": rec.preprocess, "shared_initializers": len(g.shared_used),
+             "preprocess": rec.preprocess.to_json(), "shared_initializers": len(g.shared_used),
              "fused_copies": {"tensors": len(g.fused_used),
                               "bytes": int(sum(shared.tensors[n].nbytes for n in g.fused_used)),
                               "budget_bytes": budget},

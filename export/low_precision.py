@@ -1,5 +1,5 @@
 """``tailor export --precision int8|bf16``: low-precision exports, each checked against fp32 on the task's test
-images and refused when it loses more than ``--max-drop`` points of accuracy.
+images and refused when it loses more than ``--max-precision-drop`` points of accuracy.
 
 ```
 <model-dir>/onnx-int8/universal-int8.data   the universal conv weights as int8, once (export.quantize)
@@ -24,15 +24,18 @@ from safetensors.numpy import save_file
 
 from tailorrt.errors import ExportError
 from tailorrt.export import parity
-from tailorrt.export.common import ExportRequest, Report, TaskNetwork, assemble_export, torch_logits
+from tailorrt.export.common import ExportRequest, Report, TaskNetwork, assemble_export, export_step, torch_logits
 from tailorrt.export.cpu_sessions import cpu_session
 from tailorrt.export.quantize import SHARED_INT8_FILE, CanonicalWeights, quantize_task
 from tailorrt.files import sha256_file
-from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, versions
+from tailorrt.kinds.bf16 import BF16
+from tailorrt.kinds.onnx_int8 import INT8
+from tailorrt.pack import ModelDir
 from tailorrt.precision import cpu_summary
-from tailorrt.records import BackboneRecord
+from tailorrt.records import FORMAT_VERSION, BackboneRecord
 from tailorrt.training.datasets import TaskData
 from tailorrt.training.onnx_graph import INPUT, LOGITS
+from tailorrt.training.packs import machine, versions
 
 Forward = Callable[[np.ndarray], np.ndarray]
 CHECK_IMAGES = 8  # images (and their int8 logits) that every load of an int8 task re-runs
@@ -64,10 +67,11 @@ def accuracy_check(reference: Forward, candidate: Forward, data: TaskData, count
 
 
 def refuse_drop(task: str, precision: str, check: dict, req: ExportRequest) -> None:
-    if check["drop_points"] > req.max_drop:
+    if check["drop_points"] > req.max_precision_drop:
         raise ExportError(f"task {task!r}: {precision} loses {check['drop_points']:.2f} points of {check['split']} "
                           f"accuracy ({check['fp32_accuracy']:.2f}% -> {check['accuracy']:.2f}% on "
-                          f"{check['images']} images), more than --max-drop {req.max_drop}; the {precision} export "
+                          f"{check['images']} images), more than --max-precision-drop {req.max_precision_drop}; "
+                          f"the {precision} export "
                           "was not written and the previous one is kept")
 
 
@@ -81,14 +85,15 @@ def manifest_of(kind: str, bmeta: BackboneRecord, tasks: dict, req: ExportReques
     return {"format_version": FORMAT_VERSION, "kind": kind,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "backbone": {"name": bmeta.name, "sha256": bmeta.sha256}, **extra,
-            "max_drop": req.max_drop, "tasks": dict(sorted(tasks.items())), "cpu": cpu_summary(),
+            "max_drop": req.max_precision_drop, "tasks": dict(sorted(tasks.items())), "cpu": cpu_summary(),
             "versions": {**versions(), "onnxruntime": ort.__version__}, "machine": machine()}
 
 
 # ---------------------------------------------------------------------------------------------- int8
 
 
-def export_int8(mdir: ModelDir, bmeta: BackboneRecord, shared_tensors: dict[str, np.ndarray], networks: list[TaskNetwork],
+def export_int8(mdir: ModelDir, bmeta: BackboneRecord, shared_tensors: dict[str, np.ndarray],
+                networks: list[TaskNetwork],
                 req: ExportRequest, report: Report) -> dict:
     """Write ``onnx-int8/`` from the fp32 graphs of ``onnx/`` (written just before)."""
     canonical = CanonicalWeights.of(shared_tensors)
@@ -167,11 +172,13 @@ def export_bf16(mdir: ModelDir, bmeta: BackboneRecord, networks: list[TaskNetwor
                                                                      runs="torch backend, torch.autocast(bfloat16)"))
 
 
+@export_step(INT8)
 def int8_step(ctx) -> dict:
     """The int8 ONNX export kind's step (:mod:`tailorrt.kinds.onnx_int8`), from the graphs ``onnx/`` just got."""
     return export_int8(ctx.mdir, ctx.bmeta, ctx.shared.tensors, ctx.networks, ctx.req, ctx.report)
 
 
+@export_step(BF16)
 def bf16_step(ctx) -> dict:
     """The bf16 export kind's step (:mod:`tailorrt.kinds.bf16`)."""
     return export_bf16(ctx.mdir, ctx.bmeta, ctx.networks, ctx.req, ctx.report)

@@ -39,7 +39,8 @@ from tailorrt.training.onnx_graph import save_graph
 
 SHARED_INT8_FILE = "universal-int8.data"
 QMAX = 64  # 7-bit weights (ONNX Runtime's reduce_range): no int16 saturation in AVX2's u8 x s8 products
-QUANTIZED_OPS = ["Conv", "Add", "Relu", "Clip", "MaxPool"]  # Clip: MBConv's ReLU6; the head (Gemm) and softmax stay fp32
+# Clip: MBConv's ReLU6; the head (Gemm) and softmax stay fp32
+QUANTIZED_OPS = ["Conv", "Add", "Relu", "Clip", "MaxPool"]
 PAGE = 4096
 
 
@@ -161,7 +162,8 @@ def quantize_task(fp32_graph: Path, out: Path, canonical: CanonicalWeights,
         folded, quantized = Path(tmp) / "folded.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(model, str(folded))
         quantize_static(str(folded), str(quantized), _Batches(calibration()), quant_format=QuantFormat.QDQ,
-                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=QUANTIZED_OPS,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
         int8 = onnx.load(str(quantized))

@@ -1,7 +1,7 @@
 """Building TensorRT engines from the exported task graphs (imported lazily: TensorRT is optional).
 
 One engine per task, an optimisation profile over batch ``1..max_batch``, and one timing cache
-reused across tasks and runs. Running them is :mod:`tailorrt.trt_runner`.
+reused across tasks and runs. Running them is :mod:`tailorrt.training.trt_runner`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import torch
 
 from tailorrt.errors import ExportError
 from tailorrt.training.onnx_graph import INPUT
-from tailorrt.trt_runner import EngineRunner, require_tensorrt
 
-__all__ = ["EngineRunner", "build_engine", "gpu_name", "require_tensorrt", "timed_build"]
+__all__ = ["build_engine", "gpu_name", "timed_build"]
 
 
 def build_engine(trt: ModuleType, onnx_path: Path, *, input_shape: tuple[int, int, int], max_batch: int,

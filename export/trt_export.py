@@ -24,15 +24,18 @@ from tailorrt.export.common import (
     bench_task,
     carry_over,
     export_staging,
+    export_step,
     previous_export,
 )
 from tailorrt.export.cpu_sessions import cpu_session
 from tailorrt.export.trt_build import gpu_name, timed_build
 from tailorrt.files import atomic_path, replace_dir, sha256_file
-from tailorrt.pack import FORMAT_VERSION, ModelDir, machine, pack_file, versions
-from tailorrt.records import write_record
+from tailorrt.kinds.tensorrt import TENSORRT
+from tailorrt.pack import ModelDir, pack_file
+from tailorrt.records import FORMAT_VERSION, write_record
 from tailorrt.training.onnx_graph import INPUT, LOGITS
-from tailorrt.trt_runner import EngineRunner
+from tailorrt.training.packs import machine, versions
+from tailorrt.training.trt_runner import EngineRunner
 
 
 def export_trt(trt: ModuleType, mdir: ModelDir, onnx_manifest: dict, networks: list[TaskNetwork],
@@ -107,8 +110,9 @@ def _timing_cache(folder: Path, prev: dict | None, report: Report) -> bytes:
     return data
 
 
+@export_step(TENSORRT)
 def trt_step(ctx) -> dict:
     """The TensorRT export kind's step (:mod:`tailorrt.kinds.tensorrt`): engines from the ONNX graphs just written."""
-    from tailorrt.export.trt_build import require_tensorrt
+    from tailorrt.training.trt_runner import require_tensorrt
 
     return export_trt(require_tensorrt(), ctx.mdir, ctx.results["onnx"], ctx.networks, ctx.req, ctx.report)

@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from tailorrt.errors import ConfigError
-from tailorrt.limits import Limits
-
-MB = 1024 * 1024
+from tailorrt.limits import MIB, Limits
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,7 @@ class BatchConfig:
 class ServerConfig:
     """Limits and access of one server."""
 
-    max_body_bytes: int = 16 * MB
+    max_body_bytes: int = 16 * MIB
     body_timeout_s: float = 30.0  # the whole body must arrive within this time of the request's headers
     header_timeout_s: float = 10.0  # a request's headers must arrive whole within this time (HTTP, tailor serve)
     api_key: str | None = None
@@ -69,7 +67,7 @@ class RayConfig:
     max_ongoing_requests: int = 64  # requests one worker replica takes at once (its batcher queues them)
     request_timeout_s: float = 30.0  # a forwarded request gets an answer or 503 within this time
     retries: int = 1  # further replicas tried when one dies or cannot be reached
-    max_body_mb: float = ServerConfig.max_body_bytes / MB
+    max_body_mb: float = ServerConfig.max_body_bytes / MIB
     body_timeout_s: float = ServerConfig.body_timeout_s
     api_key: str | None = None
     batch: BatchConfig = field(default_factory=BatchConfig)
@@ -90,7 +88,7 @@ class RayConfig:
 
     def server(self) -> ServerConfig:
         """The settings of each worker replica's app."""
-        return ServerConfig(max_body_bytes=int(self.max_body_mb * MB), body_timeout_s=self.body_timeout_s,
+        return ServerConfig(max_body_bytes=int(self.max_body_mb * MIB), body_timeout_s=self.body_timeout_s,
                             api_key=self.api_key, batch=self.batch)
 
     def to_json(self) -> dict:

@@ -26,16 +26,13 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from tailorrt.errors import BadInputError, ConfigError
+from tailorrt.errors import BadInputError, ConfigError, TailorError
 from tailorrt.serving.config import ServerConfig
 from tailorrt.serving.connections import address
 from tailorrt.serving.protocol import VERSION, InferRequest, validate_request
-from tailorrt.serving.service import Service, http_status, key_matches
+from tailorrt.serving.service import Service, key_matches
 from tailorrt.serving.triton_grpc import protocol
 
-CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
-         408: grpc.StatusCode.DEADLINE_EXCEEDED, 409: grpc.StatusCode.FAILED_PRECONDITION,
-         413: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.RESOURCE_EXHAUSTED}
 OPEN_METHODS = ("ServerLive", "ServerReady")
 _CONTENTS = {"BYTES": "bytes_contents", "UINT8": "uint_contents", "FP32": "fp32_contents"}
 
@@ -48,9 +45,9 @@ def _answers_errors(method):
         try:
             return method(self, request, context)
         except Exception as e:  # noqa: BLE001 - every error becomes a status, never a dead server
-            code = http_status(e)
-            message = str(e) if code != 500 else f"internal error: {type(e).__name__}: {e}"
-            context.abort(CODES.get(code, grpc.StatusCode.INTERNAL), message)
+            known = isinstance(e, TailorError) and e.http_status != 500
+            message = str(e) if known else f"internal error: {type(e).__name__}: {e}"
+            context.abort(getattr(grpc.StatusCode, e.grpc_code) if known else grpc.StatusCode.INTERNAL, message)
 
     return call
 

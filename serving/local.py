@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import random
 import signal
 import socket
 import subprocess
@@ -19,8 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
-
-from tailorrt.runtime import Runtime
 
 
 def png_bytes(image: np.ndarray | Image.Image) -> bytes:
@@ -83,20 +80,6 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 
         time.sleep(interval)
 
 
-def request_plan(runtime: Runtime, tasks: list[str], requests: int, images_per_task: int = 100, seed: int = 0
-                 ) -> list[tuple[str, bytes, str, float]]:
-    """``requests`` test images of built-in ``tasks``, mixed at random, as PNG with the answer ``runtime`` gives."""
-    from tailorrt.training.world import BUILTIN_TASKS, generate  # the built-in world is the training side's
-
-    pool = []
-    for t in tasks:
-        images, _ = generate(BUILTIN_TASKS[t], "test", runtime.task(t).preprocess.size)
-        pngs = [png_bytes(a) for a in images[:images_per_task]]
-        pool += [(t, png, p.label, p.scores[0]) for png, p in zip(pngs, runtime.predict(t, pngs))]
-    rng = random.Random(seed)
-    return [rng.choice(pool) for _ in range(requests)]
-
-
 @dataclass
 class Load:
     """What a load run saw: per-request latencies (s), errors, answers that differ from the expected, wall time."""
@@ -132,7 +115,8 @@ def send_load(url: str, plan: list[tuple[str, bytes, str, float]], clients: int)
             task, png, label, score = plan[i]
             t0 = time.perf_counter()
             try:
-                conn.request("POST", f"/v1/tasks/{task}:predict?top_k=1", body=png, headers={"Content-Type": "image/png"})
+                conn.request("POST", f"/v1/tasks/{task}:predict?top_k=1", body=png,
+                             headers={"Content-Type": "image/png"})
                 resp = conn.getresponse()
                 body = resp.read()
             except OSError as e:

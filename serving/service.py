@@ -16,14 +16,8 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from tailorrt.errors import (
-    BackboneMismatchError,
     BadInputError,
-    CheckpointError,
-    InputTooLargeError,
-    OverloadedError,
-    PackError,
-    RequestTimeoutError,
-    UnauthorizedError,
+    TailorError,
     UnknownTaskError,
 )
 from tailorrt.records import BackboneRecord
@@ -37,15 +31,10 @@ EXTENSIONS = ["classification", "model_repository", "model_configuration", "stat
 _CONFIG_TYPES = {"BYTES": "TYPE_STRING", "UINT8": "TYPE_UINT8", "FP32": "TYPE_FP32"}
 
 
-# 409: the model directory cannot give what was asked (a task whose files are corrupt, stale or from another backbone)
-STATUS = {UnknownTaskError: 404, BadInputError: 400, UnauthorizedError: 401, RequestTimeoutError: 408,
-          InputTooLargeError: 413, OverloadedError: 503, PackError: 409, CheckpointError: 409,
-          BackboneMismatchError: 409}
-
-
 def http_status(e: BaseException) -> int:
-    """The HTTP status of an error (gRPC maps it on to its own codes); 500 for anything unexpected."""
-    return next((code for cls, code in STATUS.items() if isinstance(e, cls)), 500)
+    """The HTTP status of an error (:class:`~tailorrt.errors.TailorError` carries its own); 500 for anything
+    unexpected."""
+    return e.http_status if isinstance(e, TailorError) else 500
 
 
 def key_matches(key: str, x_api_key: str | None, authorization: str | None) -> bool:

@@ -1,17 +1,21 @@
 """Execution backends of :class:`tailorrt.Runtime`. Each loads the universal weights once and adds or
 removes tasks while running; ``logits(task, x)`` takes a preprocessed ``[N,3,S,S]`` float32 batch.
 
-- ``torch``: one backbone module; every task's student shares its Parameter objects.
 - ``onnx``: one ONNX Runtime session per task, optimised at full level with the conv-affine fusions
   off; every session reads the one copy of the universal weights as ONNX Runtime re-lays them for this
   CPU (:mod:`tailorrt.onnx_weight_store`). Adding or removing a task touches no other task's session.
-- ``tensorrt``: one engine per task from ``<model-dir>/trt`` (the engine holds its own weights).
+
+The torch backend (one backbone module; every task's student shares its Parameter objects) and the TensorRT one
+(one engine per task from ``<model-dir>/trt``) are the training side's: :mod:`tailorrt.training.torch_backend` and
+:mod:`tailorrt.training.tensorrt_backend`. Every backend is registered by name as an entry point of the group
+``tailorrt.backends`` (``pyproject.toml``) and constructed as ``Backend(mdir, device, threads, share_weights=,
+precision=)``.
 """
 
 from __future__ import annotations
 
 import threading
-from contextlib import nullcontext
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol
 
@@ -20,11 +24,10 @@ import numpy as np
 from tailorrt import kinds
 from tailorrt.errors import ConfigError, DependencyMissingError, PackError, UnknownTaskError
 from tailorrt.extras import require_training
-from tailorrt.kinds.tensorrt import TENSORRT
 from tailorrt.pack import ModelDir
-from tailorrt.records import BackboneRecord, ExportEntry, ExportRecord
+from tailorrt.records import ExportEntry, ExportRecord
 
-BACKENDS = ("torch", "onnx", "tensorrt")
+GROUP = "tailorrt.backends"  # the entry points that name the backends (pyproject.toml)
 INT8_CHECK_TOLERANCE = 0.02  # of the largest stored logit: the same int8 arithmetic agrees far closer
 
 
@@ -39,64 +42,25 @@ class Backend(Protocol):
     def logits(self, task: str, x: np.ndarray) -> np.ndarray: ...
 
 
+def backend_names() -> list[str]:
+    """The backends installed, by name (entry points of the group ``tailorrt.backends``)."""
+    return sorted(ep.name for ep in entry_points(group=GROUP))
+
+
 def make_backend(name: str, mdir: ModelDir, device: str, threads: int | None = None, *,
                  share_weights: bool = True, precision: str = "fp32") -> Backend:
-    """The backend ``name`` at ``precision`` (checked by :func:`tailorrt.precision.check_precision` first)."""
-    if name == "torch":
+    """The backend ``name`` at ``precision`` (checked by :func:`tailorrt.precision.check_precision` first), found by
+    name among the entry points of ``tailorrt.backends``: the onnx backend is this module's, the torch and TensorRT
+    backends are the training side's (``tailorrt/training/``), which a serving install cannot load."""
+    found = {ep.name: ep for ep in entry_points(group=GROUP)}
+    if name not in found:
+        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(sorted(found))}")
+    try:
+        factory = found[name].load()
+    except ImportError:
         require_training(f"the {name} backend", instead="or serve the ONNX export: --backend onnx")
-        return TorchBackend(mdir, device, precision=precision)
-    if name == "onnx":
-        return OnnxBackend(mdir, device, threads, share_weights=share_weights, precision=precision)
-    if name == "tensorrt":
-        require_training(f"the {name} backend", instead="its engines take their inputs as torch CUDA tensors")
-        return TensorRTBackend(mdir, device)
-    raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-
-
-class TorchBackend:
-    """PyTorch eager: the backbone is loaded once, students share its weights. At bf16 every call runs under
-    ``torch.autocast``, for tasks whose bf16 accuracy ``tailor export --precision bf16`` checked."""
-
-    name = "torch"
-    max_batch = 256
-
-    def __init__(self, mdir: ModelDir, device: str, *, precision: str = "fp32") -> None:
-        import torch
-
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise DependencyMissingError("device cuda was asked for but PyTorch sees no CUDA GPU; use device cpu")
-        self.mdir, self.device = mdir, torch.device(device)
-        kind = kinds.for_precision(precision)
-        # at a low precision, the export that checked each task's accuracy under autocast; at fp32 none is needed
-        self.kind = kind if kind.backend == self.name else None
-        self.manifest = current_export(mdir, kind.folder) if self.kind is not None else None
-        self.autocast = getattr(torch, self.kind.autocast) if self.kind is not None and self.kind.autocast else None
-        self.backbone, meta = mdir.load_backbone()
-        self.backbone_sha256 = BackboneRecord.from_json(meta).sha256
-        self.backbone.to(self.device)
-        self.models: dict = {}  # task -> torch module
-
-    def add(self, *tasks: str) -> None:
-        for task in tasks:
-            if self.manifest is not None:
-                export_entry(self.mdir, self.kind.folder, self.manifest, task)
-            model, _ = self.mdir.load_model(task, self.backbone, self.backbone_sha256)
-            self.models[task] = model.to(self.device).eval()
-        release_freed_memory()
-
-    def remove(self, task: str) -> None:
-        self.models.pop(task, None)
-        release_freed_memory()
-
-    def logits(self, task: str, x: np.ndarray) -> np.ndarray:
-        import torch
-
-        model = self.models.get(task)
-        if model is None:
-            raise not_loaded(task)
-        autocast = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()
-        with torch.inference_mode(), autocast:
-            return model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+        raise
+    return factory(mdir, device, threads, share_weights=share_weights, precision=precision)
 
 
 class OnnxBackend:
@@ -221,33 +185,3 @@ def release_freed_memory() -> None:
 
     gc.collect()
     trim_heap()
-
-
-class TensorRTBackend:
-    """One TensorRT engine per task, from ``tailor export --trt``."""
-
-    name = "tensorrt"
-
-    def __init__(self, mdir: ModelDir, device: str) -> None:
-        from tailorrt.trt_runner import require_tensorrt
-
-        self.trt = require_tensorrt()
-        manifest = current_export(mdir, TENSORRT.folder)
-        self.mdir, self.manifest, self.max_batch = mdir, manifest, int(manifest.max_batch)
-        self.runners: dict[str, object] = {}
-
-    def add(self, *tasks: str) -> None:
-        from tailorrt.trt_runner import EngineRunner
-
-        for task in tasks:
-            entry = export_entry(self.mdir, TENSORRT.folder, self.manifest, task)
-            self.runners[task] = EngineRunner(self.trt, self.mdir.export_file(TENSORRT.folder, entry.file).read_bytes())
-
-    def remove(self, task: str) -> None:
-        self.runners.pop(task, None)
-
-    def logits(self, task: str, x: np.ndarray) -> np.ndarray:
-        runner = self.runners.get(task)
-        if runner is None:
-            raise not_loaded(task)
-        return runner.logits(x)

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from tailorrt.errors import CheckpointError
 
 
@@ -67,17 +69,6 @@ def staging_dir(parent: Path, prefix: str) -> Path:
     return path
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (used to tell abandoned work folders from busy ones)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
 def recover_swaps(parent: Path) -> None:
     """Finish what a killed :func:`replace_dir` left in ``parent``: an old folder whose replacement never
     arrived is put back; one whose replacement did is deleted."""
@@ -86,7 +77,7 @@ def recover_swaps(parent: Path) -> None:
         return
     for old in parent.glob(".*.old-*"):
         m = re.fullmatch(r"\.(.+)\.old-(\d+)", old.name)
-        if not m or pid_alive(int(m.group(2))):
+        if not m or psutil.pid_exists(int(m.group(2))):
             continue
         final = parent / m.group(1)
         if final.exists():

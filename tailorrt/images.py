@@ -31,17 +31,16 @@ from PIL import Image, UnidentifiedImageError
 
 from tailorrt.errors import BadInputError, InputTooLargeError, OverloadedError
 from tailorrt.heap import trim_heap
-from tailorrt.limits import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, MB, Limits
+from tailorrt.limits import MIB, Limits
 from tailorrt.preprocess import Preprocess
 
-__all__ = ["DEFAULT_FORMATS", "DEFAULT_MAX_PIXELS", "DecodeBudget", "Limits", "decode", "decode_cost", "is_batch",
-           "open_image", "to_batch"]
+__all__ = ["DecodeBudget", "decode", "decode_cost", "is_batch", "open_image", "to_batch"]
 
 # Bytes per pixel that PIL stores for a mode (1-bit images are stored a byte per pixel); others use 4
 _STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 # Decoders that fill a buffer of their own (bytes per pixel) before PIL copies it into the image
 _DECODER_BYTES = {"WEBP": 8}
-TRIM_AFTER_BYTES = 64 * MB  # a decode this large hands its memory back to the OS when it is done
+TRIM_AFTER_BYTES = 64 * MIB  # a decode this large hands its memory back to the OS when it is done
 
 
 class DecodeBudget:
@@ -56,15 +55,15 @@ class DecodeBudget:
     def reserve(self, nbytes: int) -> Iterator[None]:
         """Hold ``nbytes`` of the budget while the block runs (waiting at most ``wait_s`` for it)."""
         if self.limit and nbytes > self.limit:
-            raise InputTooLargeError(f"decoding this image needs about {nbytes / MB:,.0f} MB, over the decode "
-                                     f"budget of {self.limit / MB:,.0f} MB")
+            raise InputTooLargeError(f"decoding this image needs about {nbytes / MIB:,.0f} MB, over the decode "
+                                     f"budget of {self.limit / MIB:,.0f} MB")
         deadline = time.monotonic() + self.wait_s
         with self._cond:
             while self.limit and self.used + nbytes > self.limit:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise OverloadedError(f"{self.used / MB:,.0f} MB of images are being decoded (budget "
-                                          f"{self.limit / MB:,.0f} MB); retry later")
+                    raise OverloadedError(f"{self.used / MIB:,.0f} MB of images are being decoded (budget "
+                                          f"{self.limit / MIB:,.0f} MB); retry later")
                 self._cond.wait(left)
             self.used += nbytes
             self.peak = max(self.peak, self.used)
@@ -103,7 +102,7 @@ def decode_cost(img: Image.Image) -> int:
     w, h = img.size
     per_pixel = (_STORED_BYTES.get(img.mode, 4) + (0 if img.mode == "RGB" else 4) + 6
                  + _DECODER_BYTES.get(img.format or "", 0))
-    return int(w * h * per_pixel * 1.1) + MB
+    return int(w * h * per_pixel * 1.1) + MIB
 
 
 @contextmanager

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from tailorrt import kinds
-from tailorrt.backbone_spec import BackboneSpec
-from tailorrt.extras import missing_training
 from tailorrt.kinds.onnx import ONNX
 from tailorrt.kinds.tensorrt import TENSORRT
 from tailorrt.pack import ModelDir
-from tailorrt.records import BackboneRecord, TaskRecord
+from tailorrt.records import BackboneRecord
 
 
-def info_rows(model_dir: str | Path) -> tuple[BackboneRecord, list[dict]]:
+def info_rows(model_dir: str | Path, describe: Callable[[dict], str] | None = None
+              ) -> tuple[BackboneRecord, list[dict]]:
     """The backbone's summary and one row per task: metrics, and bytes of its pack, ONNX graph and engine (the
-    figures of a pack written without them are None)."""
+    figures of a pack written without them are None). ``describe``: what training chose for a task, from its
+    ``task.json`` (the training side's :func:`tailorrt.training.methods.describe`; a serving install has none, and
+    the column is empty)."""
     mdir = ModelDir(model_dir)
     backbone = mdir.backbone_record()
     records = {kind.folder: mdir.export_record(kind.folder) for kind in kinds.kinds() if kind.task_files}
@@ -26,7 +28,7 @@ def info_rows(model_dir: str | Path) -> tuple[BackboneRecord, list[dict]]:
         m = rec.metrics
         graph, engine = exports[ONNX.folder].get(name), exports[TENSORRT.folder].get(name)
         rows.append({"task": name, "method": rec.method, "chosen_by_auto": rec.auto is not None,
-                     "chosen": chosen(rec) if m is not None else "",
+                     "chosen": describe(rec.raw) if m is not None and describe is not None else "",
                      "classes": len(rec.classes),
                      "accuracy": m and m.accuracy, "teacher_accuracy": m and m.teacher_accuracy,
                      "universal_blocks": m and f"{m.universal_blocks_kept}/{m.universal_blocks_total}",
@@ -40,16 +42,6 @@ def info_rows(model_dir: str | Path) -> tuple[BackboneRecord, list[dict]]:
     return backbone, rows
 
 
-def chosen(rec: TaskRecord) -> str:
-    """What training chose for a task, as its method words it; '' in a serving install, which has not the methods
-    (they are the training side)."""
-    if missing_training():
-        return ""
-    from tailorrt.training import methods
-
-    return methods.for_record(rec.raw).describe(rec.raw)
-
-
 def method_label(row: dict) -> str:
     """A row's method as tables show it: marked ``(auto)`` where ``--method auto`` chose it."""
     return row["method"] + " (auto)" * row["chosen_by_auto"]
@@ -57,7 +49,7 @@ def method_label(row: dict) -> str:
 
 def finetuned_bytes(backbone: BackboneRecord, classes: int) -> int:
     """On-disk fp32 size of one fully fine-tuned model for a task: the whole backbone plus its classifier."""
-    spec = BackboneSpec.from_json(backbone.spec)
+    spec = backbone.spec
     return backbone.bytes + 4 * (spec.feature_dim + 1) * classes
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from tailorrt.errors import ConfigError
 
-MB = 1024 * 1024
+MIB = 1024 * 1024  # the unit of every size limit (--max-body-mb, --max-decode-mb)
+MB = 1_000_000  # the unit sizes are reported in (tailor bench, tailor info)
 DEFAULT_MAX_PIXELS = 40_000_000
 # JPEG includes the MPO files of phone cameras; PPM is GTSRB's format
 DEFAULT_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "PPM")
@@ -22,7 +23,7 @@ class Limits:
     max_pixels: int = DEFAULT_MAX_PIXELS  # one image
     max_images: int = 256  # one request
     max_request_pixels: int = 100_000_000  # all images of one request (they are decoded one after another)
-    max_decode_bytes: int = 1024 * MB  # decodes in flight at once, over all requests (0: unbounded)
+    max_decode_bytes: int = 1024 * MIB  # decodes in flight at once, over all requests (0: unbounded)
     decode_wait_s: float = 2.0  # how long a decode waits for budget before answering "overloaded"
     formats: tuple[str, ...] = DEFAULT_FORMATS
 

@@ -12,14 +12,13 @@ folds it into the convolution, which a shared weight cannot take.
 
 The graph is read and written with ``onnx-ml.proto``'s messages built from its descriptor (``assets/onnx.desc``,
 the ``onnx`` package's own, Apache-2.0), so a serving install needs no ``onnx`` package; ``tests/test_onnx_rewrite.py``
-holds it equal to the installed package's and rewrites it with ``python -m tailorrt.onnx_rewrite``.
+holds it equal to the installed package's and rewrites it with ``python -m tailorrt.training.onnx_descriptor``.
 """
 
 from __future__ import annotations
 
 import functools
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 from google.protobuf import descriptor_pool, message_factory
@@ -92,15 +91,3 @@ def affines_as_convs(graph: bytes) -> tuple[bytes, int]:
     del g.initializer[:]
     g.initializer.extend(kept)
     return model.SerializeToString(), count
-
-
-def write_descriptor() -> None:
-    """Rewrite ``assets/onnx.desc`` from the installed ``onnx`` package (after upgrading it)."""
-    import onnx.onnx_ml_pb2
-
-    with resources.as_file(resources.files("tailorrt") / "assets" / DESCRIPTOR) as path:
-        Path(path).write_bytes(onnx.onnx_ml_pb2.DESCRIPTOR.serialized_pb)
-
-
-if __name__ == "__main__":
-    write_descriptor()

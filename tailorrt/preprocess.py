@@ -11,7 +11,6 @@ another code path on CPUs without AVX2, so its result depends on the machine; PI
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,29 +55,9 @@ class Preprocess:
         std = np.asarray(self.std, np.float32).reshape(1, 3, 1, 1)
         return np.ascontiguousarray((x - mean) / std)
 
-    def normalise_uint8(self, images: np.ndarray):
-        """``[N,H,W,3]`` uint8 RGB -> normalised ``[N,3,S,S]`` float32 torch tensor (training's in-memory datasets),
-        each image resized as :meth:`resized` does when it is not at the task's size."""
-        import torch
-
+    def normalise_arrays(self, images: np.ndarray) -> np.ndarray:
+        """``[N,H,W,3]`` uint8 RGB -> normalised ``[N,3,S,S]`` float32 (training's in-memory datasets), each image
+        resized as :meth:`resized` does when it is not at the task's size."""
         if images.shape[1:3] != (self.size, self.size):
             images = np.stack([self.resized(Image.fromarray(a)) for a in images])
-        return torch.from_numpy(self.normalise(images))
-
-    def transform(self) -> Callable:
-        """For training's datasets: a PIL image -> the normalised ``[3,S,S]`` torch tensor."""
-        return _TensorTransform(self)
-
-
-@dataclass(frozen=True)
-class _TensorTransform:
-    """:class:`Preprocess` as a dataset transform that returns torch tensors (picklable, for DataLoader workers)."""
-
-    pre: Preprocess
-
-    def __call__(self, image):
-        import torch
-
-        if not isinstance(image, Image.Image):
-            raise TypeError(f"preprocessing takes PIL images, not {type(image).__name__}")
-        return torch.from_numpy(self.pre(image))
+        return self.normalise(images)

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tailorrt.backbone_spec import BackboneSpec
 from tailorrt.errors import CheckpointError, PackError
-from tailorrt.fields import Invalid, field_of, is_number, sha
 from tailorrt.files import read_json, write_json
 from tailorrt.integrity import seal, unseal
+from tailorrt.preprocess import Preprocess
+from tailorrt.record_fields import Invalid, field_of, is_number, sha
 from tailorrt.version import __version__
 
 FORMAT_VERSION = 1
@@ -161,7 +163,7 @@ class TaskRecord:
     method: str
     backbone_sha256: str
     classes: tuple[str, ...]
-    preprocess: dict  # the fields of tailorrt.preprocess.Preprocess, checked
+    preprocess: Preprocess
     pack: FileRef
     data_spec: str | None  # the task spec it was trained from (built-in name, imagefolder:PATH, ...); None: not said
     metrics: Metrics | None  # None: a pack written without training figures (still served; tools show "-")
@@ -181,7 +183,8 @@ class TaskRecord:
         (name, entry), = files.items()
         auto = meta.get("auto")
         return cls(task=field_of(meta, "task", str), method=field_of(meta, "method", str),
-                   backbone_sha256=sha(meta, "backbone_sha256"), classes=tuple(classes), preprocess=pre,
+                   backbone_sha256=sha(meta, "backbone_sha256"), classes=tuple(classes),
+                   preprocess=Preprocess.from_json(pre),
                    pack=FileRef(name, sha(entry, "sha256", f"files.{name}."),
                                 field_of(entry, "bytes", int, f"files.{name}.")),
                    data_spec=field_of(field_of(meta, "data", dict), "spec", str, "data.") if "data" in meta else None,
@@ -204,7 +207,7 @@ class BackboneRecord:
 
     name: str
     sha256: str
-    spec: dict  # the fields of tailorrt.training.backbones.BackboneSpec
+    spec: BackboneSpec
     input_size: int
     bytes: int
     params: int
@@ -212,8 +215,17 @@ class BackboneRecord:
 
     @classmethod
     def from_json(cls, meta: dict) -> BackboneRecord:
-        return cls(name=field_of(meta, "name", str), sha256=sha(meta, "sha256"), spec=field_of(meta, "spec", dict),
+        return cls(name=field_of(meta, "name", str), sha256=sha(meta, "sha256"),
+                   spec=_spec(field_of(meta, "spec", dict)),
                    **{k: field_of(meta, k, int) for k in ("input_size", "bytes", "params")}, raw=meta)
+
+
+def _spec(data: dict) -> BackboneSpec:
+    """``spec`` of backbone.json, as the plain :class:`~tailorrt.backbone_spec.BackboneSpec` it was written from."""
+    try:
+        return BackboneSpec.from_json(data)
+    except (KeyError, TypeError, ValueError) as e:
+        raise Invalid(f"'spec' is not a backbone's spec this version can build ({type(e).__name__}: {e})") from e
 
 
 def check_task(meta: dict) -> None:

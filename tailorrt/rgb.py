@@ -2,7 +2,8 @@
 
 PIL keeps an image in the mode its file stores, and its own ``convert("RGB")`` loses what the picture is: it ignores
 the EXIF orientation (a phone's portrait photo arrives on its side), clips 16-bit values at 255 instead of scaling
-them (a 16-bit PNG becomes almost white). :func:`to_rgb` is the one place that decides, so a task never sees another picture at serving time than it was trained on.
+them (a 16-bit PNG becomes almost white). :func:`to_rgb` is the one place that decides, so a task never sees
+another picture at serving time than it was trained on.
 """
 
 from __future__ import annotations

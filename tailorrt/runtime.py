@@ -20,7 +20,8 @@ import numpy as np
 
 from tailorrt.backends import make_backend
 from tailorrt.errors import ConfigError, UnknownTaskError
-from tailorrt.images import DecodeBudget, Limits, is_batch, to_batch
+from tailorrt.images import DecodeBudget, is_batch, to_batch
+from tailorrt.limits import Limits
 from tailorrt.pack import ModelDir
 from tailorrt.precision import check_precision
 from tailorrt.preprocess import Preprocess
@@ -113,8 +114,9 @@ class Runtime:
 
     def describe(self, name: str) -> TaskInfo:
         """A task of the model directory as it would load (its pack checked against the backbone), not loaded."""
-        rec = TaskRecord.from_json(self.model_dir.task_meta_for(name, BackboneRecord.from_json(self.backbone_meta).sha256))
-        return TaskInfo(name, list(rec.classes), Preprocess.from_json(rec.preprocess), rec.method, rec.pack.bytes,
+        sha256 = BackboneRecord.from_json(self.backbone_meta).sha256
+        rec = TaskRecord.from_json(self.model_dir.task_meta_for(name, sha256))
+        return TaskInfo(name, list(rec.classes), rec.preprocess, rec.method, rec.pack.bytes,
                         rec.raw)
 
     def remove_task(self, name: str) -> None:

@@ -78,13 +78,13 @@ QUICK = ("--backbone", "tiny", "--random-init", "--teacher-epochs", "1", "--stud
 def exported_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two tiny tasks ('colors', 3 classes; 'hues', 4 classes) in one model dir, exported to ONNX with --bench, and
     to int8 (``onnx-int8/``). The tiny tasks are barely trained, so the int8 accuracy check may see any drop:
-    ``--max-drop 100`` here; the refusal has its own test. Tests copy it before changing it."""
+    ``--max-precision-drop 100`` here; the refusal has its own test. Tests copy it before changing it."""
     root = tmp_path_factory.mktemp("exported")
     data = tmp_path_factory.mktemp("exporteddata")
     for name, classes, seed in (("colors", 3, 0), ("hues", 4, 1)):
         folder = make_imagefolder(data / name, classes=classes, per_class=12, seed=seed)
         run_cli("train", "--task", f"imagefolder:{folder}", "--model-dir", str(root), *QUICK, check=True)
-    proc = run_cli("export", "--model-dir", str(root), "--bench", "--precision", "int8", "--max-drop", "100",
+    proc = run_cli("export", "--model-dir", str(root), "--bench", "--precision", "int8", "--max-precision-drop", "100",
                    check=True)
     assert "wrote" in proc.stdout and "onnxruntime" in proc.stdout
     assert "onnx-int8" in proc.stdout and "int8 colors: test accuracy" in proc.stderr, proc.stderr

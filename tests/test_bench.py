@@ -15,6 +15,7 @@ import torch
 from tailorrt.export.speed import paired_ratio
 from tailorrt.pack import ModelDir
 from tailorrt.tools.bench import per_task_model, teacher_checkpoint
+from tailorrt.training.packs import TrainingDir
 from tailorrt.training.teacher import Teacher
 from tests.conftest import one_line_error, run_cli, run_clis
 
@@ -29,7 +30,7 @@ def bench_dir(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def test_the_per_task_model_is_the_tasks_teacher(bench_dir, tmp_path):
-    mdir = ModelDir(bench_dir)
+    mdir = TrainingDir(bench_dir)
     backbone, _ = mdir.load_backbone()
     task = mdir.task_names()[0]
     state = teacher_checkpoint(mdir, task)

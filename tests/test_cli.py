@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -168,3 +169,55 @@ def test_a_task_that_owns_its_universal_norms_trains_exports_and_serves(tmp_path
     scores = [Runtime(root, backend=b).predict("colors", image, top_k=3).scores for b in ("torch", "onnx")]
     assert np.allclose(scores[0], scores[1], atol=1e-4)
     assert weights.read_bytes() == before
+
+
+# (command, option): why its default on the command line is not its dataclass field's default
+CLI_OWN_DEFAULTS = {("serve", "grpc_port"): "the config's None means no gRPC endpoint; --no-grpc says that here"}
+
+
+def test_every_command_line_default_is_its_request_dataclass_default():
+    """Where a command's option is a field of the request or config dataclass the command fills, the two defaults
+    agree: a default is declared once in effect, and a change to one side fails here. An option that defaults to
+    None stands for the field's default, resolved by the command; where its help names that default ("default 10"),
+    the help must name the field's."""
+    import dataclasses
+    import re
+
+    import typer
+
+    from tailorrt.cli.app import app
+    from tailorrt.export.common import ExportRequest
+    from tailorrt.limits import Limits
+    from tailorrt.serving.config import BatchConfig, RayConfig, ServerConfig
+    from tailorrt.tools.bench import BenchRequest
+    from tailorrt.tools.compare import CompareRequest
+    from tailorrt.tools.report import ReportRequest
+    from tailorrt.training.pretrain import PretrainConfig
+    from tailorrt.training.train import TrainRequest
+
+    requests = {"train": [TrainRequest], "export": [ExportRequest], "bench": [BenchRequest],
+                "compare": [CompareRequest], "report": [ReportRequest], "pretrain": [PretrainConfig],
+                "serve": [ServerConfig, BatchConfig, RayConfig, Limits]}
+    commands = typer.main.get_command(app).commands
+    checked, wrong = 0, []
+    for command, classes in requests.items():
+        for request in classes:
+            fields = {f.name: f for f in dataclasses.fields(request)}
+            for param in commands[command].params:
+                field = fields.get(param.name)
+                if field is None or field.default is dataclasses.MISSING or (command, param.name) in CLI_OWN_DEFAULTS:
+                    continue
+                want, have = field.default, param.default
+                if have is None:
+                    named = re.search(r"\(default:? ([0-9][0-9,.]*)\)", param.help or "")  # a number the help names
+                    have = want if named is None else float(named.group(1).replace(",", ""))
+                elif isinstance(have, Path) and isinstance(want, (str, Path)):  # typer's Path, a request's str
+                    have, want = str(have), str(want)
+                elif isinstance(want, tuple) and isinstance(have, str):
+                    have = tuple(type(want[0])(x) for x in have.split(","))
+                checked += 1
+                if have != want:
+                    wrong.append(f"tailor {command} --{param.name.replace('_', '-')}: {have!r} here, "
+                                 f"{request.__name__}.{field.name} = {want!r}")
+    assert not wrong, wrong
+    assert checked > 40  # the options above are found, not skipped

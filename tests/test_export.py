@@ -14,16 +14,17 @@ import pytest
 import torch
 from torch import nn
 
+from tailorrt.backbone_spec import BackboneSpec
 from tailorrt.errors import ExportError
 from tailorrt.export import exporter
 from tailorrt.export.exporter import ExportRequest, export_model
 from tailorrt.files import read_json
-from tailorrt.pack import ModelDir
-from tailorrt.training.backbones import BackboneSpec, UniversalBackbone, get_spec
+from tailorrt.training.backbones import UniversalBackbone, get_spec
 from tailorrt.training.methods.nettailor import NetTailor, emit_student
 from tailorrt.training.methods.student import Student
 from tailorrt.training.onnx_graph import GraphBuilder, SharedWeights, save_graph
 from tailorrt.training.onnx_layers import choose_fused
+from tailorrt.training.packs import TrainingDir
 from tests.conftest import one_line_error, run_cli, run_clis
 
 SPECS = {
@@ -270,7 +271,7 @@ def test_plain_onnxruntime_session_with_only_the_data_file_beside_it(model_dir, 
     for name in ("universal.data", "hues.onnx"):
         shutil.copy(model_dir / "onnx" / name, tmp_path / name)
     session = ort.InferenceSession(str(tmp_path / "hues.onnx"))  # nothing tailorrt-specific
-    mdir = ModelDir(model_dir)
+    mdir = TrainingDir(model_dir)
     backbone, bmeta = mdir.load_backbone()
     student, meta = mdir.load_model("hues", backbone, bmeta["sha256"])
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "hues.onnx"), load_external_data=False).metadata_props}
@@ -407,7 +408,8 @@ def test_trt_export_plumbing_with_a_stand_in_engine(model_dir, tmp_path, monkeyp
     The TensorRT API calls themselves are covered by the GPU test above."""
     import types
 
-    from tailorrt.export import trt_build, trt_export
+    from tailorrt.export import trt_export
+    from tailorrt.training import trt_runner
 
     copy = tmp_path / "m"
     shutil.copytree(model_dir, copy)
@@ -417,7 +419,7 @@ def test_trt_export_plumbing_with_a_stand_in_engine(model_dir, tmp_path, monkeyp
         caches_seen.append(timing_cache)
         return str(onnx_path).encode(), timing_cache + onnx_path.name.encode(), 0.01
 
-    monkeypatch.setattr(trt_build, "require_tensorrt", lambda: types.SimpleNamespace(__version__="fake"))
+    monkeypatch.setattr(trt_runner, "require_tensorrt", lambda: types.SimpleNamespace(__version__="fake"))
     monkeypatch.setattr(trt_export, "timed_build", build)
     monkeypatch.setattr(trt_export, "EngineRunner", _FakeRunner)
     monkeypatch.setattr(trt_export, "gpu_name", lambda: "none")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tailorrt import filecheck
 from tailorrt.errors import DatasetMissingError
-from tailorrt.filecheck import CheckCache, check_files, file_problem
 from tailorrt.images import to_batch
 from tailorrt.rgb import EXIF_ORIENTATION, to_rgb
-from tailorrt.training.datasets import DataCheck, ImageFiles, Preprocess, load_task
+from tailorrt.training import image_check
+from tailorrt.training.datasets import DataCheck, ImageFiles, Preprocess, TensorTransform, load_task
+from tailorrt.training.image_check import CheckCache, check_files, file_problem
 from tests.conftest import QUICK, class_image, make_imagefolder, one_line_error, run_cli
 from tests.test_datasets import BUILDERS
 
@@ -101,7 +101,7 @@ def test_to_rgb_scales_16_bit_and_turns_exif_rotated_images_upright(tmp_path):
 
 def test_training_and_serving_see_the_same_tensor_for_every_kind(tmp_path):
     names = awkward_images(tmp_path)
-    files = ImageFiles([(tmp_path / n, 0) for n in names], PRE.transform())
+    files = ImageFiles([(tmp_path / n, 0) for n in names], TensorTransform(PRE))
     served = to_batch([(tmp_path / n).read_bytes() for n in names], PRE)
     for i, name in enumerate(names):
         assert np.array_equal(files[i][0].numpy(), np.asarray(served[i])), name
@@ -114,8 +114,8 @@ def test_the_check_reads_its_cache_and_rechecks_changed_files(tmp_path, monkeypa
     first = check_files(paths, cache=CheckCache(cache_file))
     assert first.files == 10 and first.cached == 0 and not first.problems
     calls = []
-    real = filecheck.file_problem
-    monkeypatch.setattr(filecheck, "file_problem", lambda p, f: calls.append(p) or real(p, f))
+    real = image_check.file_problem
+    monkeypatch.setattr(image_check, "file_problem", lambda p, f: calls.append(p) or real(p, f))
     again = check_files(paths, cache=CheckCache(cache_file))
     assert again.cached == 10 and calls == []  # read from the cache, no file opened
     paths[0].write_bytes(b"")  # changed since: its size and mtime differ

@@ -22,13 +22,13 @@ from PIL import Image
 from tailorrt import Runtime
 from tailorrt.errors import ConfigError, InputTooLargeError, OverloadedError
 from tailorrt.images import DecodeBudget
-from tailorrt.limits import MB, Limits
+from tailorrt.limits import MIB, Limits
 from tailorrt.serving.app import ServerConfig, create_app
 from tailorrt.serving.batcher import BatchConfig
 from tailorrt.serving.local import local_server, png_bytes
 from tests.conftest import class_image, flip, one_line_error, reseal, run_cli
 
-LIMITS = Limits(max_images=16, max_decode_bytes=256 * MB)
+LIMITS = Limits(max_images=16, max_decode_bytes=256 * MIB)
 BATCH = BatchConfig(max_batch=4, max_queue=12)
 SERVE_ARGS = ("--max-body-mb", "1", "--max-batch", "4", "--max-queue", "12", "--max-images", "16",
               "--max-decode-mb", "256", "--body-timeout-s", "2", "--header-timeout-s", "2")
@@ -40,7 +40,7 @@ def _encoded(image: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-BOMB = _encoded(Image.new("1", (6300, 6300)), "PNG")  # 5 KB on the wire, 40 M pixels, ~480 MB to decode
+BOMB = _encoded(Image.new("1", (6300, 6300)), "PNG")  # 5 KB on the wire, 40 M pixels, ~480 MIB to decode
 SMALL = png_bytes(Image.new("RGB", (9, 9), "blue"))
 
 
@@ -92,7 +92,7 @@ HOSTILE = [
      _images(*[_encoded(Image.new("1", (2000, 2000)), "PNG")] * 300), 413, "the limit is 16"),
     ("request pixels over the limit", INFER, _images(BOMB, BOMB, BOMB), 413, "pixels together"),
     ("chunked multipart over the body limit", PREDICT,
-     {"content": lambda: _chunked(3 * MB), "headers": {"content-type": "multipart/form-data; boundary=b"}}, 413,
+     {"content": lambda: _chunked(3 * MIB), "headers": {"content-type": "multipart/form-data; boundary=b"}}, 413,
      "limit"),
     # our own
     ("shape of 9 dimensions", INFER, _v2("UINT8", [1] * 9, [1]), 400, "shape"),
@@ -124,7 +124,7 @@ def runtime(exported_dir):
 @pytest.fixture(scope="module", params=["asgi", "http"])
 def client(request, runtime, exported_dir):
     if request.param == "asgi":
-        app = create_app(runtime, ServerConfig(max_body_bytes=MB, body_timeout_s=2, batch=BATCH))
+        app = create_app(runtime, ServerConfig(max_body_bytes=MIB, body_timeout_s=2, batch=BATCH))
         with TestClient(app) as c:
             yield c
     else:
@@ -159,7 +159,7 @@ def test_nothing_is_decoded_before_the_count_check(runtime, monkeypatch):
         raise AssertionError("an image was opened")
 
     monkeypatch.setattr(tailorrt.images, "open_image", refuse)
-    with TestClient(create_app(runtime, ServerConfig(max_body_bytes=MB))) as c:
+    with TestClient(create_app(runtime, ServerConfig(max_body_bytes=MIB))) as c:
         r = c.post(INFER, **_images(*[SMALL] * 17))
     assert r.status_code == 413 and "the limit is 16" in r.json()["error"]
 
@@ -199,14 +199,14 @@ def test_decode_budget_refuses_what_never_fits_and_times_out_what_waits():
 
 
 def test_concurrent_bombs_stay_within_the_decode_budget(exported_dir):
-    bomb = _encoded(Image.new("1", (3000, 3000)), "PNG")  # ~110 MB of decode each
+    bomb = _encoded(Image.new("1", (3000, 3000)), "PNG")  # ~110 MIB of decode each
     rt = Runtime(exported_dir, tasks=["colors"], backend="onnx",
-                 limits=Limits(max_decode_bytes=150 * MB, decode_wait_s=0.05))
+                 limits=Limits(max_decode_bytes=150 * MIB, decode_wait_s=0.05))
     with TestClient(create_app(rt)) as c, ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: c.post(PREDICT, content=bomb), range(8)))
     codes = sorted(r.status_code for r in answers)
     assert set(codes) <= {200, 503} and 200 in codes, codes
-    assert rt.decode_budget.peak <= 150 * MB and rt.decode_budget.used == 0
+    assert rt.decode_budget.peak <= 150 * MIB and rt.decode_budget.used == 0
     assert all(r.headers["retry-after"] == "1" for r in answers if r.status_code == 503)
 
 

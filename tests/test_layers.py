@@ -4,19 +4,20 @@
 from __future__ import annotations
 
 import ast
-import importlib
 from pathlib import Path
 
+from tailorrt.export.exporter import STEPS
 from tailorrt.training import methods
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"tailorrt": "tailorrt", "cli": "tailorrt.cli", "export": "tailorrt.export", "serving": "tailorrt.serving",
            "tools": "tailorrt.tools"}
-# what each layer may import, bottom up: the core (tailorrt/, training/ and its methods included) imports none of
-# the others
-ALLOWED = {"core": set(), "tailorrt.export": {"core"}, "tailorrt.serving": {"core"},
-           "tailorrt.tools": {"core", "tailorrt.export", "tailorrt.serving"},
-           "tailorrt.cli": {"core", "tailorrt.export", "tailorrt.serving", "tailorrt.tools"}}
+# what each layer may import, bottom up: the core (tailorrt/ but training/) imports none of the others; the training
+# side (tailorrt/training/, torch) imports only the core; the server only the core
+ALLOWED = {"core": set(), "tailorrt.training": {"core"}, "tailorrt.export": {"core", "tailorrt.training"},
+           "tailorrt.serving": {"core"},
+           "tailorrt.tools": {"core", "tailorrt.training", "tailorrt.export", "tailorrt.serving"},
+           "tailorrt.cli": {"core", "tailorrt.training", "tailorrt.export", "tailorrt.serving", "tailorrt.tools"}}
 
 
 def _modules() -> dict[str, Path]:
@@ -42,7 +43,8 @@ def _imports(path: Path) -> set[str]:
     counts as the submodule; imports for type checkers only do not count)."""
     found = set()
     tree = ast.parse(path.read_text())
-    type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+    type_only = {id(n) for block in ast.walk(tree)
+                 if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
                  for stmt in block.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
         if id(node) in type_only:
@@ -57,6 +59,23 @@ def _imports(path: Path) -> set[str]:
 
 
 GRAPH = {m: _imports(p) - {m} for m, p in MODULES.items()}
+
+
+def test_the_core_and_the_server_never_reach_the_training_side():
+    """No module of the core (``tailorrt/`` but ``training/``) or of the server imports torch, torchvision, onnx or
+    ``tailorrt.training``, at module level or in a function: the torch side is reached through what the training
+    side registers (the backends' entry points) or by the commands that compose both (``cli/``, ``tools/``,
+    ``export/``)."""
+    found = []
+    for module, path in MODULES.items():
+        if _layer(module) not in ("core", "tailorrt.serving"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            found += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names
+                      if n.split(".")[0] in ("torch", "torchvision", "onnx") or n.startswith("tailorrt.training")]
+    assert not found, found
 
 
 def test_layers_only_point_down():
@@ -109,8 +128,8 @@ def test_method_names_are_compared_only_inside_methods():
         attributes = {id(n.args[1]) for n in ast.walk(tree) if isinstance(n, ast.Call) and len(n.args) > 1
                       and ast.unparse(n.func) in ("getattr", "hasattr", "setattr")}  # an attribute, not a method
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.partition(":")[0] in names \
-                    and id(node) not in attributes:
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and node.value.partition(":")[0] in names and id(node) not in attributes:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
     assert not found, found
 
@@ -146,8 +165,7 @@ def test_every_export_kind_is_whole():
 
     for k in kinds.kinds():
         assert kinds.get(k.folder) is k and kinds.by_record_kind(k.record_kind) is k
-        module, _, function = k.export.partition(":")
-        assert module.startswith("tailorrt.export.") and callable(getattr(importlib.import_module(module), function))
+        assert callable(STEPS[k.folder])  # its export step registered itself
         if k.precision is not None:
             assert kinds.for_precision(k.precision) is k
     assert kinds.precisions()[0] == kinds.DEFAULT_PRECISION
@@ -156,11 +174,11 @@ def test_every_export_kind_is_whole():
 RECORD_NAMES = {"meta", "bmeta", "task_meta", "backbone_meta"}  # how code names a task or backbone record's dict
 # modules that own the fields they read: the records module, each method its own fields, each export kind its
 # manifest; and two whose ``meta`` is not a record (checkpoint metadata, torchvision's CIFAR meta)
-RECORD_OWNERS = ("tailorrt.records", "tailorrt.fields", "tailorrt.training.methods", "tailorrt.kinds",
-                 "tailorrt.training.trainer", "tailorrt.training.datasets")
+RECORD_OWNERS = ("tailorrt.records", "tailorrt.record_fields", "tailorrt.training.methods", "tailorrt.kinds",
+                 "tailorrt.training.phases", "tailorrt.training.datasets")
 # export records: written by the export kinds' steps in tailorrt/export/, read elsewhere as ExportRecord
 MANIFEST_NAMES = {"manifest", "onnx_manifest"}
-MANIFEST_OWNERS = ("tailorrt.records", "tailorrt.fields", "tailorrt.kinds", "tailorrt.export")
+MANIFEST_OWNERS = ("tailorrt.records", "tailorrt.record_fields", "tailorrt.kinds", "tailorrt.export")
 
 
 def _names(node: ast.AST, names: set[str]) -> bool:
@@ -198,7 +216,7 @@ def test_records_are_read_by_attribute():
 # what a request runs, from the CLI and the server down to the runtime, the onnx backend and image decoding
 SERVING = ("tailorrt", "tailorrt.runtime", "tailorrt.backends", "tailorrt.onnx_weight_store", "tailorrt.images",
            "tailorrt.pack", "tailorrt.inventory", "tailorrt.records", "tailorrt.integrity", "tailorrt.kinds",
-           "tailorrt.preprocess", "tailorrt.filecheck", "tailorrt.serving.app", "tailorrt.serving.grpc_server",
+           "tailorrt.preprocess", "tailorrt.serving.app", "tailorrt.serving.grpc_server",
            "tailorrt.serving.local", "tailorrt.cli.app")
 TRAINING_SIDE = ("torch", "torchvision", "onnx", "scipy", "matplotlib", "pycocotools")
 

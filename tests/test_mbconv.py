@@ -171,14 +171,15 @@ def test_methods_that_run_on_mbconv_train_export_and_serve_through_the_cli(tmp_p
     line = one_line_error(run_cli(*train("linear"), "--backbone", "tiny-mbconv", "--random-init"))  # its own 16 px
     assert "already holds backbone 'tiny-mbconv' at 20 px" in line
     run_clis(*[train(name) for name in runs_on[1:]], check=True)
-    run_cli("export", "--model-dir", str(root), "--precision", "int8", "--max-drop", "100", check=True)
+    run_cli("export", "--model-dir", str(root), "--precision", "int8", "--max-precision-drop", "100", check=True)
     manifest = json.loads((root / "onnx" / "export.json").read_text())
     assert len(manifest["tasks"]) == len(runs_on)
     assert all(t["parity"]["max_abs_logit_diff"] <= 1e-4 for t in manifest["tasks"].values())
     graph = onnx.load(str(root / "onnx" / f"{next(iter(manifest['tasks']))}.onnx"), load_external_data=False)
     ops = {n.op_type for n in graph.graph.node}
     assert "Clip" in ops and any(a.name == "group" and a.i > 1 for n in graph.graph.node for a in n.attribute)
-    pads = [next(list(a.ints) for a in n.attribute if a.name == "pads") for n in graph.graph.node if n.op_type == "Conv"]
+    pads = [next(list(a.ints) for a in n.attribute if a.name == "pads")
+            for n in graph.graph.node if n.op_type == "Conv"]
     assert any(p[:2] != p[2:] for p in pads)  # SAME padding: asymmetric on the stride-2 convolutions
     torch_rt, onnx_rt = Runtime(root, backend="torch"), Runtime(root, backend="onnx")
     images = [class_image(i % 3, np.random.default_rng(i)) for i in range(4)]

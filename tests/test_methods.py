@@ -17,10 +17,9 @@ from fastapi.testclient import TestClient
 
 from tailorrt import Runtime
 from tailorrt.errors import ConfigError, PackError
-from tailorrt.pack import ModelDir
 from tailorrt.serving.app import create_app
 from tailorrt.serving.local import png_bytes
-from tailorrt.training import methods
+from tailorrt.training import methods, phases
 from tailorrt.training.backbones import UniversalBackbone, get_spec
 from tailorrt.training.io import load_tensors
 from tailorrt.training.methods.channel_scales import (
@@ -30,9 +29,10 @@ from tailorrt.training.methods.channel_scales import (
     prune_by_scale,
 )
 from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
-from tailorrt.training.methods.tuning_base import emit_tuned
+from tailorrt.training.methods.tuning_method import emit_tuned
 from tailorrt.training.onnx_graph import GraphBuilder, SharedWeights, save_graph
-from tailorrt.training.trainer import PhaseConfig, Trainer
+from tailorrt.training.packs import TrainingDir
+from tailorrt.training.phases import PhaseConfig, Trainer
 from tests.conftest import class_image, one_line_error, run_cli, run_clis
 from tests.test_export import ALL_SPECS, SPECS, _randomise_bn
 
@@ -131,7 +131,7 @@ def test_attention_schedule_runs_and_letters():
 def test_attention_phases_train_what_their_letter_says():
     """A: scales and classifier move, batch-norm statistics and affine stay; B: the reverse for the scales."""
     from tailorrt.training.methods.channel_attention import set_trainable
-    from tailorrt.training.methods.tuning_base import cross_entropy
+    from tailorrt.training.methods.tuning_method import cross_entropy
 
     backbone = _backbone()
     net = TunedNet(backbone, 3, parse_method("attention", backbone.num_units))
@@ -240,10 +240,9 @@ def test_adapter_graphs_match_pytorch_and_read_every_universal_conv(kind, tmp_pa
 
 
 def test_early_stopping_ends_a_phase_and_keeps_the_best_epoch(monkeypatch, tmp_path):
-    from tailorrt.training import trainer
 
     scores = iter([50.0, 60.0, 55.0, 54.0, 53.0, 99.0])
-    monkeypatch.setattr(trainer, "accuracy", lambda *a, **k: next(scores))
+    monkeypatch.setattr(phases, "accuracy", lambda *a, **k: next(scores))
     model = torch.nn.Linear(4, 2)
     seen = []
 
@@ -297,7 +296,8 @@ def test_methods_write_their_own_packs_with_selection_and_cost(methods_dir):
     att = json.loads((methods_dir / "tasks" / "colors--attention-prune" / "task.json").read_text())
     rec = att["attention"]
     assert [s["step"] for s in rec["steps"]] == ["1-F", "2-A", "3-B", "4-P", "5-B"]
-    assert 0 < rec["pruning"]["pruned_channels"] == att["metrics"]["pruned_channels"] < rec["pruning"]["prunable_channels"]
+    pruning = rec["pruning"]
+    assert 0 < pruning["pruned_channels"] == att["metrics"]["pruned_channels"] < pruning["prunable_channels"]
     assert all("attention" in row for p in att["training"]["phases"] for row in p["history"])
     ss = json.loads((methods_dir / "tasks" / "colors--scale-shift" / "task.json").read_text())
     assert att["metrics"]["flops"] < ss["metrics"]["flops"]
@@ -310,7 +310,7 @@ def test_every_method_exports_with_parity_and_serves_next_to_nettailor(methods_d
     manifest = json.loads((methods_dir / "onnx" / "export.json").read_text())
     assert len(manifest["tasks"]) == len(REGISTERED) + 2
     assert all(t["parity"]["max_abs_logit_diff"] <= 1e-4 for t in manifest["tasks"].values())
-    mdir = ModelDir(methods_dir)
+    mdir = TrainingDir(methods_dir)
     backbone, bmeta = mdir.load_backbone()
     for task in mdir.task_names():  # every pack round-trips exactly: what loads is what was written
         model, _ = mdir.load_model(task, backbone, bmeta["sha256"])
@@ -418,7 +418,7 @@ def test_auto_does_not_pick_blindly_a_method_that_found_itself_short():
 def test_a_run_saved_by_the_previous_version_resumes_with_the_config_it_saved():
     """Before the registry, request.json held the NetTailor config as 'config' and the others' as 'transfer'."""
     from tailorrt.training.methods.nettailor import NetTailorConfig
-    from tailorrt.training.methods.tuning_base import TransferConfig
+    from tailorrt.training.methods.tuning_method import TransferConfig
     from tailorrt.training.train import TrainRequest
 
     nettailor, others = NetTailorConfig(max_skip=2), TransferConfig.quick()

@@ -18,7 +18,7 @@ from tailorrt.onnx_weight_store import optimize_graph
 
 def test_the_descriptor_is_the_installed_onnx_packages():
     shipped = (resources.files("tailorrt") / "assets" / onnx_rewrite.DESCRIPTOR).read_bytes()
-    assert shipped == onnx.onnx_ml_pb2.DESCRIPTOR.serialized_pb, "run python -m tailorrt.onnx_rewrite"
+    assert shipped == onnx.onnx_ml_pb2.DESCRIPTOR.serialized_pb, "run python -m tailorrt.training.onnx_descriptor"
 
 
 def _graph(rng: np.random.Generator) -> onnx.ModelProto:

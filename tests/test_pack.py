@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from tailorrt.errors import BackboneMismatchError, IntegrityError, PackError
-from tailorrt.pack import ModelDir
 from tailorrt.training.backbones import BackboneSource, UniversalBackbone, get_spec
 from tailorrt.training.datasets import Preprocess
 from tailorrt.training.methods.student import Student
+from tailorrt.training.packs import TrainingDir as ModelDir
 from tests.conftest import one_line_error, reseal, run_cli
 
 
@@ -70,7 +70,7 @@ def test_failed_write_keeps_previous_pack_and_leaves_no_partial(packed, tmp_path
     def crash(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tailorrt.pack.write_record", crash)
+    monkeypatch.setattr("tailorrt.training.packs.write_record", crash)
     with pytest.raises(KeyboardInterrupt):
         md.write_task("t", s.task_state(), {**_meta(sha), "note": "new"})
     with pytest.raises(KeyboardInterrupt):
@@ -92,7 +92,8 @@ _METRICS = {"accuracy": 90.0, "teacher_accuracy": None, "flops": 10, "teacher_fl
             "shared_params_used": 7, "universal_blocks_kept": 1, "universal_blocks_total": 2}
 
 
-@pytest.mark.parametrize("change, field", [({"flops": None}, "metrics.flops"), ({"accuracy": "90"}, "metrics.accuracy")])
+@pytest.mark.parametrize("change, field", [({"flops": None}, "metrics.flops"),
+                                           ({"accuracy": "90"}, "metrics.accuracy")])
 def test_a_record_with_a_bad_field_is_one_error_naming_the_file_and_the_field(packed, change, field):
     md, _, sha, s = packed
     md.write_task("t", s.task_state(), {**_meta(sha), "metrics": {**_METRICS, **change}, "data": {"spec": "x"}})

@@ -24,6 +24,7 @@ from tailorrt.pack import ModelDir
 from tailorrt.precision import BF16_FLAGS, check_precision, cpu_flags, cpu_summary
 from tailorrt.serving.app import ServerConfig, create_app
 from tailorrt.training.onnx_graph import SharedWeights
+from tailorrt.training.packs import TrainingDir
 from tests.conftest import one_line_error, reseal, run_clis
 
 NATIVE_BF16 = any(f in cpu_flags() for f in BF16_FLAGS)
@@ -44,7 +45,7 @@ def test_per_channel_quantisation_round_trips():
 
 
 def test_int8_graphs_share_the_canonical_weights(exported_dir):
-    mdir = ModelDir(exported_dir)
+    mdir = TrainingDir(exported_dir)
     manifest = mdir.export_manifest("onnx-int8")
     backbone, _ = mdir.load_backbone()
     canonical = CanonicalWeights.of(SharedWeights(backbone).tensors)
@@ -106,7 +107,7 @@ def test_an_export_losing_accuracy_is_refused_and_the_previous_kept(exported_dir
 
     monkeypatch.setattr(low_precision, "batches", black_calibration)
     with pytest.raises(ExportError, match=r"'colors': int8 loses .* points of (test|val) accuracy .* more than "
-                                          r"--max-drop 0.5; the int8 export was not written"):
+                                          r"--max-precision-drop 0.5; the int8 export was not written"):
         export_model(ExportRequest(model_dir=str(root), tasks=["colors"], precision="int8", download=False))
     assert (root / "onnx-int8" / "export.json").read_bytes() == before
     assert not list((root / ".work").glob("export-onnx_int8-*"))
@@ -159,7 +160,7 @@ def test_bf16_export_and_runtime(exported_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(tailorrt.precision, "cpu_flags", lambda *a: {"avx2", "amx_bf16"})
     with pytest.raises(PackError, match="no bf16 export .* tailor export --precision bf16"):
         Runtime(root, backend="torch", precision="bf16")
-    result = export_model(ExportRequest(model_dir=str(root), precision="bf16", download=False, max_drop=100))
+    result = export_model(ExportRequest(model_dir=str(root), precision="bf16", download=False, max_precision_drop=100))
     for check in (e["accuracy_check"] for e in result["bf16"]["tasks"].values()):
         assert check["images"] > 0 and check["top1_agreement"] >= 0.75
     fp32, bf16 = Runtime(root, backend="torch"), Runtime(root, backend="torch", precision="bf16")
@@ -182,7 +183,8 @@ def test_a_universal_conv_with_no_norm_after_it_is_written_as_its_canonical_weig
     w = np.random.default_rng(0).standard_normal((4, 3, 1, 1)).astype(np.float32)
     b = np.arange(4, dtype=np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "blocks.0.w", "bias"], ["y"], name="c"), helper.make_node("Relu", ["y"], ["z"])],
+        [helper.make_node("Conv", ["x", "blocks.0.w", "bias"], ["y"], name="c"),
+         helper.make_node("Relu", ["y"], ["z"])],
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 2, 2])],
         [numpy_helper.from_array(w, "blocks.0.w"), numpy_helper.from_array(b, "bias")])

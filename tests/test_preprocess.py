@@ -13,6 +13,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from tailorrt.preprocess import Preprocess
 from tailorrt.rgb import to_rgb
+from tailorrt.training.datasets import TensorTransform
 from tailorrt.training.world import BUILTIN_TASKS, generate
 from tests.test_files import awkward_images
 
@@ -24,7 +25,8 @@ def torchvision_pipeline(pre: Preprocess) -> v2.Compose:
     """torchvision's classic transforms on a PIL image, step for step what :class:`Preprocess` defines."""
     return v2.Compose([v2.Lambda(to_rgb),
                        v2.Resize((pre.size, pre.size), InterpolationMode.BILINEAR, antialias=True),
-                       v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))])
+                       v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(list(pre.mean), list(pre.std))])
 
 
 def odd_images(tmp_path) -> dict[str, Image.Image]:
@@ -59,7 +61,7 @@ def test_every_builtin_test_split_preprocesses_as_torchvision_does(task):
     """The in-memory path of training (a batch of arrays) and the per-image path of serving (PIL) give the
     torchvision pipeline's tensors on the whole test split."""
     images, _ = generate(BUILTIN_TASKS[task], "test", image_size=PRE.size)
-    batch = PRE.normalise_uint8(images).numpy()
+    batch = PRE.normalise_arrays(images)
     reference = torchvision_pipeline(PRE)
     served = np.stack([PRE(Image.fromarray(a)) for a in images])
     want = np.stack([reference(Image.fromarray(a)).numpy() for a in images])
@@ -68,12 +70,12 @@ def test_every_builtin_test_split_preprocesses_as_torchvision_does(task):
 
 def test_arrays_at_another_size_are_resized_as_images_are():
     images = RNG.integers(0, 256, (3, 23, 37, 3), dtype=np.uint8)
-    batch = PRE.normalise_uint8(images).numpy()
+    batch = PRE.normalise_arrays(images)
     assert np.array_equal(batch, np.stack([PRE(Image.fromarray(a)) for a in images]))
 
 
 def test_the_training_transform_is_the_same_definition():
     image = Image.fromarray(RNG.integers(0, 256, (9, 40, 3), dtype=np.uint8))
-    assert np.array_equal(PRE.transform()(image).numpy(), PRE(image))
+    assert np.array_equal(TensorTransform(PRE)(image).numpy(), PRE(image))
     with pytest.raises(TypeError, match="PIL images"):
-        PRE.transform()(torch.zeros(3, 16, 16))
+        TensorTransform(PRE)(torch.zeros(3, 16, 16))

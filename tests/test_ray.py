@@ -36,11 +36,11 @@ def ray_dir(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     and 'broken', whose pack file is corrupt."""
     import torch
 
-    from tailorrt.pack import ModelDir
+    from tailorrt.training.packs import TrainingDir
 
     root = tmp_path_factory.mktemp("ray") / "models"
     shutil.copytree(exported_dir, root)
-    mdir = ModelDir(root)
+    mdir = TrainingDir(root)
     backbone, bmeta = mdir.load_backbone()
     net, meta = mdir.load_model("colors", backbone, bmeta["sha256"])
     state = net.task_state()

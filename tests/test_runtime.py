@@ -14,11 +14,11 @@ import torch
 
 from tailorrt import Prediction, Runtime
 from tailorrt.errors import BadInputError, InputTooLargeError, OverloadedError, PackError, UnknownTaskError
-from tailorrt.images import Limits
-from tailorrt.pack import ModelDir
+from tailorrt.limits import Limits
 from tailorrt.serving.batcher import BatchConfig, Batcher
 from tailorrt.serving.local import png_bytes
 from tailorrt.training.datasets import load_task
+from tailorrt.training.packs import TrainingDir
 from tests.conftest import class_image, reseal
 
 
@@ -81,7 +81,7 @@ def test_add_and_remove_tasks_without_reloading_the_backbone(exported_dir, backe
     def no_reload(*_a, **_k):
         raise AssertionError("the backbone was loaded again")
 
-    monkeypatch.setattr(ModelDir, "load_backbone", no_reload)
+    monkeypatch.setattr(TrainingDir, "load_backbone", no_reload)
     rt.add_task("hues")
     assert rt.tasks == ["colors", "hues"]
     assert rt.predict("colors", img).scores == pytest.approx(before.scores, abs=1e-6)

@@ -16,8 +16,8 @@ from tailorrt.training.methods.nettailor import ArchitectureSearch, NetTailor, N
 from tailorrt.training.methods.selection import Candidate, Plan, Verdict, choose, eligible, monotone_fit, search
 from tailorrt.training.methods.student import Student
 from tailorrt.training.paired import Paired
+from tailorrt.training.phases import PhaseConfig, Trainer, correct
 from tailorrt.training.teacher import Teacher
-from tailorrt.training.trainer import PhaseConfig, Trainer, correct
 
 
 def candidate(k: int, val: float, flops: int | None = None) -> Candidate:

@@ -18,10 +18,10 @@ from PIL import Image
 
 from tailorrt import Runtime
 from tailorrt.errors import OverloadedError
-from tailorrt.images import Limits
-from tailorrt.pack import ModelDir
+from tailorrt.limits import Limits
 from tailorrt.serving.app import ServerConfig, create_app
 from tailorrt.serving.local import free_port, png_bytes, wait_ready
+from tailorrt.training.packs import TrainingDir
 from tests.conftest import TAILOR, class_image, run_cli
 
 KEY = "s3cret"
@@ -80,8 +80,8 @@ def test_v2_infer_bytes_uint8_and_fp32_agree_with_runtime(client, runtime):
     assert int(index) == want.indices[0] and label == want.labels[0] and float(score) == pytest.approx(want.scores[0],
                                                                                                          abs=1e-5)
     arr = np.array(img)
-    r = client.post("/v2/models/hues/infer", json={"inputs": [{"name": "pixels", "datatype": "UINT8",
-                                                                "shape": list(arr.shape), "data": arr.ravel().tolist()}]})
+    pixels = {"name": "pixels", "datatype": "UINT8", "shape": list(arr.shape), "data": arr.ravel().tolist()}
+    r = client.post("/v2/models/hues/infer", json={"inputs": [pixels]})
     assert r.status_code == 200 and np.argmax(r.json()["outputs"][0]["data"]) == want.indices[0]
     x = runtime.preprocess("hues", img)
     r = client.post("/v2/models/hues/infer", json={"inputs": [{"name": "input", "datatype": "FP32",
@@ -165,7 +165,7 @@ def test_repository_loads_and_unloads_tasks_without_reloading_the_backbone(expor
     def no_reload(*_a, **_k):
         raise AssertionError("the backbone was loaded again")
 
-    monkeypatch.setattr(ModelDir, "load_backbone", no_reload)
+    monkeypatch.setattr(TrainingDir, "load_backbone", no_reload)
     img = png_bytes(class_image(1, np.random.default_rng(8)))
 
     def predict(c, task):
@@ -249,7 +249,8 @@ def test_tailor_serve_answers_and_finishes_in_flight_requests_on_sigterm(exporte
     port = free_port()
     # a long batching delay keeps a request in flight while the server is told to stop
     proc = subprocess.Popen([str(TAILOR), "serve", "--model-dir", str(exported_dir), "--port", str(port),
-                             "--max-delay-ms", "1500", "--grpc-port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--max-delay-ms", "1500", "--grpc-port", str(free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     answers = []
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc, timeout=60)
@@ -285,3 +286,21 @@ def test_tailor_predict_prints_answers(exported_dir, tmp_path):
     bad = run_cli("predict", "--task", "colors", "--model-dir", str(exported_dir), str(tmp_path / "none.png"))
     assert bad.returncode == 1 and "no image file" in bad.stderr and "Traceback" not in bad.stderr
     assert os.path.exists(path)
+
+
+def test_every_error_carries_a_real_grpc_code_and_its_http_status():
+    """Each error class names its gRPC status by a name ``grpc.StatusCode`` has, and an HTTP status a server sends
+    (the wire tests check what clients receive)."""
+    import grpc
+
+    from tailorrt import errors
+
+    classes, todo = [], [errors.TailorError]
+    while todo:
+        cls = todo.pop()
+        classes.append(cls)
+        todo += cls.__subclasses__()
+    assert len(classes) > 10
+    for cls in classes:
+        assert isinstance(getattr(grpc.StatusCode, cls.grpc_code), grpc.StatusCode), cls
+        assert cls.http_status in (400, 401, 404, 408, 409, 413, 500, 503) and cls.exit_code in (1, 2), cls

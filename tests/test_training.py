@@ -5,7 +5,7 @@ from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 from tailorrt.errors import ConfigError, TrainingDivergedError
-from tailorrt.training.trainer import PhaseConfig, Trainer
+from tailorrt.training.phases import PhaseConfig, Trainer
 
 
 def _data():

@@ -14,8 +14,9 @@ user would deploy otherwise), and against the machine's dense limit, measured si
   dynamic batcher, tasks mixed, against the same requests run one task at a time.
 
 The per-task model of a NetTailor task is its teacher (the finished teacher phase that ``tailor train`` leaves
-in ``.work/<task>/teacher.safetensors``); where the model dir has no teacher, a stand-in of the same architecture (the backbone's weights and the task's classes)
-is timed instead, which costs the same memory and time but says nothing about accuracy. The JSON says which.
+in ``.work/<task>/teacher.safetensors``); where the model dir has no teacher, a stand-in of the same architecture
+(the backbone's weights and the task's classes) is timed instead, which costs the same memory and time but says
+nothing about accuracy. The JSON says which.
 """
 
 from __future__ import annotations
@@ -36,15 +37,15 @@ from onnx import TensorProto, helper
 
 from tailorrt import kinds
 from tailorrt.errors import ConfigError
-from tailorrt.pack import ModelDir, machine, versions
+from tailorrt.files import write_json
+from tailorrt.limits import MB
 from tailorrt.precision import backend_of, cpu_summary
 from tailorrt.records import BackboneRecord
 from tailorrt.training import methods
 from tailorrt.training.backbones import UniversalBackbone
-from tailorrt.training.io import load_metadata, load_tensors, write_json
+from tailorrt.training.io import load_metadata, load_tensors
 from tailorrt.training.methods.tuned_net import TunedNet
-
-MB = 1e6
+from tailorrt.training.packs import TrainingDir, machine, versions
 
 
 @dataclass
@@ -97,7 +98,7 @@ def teacher_state_for(net: TunedNet, teacher_state: dict[str, torch.Tensor]) -> 
     return out
 
 
-def teacher_checkpoint(mdir: ModelDir, task: str) -> dict[str, torch.Tensor] | None:
+def teacher_checkpoint(mdir: TrainingDir, task: str) -> dict[str, torch.Tensor] | None:
     """The weights of ``task``'s finished teacher phase (the whole backbone fine-tuned, where its method trains one),
     if its training left them in the model dir."""
     phase = methods.for_record(mdir.task_meta(task)).teacher_phase
@@ -123,7 +124,7 @@ def reference_graph(backbone: UniversalBackbone, classes: int, name: str,
     return g.model((3, size, size), classes, {"task": name, "kind": kind}), net.accounting(size)["flops"]
 
 
-def per_task_model(mdir: ModelDir, task: str, backbone: UniversalBackbone, out_dir: Path) -> PerTaskModel:
+def per_task_model(mdir: TrainingDir, task: str, backbone: UniversalBackbone, out_dir: Path) -> PerTaskModel:
     """Write ``task``'s per-task model (its teacher, or a same-architecture stand-in) as a stand-alone graph."""
     from tailorrt.training.onnx_graph import save_graph
 
@@ -296,7 +297,7 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
     from tailorrt.onnx_weight_store import session_options
     from tailorrt.runtime import Runtime
 
-    mdir = ModelDir(req.model_dir)
+    mdir = TrainingDir(req.model_dir)
     tasks = req.tasks or mdir.task_names()
     if not tasks:
         raise ConfigError(f"{mdir.root} has no tasks; train one first (tailor train --task synth-digits)")
@@ -413,7 +414,8 @@ def summary(r: dict) -> str:
     for t, row in r["tasks"].items():
         for b, m in row["batches"].items():
             fused = m.get("fused_speedup_over_flop_ratio")
-            lines.append(f"| {t} | {row['per_task_model']} | {row['flops'] / 1e6:.1f} ({row['per_task_flops'] / 1e6:.1f}) "
+            lines.append(f"| {t} | {row['per_task_model']} | {row['flops'] / 1e6:.1f} "
+                         f"({row['per_task_flops'] / 1e6:.1f}) "
                          f"| {row['flop_ratio']:.2f} | {b} | {m['tailorrt']['images_per_s']:.0f} "
                          f"({m['tailorrt']['ms_min']:.2f}-{m['tailorrt']['ms_max']:.2f} ms) | "
                          f"{m['per_task']['images_per_s']:.0f} | {m['speedup']:.2f} | {with_quartiles(m, '')} "

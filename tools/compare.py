@@ -11,14 +11,13 @@ import torch
 from tailorrt.errors import ConfigError
 from tailorrt.export.speed import time_side_by_side
 from tailorrt.files import write_json
-from tailorrt.pack import ModelDir
 from tailorrt.records import BackboneRecord, TaskRecord
 from tailorrt.training import methods
-from tailorrt.training.backbones import BackboneSpec
 from tailorrt.training.datasets import pack_name
 from tailorrt.training.methods import REFERENCE
+from tailorrt.training.packs import TrainingDir
+from tailorrt.training.phases import Progress
 from tailorrt.training.train import TrainRequest, train_task
-from tailorrt.training.trainer import Progress
 
 
 @dataclass
@@ -33,15 +32,15 @@ class CompareRequest:
     out: str | None = None  # folder for compare.json and compare.md; default <model-dir>/compare/<task>
 
 
-def _check_methods(req: CompareRequest, mdir: ModelDir) -> None:
+def _check_methods(req: CompareRequest, mdir: TrainingDir) -> None:
     if not req.methods:
         raise ConfigError("give at least one method, e.g. --methods nettailor,flex,linear,finetune-all")
-    spec = BackboneSpec.from_json(mdir.backbone_meta()["spec"]) if mdir.has_backbone() else None
+    spec = mdir.backbone_record().spec if mdir.has_backbone() else None
     for method in req.methods:  # the options of each are checked where the model dir has its backbone already
         methods.get(method, spec)
 
 
-def _reusable(mdir: ModelDir, name: str, task: str) -> bool:
+def _reusable(mdir: TrainingDir, name: str, task: str) -> bool:
     if name not in mdir.task_names() or not mdir.has_backbone():
         return False
     rec = mdir.task_record(name)
@@ -51,7 +50,7 @@ def _reusable(mdir: ModelDir, name: str, task: str) -> bool:
 def compare(req: CompareRequest, *, device: torch.device, progress: Progress | None = None,
             report: Callable[[str], None] = print) -> dict:
     """Train (or reuse) each method's pack for ``req.task`` and measure them side by side."""
-    mdir = ModelDir(req.model_dir)
+    mdir = TrainingDir(req.model_dir)
     _check_methods(req, mdir)
     names = {}
     for method in dict.fromkeys(req.methods):

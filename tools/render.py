@@ -14,7 +14,8 @@ from PIL import Image
 
 from tailorrt.errors import DependencyMissingError
 
-FIGURE_PIXELS = 2000  # the report's figures add thousands of each colour (a task of only universal blocks few blue); a broken image none
+# the report's figures add thousands of each colour (a task of only universal blocks few blue); a broken image none
+FIGURE_PIXELS = 2000
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 

@@ -21,7 +21,6 @@ from tailorrt.inventory import info_rows, method_label, size_summary
 from tailorrt.pack import ModelDir
 from tailorrt.records import BackboneRecord, TaskRecord
 from tailorrt.training import methods
-from tailorrt.training.backbones import BackboneSpec
 from tailorrt.training.methods.pictures import BLUE, GRAY
 
 
@@ -80,7 +79,7 @@ def tradeoff_plot(rec: TaskRecord, backbone: BackboneRecord, path: Path) -> Path
     m = rec.metrics
     if m is None:
         return None
-    spec = BackboneSpec.from_json(backbone.spec)
+    spec = backbone.spec
     params = m.shared_params_used + m.task_params
     teacher_params = backbone.params + (spec.feature_dim + 1) * len(rec.classes)
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=100)
@@ -146,7 +145,7 @@ def build_report(req: ReportRequest, report: Callable[[str], None] = print) -> P
     mdir = ModelDir(req.model_dir)
     if not mdir.task_names():
         raise ConfigError(f"{mdir.root} has no tasks; train one first (tailor train --task synth-digits)")
-    backbone, rows = info_rows(mdir.root)
+    backbone, rows = info_rows(mdir.root, methods.describe)
     sizes = size_summary(mdir.root, backbone, rows)
     out = Path(req.out) if req.out else mdir.root / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -211,8 +210,9 @@ def _auto_section(rec: TaskRecord) -> list[str]:
     head = "".join(f"<th>{h}</th>" for h in ("candidate", "val acc %", "test acc %", "pack KB", "MFLOPs",
                                              "short training s", "outside the budget"))
     body = "".join(f"<tr><td>{esc(r['method'])}{' (chosen)' * (r['method'] == record['winner'])}</td>"
-                   f"<td>{r['val_accuracy']:.2f}</td><td>{r['test_accuracy']:.2f}</td><td>{r['pack_bytes'] / 1e3:.1f}</td>"
-                   f"<td>{r['flops'] / 1e6:.2f}</td><td>{r['seconds']:.0f}</td><td>{esc('; '.join(r['misses']) or '-')}</td>"
+                   f"<td>{r['val_accuracy']:.2f}</td><td>{r['test_accuracy']:.2f}</td>"
+                   f"<td>{r['pack_bytes'] / 1e3:.1f}</td><td>{r['flops'] / 1e6:.2f}</td><td>{r['seconds']:.0f}</td>"
+                   f"<td>{esc('; '.join(r['misses']) or '-')}</td>"
                    "</tr>" for r in record["candidates"])
     return ["<h3>Chosen by --method auto</h3>", f"<p>{esc(record['reason'])}. Choosing took "
             f"{record['search_seconds']:.0f} s on a schedule of {record['schedule_fraction']:.2f} of the full one; "

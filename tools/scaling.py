@@ -10,10 +10,12 @@ from pathlib import Path
 import torch
 
 from tailorrt.errors import ConfigError
-from tailorrt.pack import TASK_FILE, ModelDir
+from tailorrt.limits import MB
+from tailorrt.pack import TASK_FILE
 from tailorrt.records import BackboneRecord
-from tailorrt.tools.bench import MB, BenchRequest, per_task_model, probe_load, written
+from tailorrt.tools.bench import BenchRequest, per_task_model, probe_load, written
 from tailorrt.training.io import load_tensors
+from tailorrt.training.packs import TrainingDir
 
 
 def scaling(req: BenchRequest, counts: tuple[int, ...], report: Callable[[str], None] = print) -> dict:
@@ -28,7 +30,7 @@ def scaling(req: BenchRequest, counts: tuple[int, ...], report: Callable[[str], 
     """
     from tailorrt.export.exporter import ExportRequest, export_model
 
-    mdir = ModelDir(req.model_dir)
+    mdir = TrainingDir(req.model_dir)
     base = req.tasks or mdir.task_names()
     if not base or not counts or min(counts) < 1:
         raise ConfigError("scaling needs at least one task and task counts of 1 or more, e.g. --scaling 1,2,4,8,16")
@@ -41,7 +43,7 @@ def scaling(req: BenchRequest, counts: tuple[int, ...], report: Callable[[str], 
         shutil.rmtree(root)
     (root / "tasks").mkdir(parents=True)
     shutil.copytree(mdir.backbone_dir, root / "backbone")
-    sub = ModelDir(root)
+    sub = TrainingDir(root)
     names, sources = [], {}
     for i in range(max(counts)):
         src, copy = base[i % len(base)], i // len(base)
@@ -79,7 +81,7 @@ def scaling(req: BenchRequest, counts: tuple[int, ...], report: Callable[[str], 
     return result
 
 
-def _copy_pack(mdir: ModelDir, src: str, dest: ModelDir, name: str, copy: int) -> None:
+def _copy_pack(mdir: TrainingDir, src: str, dest: TrainingDir, name: str, copy: int) -> None:
     """A pack of ``src`` named ``name`` in ``dest``. Copy ``copy`` > 0 scales every float tensor by
     ``1 + copy * 2**-20``: the task still predicts the same, but its tensors are its own bytes, so a runtime
     that keeps identical tensors once (as tailorrt's does) holds every copy's weights like a retrained task's."""
@@ -101,7 +103,8 @@ def scaling_summary(r: dict) -> str:
     for row in r["rows"]:
         weights, beyond = row["tailorrt_weights_bytes"], row.get("beyond_weights_bytes")
         lines.append(f"| {row['tasks']} | {row['ideal_bytes'] / MB:.1f} MB | {row['tailorrt_rss'] / MB:.1f} MB | "
-                     f"{row['beyond_overhead_over_ideal']:.3f} | {'-' if weights is None else f'{weights / MB:.1f} MB'} | "
+                     f"{row['beyond_overhead_over_ideal']:.3f} | "
+                     f"{'-' if weights is None else f'{weights / MB:.1f} MB'} | "
                      f"{'-' if beyond is None else f'{beyond / MB:.1f} MB'} | {row['per_task_rss'] / MB:.1f} MB | "
                      f"{row['tailorrt_load_s']:.2f} | {row['per_task_load_s']:.2f} |")
     return "\n".join(lines) + "\n"

@@ -8,7 +8,8 @@ precision names of its own.
 
 A new precision is a module here that calls :func:`register` with its :class:`ExportKind`, one line in
 :data:`MODULES`, and its export step: a function of an :class:`~tailorrt.export.exporter.ExportContext` in
-``tailorrt/export/`` that the kind names by its import path (the core does not import the export layer).
+``tailorrt/export/`` registered for the kind by :func:`tailorrt.export.common.export_step` (the core does not
+import the export layer).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ class ExportKind:
     autocast: str | None = None  # the torch autocast dtype that runs it (bf16)
     backbone_key: tuple[str, ...] = ("backbone", "sha256")  # where its record names the backbone's sha256
     check_record: Callable[[dict], None] = field(default=lambda meta: None, compare=False)
-    export: str = ""  # "module:function" of its step in tailorrt.export (an ExportContext -> its manifest)
     wanted: Callable[[Any], bool] = field(default=lambda req: False, compare=False)  # ExportRequest -> bool
     check_device: Callable[[str, set[str] | None], None] = field(default=lambda device, flags: None, compare=False)
     summary: Callable[[Any], str] | None = field(default=None, compare=False)  # tailor info's line (ExportRecord)

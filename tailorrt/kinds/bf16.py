@@ -21,5 +21,5 @@ def _device(device: str, flags: set[str] | None) -> None:
 
 BF16 = register(ExportKind(folder="bf16", record_kind="bf16", backend="torch", flag=" --precision bf16",
                            precision="bf16", task_files=False, autocast="bfloat16",
-                           check_record=onnx_record(files=False), export="tailorrt.export.low_precision:bf16_step",
+                           check_record=onnx_record(files=False),
                            wanted=lambda req: req.precision == "bf16", check_device=_device))

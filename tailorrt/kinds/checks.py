@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tailorrt.fields import Invalid, field_of, file_entry, sha
+from tailorrt.record_fields import Invalid, field_of, file_entry, sha
 
 __all__ = ["Invalid", "field_of", "file_entry", "onnx_record", "sha", "shared_summary"]
 

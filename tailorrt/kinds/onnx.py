@@ -8,5 +8,5 @@ from tailorrt.kinds.checks import onnx_record, shared_summary
 FUSE_BUDGET = 0.005
 
 ONNX = register(ExportKind(folder="onnx", record_kind="onnx", backend="onnx", flag="", precision="fp32",
-                           shared_file="universal.data", check_record=onnx_record(), export="tailorrt.export.exporter:onnx_step",
+                           shared_file="universal.data", check_record=onnx_record(),
                            wanted=lambda req: True, summary=shared_summary("onnx", "universal.data")))

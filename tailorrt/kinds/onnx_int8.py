@@ -13,6 +13,6 @@ def _device(device: str, flags: set[str] | None) -> None:
 
 INT8 = register(ExportKind(folder="onnx-int8", record_kind="onnx-int8", backend="onnx", flag=" --precision int8",
                            precision="int8", shared_file="universal-int8.data", checks_on_load=True,
-                           prepacks_shared=False, check_record=onnx_record(check_file=True), export="tailorrt.export.low_precision:int8_step",
+                           prepacks_shared=False, check_record=onnx_record(check_file=True),
                            wanted=lambda req: req.precision == "int8", check_device=_device,
                            summary=shared_summary("onnx-int8", "universal-int8.data")))

@@ -18,5 +18,5 @@ def _summary(record) -> str:
 
 
 TENSORRT = register(ExportKind(folder="trt", record_kind="tensorrt", backend="tensorrt", flag=" --trt",
-                               backbone_key=("backbone_sha256",), check_record=_record, export="tailorrt.export.trt_export:trt_step",
+                               backbone_key=("backbone_sha256",), check_record=_record,
                                wanted=lambda req: req.trt, summary=_summary))

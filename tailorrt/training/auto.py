@@ -8,8 +8,9 @@ points of the best candidate's, and its own training did not find that it falls 
 (``metrics.shortfall``: NetTailor's candidates, or its student, under the teacher beyond its tolerance). The
 smallest pack among those wins (ties: the more accurate), and is then trained again on the full schedule into the
 task's pack; when the winner's own check could not tell whether it matches what it was held to (``metrics.caveat``:
-NetTailor's validation split too small for its tolerance), the reason says so. ``task.json`` records every candidate's figures, why the winner won, and the seconds spent choosing. A
-budget nothing meets is a one-line error naming the candidate closest to it.
+NetTailor's validation split too small for its tolerance), the reason says so. ``task.json`` records every
+candidate's figures, why the winner won, and the seconds spent choosing. A budget nothing meets is a one-line error
+naming the candidate closest to it.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from tailorrt.backbone_spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec  # noqa: F401 (re-exported)
+from tailorrt.backbone_spec import BackboneSpec
 from tailorrt.errors import CheckpointError, ConfigError
 from tailorrt.training import mbconv
 from tailorrt.training.io import load_state_file

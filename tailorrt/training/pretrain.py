@@ -8,11 +8,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tailorrt.files import write_json
 from tailorrt.training.backbones import EMBEDDED, build_backbone, get_spec
 from tailorrt.training.datasets import Preprocess, load_task
-from tailorrt.training.io import save_tensors, write_json
+from tailorrt.training.io import save_tensors
+from tailorrt.training.phases import PhaseConfig, Progress, Trainer, accuracy
 from tailorrt.training.teacher import Teacher
-from tailorrt.training.trainer import PhaseConfig, Progress, Trainer, accuracy
 
 
 @dataclass

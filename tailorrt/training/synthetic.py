@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tailorrt.pack import ModelDir, machine, versions
 from tailorrt.training.backbones import BackboneSource, UniversalBackbone, build_backbone, get_spec
 from tailorrt.training.datasets import Preprocess
 from tailorrt.training.methods.nettailor import NAME, NetTailorConfig
 from tailorrt.training.methods.student import Student
+from tailorrt.training.packs import TrainingDir, machine, versions
 
 
 def _image_folder(root: Path, classes: int, per_class: int = 4, size: int = 64) -> Path:
@@ -54,12 +54,12 @@ def make_student(backbone: UniversalBackbone, classes: int, seed: int, own_norms
 
 
 def make_model_dir(root: str | Path, *, backbone: str = "resnet34", tasks: int = 3, classes: int = 10,
-                   seed: int = 0, input_size: int | None = None, pretrained: bool = False) -> ModelDir:
+                   seed: int = 0, input_size: int | None = None, pretrained: bool = False) -> TrainingDir:
     """Write a random ``backbone`` (or its pretrained weights, as ``tailor train`` finds them) and ``tasks``
     synthetic task packs named ``synthetic-<i>``, whose images are resized to ``input_size`` (default: the
     backbone's own)."""
     root = Path(root)
-    mdir = ModelDir(root)
+    mdir = TrainingDir(root)
     torch.manual_seed(seed)
     if pretrained:
         model, source = build_backbone(backbone)

@@ -12,17 +12,19 @@ from typing import Any
 
 import torch
 
+from tailorrt.backbone_spec import BackboneSpec
 from tailorrt.errors import ConfigError, PackError, TrainingError
-from tailorrt.filecheck import listed
 from tailorrt.files import read_json, write_json
-from tailorrt.pack import ModelDir, machine, preprocess_of, versions
+from tailorrt.pack import preprocess_of
 from tailorrt.records import BackboneRecord, TaskRecord
 from tailorrt.training import auto, methods
-from tailorrt.training.backbones import BackboneSpec, UniversalBackbone, build_backbone, get_spec
+from tailorrt.training.backbones import UniversalBackbone, build_backbone, get_spec
 from tailorrt.training.datasets import DataCheck, Preprocess, TaskData, load_task, pack_name
 from tailorrt.training.distributed import Cluster
+from tailorrt.training.image_check import listed
 from tailorrt.training.methods import Trained
-from tailorrt.training.trainer import Progress, Trainer, accuracy
+from tailorrt.training.packs import TrainingDir, machine, versions
+from tailorrt.training.phases import Progress, Trainer, accuracy
 from tailorrt.training.world import BUILTIN_TASKS
 
 
@@ -102,7 +104,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _uses_model_dir_backbone(req: TrainRequest, mdir: ModelDir) -> bool:
+def _uses_model_dir_backbone(req: TrainRequest, mdir: TrainingDir) -> bool:
     return req.backbone is None and req.backbone_weights is None and mdir.has_backbone()
 
 
@@ -110,11 +112,11 @@ def _backbone_name(req: TrainRequest) -> str:
     return req.backbone or ("embedded" if req.task in BUILTIN_TASKS else "resnet34")
 
 
-def _spec_for(req: TrainRequest, mdir: ModelDir) -> BackboneSpec:
+def _spec_for(req: TrainRequest, mdir: TrainingDir) -> BackboneSpec:
     """The architecture (and so the preprocessing) without loading or downloading any weights; ConfigError where
     ``--input-size`` asks the model dir's backbone for another size than the one its tasks were trained at."""
     if _uses_model_dir_backbone(req, mdir):
-        spec = BackboneSpec.from_json(mdir.backbone_meta()["spec"])
+        spec = mdir.backbone_record().spec
         if req.input_size not in (None, spec.input_size):
             raise ConfigError(f"the backbone of {mdir.root} runs at {spec.input_size} px; every task of a model dir "
                               f"shares it: use another --model-dir for {req.input_size} px")
@@ -122,7 +124,7 @@ def _spec_for(req: TrainRequest, mdir: ModelDir) -> BackboneSpec:
     return get_spec(_backbone_name(req), input_size=req.input_size)
 
 
-def _backbone_for(req: TrainRequest, mdir: ModelDir) -> tuple[UniversalBackbone, str]:
+def _backbone_for(req: TrainRequest, mdir: TrainingDir) -> tuple[UniversalBackbone, str]:
     """The backbone to train on, written into the model dir (once) and its sha256."""
     if _uses_model_dir_backbone(req, mdir):
         backbone, meta = mdir.load_backbone()
@@ -140,7 +142,7 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
     :func:`tailorrt.training.methods.pack_name`, so that several methods of one task live side by side; ``auto``'s is
     named after the task); returns the pack's folder. Under torchrun (``cluster``) every process trains and rank 0
     alone writes."""
-    mdir = ModelDir(req.model_dir)
+    mdir = TrainingDir(req.model_dir)
     name = pack_name(req.task) if req.auto else methods.pack_name(pack_name(req.task), req.method)
     work = mdir.work_dir(name)
     saved = work / "request.json"
@@ -235,7 +237,7 @@ def evaluate_task(model_dir: str | Path, task: str, *, data_dir: str | Path = "d
     """Re-measure a saved pack's accuracy on a split of its dataset."""
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split must be train, val or test, not {split!r}")
-    mdir = ModelDir(model_dir)
+    mdir = TrainingDir(model_dir)
     backbone, bmeta = mdir.load_backbone()
     student, meta = mdir.load_model(task, backbone, BackboneRecord.from_json(bmeta).sha256)
     rec = TaskRecord.from_json(meta)

@@ -1,4 +1,5 @@
-"""The ways to tailor a task, one module per family, each registered once (:func:`~tailorrt.training.methods.base.register`).
+"""The ways to tailor a task, one module per family, each registered once
+(:func:`~tailorrt.training.methods.base.register`).
 
 Everything outside this package finds a method here, by name (:func:`get`) or by the ``method`` of a pack's
 ``task.json`` (:func:`for_record`), and asks it to train, rebuild, export or describe a task. A new family
@@ -14,6 +15,7 @@ from tailorrt.training.methods.base import (
     MethodOption,
     Trained,
     configure,
+    describe,
     families,
     for_record,
     get,
@@ -28,5 +30,5 @@ DEFAULT = nettailor.NAME  # what tailor train uses when no method is named
 REFERENCE = classic.REFERENCE
 reference_network = classic.reference_network
 
-__all__ = ["DEFAULT", "FAMILIES", "REFERENCE", "Method", "MethodOption", "Trained", "configure", "families", "for_record", "get",
-           "options", "pack_name", "reference_network", "shorter", "syntax"]
+__all__ = ["DEFAULT", "FAMILIES", "REFERENCE", "Method", "MethodOption", "Trained", "configure", "describe", "families",
+           "for_record", "get", "options", "pack_name", "reference_network", "shorter", "syntax"]

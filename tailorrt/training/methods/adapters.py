@@ -21,7 +21,7 @@ from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.methods.base import register
 from tailorrt.training.methods.student import SharedConv2d
 from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
-from tailorrt.training.methods.tuning_base import Runner, TuningMethod
+from tailorrt.training.methods.tuning_method import Runner, TuningMethod
 
 
 class ParallelAdapterConv(SharedConv2d):

@@ -21,7 +21,7 @@ from tailorrt.errors import ConfigError, PackError
 from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.datasets import TaskData
 from tailorrt.training.onnx_graph import GraphBuilder
-from tailorrt.training.trainer import PhaseConfig, Trainer
+from tailorrt.training.phases import PhaseConfig, Trainer
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,11 @@ def for_record(meta: dict) -> Method:
         raise PackError(f"task {meta.get('task')!r} uses method {name!r}, which this version of tailorrt cannot "
                         f"load; upgrade tailorrt or retrain the task")
     return method
+
+
+def describe(meta: dict) -> str:
+    """What training chose for a task, as its method words it (``tailor info``'s "chosen" column)."""
+    return for_record(meta).describe(meta)
 
 
 def pack_name(task_pack: str, name: str) -> str:

@@ -1,6 +1,7 @@
-"""Channel attention as a method: trainable scales on every convolution (:mod:`tailorrt.training.methods.channel_scales`), trained
-on a schedule of head (F), attention (A, statistics fixed, with the penalty) and batch-norm (B, statistics
-re-estimated) epochs; ``:prune`` removes the channels whose scale fell below the threshold (P) and recovers (B).
+"""Channel attention as a method: trainable scales on every convolution
+(:mod:`tailorrt.training.methods.channel_scales`), trained on a schedule of head (F), attention (A, statistics fixed,
+with the penalty) and batch-norm (B, statistics re-estimated) epochs; ``:prune`` removes the channels whose scale fell
+below the threshold (P) and recovers (B).
 
 Names: ``attention[:channel|filter][:l1|l2|distance-to-1][:prune]``. The schedule's steps, the scales per
 epoch and what pruning removed go into ``task.json`` as ``attention``.
@@ -23,7 +24,7 @@ from tailorrt.training.methods.channel_scales import (
     prune_by_scale,
 )
 from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
-from tailorrt.training.methods.tuning_base import HEAD_EPOCHS, TUNE_EPOCHS, Runner, TuningMethod
+from tailorrt.training.methods.tuning_method import HEAD_EPOCHS, TUNE_EPOCHS, Runner, TuningMethod
 
 
 def set_trainable(net: TunedNet, letter: str) -> None:

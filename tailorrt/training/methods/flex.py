@@ -17,7 +17,7 @@ import time
 
 from tailorrt.training.methods.base import register
 from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
-from tailorrt.training.methods.tuning_base import Runner, TuningMethod, phase
+from tailorrt.training.methods.tuning_method import Runner, TuningMethod, phase
 
 
 def select_unit(method: str, run: Runner) -> tuple[TunedNet, dict]:

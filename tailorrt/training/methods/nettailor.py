@@ -34,8 +34,7 @@ from tailorrt.training.methods.student import Student
 from tailorrt.training.onnx_graph import INPUT, GraphBuilder, check_positive
 from tailorrt.training.onnx_layers import emit_block, emit_head, emit_sequence, passes_input
 from tailorrt.training.paired import Paired
-from tailorrt.training.teacher import Teacher
-from tailorrt.training.trainer import (
+from tailorrt.training.phases import (
     JOINT,
     PhaseConfig,
     PhaseResult,
@@ -46,6 +45,7 @@ from tailorrt.training.trainer import (
     percent,
     to_device,
 )
+from tailorrt.training.teacher import Teacher
 
 
 @dataclass
@@ -139,8 +139,8 @@ LAYER_DISTANCES = ("auto", "mse", "relative")
 
 
 @dataclass
-class TrainedTask:
-    """What a method hands to the pack writer."""
+class TailoredStudent:
+    """NetTailor's chosen student, its metrics and phases (what :class:`NetTailor` turns into a :class:`Trained`)."""
 
     student: Student
     metrics: dict
@@ -214,7 +214,7 @@ def train_student(cfg: NetTailorConfig, backbone: UniversalBackbone, data: TaskD
 
 
 def train_nettailor(cfg: NetTailorConfig, backbone: UniversalBackbone, data: TaskData, trainer: Trainer
-                    ) -> TrainedTask:
+                    ) -> TailoredStudent:
     """Run every phase (resuming those a previous run finished) and return the pruned, fine-tuned student."""
     device = trainer.device
     n = len(data.classes)
@@ -246,7 +246,7 @@ def train_nettailor(cfg: NetTailorConfig, backbone: UniversalBackbone, data: Tas
         metrics["caveat"] = metrics["prune"]["words"]
     phase_rows = ([p.to_json() for p in [teacher_phase, student_phase] + tuned]
                   + [{"name": "prune", "seconds": round(max(search_seconds, 0.0), 2)}])
-    return TrainedTask(chosen, metrics, phase_rows)
+    return TailoredStudent(chosen, metrics, phase_rows)
 
 
 def _pct(right: torch.Tensor) -> float:

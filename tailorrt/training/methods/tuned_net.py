@@ -7,7 +7,8 @@ objects) or *owned* by the task (a trainable copy). A :class:`TuneSpec` says whi
 - ``linear[:U]``: nothing owned but the classifier, on the frozen features of the last unit (or unit U);
 - ``finetune-last:K``: the last K units; ``finetune-all``: every unit;
 - ``scale-shift``: the batch-norm affine weights and statistics of every unit, plus the classifier;
-- ``flex`` and its faster variants: exactly one unit (or every unit when that wins, see :mod:`tailorrt.training.methods.flex`);
+- ``flex`` and its faster variants: exactly one unit (or every unit when that wins, see
+  :mod:`tailorrt.training.methods.flex`);
 - ``adapters``: the batch norms of every unit and a 1x1 convolution beside each 3x3 one
   (see :mod:`tailorrt.training.methods.adapters`), plus the classifier;
 - ``attention...``: the batch norms of every unit, with a trainable scale per channel or per filter

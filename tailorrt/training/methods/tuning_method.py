@@ -1,10 +1,11 @@
-"""What the methods that tune parts of the backbone share (see :class:`~tailorrt.training.methods.tuned_net.TunedNet`): their
-schedules, a runner that builds and trains tuned networks phase by phase, their metrics, and the
-:class:`TuningMethod` base that rebuilds, exports and draws any of them from its pack.
+"""What the methods that tune parts of the backbone share (see
+:class:`~tailorrt.training.methods.tuned_net.TunedNet`): their schedules, a runner that builds and trains tuned
+networks phase by phase, their metrics, and the :class:`TuningMethod` base that rebuilds, exports and draws any of
+them from its pack.
 
 The families: the classic baselines (:mod:`~tailorrt.training.methods.classic`), flex-tuning
-(:mod:`~tailorrt.training.methods.flex`), channel attention (:mod:`~tailorrt.training.methods.channel_attention`) and residual
-adapters (:mod:`~tailorrt.training.methods.adapters`).
+(:mod:`~tailorrt.training.methods.flex`), channel attention (:mod:`~tailorrt.training.methods.channel_attention`) and
+residual adapters (:mod:`~tailorrt.training.methods.adapters`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tailorrt.training.methods.channel_scales import AttentionConfig
 from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
 from tailorrt.training.onnx_graph import INPUT, GraphBuilder
 from tailorrt.training.onnx_layers import emit_block, emit_head, emit_sequence
-from tailorrt.training.trainer import PhaseConfig, Trainer, accuracy
+from tailorrt.training.phases import PhaseConfig, Trainer, accuracy
 
 
 @dataclass

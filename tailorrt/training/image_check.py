@@ -143,7 +143,7 @@ class CheckCache:
 
 
 class CheckProgress:
-    """What a long check reports to (the training loop's :class:`~tailorrt.training.trainer.Progress` fits)."""
+    """What a long check reports to (the training loop's :class:`~tailorrt.training.phases.Progress` fits)."""
 
     def start(self, label: str, total: int, completed: int = 0) -> None: ...
 

@@ -1,19 +1,22 @@
 """The end of ``make demo``: start ``tailor serve`` on loopback, send a few test images of every built-in
 task through HTTP (KServe v2 infer with the PNGs as binary tensor data, and the classification extension
-answering in binary too), print the answers next to the truth, and stop the server.
+answering in binary too), print the answers next to the truth, and stop the server. The test images come from
+the built-in world (the training side's); :func:`request_plan` mixes them into a load for the benchmarks.
 
-    python -m tailorrt.serving.demo --model-dir runs/demo --per-task 4
+    python -m tailorrt.tools.serve_demo --model-dir runs/demo --per-task 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import urllib.request
 
 from rich.console import Console
 from rich.table import Table
 
+from tailorrt import Runtime
 from tailorrt.pack import ModelDir
 from tailorrt.serving.local import local_server, png_bytes
 from tailorrt.serving.protocol import pack_bytes, unpack_bytes
@@ -39,6 +42,18 @@ def infer(url: str, task: str, pngs: list[bytes], top_k: int = 1) -> list[tuple[
     return [(row.decode().split(":", 2)[2], float(row.decode().split(":", 2)[0])) for row in rows]
 
 
+def request_plan(runtime: Runtime, tasks: list[str], requests: int, images_per_task: int = 100, seed: int = 0
+                 ) -> list[tuple[str, bytes, str, float]]:
+    """``requests`` test images of built-in ``tasks``, mixed at random, as PNG with the answer ``runtime`` gives."""
+    pool = []
+    for t in tasks:
+        images, _ = generate(BUILTIN_TASKS[t], "test", runtime.task(t).preprocess.size)
+        pngs = [png_bytes(a) for a in images[:images_per_task]]
+        pool += [(t, png, p.label, p.scores[0]) for png, p in zip(pngs, runtime.predict(t, pngs))]
+    rng = random.Random(seed)
+    return [rng.choice(pool) for _ in range(requests)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", default="runs/demo")
@@ -54,7 +69,7 @@ def main() -> None:
         console.print(f"tailor serve is up on {url} with {', '.join(tasks)}", highlight=False)
         for task in tasks:
             spec = BUILTIN_TASKS[task]
-            size = int(ModelDir(args.model_dir).task_meta(task)["preprocess"]["resize"][0])
+            size = ModelDir(args.model_dir).task_record(task).preprocess.size
             images, labels = generate(spec, "test", size)
             pngs = [png_bytes(a) for a in images[: args.per_task]]
             for i, ((label, score), truth) in enumerate(zip(infer(url, task, pngs), labels)):
