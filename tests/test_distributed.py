@@ -117,6 +117,6 @@ def test_nproc_2_trains_a_loadable_pack_and_resumes_after_a_kill(tmp_path):
 @pytest.mark.parametrize("argv, want", [(["train", "--nproc", "2", "--task", "x"], ["train", "--task", "x"]),
                                         (["train", "--nproc=3", "--resume"], ["train", "--resume"])])
 def test_the_relaunched_command_drops_nproc(argv, want):
-    from tailorrt.cli.app import _without_option
+    from tailorrt.cli.common import without_option
 
-    assert _without_option(argv, "--nproc") == want
+    assert without_option(argv, "--nproc") == want
