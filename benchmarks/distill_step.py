@@ -18,7 +18,7 @@ import torch
 
 from tailorrt.precision import cpu_summary
 from tailorrt.training.backbones import build_backbone, pool
-from tailorrt.training.methods.student import Student
+from tailorrt.training.methods.parts.student import Student
 
 
 def recompute_whole(s: Student, x: torch.Tensor):

@@ -6,7 +6,7 @@ interval.
     python benchmarks/search_summary.py --replay /tmp/fm/runs-2000-s60   # what today's rule keeps from the same
 
 Reads only each task's ``task.json`` (``metrics.prune``, written by ``tailor train``); nothing is run. ``--replay``
-runs today's search (:func:`tailorrt.training.methods.selection.search`) over each run's recorded candidates
+runs today's search (:func:`tailorrt.training.methods.parts.selection.search`) over each run's recorded candidates
 instead (over k = 1 up to every universal block: the FLOPs cap is not recorded, and on the embedded backbone every
 such k is under it): the candidate it keeps, or the ``k`` it would fine-tune that the run did not.
 """
@@ -45,7 +45,7 @@ def rows(model_dir: Path) -> list[str]:
 
 def replay(model_dir: Path) -> list[str]:
     """Today's rule over each NetTailor task's recorded candidates: one line per task."""
-    from tailorrt.training.methods.selection import Candidate, search
+    from tailorrt.training.methods.parts.selection import Candidate, search
 
     out = []
     for meta_path in sorted(model_dir.glob("tasks/*/task.json")):

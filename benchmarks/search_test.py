@@ -50,8 +50,8 @@ def main() -> None:
     from tailorrt.records import TaskRecord
     from tailorrt.training.datasets import load_task
     from tailorrt.training.methods.nettailor import ArchitectureSearch, NetTailorConfig
-    from tailorrt.training.methods.selection import eligible
-    from tailorrt.training.methods.student import Student
+    from tailorrt.training.methods.parts.selection import eligible
+    from tailorrt.training.methods.parts.student import Student
     from tailorrt.training.packs import TrainingDir
     from tailorrt.training.paired import Paired
     from tailorrt.training.phases import Trainer, correct
@@ -117,7 +117,7 @@ def main() -> None:
 
 def replay(found: dict, tolerance: float, student: float) -> None:
     """The rule over every candidate: the bisection, the bisection with one more try, and an exhaustive search."""
-    from tailorrt.training.methods.selection import choose, passes, search
+    from tailorrt.training.methods.parts.selection import choose, passes, search
 
     ks = sorted(found)
     plain = search(ks, lambda k: found[k][0], tolerance, student)

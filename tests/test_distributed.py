@@ -25,7 +25,7 @@ def test_ddp_wraps_only_the_trainable_parts_and_leaves_the_backbone(tmp_path):
     (weights and batch-norm statistics) as it was."""
     from tailorrt.training.backbones import build_backbone
     from tailorrt.training.distributed import Cluster
-    from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
+    from tailorrt.training.methods.parts.tuned_net import TunedNet, TuneSpec
     from tailorrt.training.train import fingerprint
 
     backbone, _ = build_backbone("tiny", pretrained=False)

@@ -21,7 +21,7 @@ from tailorrt.export.exporter import ExportRequest, export_model
 from tailorrt.files import read_json
 from tailorrt.training.backbones import UniversalBackbone, get_spec
 from tailorrt.training.methods.nettailor import NetTailor, emit_student
-from tailorrt.training.methods.student import Student
+from tailorrt.training.methods.parts.student import Student
 from tailorrt.training.onnx_graph import GraphBuilder, SharedWeights, save_graph
 from tailorrt.training.onnx_layers import choose_fused
 from tailorrt.training.packs import TrainingDir
@@ -165,7 +165,7 @@ def test_a_task_on_the_backbones_own_norms_copies_nothing_the_budget_offers(kind
     """Its convolutions have no pass after them (the norm is folded into the shared weight): a copy would cost
     bytes and buy nothing, so the graph references every shared weight even where the budget would pay for it."""
     from tailorrt.training import methods
-    from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
+    from tailorrt.training.methods.parts.tuned_net import TunedNet, TuneSpec
 
     torch.manual_seed(0)
     backbone = UniversalBackbone(ALL_SPECS[kind]).eval()

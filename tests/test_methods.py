@@ -22,13 +22,13 @@ from tailorrt.serving.local import png_bytes
 from tailorrt.training import methods, phases
 from tailorrt.training.backbones import UniversalBackbone, get_spec
 from tailorrt.training.io import load_tensors
-from tailorrt.training.methods.channel_scales import (
+from tailorrt.training.methods.parts.channel_scales import (
     AttentionConfig,
     AttentionMethod,
     attention_parameters,
     prune_by_scale,
 )
-from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
+from tailorrt.training.methods.parts.tuned_net import TunedNet, TuneSpec
 from tailorrt.training.methods.tuning_method import emit_tuned
 from tailorrt.training.onnx_graph import GraphBuilder, SharedWeights, save_graph
 from tailorrt.training.packs import TrainingDir

@@ -4,7 +4,7 @@ import torch
 from tailorrt.errors import BackboneMismatchError, IntegrityError, PackError
 from tailorrt.training.backbones import BackboneSource, UniversalBackbone, get_spec
 from tailorrt.training.datasets import Preprocess
-from tailorrt.training.methods.student import Student
+from tailorrt.training.methods.parts.student import Student
 from tailorrt.training.packs import TrainingDir as ModelDir
 from tests.conftest import one_line_error, reseal, run_cli
 

@@ -13,7 +13,7 @@ import pytest
 from tailorrt.pack import ModelDir
 from tailorrt.tools.render import check_rendering, find_browser, image_difference
 from tailorrt.tools.report import architecture_plot, attention_plot
-from tailorrt.training.methods.pictures import attention_history
+from tailorrt.training.methods.parts.pictures import attention_history
 from tailorrt.training.paired import Paired
 from tests.conftest import one_line_error, run_cli
 

@@ -13,8 +13,8 @@ from tailorrt.errors import ConfigError
 from tailorrt.training.backbones import UniversalBackbone, get_spec
 from tailorrt.training.datasets import TaskData
 from tailorrt.training.methods.nettailor import ArchitectureSearch, NetTailor, NetTailorConfig
-from tailorrt.training.methods.selection import Candidate, Plan, Verdict, choose, eligible, monotone_fit, search
-from tailorrt.training.methods.student import Student
+from tailorrt.training.methods.parts.selection import Candidate, Plan, Verdict, choose, eligible, monotone_fit, search
+from tailorrt.training.methods.parts.student import Student
 from tailorrt.training.paired import Paired
 from tailorrt.training.phases import PhaseConfig, Trainer, correct
 from tailorrt.training.teacher import Teacher

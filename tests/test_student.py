@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tailorrt.training.backbones import UniversalBackbone, get_spec
-from tailorrt.training.methods.student import Student
+from tailorrt.training.methods.parts.student import Student
 
 
 @pytest.fixture()

@@ -44,7 +44,7 @@ from tailorrt.records import BackboneRecord
 from tailorrt.training import methods
 from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.io import load_metadata, load_tensors
-from tailorrt.training.methods.tuned_net import TunedNet
+from tailorrt.training.methods.parts.tuned_net import TunedNet
 from tailorrt.training.packs import TrainingDir, machine, versions
 
 

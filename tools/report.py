@@ -2,7 +2,7 @@
 what tailoring did to its network.
 
 - The architecture picture and the attention weights over training, as each method draws them
-  (:mod:`tailorrt.training.methods.pictures`).
+  (:mod:`tailorrt.training.methods.parts.pictures`).
 - Accuracy against parameters and against FLOPs, next to the task's teacher (the whole backbone fine-tuned).
 - The table of ``tailor info``, and the latest ``tailor bench`` summaries if the model dir has them.
 """
@@ -21,7 +21,7 @@ from tailorrt.inventory import info_rows, method_label, size_summary
 from tailorrt.pack import ModelDir
 from tailorrt.records import BackboneRecord, TaskRecord
 from tailorrt.training import methods
-from tailorrt.training.methods.pictures import BLUE, GRAY
+from tailorrt.training.methods.parts.pictures import BLUE, GRAY
 
 
 @dataclass

@@ -18,7 +18,7 @@ from PIL import Image
 from tailorrt.training.backbones import BackboneSource, UniversalBackbone, build_backbone, get_spec
 from tailorrt.training.datasets import Preprocess
 from tailorrt.training.methods.nettailor import NAME, NetTailorConfig
-from tailorrt.training.methods.student import Student
+from tailorrt.training.methods.parts.student import Student
 from tailorrt.training.packs import TrainingDir, machine, versions
 
 

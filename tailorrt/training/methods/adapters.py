@@ -19,8 +19,8 @@ from torch import nn
 
 from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.methods.base import register
-from tailorrt.training.methods.student import SharedConv2d
-from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
+from tailorrt.training.methods.parts.student import SharedConv2d
+from tailorrt.training.methods.parts.tuned_net import TunedNet, TuneSpec
 from tailorrt.training.methods.tuning_method import Runner, TuningMethod
 
 

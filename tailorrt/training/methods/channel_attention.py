@@ -1,7 +1,7 @@
 """Channel attention as a method: trainable scales on every convolution
-(:mod:`tailorrt.training.methods.channel_scales`), trained on a schedule of head (F), attention (A, statistics fixed,
-with the penalty) and batch-norm (B, statistics re-estimated) epochs; ``:prune`` removes the channels whose scale fell
-below the threshold (P) and recovers (B).
+(:mod:`tailorrt.training.methods.parts.channel_scales`), trained on a schedule of head (F), attention (A, statistics
+fixed, with the penalty) and batch-norm (B, statistics re-estimated) epochs; ``:prune`` removes the channels whose
+scale fell below the threshold (P) and recovers (B).
 
 Names: ``attention[:channel|filter][:l1|l2|distance-to-1][:prune]``. The schedule's steps, the scales per
 epoch and what pruning removed go into ``task.json`` as ``attention``.
@@ -14,16 +14,16 @@ from dataclasses import replace
 
 import torch
 
-from tailorrt.training.methods import pictures
 from tailorrt.training.methods.base import MethodOption, register
-from tailorrt.training.methods.channel_scales import (
+from tailorrt.training.methods.parts import pictures
+from tailorrt.training.methods.parts.channel_scales import (
     AttentionMethod,
     attention_parameters,
     attention_summary,
     penalty,
     prune_by_scale,
 )
-from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
+from tailorrt.training.methods.parts.tuned_net import TunedNet, TuneSpec
 from tailorrt.training.methods.tuning_method import HEAD_EPOCHS, TUNE_EPOCHS, Runner, TuningMethod
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from tailorrt.errors import ConfigError
 from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.methods.base import register
-from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
+from tailorrt.training.methods.parts.tuned_net import TunedNet, TuneSpec
 from tailorrt.training.methods.tuning_method import Runner, TuningMethod
 
 REFERENCE = "finetune-all"  # the whole backbone fine-tuned: what tailor compare measures every method against

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 
 from tailorrt.training.methods.base import register
-from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
+from tailorrt.training.methods.parts.tuned_net import TunedNet, TuneSpec
 from tailorrt.training.methods.tuning_method import Runner, TuningMethod, phase
 
 

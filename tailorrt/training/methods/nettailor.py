@@ -27,10 +27,10 @@ from tailorrt.files import read_json, write_json
 from tailorrt.training import augment
 from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.datasets import TaskData
-from tailorrt.training.methods import pictures
 from tailorrt.training.methods.base import Method, MethodOption, Trained, register
-from tailorrt.training.methods.selection import Candidate, Plan, Selection, Verdict, choose, eligible, search
-from tailorrt.training.methods.student import Student
+from tailorrt.training.methods.parts import pictures
+from tailorrt.training.methods.parts.selection import Candidate, Plan, Selection, Verdict, choose, eligible, search
+from tailorrt.training.methods.parts.student import Student
 from tailorrt.training.onnx_graph import INPUT, GraphBuilder, check_positive
 from tailorrt.training.onnx_layers import emit_block, emit_head, emit_sequence, passes_input
 from tailorrt.training.paired import Paired
@@ -288,10 +288,10 @@ def candidate_phase(finetune: str, k: int) -> str:
 
 
 class ArchitectureSearch:
-    """The candidates of one trained student (:mod:`tailorrt.training.methods.selection`): each is built afresh from the
-    student's state, pruned, re-estimated, fine-tuned as the phase ``finetune-k<k>`` (its own checkpoint, so a killed
-    search resumes) and compared with the teacher image by image on the validation split; a finished candidate's
-    figures are kept in ``prune-k<k>.json`` beside it."""
+    """The candidates of one trained student (:mod:`tailorrt.training.methods.parts.selection`): each is built
+    afresh from the student's state, pruned, re-estimated, fine-tuned as the phase ``finetune-k<k>`` (its own
+    checkpoint, so a killed search resumes) and compared with the teacher image by image on the validation split; a
+    finished candidate's figures are kept in ``prune-k<k>.json`` beside it."""
 
     def __init__(self, cfg: NetTailorConfig, backbone: UniversalBackbone, num_classes: int,
                  state: dict[str, torch.Tensor], teacher: Teacher, data: TaskData, trainer: Trainer) -> None:

@@ -1,5 +1,5 @@
 """What the methods that tune parts of the backbone share (see
-:class:`~tailorrt.training.methods.tuned_net.TunedNet`): their schedules, a runner that builds and trains tuned
+:class:`~tailorrt.training.methods.parts.tuned_net.TunedNet`): their schedules, a runner that builds and trains tuned
 networks phase by phase, their metrics, and the :class:`TuningMethod` base that rebuilds, exports and draws any of
 them from its pack.
 
@@ -18,10 +18,10 @@ from torch.nn import functional as F
 
 from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.datasets import TaskData
-from tailorrt.training.methods import pictures
 from tailorrt.training.methods.base import Method, MethodOption, Trained
-from tailorrt.training.methods.channel_scales import AttentionConfig
-from tailorrt.training.methods.tuned_net import TunedNet, TuneSpec
+from tailorrt.training.methods.parts import pictures
+from tailorrt.training.methods.parts.channel_scales import AttentionConfig
+from tailorrt.training.methods.parts.tuned_net import TunedNet, TuneSpec
 from tailorrt.training.onnx_graph import INPUT, GraphBuilder
 from tailorrt.training.onnx_layers import emit_block, emit_head, emit_sequence
 from tailorrt.training.phases import PhaseConfig, Trainer, accuracy

@@ -25,7 +25,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from tailorrt.errors import ConfigError, PackError
 from tailorrt.training.backbones import DecathlonBlock
-from tailorrt.training.methods.student import SharedConv2d
+from tailorrt.training.methods.parts.student import SharedConv2d
 from tailorrt.training.onnx_layers import conv_weight
 
 GRANULARITIES = ("channel", "filter")

@@ -12,7 +12,8 @@ objects) or *owned* by the task (a trainable copy). A :class:`TuneSpec` says whi
 - ``adapters``: the batch norms of every unit and a 1x1 convolution beside each 3x3 one
   (see :mod:`tailorrt.training.methods.adapters`), plus the classifier;
 - ``attention...``: the batch norms of every unit, with a trainable scale per channel or per filter
-  (see :mod:`tailorrt.training.methods.channel_scales`), plus the classifier; pruned channels are gone from the network.
+  (see :mod:`tailorrt.training.methods.parts.channel_scales`), plus the classifier; pruned channels are gone from the
+  network.
 
 Shared units keep the backbone's batch-norm statistics and stay in eval mode while training, except
 under ``scale-shift``, where the task re-estimates them. The task owns exactly :meth:`TunedNet.task_state`.
@@ -29,8 +30,8 @@ from torch import nn
 from tailorrt.errors import ConfigError, PackError
 from tailorrt.training.backbones import UniversalBackbone, pool
 from tailorrt.training.flops import count_flops, count_params
-from tailorrt.training.methods.channel_scales import GRANULARITIES, add_attention, prune_channels
-from tailorrt.training.methods.student import share_frozen, share_frozen_own_norms
+from tailorrt.training.methods.parts.channel_scales import GRANULARITIES, add_attention, prune_channels
+from tailorrt.training.methods.parts.student import share_frozen, share_frozen_own_norms
 
 BN_MODES = ("frozen", "affine")
 
