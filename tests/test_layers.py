@@ -265,3 +265,39 @@ def test_the_serving_side_does_not_import_the_training_side():
             elif name.split(".")[0] in TRAINING_SIDE:
                 reached.setdefault(name, module)
     assert not reached, {name: f"imported by {module}" for name, module in reached.items()}
+
+
+def _declared(extras: tuple[str, ...] = ()) -> set[str]:
+    """The distributions ``pyproject.toml`` asks for: the base install, and ``extras``."""
+    import re
+
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + [d for e in extras for d in project["optional-dependencies"][e]]
+    return {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in wanted}
+
+
+def test_every_package_the_code_imports_is_declared():
+    """Each third-party module a module imports (in functions too) comes from a distribution ``pyproject.toml``
+    declares: the core from the base install, the server from it and ``ray`` (``serving/ray.py``, for ``--ray``),
+    the rest from the base install, ``train`` and the other extras (gpu, ray, imagenet)."""
+    import sys
+    from importlib.metadata import packages_distributions
+
+    owners = packages_distributions()
+    base, server, full = _declared(), _declared(("ray",)), _declared(("train", "gpu", "ray", "imagenet"))
+    missing = []
+    for module, path in MODULES.items():
+        declared = {"core": base, "tailorrt.serving": server}.get(_layer(module), full)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "tailorrt":
+                    continue
+                dists = {d.lower().replace("_", "-") for d in owners.get(top, [top])}
+                if not dists & declared:
+                    missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {name} ({', '.join(sorted(dists))})")
+    assert not missing, missing
