@@ -26,11 +26,11 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from tailorrt.errors import BadInputError, ConfigError, TailorError
+from tailorrt.errors import BadInputError, ConfigError
 from tailorrt.serving.config import ServerConfig
 from tailorrt.serving.connections import address
 from tailorrt.serving.protocol import VERSION, InferRequest, validate_request
-from tailorrt.serving.service import Service, key_matches
+from tailorrt.serving.service import Service, http_status, key_matches
 from tailorrt.serving.triton_grpc import protocol
 
 OPEN_METHODS = ("ServerLive", "ServerReady")
@@ -45,9 +45,9 @@ def _answers_errors(method):
         try:
             return method(self, request, context)
         except Exception as e:  # noqa: BLE001 - every error becomes a status, never a dead server
-            known = isinstance(e, TailorError) and e.http_status != 500
-            message = str(e) if known else f"internal error: {type(e).__name__}: {e}"
-            context.abort(getattr(grpc.StatusCode, e.grpc_code) if known else grpc.StatusCode.INTERNAL, message)
+            if http_status(e) == 500:  # not an error of ours: a bug, said as one
+                context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+            context.abort(getattr(grpc.StatusCode, e.grpc_code), str(e))
 
     return call
 

@@ -42,11 +42,6 @@ class Backend(Protocol):
     def logits(self, task: str, x: np.ndarray) -> np.ndarray: ...
 
 
-def backend_names() -> list[str]:
-    """The backends installed, by name (entry points of the group ``tailorrt.backends``)."""
-    return sorted(ep.name for ep in entry_points(group=GROUP))
-
-
 def make_backend(name: str, mdir: ModelDir, device: str, threads: int | None = None, *,
                  share_weights: bool = True, precision: str = "fp32") -> Backend:
     """The backend ``name`` at ``precision`` (checked by :func:`tailorrt.precision.check_precision` first), found by

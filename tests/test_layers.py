@@ -61,6 +61,17 @@ def _imports(path: Path) -> set[str]:
 GRAPH = {m: _imports(p) - {m} for m, p in MODULES.items()}
 
 
+def _every_import(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every absolute import of a file, in functions and for type checkers too."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
 def test_the_core_and_the_server_never_reach_the_training_side():
     """No module of the core (``tailorrt/`` but ``training/``) or of the server imports torch, torchvision, onnx or
     ``tailorrt.training``, at module level or in a function: the torch side is reached through what the training
@@ -70,11 +81,8 @@ def test_the_core_and_the_server_never_reach_the_training_side():
     for module, path in MODULES.items():
         if _layer(module) not in ("core", "tailorrt.serving"):
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
-            found += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names
-                      if n.split(".")[0] in ("torch", "torchvision", "onnx") or n.startswith("tailorrt.training")]
+        found += [f"{path.relative_to(ROOT)}:{line} {n}" for line, n in _every_import(path)
+                  if n.split(".")[0] in ("torch", "torchvision", "onnx") or n.startswith("tailorrt.training")]
     assert not found, found
 
 
@@ -290,14 +298,11 @@ def test_every_package_the_code_imports_is_declared():
     missing = []
     for module, path in MODULES.items():
         declared = {"core": base, "tailorrt.serving": server}.get(_layer(module), full)
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
-            for name in names:
-                top = name.split(".")[0]
-                if top in sys.stdlib_module_names or top == "tailorrt":
-                    continue
-                dists = {d.lower().replace("_", "-") for d in owners.get(top, [top])}
-                if not dists & declared:
-                    missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {name} ({', '.join(sorted(dists))})")
+        for line, name in _every_import(path):
+            top = name.split(".")[0]
+            if top in sys.stdlib_module_names or top == "tailorrt":
+                continue
+            dists = {d.lower().replace("_", "-") for d in owners.get(top, [top])}
+            if not dists & declared:
+                missing.append(f"{path.relative_to(ROOT)}:{line} {name} ({', '.join(sorted(dists))})")
     assert not missing, missing

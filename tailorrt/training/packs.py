@@ -73,15 +73,15 @@ class TrainingDir(ModelDir):
             save_tensors(candidate, backbone.state_dict(), {"format_version": str(FORMAT_VERSION)})
             sha = sha256_file(candidate)
             if self.has_backbone():
-                have = self.backbone_meta()
-                if self.backbone_record().spec != backbone.spec:
+                have = self.backbone_record()
+                if have.spec != backbone.spec:
                     raise BackboneMismatchError(
-                        f"{self.root} already holds backbone {have['name']!r} at {have['spec']['input_size']} px, "
+                        f"{self.root} already holds backbone {have.name!r} at {have.spec.input_size} px, "
                         f"not this {backbone.spec.name!r} at {backbone.spec.input_size} px (every task of a model dir "
                         "shares its backbone); use another --model-dir")
-                if have["sha256"] != sha:
+                if have.sha256 != sha:
                     raise BackboneMismatchError(
-                        f"{self.root} already holds backbone {have['name']!r} (sha256 {have['sha256'][:12]}), not "
+                        f"{self.root} already holds backbone {have.name!r} (sha256 {have.sha256[:12]}), not "
                         f"this {backbone.spec.name!r} (sha256 {sha[:12]}); use another --model-dir")
                 return sha
             self.backbone_dir.mkdir(parents=True, exist_ok=True)
