@@ -30,7 +30,7 @@ def export_copy(model_dir: Path, out: Path, budget: float) -> dict:
 
     for part in ("backbone", "tasks"):
         shutil.copytree(model_dir / part, out / part)
-    return export_model(ExportRequest(model_dir=str(out), download=False, fuse_budget=budget))["onnx"]
+    return export_model(ExportRequest(model_dir=str(out), download=False, fuse_budget=budget))["onnx"].raw
 
 
 def main() -> None:

@@ -67,9 +67,9 @@ def engines(model_dir: str, task: str, threads: int, bf16_native: bool) -> dict:
 
 def speed(model_dir: str, task: str, batches: list[int], rounds: int, threads: int, bf16_native: bool) -> dict:
     from tailorrt.export.speed import paired_ratio, time_side_by_side
-    from tailorrt.pack import ModelDir, preprocess_of
+    from tailorrt.pack import ModelDir
 
-    size = preprocess_of(ModelDir(model_dir).task_meta(task)).size
+    size = ModelDir(model_dir).task_record(task).preprocess.size
     runs = engines(model_dir, task, threads, bf16_native)
     result = {}
     for b in batches:
@@ -85,8 +85,8 @@ def speed(model_dir: str, task: str, batches: list[int], rounds: int, threads: i
 def accuracy(model_dir: str) -> dict:
     from tailorrt.pack import ModelDir
 
-    manifest = ModelDir(model_dir).export_manifest("onnx-int8")
-    return {t: e["accuracy_check"] for t, e in manifest["tasks"].items()}
+    record = ModelDir(model_dir).export_record("onnx-int8")
+    return {t: e.accuracy_check for t, e in record.tasks.items()}
 
 
 def memory(model_dir: str, tasks: list[str]) -> dict:

@@ -31,7 +31,7 @@ mode, model_dir, tasks, at_once = sys.argv[1], sys.argv[2], sys.argv[3].split(",
 proc = psutil.Process()
 gc.collect(); base = proc.memory_info().rss
 mdir = ModelDir(model_dir)
-size = mdir.backbone_meta()["input_size"]
+size = mdir.backbone_record().input_size
 x = np.zeros((1, 3, size, size), np.float32)
 steps = []
 if mode == "separate":
@@ -124,7 +124,7 @@ def speed(model_dir: str, batches: tuple[int, ...], tasks: int = 3, rounds: int 
         with mock.patch.object(onnx_rewrite, "nchwc_cpu", return_value=False):
             runtimes["norms as BatchNormalization"] = Runtime(model_dir, tasks=names, backend="onnx")
     shared = runtimes["shared"]
-    size = shared.backbone_meta["input_size"]
+    size = shared.backbone_record.input_size
     result = {}
     print(f"CPU: {cpu_summary()}; {shared.backend.threads} threads; {rounds} rounds")
     print("| task | batch | plain session img/s | " + " | ".join(
@@ -164,7 +164,7 @@ def agree(model_dir: str) -> dict:
     print("|---|---|---|---|---|")
     for task in ref.tasks:
         info = ref.task(task)
-        data = load_task(info.meta["data"]["spec"], data_dir=Path("data"), preprocess=info.preprocess)
+        data = load_task(info.record.data_spec, data_dir=Path("data"), preprocess=info.preprocess)
         x = np.stack([data.test[i][0].numpy() for i in range(len(data.test))])
         a = ref.logits(task, x)
         for name in ("onnx", "onnx --fuse-weights"):

@@ -45,9 +45,7 @@ def main() -> None:
 
     import torch
 
-    from tailorrt.pack import preprocess_of
     from tailorrt.precision import cpu_summary
-    from tailorrt.records import TaskRecord
     from tailorrt.training.datasets import load_task
     from tailorrt.training.methods.nettailor import ArchitectureSearch, NetTailorConfig
     from tailorrt.training.methods.parts.selection import eligible
@@ -60,11 +58,10 @@ def main() -> None:
     print(f"CPU: {cpu_summary()}", flush=True)
     mdir = TrainingDir(args.model_dir)
     backbone, _ = mdir.load_backbone()
-    meta = mdir.task_meta(args.task)
-    prune = meta["metrics"]["prune"]
-    cfg = NetTailorConfig.from_json(meta["config"])
-    data = load_task(TaskRecord.from_json(meta).data_spec, data_dir=args.data_dir, preprocess=preprocess_of(meta),
-                     download=False)
+    rec = mdir.task_record(args.task)
+    prune = rec.raw["metrics"]["prune"]  # NetTailor's own fields
+    cfg = NetTailorConfig.from_json(rec.raw["config"])
+    data = load_task(rec.data_spec, data_dir=args.data_dir, preprocess=rec.preprocess, download=False)
     device = torch.device("cpu")
     trainer = Trainer(device=device, work_dir=args.model_dir / ".work" / args.task)
     n = len(data.classes)
@@ -76,7 +73,7 @@ def main() -> None:
     search = ArchitectureSearch(cfg, backbone, n, student.state_dict(), teacher, data, trainer)
     splits = {"val": data.val, "test": data.test}
     for spec in args.also:
-        other = load_task(spec, data_dir=args.data_dir, preprocess=preprocess_of(meta), download=False)
+        other = load_task(spec, data_dir=args.data_dir, preprocess=rec.preprocess, download=False)
         if other.classes != data.classes:
             raise SystemExit(f"--also {spec}: its classes {other.classes} are not the task's {data.classes}")
         splits[Path(spec.split(":", 1)[-1]).name] = other.test

@@ -49,7 +49,6 @@ def export_(
     export fails, keeping the previous one, when the logits differ by more than 1e-4. With --precision int8 or
     bf16, a task that loses more than --max-precision-drop points of test accuracy against fp32 fails the same way."""
     from tailorrt.export.exporter import ExportRequest, export_model
-    from tailorrt.records import ExportRecord
 
     del onnx  # ONNX is always written: engines are built from it
     req = ExportRequest(model_dir=model_dir, tasks=names(tasks),
@@ -60,10 +59,9 @@ def export_(
                         fuse_budget=fuse_budget)
     result = export_model(req, report=lambda line: err.print(line, highlight=False, markup=False,
                                                                          soft_wrap=True))
-    for kind, manifest in result.items():
-        if manifest is None:
+    for kind, record in result.items():
+        if record is None:
             continue
-        record = ExportRecord.from_json(manifest)
         folder = Path(model_dir) / kind
         out.print(f"[green]wrote[/green] {folder}: {len(record.tasks)} tasks, {mb(record.bytes)} "
                   f"(manifest {folder / 'export.json'})", highlight=False)

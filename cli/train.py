@@ -155,14 +155,14 @@ def train(
     rec = ModelDir(model_dir).task_record(path.name)  # the sealed reader, typed
     m = rec.metrics
     teacher = "" if m.teacher_accuracy is None else f" (teacher {m.teacher_accuracy:.2f}%)"
-    chosen = methods.describe(rec.raw)
+    chosen = methods.describe(rec)
     if rec.auto is not None:
-        chosen = ", ".join(x for x in (chosen, f"chosen by auto of {len(rec.auto['candidates'])}") if x)
+        chosen = ", ".join(x for x in (chosen, f"chosen by auto of {len(rec.auto.candidates)}") if x)
     out.print(f"[green]wrote[/green] {path}: {rec.method}{', ' + chosen if chosen else ''}, accuracy "
               f"{m.accuracy:.2f}%{teacher}, {m.universal_blocks_kept}/{m.universal_blocks_total} universal "
               f"blocks, {m.task_params:,} task parameters, {m.flops / 1e6:.1f} MFLOPs "
               f"(teacher {m.teacher_flops / 1e6:.1f})", highlight=False)
-    verdict = methods.for_record(rec.raw).verdict(rec.raw)
+    verdict = methods.for_record(rec).verdict(rec)
     if verdict:
         out.print(verdict, highlight=False, markup=False)
 

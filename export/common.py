@@ -21,8 +21,8 @@ from tailorrt.export import speed
 from tailorrt.files import replace_dir, sha256_file, staging_dir
 from tailorrt.kinds import ExportKind
 from tailorrt.kinds.onnx import FUSE_BUDGET
-from tailorrt.pack import ModelDir, preprocess_of
-from tailorrt.records import TaskRecord, write_record
+from tailorrt.pack import ModelDir
+from tailorrt.records import ExportRecord, TaskRecord, write_record
 from tailorrt.training.datasets import TaskData
 from tailorrt.training.onnx_graph import INPUT, LOGITS
 
@@ -89,19 +89,14 @@ class TaskNetwork:
     low-precision calibration and accuracy check)."""
 
     name: str
-    meta: dict
+    record: TaskRecord
     module: nn.Module
     images: np.ndarray
     data: TaskData
 
     @property
-    def record(self) -> TaskRecord:
-        """The task's record, typed."""
-        return TaskRecord.from_json(self.meta)
-
-    @property
     def input_shape(self) -> tuple[int, int, int]:
-        size = preprocess_of(self.meta).size
+        size = self.record.preprocess.size
         return (3, size, size)
 
 
@@ -110,24 +105,25 @@ def export_staging(mdir: ModelDir, kind: str) -> Path:
     return staging_dir(mdir.root / ".work", f"export-{kind.replace('-', '_')}-{os.getpid()}-")
 
 
-def previous_export(mdir: ModelDir, kind: str, report: Report) -> dict | None:
-    """The manifest of the export being replaced; one that cannot be read is reported and nothing is carried over."""
+def previous_export(mdir: ModelDir, kind: str, report: Report) -> ExportRecord | None:
+    """The record of the export being replaced; one that cannot be read is reported and nothing is carried over."""
     try:
-        return mdir.export_manifest(kind)
+        return mdir.export_record(kind)
     except PackError as e:
         report(f"the previous {kind} export is not used: {e}")
         return None
 
 
-def carry_over(prev: dict | None, folder: Path, tmp: Path, skip: set[str], same: Callable[[dict], bool],
-               report: Report) -> dict[str, dict]:
+def carry_over(prev: ExportRecord | None, folder: Path, tmp: Path, skip: set[str],
+               same: Callable[[ExportRecord], bool], report: Report) -> dict[str, dict]:
     """Copy the previous export's entries (and files) for tasks not being re-exported."""
     if prev is None:
         return {}
     kept = {}
-    for name, entry in prev.get("tasks", {}).items():
+    for name, task in prev.tasks.items():
         if name in skip:
             continue
+        entry = task.raw
         files = entry_files(entry)
         if not same(prev) or not all((folder / f).is_file() and sha256_file(folder / f) == sha for f, sha in files):
             report(f"dropped {name} from the previous export (out of date or damaged); re-export it")
@@ -138,8 +134,13 @@ def carry_over(prev: dict | None, folder: Path, tmp: Path, skip: set[str], same:
     return kept
 
 
+def same_shared(prev: ExportRecord, facts: dict) -> bool:
+    """Whether the previous export's tasks read the shared file this export writes (its sha256 in ``facts``)."""
+    return prev.shared is not None and prev.shared.sha256 == facts["sha256"]
+
+
 def assemble_export(mdir: ModelDir, kind: str, networks: list[TaskNetwork], report: Report, *,
-                    prepare: Callable[[Path], dict], same: Callable[[dict, dict], bool],
+                    prepare: Callable[[Path], dict], same: Callable[[ExportRecord, dict], bool],
                     export_task: Callable[[Path, TaskNetwork], dict], manifest: Callable[[dict, dict], dict]) -> dict:
     """Assemble ``<model-dir>/<kind>/`` in a staging folder and swap it in whole (the previous export stays as it
     was if anything fails). ``prepare(tmp)`` writes what every task reads and returns facts about it; the previous

@@ -39,15 +39,15 @@ from tailorrt.export.common import (
     assemble_export,
     bench_task,
     export_step,
+    same_shared,
     torch_logits,
 )
 from tailorrt.export.cpu_sessions import cpu_session
 from tailorrt.files import sha256_file
 from tailorrt.kinds.onnx import ONNX
 from tailorrt.kinds.tensorrt import TENSORRT
-from tailorrt.pack import preprocess_of
 from tailorrt.precision import check_precision
-from tailorrt.records import FORMAT_VERSION, BackboneRecord, TaskRecord
+from tailorrt.records import FORMAT_VERSION, BackboneRecord, ExportRecord
 from tailorrt.training import methods
 from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.datasets import DataCheck, load_task
@@ -68,9 +68,9 @@ from tailorrt.training.packs import TrainingDir, machine, versions
 __all__ = ["FP32_TOLERANCE", "ExportRequest", "export_model"]
 
 
-def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict:
-    """Export the requested tasks; returns ``{"onnx": manifest, "trt": manifest or None}`` and, with a low
-    ``req.precision``, its manifest under ``"onnx-int8"`` or ``"bf16"``."""
+def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict[str, ExportRecord | None]:
+    """Export the requested tasks; returns the records written by folder, ``{"onnx": ..., "trt": ... or None}``
+    and, with a low ``req.precision``, its record under ``"onnx-int8"`` or ``"bf16"``."""
     req.validate()
     wanted = [k for k in kinds.kinds() if k.wanted(req)]
     for kind in wanted:  # before any work: a CPU without bf16, or no TensorRT, fails in a second
@@ -81,14 +81,13 @@ def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict:
 
             require_tensorrt()
     mdir = TrainingDir(req.model_dir)
-    backbone, raw = mdir.load_backbone()
-    bmeta = BackboneRecord.from_json(raw)
+    backbone, bmeta = mdir.load_backbone()
     names = _task_names(mdir, req.tasks)
     _clean_stale_work(mdir)
     networks = [_load_network(mdir, name, backbone, bmeta.sha256, req, report) for name in names]
     ctx = ExportContext(mdir, bmeta, SharedWeights(backbone), networks, req, report)
     for kind in wanted:  # registration order: the fp32 graphs first, which the others are made from
-        ctx.results[kind.folder] = STEPS[kind.folder](ctx)
+        ctx.results[kind.folder] = ExportRecord.from_json(STEPS[kind.folder](ctx))  # the record it wrote
     return {ONNX.folder: None, TENSORRT.folder: None, **ctx.results}  # "trt" is None without --trt
 
 
@@ -109,7 +108,7 @@ class ExportContext:
     networks: list[TaskNetwork]
     req: ExportRequest
     report: Report
-    results: dict[str, dict] = field(default_factory=dict)
+    results: dict[str, ExportRecord] = field(default_factory=dict)
 
 
 def _task_names(mdir: TrainingDir, wanted: list[str] | None) -> list[str]:
@@ -119,7 +118,7 @@ def _task_names(mdir: TrainingDir, wanted: list[str] | None) -> list[str]:
     if not wanted:
         return have
     for name in wanted:
-        mdir.task_meta(name)  # raises with the list of tasks
+        mdir.task_record(name)  # raises with the list of tasks
     return list(dict.fromkeys(wanted))
 
 
@@ -127,17 +126,17 @@ def _load_network(mdir: TrainingDir, name: str, backbone: UniversalBackbone, sha
                   report: Report) -> TaskNetwork:
     """A task's network and its data for the parity and calibration reads (files checked as training checks them,
     through the model dir's cache)."""
-    student, meta = mdir.load_model(name, backbone, sha)
-    spec = TaskRecord.from_json(meta).data_spec
+    student, rec = mdir.load_model(name, backbone, sha)
+    spec = rec.data_spec
     if spec is None:
         raise ExportError(f"task {name!r} does not record the data it was trained on, which the export checks")
-    data = load_task(spec, data_dir=Path(req.data_dir), preprocess=preprocess_of(meta),
+    data = load_task(spec, data_dir=Path(req.data_dir), preprocess=rec.preprocess,
                      download=req.download, check=DataCheck(cache=mdir.check_cache, report=report))
     n = min(req.parity_images, len(data.val))
     if n == 0:
         raise ExportError(f"task {name!r} has no validation images to check the export against")
     images = np.stack([data.val[i][0].numpy() for i in range(n)]).astype(np.float32)
-    return TaskNetwork(name, meta, student, images, data)
+    return TaskNetwork(name, rec, student, images, data)
 
 
 def _clean_stale_work(mdir: TrainingDir) -> None:
@@ -180,7 +179,7 @@ def export_onnx(mdir: TrainingDir, bmeta: BackboneRecord, shared: SharedWeights,
                 "machine": machine()}
 
     return assemble_export(mdir, "onnx", networks, report, prepare=prepare, export_task=export_task,
-                           same=lambda prev, facts: prev["shared"]["sha256"] == facts["sha256"], manifest=manifest)
+                           same=same_shared, manifest=manifest)
 
 
 def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: BackboneRecord, net: TaskNetwork, req: ExportRequest
@@ -188,7 +187,7 @@ def _export_task_graph(tmp: Path, shared: SharedWeights, bmeta: BackboneRecord, 
     rec = net.record
     budget = int(req.fuse_budget * shared.nbytes)
     g = GraphBuilder(net.name, shared, choose_fused(net.module, shared, net.input_shape, budget))
-    methods.for_record(rec.raw).emit(g, net.module)
+    methods.for_record(rec).emit(g, net.module)
     classes = len(rec.classes)
     props = {"tailorrt.task": net.name, "tailorrt.method": rec.method, "tailorrt.backbone_sha256": bmeta.sha256,
              "tailorrt.shared_file": SHARED_FILE, "tailorrt.pack_sha256": rec.pack.sha256,

@@ -24,7 +24,15 @@ from safetensors.numpy import save_file
 
 from tailorrt.errors import ExportError
 from tailorrt.export import parity
-from tailorrt.export.common import ExportRequest, Report, TaskNetwork, assemble_export, export_step, torch_logits
+from tailorrt.export.common import (
+    ExportRequest,
+    Report,
+    TaskNetwork,
+    assemble_export,
+    export_step,
+    same_shared,
+    torch_logits,
+)
 from tailorrt.export.cpu_sessions import cpu_session
 from tailorrt.export.quantize import SHARED_INT8_FILE, CanonicalWeights, quantize_task
 from tailorrt.files import sha256_file
@@ -110,7 +118,7 @@ def export_int8(mdir: ModelDir, bmeta: BackboneRecord, shared_tensors: dict[str,
                            activations="uint8 per tensor, min/max of the calibration images")
 
     return assemble_export(mdir, "onnx-int8", networks, report, prepare=prepare,
-                           same=lambda prev, facts: prev["shared"]["sha256"] == facts["sha256"],
+                           same=same_shared,
                            export_task=lambda tmp, net: _int8_task(mdir, tmp, canonical, net, req, report),
                            manifest=manifest)
 
@@ -167,7 +175,7 @@ def export_bf16(mdir: ModelDir, bmeta: BackboneRecord, networks: list[TaskNetwor
                 "classes": len(net.record.classes), "accuracy_check": check}
 
     return assemble_export(mdir, "bf16", networks, report, prepare=lambda tmp: {}, export_task=export_task,
-                           same=lambda prev, facts: prev["backbone"]["sha256"] == bmeta.sha256,
+                           same=lambda prev, facts: prev.backbone_sha256 == bmeta.sha256,
                            manifest=lambda tasks, facts: manifest_of("bf16", bmeta, tasks, req,
                                                                      runs="torch backend, torch.autocast(bfloat16)"))
 

@@ -31,14 +31,14 @@ from tailorrt.export.cpu_sessions import cpu_session
 from tailorrt.export.trt_build import gpu_name, timed_build
 from tailorrt.files import atomic_path, replace_dir, sha256_file
 from tailorrt.kinds.tensorrt import TENSORRT
-from tailorrt.pack import ModelDir, pack_file
-from tailorrt.records import FORMAT_VERSION, write_record
+from tailorrt.pack import ModelDir
+from tailorrt.records import FORMAT_VERSION, ExportRecord, write_record
 from tailorrt.training.onnx_graph import INPUT, LOGITS
 from tailorrt.training.packs import machine, versions
 from tailorrt.training.trt_runner import EngineRunner
 
 
-def export_trt(trt: ModuleType, mdir: ModelDir, onnx_manifest: dict, networks: list[TaskNetwork],
+def export_trt(trt: ModuleType, mdir: ModelDir, onnx: ExportRecord, networks: list[TaskNetwork],
                req: ExportRequest, report: Report) -> dict:
     """Build, check and write one engine per task; the timing cache carries over between builds."""
     folder, onnx_dir = mdir.export_dir("trt"), mdir.export_dir("onnx")
@@ -48,10 +48,11 @@ def export_trt(trt: ModuleType, mdir: ModelDir, onnx_manifest: dict, networks: l
         prev = previous_export(mdir, "trt", report)
         cache = _timing_cache(folder, prev, report)
         tasks = carry_over(prev, folder, tmp, {n.name for n in networks},
-                           lambda p: all(p.get(k) == v for k, v in settings.items())
-                           and p.get("backbone_sha256") == onnx_manifest["backbone"]["sha256"], report)
+                           lambda p: all(p.raw.get(k) == v for k, v in settings.items())
+                           and p.backbone_sha256 == onnx.backbone_sha256, report)
         for net in networks:
-            onnx_path = onnx_dir / onnx_manifest["tasks"][net.name]["file"]
+            graph = onnx.tasks[net.name].file
+            onnx_path = onnx_dir / graph.name
             plan, cache, seconds = timed_build(trt, onnx_path, input_shape=net.input_shape, max_batch=req.max_batch,
                                                fp16=req.fp16, timing_cache=cache)
             engine_path = tmp / f"{net.name}.engine"
@@ -72,8 +73,8 @@ def export_trt(trt: ModuleType, mdir: ModelDir, onnx_manifest: dict, networks: l
                                   f"{check['top1_agreement']:.4f}, needed {agree}); nothing was written")
             tasks[net.name] = {"file": engine_path.name, "sha256": sha256_file(engine_path),
                                "bytes": engine_path.stat().st_size,
-                               "onnx_sha256": onnx_manifest["tasks"][net.name]["sha256"],
-                               "pack_sha256": pack_file(net.meta)["sha256"],
+                               "onnx_sha256": graph.sha256,
+                               "pack_sha256": net.record.pack.sha256,
                                "build_seconds": round(seconds, 2), "parity": check}
             if req.bench:
                 tasks[net.name]["speed"] = bench_task(net, session, extra={"tensorrt": runner.logits},
@@ -85,7 +86,7 @@ def export_trt(trt: ModuleType, mdir: ModelDir, onnx_manifest: dict, networks: l
             t.write_bytes(cache)
         manifest = {"format_version": FORMAT_VERSION, "kind": "tensorrt", **settings,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "backbone_sha256": onnx_manifest["backbone"]["sha256"],
+                    "backbone_sha256": onnx.backbone_sha256,
                     "profile": {"input": INPUT, "min_batch": 1, "opt_batch": req.max_batch, "max_batch": req.max_batch},
                     "timing_cache": {"file": TIMING_CACHE, "bytes": len(cache),
                                      "sha256": sha256_file(tmp / TIMING_CACHE)},
@@ -97,10 +98,10 @@ def export_trt(trt: ModuleType, mdir: ModelDir, onnx_manifest: dict, networks: l
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _timing_cache(folder: Path, prev: dict | None, report: Report) -> bytes:
+def _timing_cache(folder: Path, prev: ExportRecord | None, report: Report) -> bytes:
     """The previous export's timing cache, if its sha256 is the one recorded for it (else start a new one)."""
     path = folder / TIMING_CACHE
-    entry = (prev or {}).get("timing_cache") or {}
+    entry = (prev.raw if prev else {}).get("timing_cache") or {}
     if not path.is_file():
         return b""
     data = path.read_bytes()

@@ -20,7 +20,6 @@ from tailorrt.errors import (
     TailorError,
     UnknownTaskError,
 )
-from tailorrt.records import BackboneRecord
 from tailorrt.runtime import Runtime
 from tailorrt.serving.batcher import BatchConfig, Batcher
 from tailorrt.serving.metrics import Metrics
@@ -69,7 +68,7 @@ class Service:
     def task_list(self) -> dict:
         """``GET /v1/tasks``: the backbone, the backend and every offered task's classes, method and sizes."""
         infos = [self.runtime.describe(t) if self.on_demand else self.runtime.task(t) for t in self.models()]
-        b = BackboneRecord.from_json(self.runtime.backbone_meta)
+        b = self.runtime.backbone_record
         return {"backbone": {"name": b.name, "sha256": b.sha256, "bytes": b.bytes, "params": b.params},
                 "backend": self.runtime.backend.name, "precision": self.runtime.precision,
                 "tasks": [i.to_json() for i in infos]}

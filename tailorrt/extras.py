@@ -5,7 +5,7 @@ with one line naming the install."""
 from __future__ import annotations
 
 import functools
-import importlib
+import importlib.util
 
 from tailorrt.errors import DependencyMissingError
 
@@ -15,15 +15,17 @@ TRAINING_MODULES = ("torch", "torchvision", "onnx")  # what every command of the
 
 @functools.cache
 def missing_training() -> tuple[str, ...]:
-    """The modules of the training side that cannot be imported here (none in a training install); asked once per
-    process (``tailor info`` asks for every task)."""
-    missing = []
-    for name in TRAINING_MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    return tuple(missing)
+    """The modules of the training side that are not installed here (none in a training install), found without
+    importing them (``tailor info`` in a training install does not pay for importing torch); asked once per
+    process."""
+    return tuple(name for name in TRAINING_MODULES if not _installed(name))
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a finder that refuses the name, or a module with no spec
+        return False
 
 
 def require_training(what: str, instead: str = "") -> None:

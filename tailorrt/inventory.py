@@ -9,10 +9,10 @@ from tailorrt import kinds
 from tailorrt.kinds.onnx import ONNX
 from tailorrt.kinds.tensorrt import TENSORRT
 from tailorrt.pack import ModelDir
-from tailorrt.records import BackboneRecord
+from tailorrt.records import BackboneRecord, TaskRecord
 
 
-def info_rows(model_dir: str | Path, describe: Callable[[dict], str] | None = None
+def info_rows(model_dir: str | Path, describe: Callable[[TaskRecord], str] | None = None
               ) -> tuple[BackboneRecord, list[dict]]:
     """The backbone's summary and one row per task: metrics, and bytes of its pack, ONNX graph and engine (the
     figures of a pack written without them are None). ``describe``: what training chose for a task, from its
@@ -28,7 +28,7 @@ def info_rows(model_dir: str | Path, describe: Callable[[dict], str] | None = No
         m = rec.metrics
         graph, engine = exports[ONNX.folder].get(name), exports[TENSORRT.folder].get(name)
         rows.append({"task": name, "method": rec.method, "chosen_by_auto": rec.auto is not None,
-                     "chosen": describe(rec.raw) if m is not None and describe is not None else "",
+                     "chosen": describe(rec) if m is not None and describe is not None else "",
                      "classes": len(rec.classes),
                      "accuracy": m and m.accuracy, "teacher_accuracy": m and m.teacher_accuracy,
                      "universal_blocks": m and f"{m.universal_blocks_kept}/{m.universal_blocks_total}",

@@ -15,7 +15,6 @@ from pathlib import Path
 from tailorrt.errors import BackboneMismatchError, PackError
 from tailorrt.files import recover_swaps
 from tailorrt.integrity import FileVerifier
-from tailorrt.preprocess import Preprocess
 from tailorrt.record_fields import TASK_NAME
 from tailorrt.records import (
     REMEDY,
@@ -62,16 +61,9 @@ class ModelDir:
         return self.root / kinds.get(kind).folder
 
     def export_record(self, kind: str) -> ExportRecord | None:
-        """The ``export.json`` of an export folder, typed (None when there is none)."""
-        manifest = self.export_manifest(kind)
-        return None if manifest is None else ExportRecord.from_json(manifest)
-
-    def export_manifest(self, kind: str) -> dict | None:
-        """The ``export.json`` of an export folder (checked), or None when there is none."""
+        """The ``export.json`` of an export folder, checked and typed (None when there is none)."""
         path = self.export_dir(kind) / "export.json"
-        if not path.is_file():
-            return None
-        return read_record(path, "export")
+        return read_record(path, ExportRecord) if path.is_file() else None
 
     def export_file(self, kind: str, entry: FileRef) -> Path:
         """A file named by an export record, checked against the sha256 recorded for it."""
@@ -92,11 +84,12 @@ class ModelDir:
     def has_backbone(self) -> bool:
         return (self.backbone_dir / "backbone.json").is_file()
 
-    def backbone_meta(self) -> dict:
+    def backbone_record(self) -> BackboneRecord:
+        """The backbone's record, checked and typed (:class:`~tailorrt.records.BackboneRecord`)."""
         path = self.backbone_dir / "backbone.json"
         if not path.is_file():
             raise PackError(f"no backbone in {self.root} (expected {path}); train a task into it first")
-        return read_record(path, "backbone")
+        return read_record(path, BackboneRecord)
 
     # ------------------------------------------------------------------ tasks
 
@@ -105,37 +98,19 @@ class ModelDir:
             return []
         return sorted(p.name for p in self.tasks_dir.iterdir() if (p / "task.json").is_file())
 
-    def task_meta(self, name: str) -> dict:
+    def task_record(self, name: str) -> TaskRecord:
+        """A task's record, checked and typed (:class:`~tailorrt.records.TaskRecord`)."""
         path = self.tasks_dir / check_task_name(name) / "task.json"
         if not path.is_file():
             have = ", ".join(self.task_names()) or "none"
             raise PackError(f"no task {name!r} in {self.root} (tasks: {have})")
-        return read_record(path, "task")
+        return read_record(path, TaskRecord)
 
-    def task_record(self, name: str) -> TaskRecord:
-        """A task's record, typed (:class:`~tailorrt.records.TaskRecord`)."""
-        return TaskRecord.from_json(self.task_meta(name))
-
-    def backbone_record(self) -> BackboneRecord:
-        """The backbone's record, typed (:class:`~tailorrt.records.BackboneRecord`)."""
-        return BackboneRecord.from_json(self.backbone_meta())
-
-    def task_meta_for(self, name: str, backbone_sha256: str) -> dict:
+    def task_record_for(self, name: str, backbone_sha256: str) -> TaskRecord:
         """A task's record, refusing a task trained on another backbone than ``backbone_sha256``."""
-        meta = self.task_meta(name)
-        trained_on = TaskRecord.from_json(meta).backbone_sha256
-        if trained_on != backbone_sha256:
+        rec = self.task_record(name)
+        if rec.backbone_sha256 != backbone_sha256:
             raise BackboneMismatchError(
-                f"task {name!r} was trained on backbone sha256 {trained_on[:12]}, but the "
+                f"task {name!r} was trained on backbone sha256 {rec.backbone_sha256[:12]}, but the "
                 f"loaded backbone is {backbone_sha256[:12]}; retrain the task on this backbone")
-        return meta
-
-def pack_file(meta: dict) -> dict:
-    """The ``sha256`` and ``bytes`` of a task's weights file, from its ``task.json``."""
-    ref = TaskRecord.from_json(meta).pack
-    return {"sha256": ref.sha256, "bytes": ref.bytes}
-
-
-def preprocess_of(meta: dict) -> Preprocess:
-    """A task's preprocessing, from its ``task.json``."""
-    return TaskRecord.from_json(meta).preprocess
+        return rec

@@ -8,17 +8,16 @@ record is one :class:`~tailorrt.errors.PackError` naming the file and saying wha
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from tailorrt.backbone_spec import BackboneSpec
 from tailorrt.errors import CheckpointError, PackError
 from tailorrt.files import read_json, write_json
 from tailorrt.integrity import seal, unseal
 from tailorrt.preprocess import Preprocess
-from tailorrt.record_fields import Invalid, field_of, is_number, sha
+from tailorrt.record_fields import FILE_NAME, Invalid, field_of, is_number, sha
 from tailorrt.version import __version__
 
 FORMAT_VERSION = 1
@@ -35,8 +34,19 @@ def write_record(path: Path, data: dict) -> None:
     write_json(path, seal(data))
 
 
-def read_record(path: Path, kind: str) -> dict:
-    """Read and check a ``backbone``, ``task`` or ``export`` record."""
+class Record(Protocol):
+    KIND: ClassVar[str]  # backbone, task or export: its REMEDY
+
+    @classmethod
+    def from_json(cls, data: dict) -> Any: ...
+
+
+R = TypeVar("R", bound=Record)
+
+
+def read_record(path: Path, record: type[R]) -> R:
+    """Read, check and parse a record: a :class:`BackboneRecord`, :class:`TaskRecord` or :class:`ExportRecord`."""
+    kind = record.KIND
     remedy = REMEDY[kind]
     try:
         raw = read_json(path)
@@ -50,10 +60,9 @@ def read_record(path: Path, kind: str) -> dict:
         raise PackError(f"{path} has format_version {version!r}; this tailorrt {__version__} reads version "
                         f"{FORMAT_VERSION}; upgrade tailorrt or re-create the file")
     try:
-        CHECKS[kind](data)
+        return record.from_json(data)
     except Invalid as e:
         raise PackError(f"{path} is not a valid {kind} record: {e}; {remedy}") from None
-    return data
 
 
 # ---------------------------------------------------------------------------------------------- field checks
@@ -72,8 +81,8 @@ def check_preprocess(pre: Any, where: str = "preprocess.") -> None:
 
 @dataclass(frozen=True)
 class Metrics:
-    """What every method records of a trained task (``metrics`` of ``task.json``); a method's own figures (the
-    NetTailor search, ...) stay in :attr:`TaskRecord.raw` for the method to read."""
+    """What every method records of a trained task (``metrics`` of ``task.json``); ``extra`` holds a method's own
+    figures (the NetTailor search, the units a tuning method owns, ...), which that method reads."""
 
     accuracy: float
     teacher_accuracy: float | None  # None: the method trained no teacher
@@ -83,15 +92,24 @@ class Metrics:
     shared_params_used: int
     universal_blocks_kept: int
     universal_blocks_total: int
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_json(cls, data: Any, where: str = "metrics.") -> Metrics:
         number = (int, float)
+        typed = {k: field_of(data, k, int, where) for k in ("flops", "teacher_flops", "task_params",
+                                                             "shared_params_used", "universal_blocks_kept",
+                                                             "universal_blocks_total")}
         return cls(accuracy=field_of(data, "accuracy", number, where),
-                   teacher_accuracy=field_of(data, "teacher_accuracy", (*number, type(None)), where),
-                   **{k: field_of(data, k, int, where) for k in ("flops", "teacher_flops", "task_params",
-                                                                 "shared_params_used", "universal_blocks_kept",
-                                                                 "universal_blocks_total")})
+                   teacher_accuracy=field_of(data, "teacher_accuracy", (*number, type(None)), where), **typed,
+                   extra={k: v for k, v in data.items() if k not in METRICS_FIELDS})
+
+    def to_json(self) -> dict:
+        return {**self.extra, **{k: getattr(self, k) for k in METRICS_FIELDS}}
+
+
+METRICS_FIELDS = ("accuracy", "teacher_accuracy", "flops", "teacher_flops", "task_params", "shared_params_used",
+                  "universal_blocks_kept", "universal_blocks_total")
 
 
 @dataclass(frozen=True)
@@ -124,6 +142,7 @@ class ExportEntry:
 class ExportRecord:
     """An ``export.json`` of any export kind (:mod:`tailorrt.kinds`), checked by that kind and parsed once."""
 
+    KIND: ClassVar[str] = "export"
     kind: str  # the record kind (onnx, onnx-int8, bf16, tensorrt)
     backbone_sha256: str
     shared: FileRef | None  # the file every task graph reads
@@ -133,18 +152,18 @@ class ExportRecord:
     raw: dict = field(compare=False, repr=False)
 
     @classmethod
-    def from_json(cls, meta: dict) -> ExportRecord:
+    def from_json(cls, data: dict) -> ExportRecord:
         from tailorrt import kinds
 
-        check_export(meta)
-        kind = kinds.by_record_kind(meta["kind"])
+        check_export(data)
+        kind = kinds.by_record_kind(data["kind"])
         tasks = {name: ExportEntry(FileRef.entry(e) if kind.task_files else None, e.get("pack_sha256"),
                                    FileRef.entry(e["check"]) if "check" in e else None, e.get("accuracy_check"),
                                    e)
-                 for name, e in meta["tasks"].items()}
-        shared = FileRef.entry(meta["shared"]) if "shared" in meta else None
-        return cls(meta["kind"], kind.backbone_sha256(meta), shared, tasks, meta.get("max_batch"), meta.get("cpu"),
-                   meta)
+                 for name, e in data["tasks"].items()}
+        shared = FileRef.entry(data["shared"]) if "shared" in data else None
+        return cls(data["kind"], kind.backbone_sha256(data), shared, tasks, data.get("max_batch"), data.get("cpu"),
+                   data)
 
     @property
     def bytes(self) -> int:
@@ -154,11 +173,59 @@ class ExportRecord:
 
 
 @dataclass(frozen=True)
+class AutoCandidate:
+    """One method ``--method auto`` trained on its short schedule, with its figures and what of the budget it
+    missed (nothing: it met it)."""
+
+    method: str
+    val_accuracy: float
+    test_accuracy: float
+    pack_bytes: int
+    flops: int
+    seconds: float
+    misses: tuple[str, ...]
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> AutoCandidate:
+        number = (int, float)
+        misses = field_of(data, "misses", list, where)
+        return cls(field_of(data, "method", str, where), field_of(data, "val_accuracy", number, where),
+                   field_of(data, "test_accuracy", number, where), field_of(data, "pack_bytes", int, where),
+                   field_of(data, "flops", int, where), field_of(data, "seconds", number, where),
+                   tuple(str(m) for m in misses))
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """``auto`` of task.json: how ``--method auto`` chose (:mod:`tailorrt.training.auto`): the candidates it
+    trained, the winner, why, and the seconds it took."""
+
+    candidates: tuple[AutoCandidate, ...]
+    winner: str
+    reason: str
+    schedule_fraction: float  # of the full schedule, each candidate's
+    search_seconds: float
+    final_seconds: float  # the winner's full training
+    raw: dict = field(compare=False, repr=False)
+
+    @classmethod
+    def from_json(cls, data: Any) -> AutoChoice:
+        number = (int, float)
+        candidates = field_of(data, "candidates", list, "auto.")
+        return cls(tuple(AutoCandidate.from_json(c, f"auto.candidates.{i}.") for i, c in enumerate(candidates)),
+                   field_of(data, "winner", str, "auto."), field_of(data, "reason", str, "auto."),
+                   *(field_of(data, k, number, "auto.") for k in ("schedule_fraction", "search_seconds",
+                                                                  "final_seconds")),
+                   data)
+
+
+@dataclass(frozen=True)
 class TaskRecord:
     """``tasks/<task>/task.json``, parsed and checked once: typed fields for what the runtime, export, eval and the
     tools read; ``raw`` is the whole record, for the method that wrote it (its own fields). ``data`` and
     ``metrics`` may be absent (a pack assembled by hand); where present, every field is checked."""
 
+    KIND: ClassVar[str] = "task"
     task: str
     method: str
     backbone_sha256: str
@@ -167,44 +234,81 @@ class TaskRecord:
     pack: FileRef
     data_spec: str | None  # the task spec it was trained from (built-in name, imagefolder:PATH, ...); None: not said
     metrics: Metrics | None  # None: a pack written without training figures (still served; tools show "-")
-    auto: dict | None  # tailorrt.training.auto's record of how --method auto chose (None: the method was given)
+    auto: AutoChoice | None  # tailorrt.training.auto's record of how --method auto chose (None: the method was given)
     raw: dict = field(compare=False, repr=False)
 
     @classmethod
-    def from_json(cls, meta: dict) -> TaskRecord:
-        classes = field_of(meta, "classes", list)
+    def from_json(cls, data: dict) -> TaskRecord:
+        classes = field_of(data, "classes", list)
         if not classes or not all(isinstance(c, str) for c in classes):
             raise Invalid("'classes' must be a non-empty list of class names")
-        pre = field_of(meta, "preprocess", dict)
+        pre = field_of(data, "preprocess", dict)
         check_preprocess(pre)
-        files = field_of(meta, "files", dict)
+        files = field_of(data, "files", dict)
         if len(files) != 1:
             raise Invalid("'files' must name exactly one weights file")
         (name, entry), = files.items()
-        auto = meta.get("auto")
-        return cls(task=field_of(meta, "task", str), method=field_of(meta, "method", str),
-                   backbone_sha256=sha(meta, "backbone_sha256"), classes=tuple(classes),
+        if not FILE_NAME.fullmatch(name) or ".." in name:
+            raise Invalid(f"'files' must name a plain file name, not {name!r}")
+        auto = data.get("auto")
+        return cls(task=field_of(data, "task", str), method=field_of(data, "method", str),
+                   backbone_sha256=sha(data, "backbone_sha256"), classes=tuple(classes),
                    preprocess=Preprocess.from_json(pre),
                    pack=FileRef(name, sha(entry, "sha256", f"files.{name}."),
                                 field_of(entry, "bytes", int, f"files.{name}.")),
-                   data_spec=field_of(field_of(meta, "data", dict), "spec", str, "data.") if "data" in meta else None,
-                   metrics=Metrics.from_json(field_of(meta, "metrics", dict)) if "metrics" in meta else None,
-                   auto=None if auto is None else _auto(auto),
-                   raw=meta)
+                   data_spec=field_of(field_of(data, "data", dict), "spec", str, "data.") if "data" in data else None,
+                   metrics=Metrics.from_json(field_of(data, "metrics", dict)) if "metrics" in data else None,
+                   auto=None if auto is None else AutoChoice.from_json(auto),
+                   raw=data)
 
 
-def _auto(record: Any) -> dict:
-    """``auto`` of task.json, checked for what is read of it: its candidates, winner and reason."""
-    field_of(record, "candidates", list, "auto.")
-    field_of(record, "winner", str, "auto.")
-    field_of(record, "reason", str, "auto.")
-    return record
+TASK_FIELDS = ("format_version", "task", "method", "backbone_sha256", "classes", "preprocess", "files", "metrics",
+               "auto")  # the fields TaskDraft types; "data" is its summary, with data_spec as its "spec"
+
+
+@dataclass(frozen=True)
+class TaskDraft:
+    """A task's record as training knows it before its pack is written: :meth:`to_json` adds the task's name and
+    its weights file (``TrainingDir.write_task``), and the result is read back as a :class:`TaskRecord` before it is
+    written, so a writer cannot write what the reader refuses. ``extra`` holds the method's own fields and the
+    run's (its architecture, config, training phases, versions, machine, the data's summary)."""
+
+    method: str
+    backbone_sha256: str
+    classes: tuple[str, ...]
+    preprocess: Preprocess
+    data_spec: str | None = None
+    metrics: Metrics | None = None
+    auto: AutoChoice | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, record: TaskRecord) -> TaskDraft:
+        """The draft a record was written from (to write it again under another name, or changed)."""
+        return cls(record.method, record.backbone_sha256, record.classes, record.preprocess, record.data_spec,
+                   record.metrics, record.auto, {k: v for k, v in record.raw.items() if k not in TASK_FIELDS})
+
+    def to_json(self, task: str, pack: FileRef) -> dict:
+        """``task.json`` of this draft for the task ``task`` whose weights are ``pack``."""
+        out = {**self.extra, "format_version": FORMAT_VERSION, "task": task, "method": self.method,
+               "backbone_sha256": self.backbone_sha256, "classes": list(self.classes),
+               "preprocess": self.preprocess.to_json(),
+               "files": {pack.name: {"sha256": pack.sha256, "bytes": pack.bytes}}}
+        out.pop("data", None)
+        if self.data_spec is not None:
+            out["data"] = {**self.extra.get("data", {}), "spec": self.data_spec}
+        if self.metrics is not None:
+            out["metrics"] = self.metrics.to_json()
+        if self.auto is not None:
+            out["auto"] = self.auto.raw
+        return out
 
 
 @dataclass(frozen=True)
 class BackboneRecord:
     """``backbone/backbone.json``, parsed and checked once."""
 
+    KIND: ClassVar[str] = "backbone"
     name: str
     sha256: str
     spec: BackboneSpec
@@ -214,10 +318,17 @@ class BackboneRecord:
     raw: dict = field(compare=False, repr=False)
 
     @classmethod
-    def from_json(cls, meta: dict) -> BackboneRecord:
-        return cls(name=field_of(meta, "name", str), sha256=sha(meta, "sha256"),
-                   spec=_spec(field_of(meta, "spec", dict)),
-                   **{k: field_of(meta, k, int) for k in ("input_size", "bytes", "params")}, raw=meta)
+    def from_json(cls, data: dict) -> BackboneRecord:
+        return cls(name=field_of(data, "name", str), sha256=sha(data, "sha256"),
+                   spec=_spec(field_of(data, "spec", dict)),
+                   **{k: field_of(data, k, int) for k in ("input_size", "bytes", "params")}, raw=data)
+
+    def to_json(self) -> dict:
+        """``backbone.json`` of this record: its typed fields over ``raw`` (as the writer built it: the source,
+        units, normalisation, versions and date)."""
+        return {**self.raw, "format_version": FORMAT_VERSION, "name": self.name, "sha256": self.sha256,
+                "spec": self.spec.to_json(), "input_size": self.input_size, "bytes": self.bytes,
+                "params": self.params}
 
 
 def _spec(data: dict) -> BackboneSpec:
@@ -228,23 +339,13 @@ def _spec(data: dict) -> BackboneSpec:
         raise Invalid(f"'spec' is not a backbone's spec this version can build ({type(e).__name__}: {e})") from e
 
 
-def check_task(meta: dict) -> None:
-    TaskRecord.from_json(meta)
-
-
-def check_backbone(meta: dict) -> None:
-    BackboneRecord.from_json(meta)
-
-
-def check_export(meta: dict) -> None:
+def check_export(data: dict) -> None:
     from tailorrt import kinds
 
-    record_kind = field_of(meta, "kind", str)
+    record_kind = field_of(data, "kind", str)
     kind = kinds.by_record_kind(record_kind)
     if kind is None:
         known = ", ".join(k.record_kind for k in kinds.kinds())
         raise Invalid(f"'kind' must be one of {known}, not {record_kind!r}")
-    kind.check_record(meta)
+    kind.check_record(data)
 
-
-CHECKS: dict[str, Callable[[dict], None]] = {"backbone": check_backbone, "task": check_task, "export": check_export}

@@ -25,7 +25,7 @@ from tailorrt.limits import Limits
 from tailorrt.pack import ModelDir
 from tailorrt.precision import check_precision
 from tailorrt.preprocess import Preprocess
-from tailorrt.records import BackboneRecord, TaskRecord
+from tailorrt.records import TaskRecord
 
 
 @dataclass
@@ -50,7 +50,7 @@ class TaskInfo:
     preprocess: Preprocess
     method: str
     pack_bytes: int
-    meta: dict = field(repr=False)
+    record: TaskRecord = field(repr=False)
 
     def to_json(self) -> dict:
         return {"name": self.name, "classes": self.classes, "method": self.method, "pack_bytes": self.pack_bytes,
@@ -81,7 +81,7 @@ class Runtime:
         self.model_dir = ModelDir(model_dir)
         self.limits, self.device = limits, device
         self.decode_budget = DecodeBudget(limits.max_decode_bytes, limits.decode_wait_s)  # shared by all callers
-        self.backbone_meta = self.model_dir.backbone_meta()
+        self.backbone_record = self.model_dir.backbone_record()
         self.backend = make_backend(backend, self.model_dir, device, threads, share_weights=share_weights,
                                     precision=precision)
         self._tasks: dict[str, TaskInfo] = {}
@@ -114,10 +114,8 @@ class Runtime:
 
     def describe(self, name: str) -> TaskInfo:
         """A task of the model directory as it would load (its pack checked against the backbone), not loaded."""
-        sha256 = BackboneRecord.from_json(self.backbone_meta).sha256
-        rec = TaskRecord.from_json(self.model_dir.task_meta_for(name, sha256))
-        return TaskInfo(name, list(rec.classes), rec.preprocess, rec.method, rec.pack.bytes,
-                        rec.raw)
+        rec = self.model_dir.task_record_for(name, self.backbone_record.sha256)
+        return TaskInfo(name, list(rec.classes), rec.preprocess, rec.method, rec.pack.bytes, rec)
 
     def remove_task(self, name: str) -> None:
         with self._lock:

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tailorrt.records import TaskRecord
+
 TAILOR = Path(sys.executable).parent / "tailor"
 COLORS = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 220, 40)]
 
@@ -89,6 +91,18 @@ def exported_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert "wrote" in proc.stdout and "onnxruntime" in proc.stdout
     assert "onnx-int8" in proc.stdout and "int8 colors: test accuracy" in proc.stderr, proc.stderr
     return root
+
+
+def task_record(metrics: dict | None = None, **fields) -> TaskRecord:
+    """A task's record with ``fields`` over made-up required ones, and ``metrics`` over made-up figures (the
+    methods' pictures and words read the rest)."""
+    base = {"task": "t", "method": "nettailor", "backbone_sha256": "0" * 64, "classes": ["a"],
+            "preprocess": {"resize": [32], "mean": [0, 0, 0], "std": [1, 1, 1]},
+            "files": {"task.safetensors": {"sha256": "0" * 64, "bytes": 1}},
+            "metrics": {"accuracy": 90.0, "teacher_accuracy": 90.0, "flops": 1, "teacher_flops": 2, "task_params": 1,
+                        "shared_params_used": 1, "universal_blocks_kept": 1, "universal_blocks_total": 2}}
+    base["metrics"].update(metrics or {})
+    return TaskRecord.from_json({**base, **fields})
 
 
 def reseal(path: Path, drop: tuple[str, ...] = (), **changes) -> dict:

@@ -35,10 +35,10 @@ def test_the_per_task_model_is_the_tasks_teacher(bench_dir, tmp_path):
     task = mdir.task_names()[0]
     state = teacher_checkpoint(mdir, task)
     assert state is not None  # tailor train left the finished teacher phase in .work
-    teacher = Teacher(backbone, len(mdir.task_meta(task)["classes"]))
+    teacher = Teacher(backbone, len(mdir.task_record(task).classes))
     teacher.load_state_dict(state)
     model = per_task_model(mdir, task, backbone, tmp_path)
-    assert model.kind == "teacher" and model.flops > mdir.task_meta(task)["metrics"]["flops"] * 0.5
+    assert model.kind == "teacher" and model.flops > mdir.task_record(task).metrics.flops * 0.5
     size = backbone.spec.input_size
     x = torch.randn(3, 3, size, size)
     with torch.no_grad():

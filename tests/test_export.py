@@ -273,9 +273,9 @@ def test_plain_onnxruntime_session_with_only_the_data_file_beside_it(model_dir, 
     session = ort.InferenceSession(str(tmp_path / "hues.onnx"))  # nothing tailorrt-specific
     mdir = TrainingDir(model_dir)
     backbone, bmeta = mdir.load_backbone()
-    student, meta = mdir.load_model("hues", backbone, bmeta["sha256"])
+    student, rec = mdir.load_model("hues", backbone, bmeta.sha256)
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "hues.onnx"), load_external_data=False).metadata_props}
-    assert json.loads(props["tailorrt.classes"]) == meta["classes"]
+    assert json.loads(props["tailorrt.classes"]) == list(rec.classes)
     x = torch.randn(9, 3, 16, 16)
     with torch.no_grad():
         ref = student(x).numpy()

@@ -84,12 +84,12 @@ def test_records_are_sealed_and_checked(copy):
     edited = {**record, "classes": ["a", "b", "c"]}  # a hand edit that keeps the JSON valid
     path.write_text(json.dumps(edited))
     with pytest.raises(IntegrityError, match="task.json was changed or corrupted"):
-        ModelDir(copy).task_meta("colors")
+        ModelDir(copy).task_record("colors")
     path.write_text(json.dumps({k: v for k, v in edited.items() if k != SEAL_KEY}))  # written before seals
-    assert ModelDir(copy).task_meta("colors")["classes"] == ["a", "b", "c"]
+    assert ModelDir(copy).task_record("colors").classes == ("a", "b", "c")
     path.write_text(json.dumps([1]))
     with pytest.raises(PackError, match="task.json does not hold a JSON object"):
-        ModelDir(copy).task_meta("colors")
+        ModelDir(copy).task_record("colors")
 
 
 @pytest.mark.parametrize("changes,message", [
@@ -140,12 +140,13 @@ def test_engine_files_and_the_timing_cache_are_checked_without_a_gpu(copy):
                 "tasks": {"colors": entry}, "timing_cache": {"sha256": sha256_file(trt / "timing.cache")}}
     write_record(trt / "export.json", manifest)
     mdir = ModelDir(copy)
-    assert mdir.export_manifest("trt")["tasks"]["colors"] == entry
+    record = mdir.export_record("trt")
+    assert record.tasks["colors"].file == FileRef.entry(entry) and record.max_batch == 8
     assert mdir.export_file("trt", FileRef.entry(entry)).read_bytes() == b"engine" * 1000
-    assert _timing_cache(trt, manifest, print) == b"cache" * 100
+    assert _timing_cache(trt, record, print) == b"cache" * 100
     flip(trt / "colors.engine", count=8)
     flip(trt / "timing.cache", count=8)
     with pytest.raises(IntegrityError, match="colors.engine does not match"):
         ModelDir(copy).export_file("trt", FileRef.entry(entry))
     said = []
-    assert _timing_cache(trt, manifest, said.append) == b"" and "timing.cache" in said[0]
+    assert _timing_cache(trt, record, said.append) == b"" and "timing.cache" in said[0]

@@ -221,6 +221,23 @@ def test_records_are_read_by_attribute():
     assert not found, found
 
 
+def test_records_are_passed_typed():
+    """No function takes a task, backbone or export record as a dict (``meta: dict``): code passes
+    :class:`~tailorrt.records.TaskRecord` and its kin, parsed once where the file is read; only the parsers in
+    ``tailorrt/records.py`` and the export kinds' field checks take the JSON itself."""
+    found = []
+    for module, path in MODULES.items():
+        if module.startswith(("tailorrt.records", "tailorrt.record_fields", "tailorrt.kinds")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for arg in node.args.args + node.args.kwonlyargs:
+                    if arg.arg in RECORD_NAMES | MANIFEST_NAMES and arg.annotation is not None \
+                            and ast.unparse(arg.annotation).startswith(("dict", "Mapping")):
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}({arg.arg})")
+    assert not found, found
+
+
 # what a request runs, from the CLI and the server down to the runtime, the onnx backend and image decoding
 SERVING = ("tailorrt", "tailorrt.runtime", "tailorrt.backends", "tailorrt.onnx_weight_store", "tailorrt.images",
            "tailorrt.pack", "tailorrt.inventory", "tailorrt.records", "tailorrt.integrity", "tailorrt.kinds",

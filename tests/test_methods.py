@@ -313,7 +313,7 @@ def test_every_method_exports_with_parity_and_serves_next_to_nettailor(methods_d
     mdir = TrainingDir(methods_dir)
     backbone, bmeta = mdir.load_backbone()
     for task in mdir.task_names():  # every pack round-trips exactly: what loads is what was written
-        model, _ = mdir.load_model(task, backbone, bmeta["sha256"])
+        model, _ = mdir.load_model(task, backbone, bmeta.sha256)
         saved, state = load_tensors(methods_dir / "tasks" / task / "task.safetensors"), model.task_state()
         assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in saved), task
     torch_rt, onnx_rt = Runtime(methods_dir, backend="torch"), Runtime(methods_dir, backend="onnx")

@@ -1,7 +1,11 @@
+import dataclasses
+
 import pytest
 import torch
 
 from tailorrt.errors import BackboneMismatchError, IntegrityError, PackError
+from tailorrt.integrity import SEAL_KEY
+from tailorrt.records import AutoChoice, Metrics, TaskDraft
 from tailorrt.training.backbones import BackboneSource, UniversalBackbone, get_spec
 from tailorrt.training.datasets import Preprocess
 from tailorrt.training.methods.parts.student import Student
@@ -13,9 +17,9 @@ def _student(backbone):
     return Student(backbone, 3).eval()
 
 
-def _meta(sha):
-    return {"method": "nettailor", "backbone_sha256": sha, "classes": ["a", "b", "c"], "config": {"max_skip": 3},
-            "preprocess": Preprocess(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).to_json()}
+def _meta(sha, **fields) -> TaskDraft:
+    return TaskDraft("nettailor", sha, ("a", "b", "c"), Preprocess(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+                     **fields, extra={"config": {"max_skip": 3}})
 
 
 @pytest.fixture()
@@ -44,23 +48,23 @@ def test_backbone_written_once_and_other_backbone_refused(tmp_path):
 
 def test_pack_roundtrip_and_mismatch(packed):
     md, bb, sha, s = packed
-    loaded, meta = md.load_model("t", bb, sha)
+    loaded, rec = md.load_model("t", bb, sha)
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(loaded(x), s(x))
-    assert meta["format_version"] == 1 and meta["files"]["task.safetensors"]["bytes"] > 0
+    assert rec.raw["format_version"] == 1 and rec.pack.name == "task.safetensors" and rec.pack.bytes > 0
     with pytest.raises(BackboneMismatchError, match="retrain the task"):
         md.read_task("t", "0" * 64)
     with pytest.raises(PackError, match="no task 'nope'"):
-        md.task_meta("nope")
+        md.task_record("nope")
     with pytest.raises(PackError, match="invalid task name"):
-        md.write_task("Bad Name", {}, {})
+        md.write_task("Bad Name", {}, _meta(sha))
 
 
 def test_future_format_version_refused(packed):
     md = packed[0]
     reseal(md.tasks_dir / "t" / "task.json", format_version=99)
     with pytest.raises(PackError, match="format_version 99"):
-        md.task_meta("t")
+        md.task_record("t")
 
 
 def test_failed_write_keeps_previous_pack_and_leaves_no_partial(packed, tmp_path, monkeypatch):
@@ -72,7 +76,7 @@ def test_failed_write_keeps_previous_pack_and_leaves_no_partial(packed, tmp_path
 
     monkeypatch.setattr("tailorrt.training.packs.write_record", crash)
     with pytest.raises(KeyboardInterrupt):
-        md.write_task("t", s.task_state(), {**_meta(sha), "note": "new"})
+        md.write_task("t", s.task_state(), _meta(sha, data_spec="new"))
     with pytest.raises(KeyboardInterrupt):
         md.write_task("u", s.task_state(), _meta(sha))
     assert (md.tasks_dir / "t" / "task.safetensors").read_bytes() == before
@@ -92,26 +96,48 @@ _METRICS = {"accuracy": 90.0, "teacher_accuracy": None, "flops": 10, "teacher_fl
             "shared_params_used": 7, "universal_blocks_kept": 1, "universal_blocks_total": 2}
 
 
+_CANDIDATE = {"method": "linear", "val_accuracy": 90.0, "test_accuracy": 89.5, "pack_bytes": 100, "flops": 10,
+              "seconds": 1.5, "misses": []}
+_AUTO = {"candidates": [_CANDIDATE, {**_CANDIDATE, "method": "flex", "misses": ["x"]}], "winner": "linear",
+         "reason": "r", "schedule_fraction": 0.25, "search_seconds": 3.0, "final_seconds": 6.0}
+
+
 @pytest.mark.parametrize("change, field", [({"flops": None}, "metrics.flops"),
                                            ({"accuracy": "90"}, "metrics.accuracy")])
 def test_a_record_with_a_bad_field_is_one_error_naming_the_file_and_the_field(packed, change, field):
     md, _, sha, s = packed
-    md.write_task("t", s.task_state(), {**_meta(sha), "metrics": {**_METRICS, **change}, "data": {"spec": "x"}})
+    path = md.tasks_dir / "t" / "task.json"
+    reseal(path, metrics={**_METRICS, **change})  # as a hand edit or another writer left it
     with pytest.raises(PackError, match=rf"tasks/t/task.json is not a valid task record: '{field}' must be"):
         md.task_record("t")
-    metrics = {k: v for k, v in _METRICS.items() if k != "task_params"}
-    md.write_task("t", s.task_state(), {**_meta(sha), "metrics": metrics})
+    reseal(path, metrics={k: v for k, v in _METRICS.items() if k != "task_params"})
     proc = run_cli("info", "--model-dir", str(md.root))
     assert "'metrics.task_params' is missing" in one_line_error(proc)  # was a KeyError traceback
 
 
 def test_records_parse_into_typed_objects(packed):
     md, _, sha, s = packed
-    md.write_task("t", s.task_state(), {**_meta(sha), "metrics": _METRICS, "data": {"spec": "synth-digits"},
-                                        "auto": {"candidates": [{}, {}], "winner": "linear", "reason": "r"}})
+    md.write_task("t", s.task_state(), _meta(sha, metrics=Metrics.from_json(_METRICS), data_spec="synth-digits",
+                                             auto=AutoChoice.from_json(_AUTO)))
     rec = md.task_record("t")
     assert rec.metrics.universal_blocks_total == 2 and rec.metrics.teacher_accuracy is None
-    assert rec.data_spec == "synth-digits" and len(rec.auto["candidates"]) == 2 and rec.classes == ("a", "b", "c")
+    assert rec.data_spec == "synth-digits" and rec.classes == ("a", "b", "c")
+    assert [c.method for c in rec.auto.candidates] == ["linear", "flex"] and rec.auto.candidates[1].misses == ("x",)
     assert rec.pack.bytes == (md.tasks_dir / "t" / "task.safetensors").stat().st_size
     md.write_task("t", s.task_state(), _meta(sha))  # an older, shorter record still loads
     assert md.task_record("t").metrics is None and md.backbone_record().sha256 == sha
+
+
+def test_records_are_written_from_the_typed_objects_they_read_back_as(packed):
+    """A record reads back as the draft it was written from, and a draft the reader would refuse is not written."""
+    md, _, sha, s = packed
+    md.write_task("t", s.task_state(), _meta(sha, metrics=Metrics.from_json({**_METRICS, "prune": {"k": 1}}),
+                                             data_spec="synth-digits", auto=AutoChoice.from_json(_AUTO)))
+    rec = md.task_record("t")
+    assert TaskDraft.of(rec).to_json(rec.task, rec.pack) == {k: v for k, v in rec.raw.items() if k != SEAL_KEY}
+    assert rec.metrics.extra == {"prune": {"k": 1}} and rec.raw["config"] == {"max_skip": 3}
+    before = (md.tasks_dir / "t" / "task.json").read_bytes()
+    bad = dataclasses.replace(rec.metrics, flops=None)
+    with pytest.raises(PackError, match="its record would not be valid .*'metrics.flops' must be"):
+        md.write_task("t", s.task_state(), _meta(sha, metrics=bad))
+    assert (md.tasks_dir / "t" / "task.json").read_bytes() == before

@@ -32,8 +32,8 @@ NATIVE_BF16 = any(f in cpu_flags() for f in BF16_FLAGS)
 
 def val_images(root: Path, task: str) -> np.ndarray:
     """The images the export stored for the int8 load check (real validation images of the task)."""
-    entry = ModelDir(root).export_manifest("onnx-int8")["tasks"][task]
-    return load_file(str(root / "onnx-int8" / entry["check"]["file"]))["input"]
+    check = ModelDir(root).export_record("onnx-int8").tasks[task].check
+    return load_file(str(root / "onnx-int8" / check.name))["input"]
 
 
 def test_per_channel_quantisation_round_trips():
@@ -46,7 +46,7 @@ def test_per_channel_quantisation_round_trips():
 
 def test_int8_graphs_share_the_canonical_weights(exported_dir):
     mdir = TrainingDir(exported_dir)
-    manifest = mdir.export_manifest("onnx-int8")
+    manifest = mdir.export_record("onnx-int8").raw  # the int8 kind's own fields
     backbone, _ = mdir.load_backbone()
     canonical = CanonicalWeights.of(SharedWeights(backbone).tensors)
     data = (exported_dir / "onnx-int8" / "universal-int8.data").read_bytes()
@@ -83,8 +83,7 @@ def test_int8_answers_that_differ_on_this_cpu_are_refused(exported_dir, tmp_path
     root = tmp_path / "m"
     shutil.copytree(exported_dir, root)
     manifest_path = root / "onnx-int8" / "export.json"
-    entry = ModelDir(root).export_manifest("onnx-int8")["tasks"]["hues"]
-    check = root / "onnx-int8" / entry["check"]["file"]
+    check = root / "onnx-int8" / ModelDir(root).export_record("onnx-int8").tasks["hues"].check.name
     stored = load_file(str(check))
     save_file({"input": stored["input"], "logits": stored["logits"] + 10.0}, str(check))  # as another CPU computed
     tasks = json.loads(manifest_path.read_text())["tasks"]
@@ -161,7 +160,7 @@ def test_bf16_export_and_runtime(exported_dir, tmp_path, monkeypatch):
     with pytest.raises(PackError, match="no bf16 export .* tailor export --precision bf16"):
         Runtime(root, backend="torch", precision="bf16")
     result = export_model(ExportRequest(model_dir=str(root), precision="bf16", download=False, max_precision_drop=100))
-    for check in (e["accuracy_check"] for e in result["bf16"]["tasks"].values()):
+    for check in (e.accuracy_check for e in result["bf16"].tasks.values()):
         assert check["images"] > 0 and check["top1_agreement"] >= 0.75
     fp32, bf16 = Runtime(root, backend="torch"), Runtime(root, backend="torch", precision="bf16")
     for task in bf16.tasks:

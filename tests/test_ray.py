@@ -36,18 +36,19 @@ def ray_dir(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     and 'broken', whose pack file is corrupt."""
     import torch
 
+    from tailorrt.records import TaskDraft
     from tailorrt.training.packs import TrainingDir
 
     root = tmp_path_factory.mktemp("ray") / "models"
     shutil.copytree(exported_dir, root)
     mdir = TrainingDir(root)
     backbone, bmeta = mdir.load_backbone()
-    net, meta = mdir.load_model("colors", backbone, bmeta["sha256"])
+    net, rec = mdir.load_model("colors", backbone, bmeta.sha256)
     state = net.task_state()
     (bias,) = [k for k in state if k.endswith("classifier.bias")]
-    meta = {k: v for k, v in meta.items() if k not in ("task", "format_version")}
+    draft = TaskDraft.of(rec)
     for i, name in enumerate(["copy0", "copy1", "copy2", "broken"]):
-        mdir.write_task(name, {**state, bias: state[bias] + torch.arange(len(state[bias])) * (i + 1.0)}, meta)
+        mdir.write_task(name, {**state, bias: state[bias] + torch.arange(len(state[bias])) * (i + 1.0)}, draft)
     flip(next((root / "tasks" / "broken").glob("*.safetensors")))
     return root
 

@@ -4,6 +4,7 @@ the weights (pruned blocks absent), and, where a headless browser is installed, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -11,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from tailorrt.pack import ModelDir
+from tailorrt.records import TaskRecord
 from tailorrt.tools.render import check_rendering, find_browser, image_difference
 from tailorrt.tools.report import architecture_plot, attention_plot
 from tailorrt.training.methods.parts.pictures import attention_history
 from tailorrt.training.paired import Paired
-from tests.conftest import one_line_error, run_cli
+from tests.conftest import one_line_error, run_cli, task_record
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -42,7 +44,7 @@ def test_the_page_has_every_tasks_pictures_and_opens_from_disk(report_dir, expor
     info = page[page.index("<table>"):page.index("</table>")]
     assert "<th>task params</th>" in info and info.count("<tr>") == len(tasks) + 1  # tailor info's table
     for task in tasks:  # the search's table: every candidate against the teacher, with its 95% interval
-        prune = ModelDir(exported_dir).task_meta(task)["metrics"].get("prune")
+        prune = ModelDir(exported_dir).task_record(task).raw["metrics"].get("prune")
         if prune and "candidates" in prune:
             section = page[page.index(f"<section id='{task}'>"):]
             for c in prune["candidates"]:
@@ -51,13 +53,13 @@ def test_the_page_has_every_tasks_pictures_and_opens_from_disk(report_dir, expor
 
 def test_architecture_follows_the_weights_and_pruned_blocks_are_absent(exported_dir, tmp_path):
     mdir = ModelDir(exported_dir)
-    meta = mdir.task_meta(mdir.task_names()[0])
-    at = next(i for i, l in enumerate(meta["architecture"]) if len(l["blocks"]) > 1)
+    rec = mdir.task_record(mdir.task_names()[0])
+    at = next(i for i, l in enumerate(rec.raw["architecture"]) if len(l["blocks"]) > 1)
 
-    def variant(change) -> dict:
-        m = copy.deepcopy(meta)
+    def variant(change) -> TaskRecord:
+        m = copy.deepcopy(rec.raw)
         change(m["architecture"][at]["blocks"])
-        return m
+        return dataclasses.replace(rec, raw=m)
 
     def kept(alpha):
         return lambda blocks: blocks[1].update(kept=True, alpha=alpha)
@@ -73,14 +75,16 @@ def test_architecture_follows_the_weights_and_pruned_blocks_are_absent(exported_
 
 def test_other_methods_draw_units_and_attention_scales(tmp_path):
     scales = [{"unit": u, "mean": 1.0 - 0.1 * u, "low": 0.0, "n": 8} for u in range(4)]
-    meta = {"method": "attention", "metrics": {"units_used": 4, "units_owned": [3]},
-            "attention": {"scales": scales},
-            "training": {"phases": [{"history": [{"attention": scales}, {"attention": scales[::-1]}]}]}}
+    fields = {"method": "attention", "metrics": {"units_used": 4, "units_owned": [3]},  # over made-up figures
+              "attention": {"scales": scales},
+              "training": {"phases": [{"history": [{"attention": scales}, {"attention": scales[::-1]}]}]}}
+    meta = task_record(**fields)
     labels, rows = attention_history(meta)
     assert labels == ["unit 0", "unit 1", "unit 2", "unit 3"] and rows == [[1.0, 0.9, 0.8, 0.7]] * 2
     assert architecture_plot(meta, tmp_path / "a.png").read_bytes()[:8] == PNG
     assert attention_plot(meta, tmp_path / "b.png").read_bytes()[:8] == PNG
-    plain = {**meta, "method": "linear", "attention": None, "training": {"phases": [{"history": [{"loss": 1}]}]}}
+    plain = task_record(**{**fields, "method": "linear", "attention": None,
+                           "training": {"phases": [{"history": [{"loss": 1}]}]}})
     assert attention_plot(plain, tmp_path / "c.png") is None and not (tmp_path / "c.png").exists()
     assert image_difference(architecture_plot(plain, tmp_path / "d.png"), tmp_path / "a.png") > 0
 

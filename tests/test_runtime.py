@@ -30,8 +30,7 @@ def runtimes(exported_dir):
 def test_backends_agree_on_every_task_test_split(runtimes):
     rt = runtimes["torch"]
     for task in rt.tasks:
-        meta = rt.task(task).meta
-        data = load_task(meta["data"]["spec"], data_dir=Path("data"), preprocess=rt.task(task).preprocess)
+        data = load_task(rt.task(task).record.data_spec, data_dir=Path("data"), preprocess=rt.task(task).preprocess)
         x = np.stack([data.test[i][0].numpy() for i in range(len(data.test))])
         a, b = runtimes["torch"].logits(task, x), runtimes["onnx"].logits(task, x)
         assert np.abs(a - b).max() <= 1e-4 and (a.argmax(1) == b.argmax(1)).all()

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from tailorrt.errors import ConfigError
+from tailorrt.records import TaskRecord
 from tailorrt.training.backbones import UniversalBackbone, get_spec
 from tailorrt.training.datasets import TaskData
 from tailorrt.training.methods.nettailor import ArchitectureSearch, NetTailor, NetTailorConfig
@@ -18,6 +19,7 @@ from tailorrt.training.methods.parts.student import Student
 from tailorrt.training.paired import Paired
 from tailorrt.training.phases import PhaseConfig, Trainer, correct
 from tailorrt.training.teacher import Teacher
+from tests.conftest import task_record
 
 
 def candidate(k: int, val: float, flops: int | None = None) -> Candidate:
@@ -143,13 +145,19 @@ def test_fixed_rule_trains_one_candidate(tmp_path, backbone):
     sel = s.run(teacher_flops=10 ** 12, student=Paired(48, 0, 0))
     assert sel.tried == [1] and sel.chosen.universal_kept == len(backbone.blocks) - 1
     record = s.record(sel, teacher_flops=10 ** 12, student=Paired(48, 0, 0))
-    meta = {"metrics": {"universal_blocks_total": len(backbone.blocks), "prune": record}}
+    meta = search_record(record, len(backbone.blocks))
     # not "none within", whatever the candidate's difference to the teacher; the difference with its interval
     line = NetTailor().describe(meta)
     assert line.startswith(f"dropped 1/{len(backbone.blocks)} (--prune-universal), {sel.chosen.vs_teacher.words()} "
                            "vs teacher on val")
     assert line.endswith("(too few images for 0.5)") != record["resolved"]  # 48 images: they cannot tell 0.5
     assert NetTailor().verdict(meta) == f"architecture search: {record['words']}"
+
+
+def search_record(prune: dict, blocks: int) -> TaskRecord:
+    """A NetTailor task's record holding a search's ``metrics.prune`` (the rest of the record made up)."""
+    return task_record(metrics={"universal_blocks_kept": blocks - prune["chosen"], "universal_blocks_total": blocks,
+                                "prune": prune})
 
 
 def test_monotone_fit_pools_what_rises_with_k():
@@ -190,7 +198,7 @@ def test_a_student_above_the_teacher_is_the_bar_pruning_may_not_spend():
     assert "; no leaner candidate stayed within 0.5 points of the unpruned student, which measured +0.40" in v.words()
     assert v.to_json()["bar_met"] is False
     prune = {**v.to_json(), "tolerance": 0.5, "chosen": 4, "candidates": [c.to_json() for c in led.candidates]}
-    line = NetTailor().describe({"metrics": {"universal_blocks_total": 8, "prune": prune}})  # tailor info's cell
+    line = NetTailor().describe(search_record(prune, 8))  # tailor info's cell
     assert line.startswith("dropped 4/8 (2 tried, none within 0.5 of the student), -0.20 ± ")
 
 

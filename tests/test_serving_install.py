@@ -28,11 +28,18 @@ from tests.test_layers import SERVING, TRAINING_SIDE
 
 
 def without_training(root: Path) -> dict:
-    """An environment whose Python cannot import the training side (a folder of stand-ins first on the path)."""
-    for name in TRAINING_SIDE:
-        (root / name).mkdir(parents=True, exist_ok=True)
-        (root / name / "__init__.py").write_text(
-            f"raise ModuleNotFoundError(\"No module named '{name}' (a serving install)\", name='{name}')\n")
+    """An environment whose Python finds none of the training side, as a serving install: a ``sitecustomize`` first
+    on the path puts a finder before the others that refuses those names (to ``import`` and to ``find_spec``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sitecustomize.py").write_text(
+        "import sys\n\n\n"
+        "class ServingInstall:\n"
+        f"    hidden = {set(TRAINING_SIDE)!r}\n\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] in self.hidden:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r} (a serving install)', name=name)\n"
+        "        return None\n\n\n"
+        "sys.meta_path.insert(0, ServingInstall())\n")
     return {**os.environ, "PYTHONPATH": str(root), "COLUMNS": "200"}
 
 

@@ -15,9 +15,9 @@ def test_synthetic_model_dir_exports_and_serves(tmp_path, backbone):
     make_model_dir(tmp_path / "m", backbone=backbone, tasks=2, classes=3)
     mdir = ModelDir(tmp_path / "m")
     assert mdir.task_names() == ["synthetic-0", "synthetic-1"]
-    assert all(mdir.task_meta(t)["config"]["universal_norms"] for t in mdir.task_names())
+    assert all(mdir.task_record(t).raw["config"]["universal_norms"] for t in mdir.task_names())
     export_model(ExportRequest(model_dir=str(tmp_path / "m"), parity_images=2), report=lambda _: None)
-    size = mdir.backbone_meta()["input_size"]
+    size = mdir.backbone_record().input_size
     x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
     torch_rt, onnx_rt = Runtime(tmp_path / "m", backend="torch"), Runtime(tmp_path / "m", backend="onnx")
     for task in mdir.task_names():

@@ -40,7 +40,6 @@ from tailorrt.errors import ConfigError
 from tailorrt.files import write_json
 from tailorrt.limits import MB
 from tailorrt.precision import backend_of, cpu_summary
-from tailorrt.records import BackboneRecord
 from tailorrt.training import methods
 from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.io import load_metadata, load_tensors
@@ -101,7 +100,7 @@ def teacher_state_for(net: TunedNet, teacher_state: dict[str, torch.Tensor]) -> 
 def teacher_checkpoint(mdir: TrainingDir, task: str) -> dict[str, torch.Tensor] | None:
     """The weights of ``task``'s finished teacher phase (the whole backbone fine-tuned, where its method trains one),
     if its training left them in the model dir."""
-    phase = methods.for_record(mdir.task_meta(task)).teacher_phase
+    phase = methods.for_record(mdir.task_record(task)).teacher_phase
     path = mdir.work_dir(task) / f"{phase}.safetensors"
     if phase is None or not path.is_file() or load_metadata(path).get("done") != "1":
         return None
@@ -302,8 +301,7 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
     if not tasks:
         raise ConfigError(f"{mdir.root} has no tasks; train one first (tailor train --task synth-digits)")
     threads = req.threads or torch.get_num_threads()
-    backbone, raw = mdir.load_backbone()
-    bmeta = BackboneRecord.from_json(raw)
+    backbone, bmeta = mdir.load_backbone()
     size = backbone.spec.input_size
     out_dir = mdir.root / "bench"
     report(f"writing the per-task models of {len(tasks)} tasks to {out_dir / 'per-task'}")

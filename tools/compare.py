@@ -11,7 +11,7 @@ import torch
 from tailorrt.errors import ConfigError
 from tailorrt.export.speed import time_side_by_side
 from tailorrt.files import write_json
-from tailorrt.records import BackboneRecord, TaskRecord
+from tailorrt.records import TaskRecord
 from tailorrt.training import methods
 from tailorrt.training.datasets import pack_name
 from tailorrt.training.methods import REFERENCE
@@ -62,18 +62,16 @@ def compare(req: CompareRequest, *, device: torch.device, progress: Progress | N
         else:
             report(f"reusing {mdir.tasks_dir / name}")
         names[method] = name
-    backbone, raw = mdir.load_backbone()
-    b = BackboneRecord.from_json(raw)
+    backbone, b = mdir.load_backbone()
     models, rows = {}, []
     for method, name in names.items():
-        model, meta = mdir.load_model(name, backbone, b.sha256)
+        model, rec = mdir.load_model(name, backbone, b.sha256)
         models[method] = model.to(device).eval()
-        rec = TaskRecord.from_json(meta)
         m = rec.metrics
         rows.append({"method": method, "pack": name, "accuracy": m.accuracy, "task_params": m.task_params,
                      "total_params_used": m.task_params + m.shared_params_used, "flops": m.flops,
-                     "train_seconds": training_seconds(meta), "pack_bytes": rec.pack.bytes,
-                     "chosen": methods.for_record(meta).describe(meta)})
+                     "train_seconds": training_seconds(rec), "pack_bytes": rec.pack.bytes,
+                     "chosen": methods.for_record(rec).describe(rec)})
     speed = _images_per_s(models, backbone.spec.input_size, req.batch, device)
     reference = next((r["accuracy"] for r in rows if r["method"] == REFERENCE), None)
     for r in rows:
@@ -90,10 +88,10 @@ def compare(req: CompareRequest, *, device: torch.device, progress: Progress | N
     return result
 
 
-def training_seconds(meta: dict) -> float:
+def training_seconds(rec: TaskRecord) -> float:
     """Compute time of a pack's training: its phases (as recorded, so resumed runs count in full) plus the
     steps that train nothing (flex-tuning's scoring), as the method records them."""
-    return methods.for_record(meta).training_seconds(meta)
+    return methods.for_record(rec).training_seconds(rec)
 
 
 @torch.inference_mode()

@@ -47,16 +47,16 @@ def _save(plt, fig, path: Path, **kwargs) -> Path:
     return path
 
 
-def architecture_plot(meta: dict, path: Path) -> Path:
+def architecture_plot(rec: TaskRecord, path: Path) -> Path:
     """The task's network as tailoring left it (drawn by its method), as a PNG."""
     plt = _pyplot()
-    return _save(plt, methods.for_record(meta).architecture_figure(plt, meta), path, bbox_inches="tight")
+    return _save(plt, methods.for_record(rec).architecture_figure(plt, rec), path, bbox_inches="tight")
 
 
-def attention_plot(meta: dict, path: Path) -> Path | None:
+def attention_plot(rec: TaskRecord, path: Path) -> Path | None:
     """The attention weights over training as a PNG, or None where the method learns none."""
     plt = _pyplot()
-    fig = methods.for_record(meta).attention_figure(plt, meta)
+    fig = methods.for_record(rec).attention_figure(plt, rec)
     if fig is None:
         return None
     for ax in fig.axes:
@@ -65,10 +65,10 @@ def attention_plot(meta: dict, path: Path) -> Path | None:
     return _save(plt, fig, path)
 
 
-def selection_plot(meta: dict, path: Path) -> Path | None:
+def selection_plot(rec: TaskRecord, path: Path) -> Path | None:
     """The candidates training chose among, as a PNG, or None where the method searched none."""
     plt = _pyplot()
-    fig = methods.for_record(meta).selection_figure(plt, meta)
+    fig = methods.for_record(rec).selection_figure(plt, rec)
     return None if fig is None else _save(plt, fig, path)
 
 
@@ -161,11 +161,10 @@ def build_report(req: ReportRequest, report: Callable[[str], None] = print) -> P
         task = row["task"]
         report(f"drawing {task}")
         rec = mdir.task_record(task)
-        meta = rec.raw  # the method's own fields, for its pictures
-        arch = architecture_plot(meta, out / f"{task}-architecture.png")
-        att = attention_plot(meta, out / f"{task}-attention.png")
+        arch = architecture_plot(rec, out / f"{task}-architecture.png")
+        att = attention_plot(rec, out / f"{task}-attention.png")
         trade = tradeoff_plot(rec, backbone, out / f"{task}-tradeoff.png")
-        chosen = selection_plot(meta, out / f"{task}-selection.png")
+        chosen = selection_plot(rec, out / f"{task}-selection.png")
         teacher = "" if row["teacher_accuracy"] is None else f", teacher {row['teacher_accuracy']:.2f}%"
         parts += [f"<section id='{esc(task)}'><h2>{esc(task)}</h2><p>method <b>{esc(rec.method)}</b>, "
                   f"test accuracy {row['accuracy']:.2f}%{teacher}; universal blocks kept {row['universal_blocks']}, "
@@ -191,32 +190,32 @@ def _selection_section(rec: TaskRecord, picture: Path | None) -> list[str]:
     if picture is None:
         return []
     esc = html.escape
-    method = methods.for_record(rec.raw)
-    table = method.selection_table(rec.raw)
+    method = methods.for_record(rec)
+    table = method.selection_table(rec)
     rows = "" if table is None else (
         "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in table[0]) + "</tr>"
         + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in table[1]) + "</table>")
-    said = ". ".join(x for x in (method.describe(rec.raw), method.verdict(rec.raw)) if x)
+    said = ". ".join(x for x in (method.describe(rec), method.verdict(rec)) if x)
     return ["<h3>Architecture search</h3>", f"<p>{esc(said)}.</p>",
             f"<img src='{esc(picture.name)}' alt='candidates of {esc(rec.task)}'>", rows]
 
 
 def _auto_section(rec: TaskRecord) -> list[str]:
     """How ``--method auto`` chose the task's method: every candidate's figures and the reason, if it did."""
-    record = rec.auto  # tailorrt.training.auto's record of its choice
-    if not record:
+    auto = rec.auto  # tailorrt.training.auto's record of its choice
+    if auto is None:
         return []
     esc = html.escape
     head = "".join(f"<th>{h}</th>" for h in ("candidate", "val acc %", "test acc %", "pack KB", "MFLOPs",
                                              "short training s", "outside the budget"))
-    body = "".join(f"<tr><td>{esc(r['method'])}{' (chosen)' * (r['method'] == record['winner'])}</td>"
-                   f"<td>{r['val_accuracy']:.2f}</td><td>{r['test_accuracy']:.2f}</td>"
-                   f"<td>{r['pack_bytes'] / 1e3:.1f}</td><td>{r['flops'] / 1e6:.2f}</td><td>{r['seconds']:.0f}</td>"
-                   f"<td>{esc('; '.join(r['misses']) or '-')}</td>"
-                   "</tr>" for r in record["candidates"])
-    return ["<h3>Chosen by --method auto</h3>", f"<p>{esc(record['reason'])}. Choosing took "
-            f"{record['search_seconds']:.0f} s on a schedule of {record['schedule_fraction']:.2f} of the full one; "
-            f"training the winner took {record['final_seconds']:.0f} s.</p>", f"<table><tr>{head}</tr>{body}</table>"]
+    body = "".join(f"<tr><td>{esc(r.method)}{' (chosen)' * (r.method == auto.winner)}</td>"
+                   f"<td>{r.val_accuracy:.2f}</td><td>{r.test_accuracy:.2f}</td>"
+                   f"<td>{r.pack_bytes / 1e3:.1f}</td><td>{r.flops / 1e6:.2f}</td><td>{r.seconds:.0f}</td>"
+                   f"<td>{esc('; '.join(r.misses) or '-')}</td>"
+                   "</tr>" for r in auto.candidates)
+    return ["<h3>Chosen by --method auto</h3>", f"<p>{esc(auto.reason)}. Choosing took "
+            f"{auto.search_seconds:.0f} s on a schedule of {auto.schedule_fraction:.2f} of the full one; "
+            f"training the winner took {auto.final_seconds:.0f} s.</p>", f"<table><tr>{head}</tr>{body}</table>"]
 
 
 def _bench_sections(mdir: ModelDir, out: Path) -> list[str]:

@@ -12,7 +12,7 @@ import torch
 from tailorrt.errors import ConfigError
 from tailorrt.limits import MB
 from tailorrt.pack import TASK_FILE
-from tailorrt.records import BackboneRecord
+from tailorrt.records import TaskDraft
 from tailorrt.tools.bench import BenchRequest, per_task_model, probe_load, written
 from tailorrt.training.io import load_tensors
 from tailorrt.training.packs import TrainingDir
@@ -35,8 +35,7 @@ def scaling(req: BenchRequest, counts: tuple[int, ...], report: Callable[[str], 
     if not base or not counts or min(counts) < 1:
         raise ConfigError("scaling needs at least one task and task counts of 1 or more, e.g. --scaling 1,2,4,8,16")
     threads = req.threads or torch.get_num_threads()
-    backbone, raw = mdir.load_backbone()
-    bmeta = BackboneRecord.from_json(raw)
+    backbone, bmeta = mdir.load_backbone()
     size = backbone.spec.input_size
     root = mdir.root / "bench" / "scaling"
     if root.exists():
@@ -88,10 +87,10 @@ def _copy_pack(mdir: TrainingDir, src: str, dest: TrainingDir, name: str, copy: 
     if copy == 0:
         shutil.copytree(mdir.tasks_dir / src, dest.tasks_dir / name)
         return
-    meta = {k: v for k, v in mdir.task_meta(src).items() if k not in ("files", "task")}
+    draft = TaskDraft.of(mdir.task_record(src))
     tensors = {k: v * (1 + copy * 2.0 ** -20) if v.is_floating_point() else v
                for k, v in load_tensors(mdir.tasks_dir / src / TASK_FILE).items()}
-    dest.write_task(name, tensors, meta)
+    dest.write_task(name, tensors, draft)
 
 
 def scaling_summary(r: dict) -> str:

@@ -14,11 +14,11 @@ def onnx_record(*, files: bool = True, check_file: bool = False) -> Callable[[di
     """The check of an export record naming its backbone, (with ``files``) a shared file and a file per task,
     (with ``check_file``) each task's stored check images, and each task's pack sha256."""
 
-    def check(meta: dict) -> None:
-        sha(field_of(meta, "backbone", dict), "sha256", "backbone.")
+    def check(data: dict) -> None:
+        sha(field_of(data, "backbone", dict), "sha256", "backbone.")
         if files:
-            file_entry(field_of(meta, "shared", dict), "shared.")
-        for name, entry in field_of(meta, "tasks", dict).items():
+            file_entry(field_of(data, "shared", dict), "shared.")
+        for name, entry in field_of(data, "tasks", dict).items():
             if files:
                 file_entry(entry, f"tasks.{name}.")
             if check_file:

@@ -4,11 +4,11 @@ from tailorrt.kinds import ExportKind, register
 from tailorrt.kinds.checks import Invalid, field_of, file_entry, sha
 
 
-def _record(meta: dict) -> None:
-    sha(meta, "backbone_sha256")
-    if field_of(meta, "max_batch", int) < 1:
+def _record(data: dict) -> None:
+    sha(data, "backbone_sha256")
+    if field_of(data, "max_batch", int) < 1:
         raise Invalid("'max_batch' must be at least 1")
-    for name, entry in field_of(meta, "tasks", dict).items():
+    for name, entry in field_of(data, "tasks", dict).items():
         file_entry(entry, f"tasks.{name}.")
 
 

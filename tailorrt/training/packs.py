@@ -20,9 +20,10 @@ from torch import nn
 
 from tailorrt.errors import BackboneMismatchError, PackError
 from tailorrt.files import replace_dir, sha256_file, staging_dir
-from tailorrt.pack import BACKBONE_FILE, TASK_FILE, ModelDir, check_task_name, pack_file
+from tailorrt.pack import BACKBONE_FILE, TASK_FILE, ModelDir, check_task_name
 from tailorrt.precision import cpu_model, cpu_summary
-from tailorrt.records import FORMAT_VERSION, REMEDY, write_record
+from tailorrt.record_fields import Invalid
+from tailorrt.records import FORMAT_VERSION, REMEDY, BackboneRecord, FileRef, TaskDraft, TaskRecord, write_record
 from tailorrt.training import methods
 from tailorrt.training.backbones import BackboneSource, UniversalBackbone, load_weights
 from tailorrt.training.io import load_tensors, save_tensors
@@ -47,7 +48,7 @@ class TaskPack:
     """A loaded task pack: its metadata and its tensors."""
 
     name: str
-    meta: dict
+    record: TaskRecord
     tensors: dict[str, torch.Tensor]
     path: Path
 
@@ -86,17 +87,16 @@ class TrainingDir(ModelDir):
                 return sha
             self.backbone_dir.mkdir(parents=True, exist_ok=True)
             os.replace(candidate, self.backbone_dir / BACKBONE_FILE)
-        meta = {"format_version": FORMAT_VERSION, "name": backbone.spec.name, "spec": backbone.spec.to_json(),
-                "sha256": sha, "source": {"kind": source.kind, "detail": source.detail},
-                "units": backbone.num_units, "params": sum(p.numel() for p in backbone.parameters()),
-                "input_size": backbone.spec.input_size,
-                "normalize": {"mean": list(backbone.spec.mean), "std": list(backbone.spec.std)},
-                "bytes": (self.backbone_dir / BACKBONE_FILE).stat().st_size, "versions": versions(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_record(self.backbone_dir / "backbone.json", meta)
+        spec = backbone.spec
+        size, params = (self.backbone_dir / BACKBONE_FILE).stat().st_size, sum(p.numel() for p in backbone.parameters())
+        record = BackboneRecord(spec.name, sha, spec, spec.input_size, size, params,
+                                {"source": {"kind": source.kind, "detail": source.detail}, "units": backbone.num_units,
+                                 "normalize": {"mean": list(spec.mean), "std": list(spec.std)}, "versions": versions(),
+                                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        write_record(self.backbone_dir / "backbone.json", record.to_json())
         return sha
 
-    def load_backbone(self) -> tuple[UniversalBackbone, dict]:
+    def load_backbone(self) -> tuple[UniversalBackbone, BackboneRecord]:
         """Rebuild the backbone from its JSON spec and weights, verifying the sha256 first."""
         rec = self.backbone_record()
         path = self.files.verify(self.backbone_dir / BACKBONE_FILE, rec.sha256,
@@ -108,18 +108,22 @@ class TrainingDir(ModelDir):
                             f"{e}); {REMEDY['backbone']}") from e
         load_weights(model, load_tensors(path), str(path))
         model.eval()
-        return model, rec.raw
+        return model, rec
 
-    def write_task(self, name: str, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
-        """Assemble the pack in ``.work`` and rename it into ``tasks/`` in one step."""
+    def write_task(self, name: str, tensors: dict[str, torch.Tensor], draft: TaskDraft) -> Path:
+        """Assemble the pack in ``.work`` and rename it into ``tasks/`` in one step; a record that would not read
+        back as a :class:`~tailorrt.records.TaskRecord` is refused before anything is written."""
         check_task_name(name)
         tmp = staging_dir(self.root / ".work", f"pack-{name}-")
         try:
             save_tensors(tmp / TASK_FILE, tensors, {"format_version": str(FORMAT_VERSION), "task": name})
-            meta = {**meta, "format_version": FORMAT_VERSION, "task": name,
-                    "files": {TASK_FILE: {"sha256": sha256_file(tmp / TASK_FILE),
-                                          "bytes": (tmp / TASK_FILE).stat().st_size}}}
-            write_record(tmp / "task.json", meta)
+            record = draft.to_json(name, FileRef(TASK_FILE, sha256_file(tmp / TASK_FILE),
+                                                 (tmp / TASK_FILE).stat().st_size))
+            try:
+                TaskRecord.from_json(record)
+            except Invalid as e:
+                raise PackError(f"task {name!r}: its record would not be valid ({e}); nothing was written") from None
+            write_record(tmp / "task.json", record)
             self.tasks_dir.mkdir(parents=True, exist_ok=True)
             final = self.tasks_dir / name
             replace_dir(tmp, final)
@@ -130,22 +134,22 @@ class TrainingDir(ModelDir):
 
     def read_task(self, name: str, backbone_sha256: str) -> TaskPack:
         """Read a pack, refusing one trained on another backbone or whose weights do not match their sha256."""
-        meta = self.task_meta_for(name, backbone_sha256)
+        rec = self.task_record_for(name, backbone_sha256)
         folder = self.tasks_dir / name
-        path = self.files.verify(folder / TASK_FILE, pack_file(meta)["sha256"], recorded_in=folder / "task.json",
+        path = self.files.verify(folder / rec.pack.name, rec.pack.sha256, recorded_in=folder / "task.json",
                                  remedy=REMEDY["task"])
-        return TaskPack(name, meta, load_tensors(path), folder)
+        return TaskPack(name, rec, load_tensors(path), folder)
 
-    def load_model(self, name: str, backbone: UniversalBackbone, backbone_sha256: str) -> tuple[nn.Module, dict]:
+    def load_model(self, name: str, backbone: UniversalBackbone,
+                   backbone_sha256: str) -> tuple[nn.Module, TaskRecord]:
         """A ready-to-run network for a task of any method, sharing the backbone's weights."""
         pack = self.read_task(name, backbone_sha256)
-        meta = pack.meta
-        method = methods.for_record(meta)
+        method = methods.for_record(pack.record)
         try:
-            model = method.build(backbone, meta)
+            model = method.build(backbone, pack.record)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise PackError(f"{pack.path / 'task.json'} does not describe a network this version can build "
                             f"({type(e).__name__}: {e}); {REMEDY['task']}") from e
         model.load_task_state(pack.tensors)
         model.eval()
-        return model, meta
+        return model, pack.record

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tailorrt.records import Metrics, TaskDraft
 from tailorrt.training.backbones import BackboneSource, UniversalBackbone, build_backbone, get_spec
 from tailorrt.training.datasets import Preprocess
 from tailorrt.training.methods.nettailor import NAME, NetTailorConfig
@@ -73,13 +74,13 @@ def make_model_dir(root: str | Path, *, backbone: str = "resnet34", tasks: int =
     for i in range(tasks):
         student = make_student(model, classes, seed + i, own_norms=cfg.universal_norms)
         acc = student.accounting()
-        meta = {"method": NAME, "backbone": spec.name, "backbone_sha256": sha,
-                "classes": [f"class{c:03d}" for c in range(classes)], "preprocess": pre.to_json(),
-                "architecture": student.architecture(), "config": cfg.to_json(),
-                "data": {"spec": f"imagefolder:{folder}", "name": "synthetic"},
-                "metrics": {"accuracy": 0.0, "teacher_accuracy": 0.0, "teacher_flops": student.total_flops_dense(),
-                            **acc},
-                "training": {"phases": [], "seconds": 0.0, "synthetic": True}, "versions": versions(),
-                "machine": machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        mdir.write_task(f"synthetic-{i}", student.task_state(), meta)
+        metrics = Metrics.from_json({"accuracy": 0.0, "teacher_accuracy": 0.0,
+                                     "teacher_flops": student.total_flops_dense(), **acc})
+        draft = TaskDraft(NAME, sha, tuple(f"class{c:03d}" for c in range(classes)), pre, f"imagefolder:{folder}",
+                          metrics, None,
+                          {"backbone": spec.name, "architecture": student.architecture(), "config": cfg.to_json(),
+                           "data": {"name": "synthetic"}, "training": {"phases": [], "seconds": 0.0, "synthetic": True},
+                           "versions": versions(), "machine": machine(),
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        mdir.write_task(f"synthetic-{i}", student.task_state(), draft)
     return mdir

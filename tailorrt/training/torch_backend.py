@@ -12,7 +12,6 @@ from tailorrt import kinds
 from tailorrt.backends import current_export, export_entry, not_loaded, release_freed_memory
 from tailorrt.errors import DependencyMissingError
 from tailorrt.pack import ModelDir
-from tailorrt.records import BackboneRecord
 from tailorrt.training.packs import TrainingDir
 
 
@@ -35,8 +34,8 @@ class TorchBackend:
         self.manifest = current_export(mdir, kind.folder) if self.kind is not None else None
         self.autocast = getattr(torch, self.kind.autocast) if self.kind is not None and self.kind.autocast else None
         self.mdir = TrainingDir.of(mdir)
-        self.backbone, meta = self.mdir.load_backbone()
-        self.backbone_sha256 = BackboneRecord.from_json(meta).sha256
+        self.backbone, rec = self.mdir.load_backbone()
+        self.backbone_sha256 = rec.sha256
         self.backbone.to(self.device)
         self.models: dict = {}  # task -> torch module
 

@@ -15,8 +15,7 @@ import torch
 from tailorrt.backbone_spec import BackboneSpec
 from tailorrt.errors import ConfigError, PackError, TrainingError
 from tailorrt.files import read_json, write_json
-from tailorrt.pack import preprocess_of
-from tailorrt.records import BackboneRecord, TaskRecord
+from tailorrt.records import AutoChoice, Metrics, TaskDraft
 from tailorrt.training import auto, methods
 from tailorrt.training.backbones import UniversalBackbone, build_backbone, get_spec
 from tailorrt.training.datasets import DataCheck, Preprocess, TaskData, load_task, pack_name
@@ -127,8 +126,8 @@ def _spec_for(req: TrainRequest, mdir: TrainingDir) -> BackboneSpec:
 def _backbone_for(req: TrainRequest, mdir: TrainingDir) -> tuple[UniversalBackbone, str]:
     """The backbone to train on, written into the model dir (once) and its sha256."""
     if _uses_model_dir_backbone(req, mdir):
-        backbone, meta = mdir.load_backbone()
-        return backbone, BackboneRecord.from_json(meta).sha256
+        backbone, rec = mdir.load_backbone()
+        return backbone, rec.sha256
     backbone, source = build_backbone(_backbone_name(req), weights=req.backbone_weights,
                                       pretrained=not req.random_init, input_size=req.input_size)
     sha = mdir.write_backbone(backbone, source)
@@ -166,7 +165,7 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
             backbone, sha = _backbone_for(req, mdir)
     if not cluster.main:  # the backbone rank 0 has just written or checked
         backbone, bmeta = mdir.load_backbone()
-        sha = BackboneRecord.from_json(bmeta).sha256
+        sha = bmeta.sha256
     backbone.to(device).eval()
     frozen = fingerprint(backbone)
     if not req.auto:
@@ -179,7 +178,7 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
         trainer = Trainer(device=device, work_dir=folder, progress=progress, seed=req.seed, cluster=cluster)
         return methods.get(method_name).train(method_name, cfg, backbone, data, trainer)
 
-    extra: dict = {}
+    choice: dict | None = None  # tailorrt.training.auto's record of how it chose
     method_name = req.method
     if req.auto:
         def short(candidate: str) -> tuple[Trained, float]:
@@ -187,27 +186,28 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
             trained = run(candidate, cfg, work / "auto" / candidate.replace(":", "-"))
             return trained, accuracy(trained.net, data.val, device)
 
-        extra["auto"] = auto.choose(req.candidates(spec), req.budget, short, report)
-        method_name = extra["auto"]["winner"]
-        report(f"auto: {method_name} wins ({extra['auto']['reason']}); training it on the full schedule")
+        choice = auto.choose(req.candidates(spec), req.budget, short, report)
+        method_name = choice["winner"]
+        report(f"auto: {method_name} wins ({choice['reason']}); training it on the full schedule")
     t0 = time.perf_counter()
     trained = run(method_name, req.config(methods.get(method_name)), work)
     seconds = round(time.perf_counter() - t0, 2)
-    if req.auto:
-        extra["auto"].update(final_seconds=seconds, total_seconds=round(extra["auto"]["search_seconds"] + seconds, 2))
+    if choice is not None:
+        choice.update(final_seconds=seconds, total_seconds=round(choice["search_seconds"] + seconds, 2))
     _report_decode_failures(data, report)
     if fingerprint(backbone) != frozen:  # the pack is recorded against these weights: they must not have moved
         raise TrainingError("the frozen backbone's weights or batch-norm statistics changed during training; "
                             "the pack was not written")
-    meta = {"method": method_name, "backbone": spec.name, "backbone_sha256": sha, "classes": data.classes,
-            "preprocess": preprocess.to_json(), "data": {**data.summary(), "spec": req.task}, **trained.record,
-            **extra, "metrics": trained.metrics, "training": {"phases": trained.phases, "seconds": seconds},
-            "versions": versions(), "machine": machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **({"distributed": {"processes": cluster.world_size}} if cluster.distributed else {})}
+    draft = TaskDraft(method_name, sha, tuple(data.classes), preprocess, req.task, Metrics.from_json(trained.metrics),
+                      None if choice is None else AutoChoice.from_json(choice),
+                      {"backbone": spec.name, "data": data.summary(), **trained.record,
+                       "training": {"phases": trained.phases, "seconds": seconds}, "versions": versions(),
+                       "machine": machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       **({"distributed": {"processes": cluster.world_size}} if cluster.distributed else {})})
     if not cluster.main:
         cluster.barrier()  # until rank 0 has written the pack
         return mdir.tasks_dir / name
-    path = mdir.write_task(name, trained.net.task_state(), meta)
+    path = mdir.write_task(name, trained.net.task_state(), draft)
     cluster.barrier()
     return path
 
@@ -239,11 +239,10 @@ def evaluate_task(model_dir: str | Path, task: str, *, data_dir: str | Path = "d
         raise ConfigError(f"split must be train, val or test, not {split!r}")
     mdir = TrainingDir(model_dir)
     backbone, bmeta = mdir.load_backbone()
-    student, meta = mdir.load_model(task, backbone, BackboneRecord.from_json(bmeta).sha256)
-    rec = TaskRecord.from_json(meta)
+    student, rec = mdir.load_model(task, backbone, bmeta.sha256)
     if rec.data_spec is None:
         raise PackError(f"task {task!r} does not record the data it was trained on; it cannot be evaluated again")
-    data = load_task(rec.data_spec, data_dir=Path(data_dir), preprocess=preprocess_of(meta), download=download,
+    data = load_task(rec.data_spec, data_dir=Path(data_dir), preprocess=rec.preprocess, download=download,
                      check=DataCheck(cache=mdir.check_cache, report=report))
     acc = accuracy(student.to(device), getattr(data, split), device)
     skipped = [] if data.files is None else [asdict(s) for s in data.files.skipped]

@@ -18,6 +18,7 @@ from torch import nn
 
 from tailorrt.backbone_spec import BLOCK_FAMILIES, BackboneSpec
 from tailorrt.errors import ConfigError, PackError
+from tailorrt.records import TaskRecord
 from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.datasets import TaskData
 from tailorrt.training.onnx_graph import GraphBuilder
@@ -85,7 +86,7 @@ class Method:
     def train(self, name: str, cfg: Any, backbone: UniversalBackbone, data: TaskData, trainer: Trainer) -> Trained:
         raise NotImplementedError
 
-    def build(self, backbone: UniversalBackbone, meta: dict) -> nn.Module:
+    def build(self, backbone: UniversalBackbone, record: TaskRecord) -> nn.Module:
         """The task's network from its ``task.json`` (weights not loaded), sharing the backbone's parameters."""
         raise NotImplementedError
 
@@ -93,33 +94,33 @@ class Method:
         """The task's network as ONNX, from ``input`` to ``logits``."""
         raise NotImplementedError
 
-    def describe(self, meta: dict) -> str:
+    def describe(self, record: TaskRecord) -> str:
         """What training chose, in a few words (``unit 3``, ``12/40 channels cut``), or ''."""
         return ""
 
-    def verdict(self, meta: dict) -> str:
+    def verdict(self, record: TaskRecord) -> str:
         """What training could and could not tell about its choice, in one line for ``tailor train`` (a search's
         difference to its reference, whether its data could resolve it, whether the method fell short), or ''."""
         return ""
 
-    def training_seconds(self, meta: dict) -> float:
+    def training_seconds(self, record: TaskRecord) -> float:
         """Compute time of a pack's training: its phases as recorded (resumed runs count in full), plus any
         steps of the method that train nothing."""
-        return round(sum(p["seconds"] for p in meta["training"]["phases"]), 2)
+        return round(sum(p["seconds"] for p in record.raw["training"]["phases"]), 2)
 
-    def architecture_figure(self, plt: Any, meta: dict) -> Any:
+    def architecture_figure(self, plt: Any, record: TaskRecord) -> Any:
         """The report's picture of the network as tailoring left it (a matplotlib figure)."""
         raise NotImplementedError
 
-    def attention_figure(self, plt: Any, meta: dict) -> Any | None:
+    def attention_figure(self, plt: Any, record: TaskRecord) -> Any | None:
         """The report's picture of the attention weights over training, or None where the method learns none."""
         return None
 
-    def selection_table(self, meta: dict) -> tuple[list[str], list[list[str]]] | None:
+    def selection_table(self, record: TaskRecord) -> tuple[list[str], list[list[str]]] | None:
         """The report's table of the candidates training chose among (a header and rows of cells), or None."""
         return None
 
-    def selection_figure(self, plt: Any, meta: dict) -> Any | None:
+    def selection_figure(self, plt: Any, record: TaskRecord) -> Any | None:
         """The report's picture of the candidates training chose among (accuracy against FLOPs, the chosen one
         marked), or None where the method searched none."""
         return None
@@ -162,19 +163,18 @@ def get(name: str, backbone: BackboneSpec | None = None) -> Method:
     return method
 
 
-def for_record(meta: dict) -> Method:
+def for_record(record: TaskRecord) -> Method:
     """The family of a task pack, from its ``task.json``; a method this version does not know is a PackError."""
-    name = meta.get("method")
-    method = next((m for m in REGISTRY.values() if isinstance(name, str) and m.accepts(name)), None)
+    method = next((m for m in REGISTRY.values() if m.accepts(record.method)), None)
     if method is None:
-        raise PackError(f"task {meta.get('task')!r} uses method {name!r}, which this version of tailorrt cannot "
+        raise PackError(f"task {record.task!r} uses method {record.method!r}, which this version of tailorrt cannot "
                         f"load; upgrade tailorrt or retrain the task")
     return method
 
 
-def describe(meta: dict) -> str:
+def describe(record: TaskRecord) -> str:
     """What training chose for a task, as its method words it (``tailor info``'s "chosen" column)."""
-    return for_record(meta).describe(meta)
+    return for_record(record).describe(record)
 
 
 def pack_name(task_pack: str, name: str) -> str:

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import torch
 
+from tailorrt.records import TaskRecord
 from tailorrt.training.methods.base import MethodOption, register
 from tailorrt.training.methods.parts import pictures
 from tailorrt.training.methods.parts.channel_scales import (
@@ -107,15 +108,15 @@ class ChannelAttention(TuningMethod):
         pruned = record["pruning"]["pruned_channels"] if record["pruning"] else 0
         return net, {"attention": record, "metrics": {"pruned_channels": pruned}}
 
-    def describe(self, meta: dict) -> str:
-        p = (meta.get("attention") or {}).get("pruning")
+    def describe(self, record: TaskRecord) -> str:
+        p = (record.raw.get("attention") or {}).get("pruning")
         return f"{p['pruned_channels']}/{p['prunable_channels']} channels cut" if p else ""
 
-    def architecture_figure(self, plt, meta: dict):
-        return pictures.units_architecture(plt, meta, pictures.unit_scales(meta))
+    def architecture_figure(self, plt, record: TaskRecord):
+        return pictures.units_architecture(plt, record, pictures.unit_scales(record))
 
-    def attention_figure(self, plt, meta: dict):
-        history = pictures.attention_history(meta)
+    def attention_figure(self, plt, record: TaskRecord):
+        history = pictures.attention_history(record)
         return None if history is None else pictures.scale_figure(plt, *history)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 
+from tailorrt.records import TaskRecord
 from tailorrt.training.methods.base import register
 from tailorrt.training.methods.parts.tuned_net import TunedNet, TuneSpec
 from tailorrt.training.methods.tuning_method import Runner, TuningMethod, phase
@@ -88,13 +89,13 @@ class Flex(TuningMethod):
         net, selection = select_unit(name, run)
         return net, {"selection": selection}
 
-    def describe(self, meta: dict) -> str:
-        return f"unit {meta['selection']['chosen_unit']}"
+    def describe(self, record: TaskRecord) -> str:
+        return f"unit {record.raw['selection']['chosen_unit']}"
 
-    def training_seconds(self, meta: dict) -> float:
+    def training_seconds(self, record: TaskRecord) -> float:
         """The phases, plus the scoring steps that train nothing."""
-        scoring = sum(s["seconds"] for s in meta["selection"]["steps"] if s["epochs"] == 0)
-        return round(super().training_seconds(meta) + scoring, 2)
+        scoring = sum(s["seconds"] for s in record.raw["selection"]["steps"] if s["epochs"] == 0)
+        return round(super().training_seconds(record) + scoring, 2)
 
 
 register(Flex())

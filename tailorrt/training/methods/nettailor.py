@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from tailorrt.errors import ConfigError, ExportError
 from tailorrt.files import read_json, write_json
+from tailorrt.records import TaskRecord
 from tailorrt.training import augment
 from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.datasets import TaskData
@@ -517,29 +518,30 @@ class NetTailor(Method):
         return Trained(result.student, result.metrics, result.phases,
                        {"architecture": result.student.architecture(), "config": cfg.to_json()})
 
-    def build(self, backbone: UniversalBackbone, meta: dict) -> Student:
-        return Student(backbone, len(meta["classes"]), max_skip=int(meta["config"]["max_skip"]),
-                       own_norms=bool(meta["config"].get("universal_norms", False)))
+    def build(self, backbone: UniversalBackbone, record: TaskRecord) -> Student:
+        cfg = record.raw["config"]
+        return Student(backbone, len(record.classes), max_skip=int(cfg["max_skip"]),
+                       own_norms=bool(cfg.get("universal_norms", False)))
 
     def emit(self, g: GraphBuilder, net: Student) -> None:
         emit_student(g, net)
 
-    def architecture_figure(self, plt, meta: dict):
-        return pictures.nettailor_architecture(plt, meta["architecture"])
+    def architecture_figure(self, plt, record: TaskRecord):
+        return pictures.nettailor_architecture(plt, record.raw["architecture"])
 
-    def attention_figure(self, plt, meta: dict):
-        prune = _search_record(meta)  # the student phase and the chosen candidate's fine-tune, not every candidate's
-        shown = None if prune is None else {"student", candidate_phase(meta["config"]["finetune"]["name"],
+    def attention_figure(self, plt, record: TaskRecord):
+        prune = _search_record(record)  # the student phase and the chosen candidate's fine-tune, not every candidate's
+        shown = None if prune is None else {"student", candidate_phase(record.raw["config"]["finetune"]["name"],
                                                                        prune["chosen"])}
-        history = pictures.attention_history(meta, shown)
+        history = pictures.attention_history(record, shown)
         return None if history is None else pictures.alpha_figure(plt, *history)
 
-    def selection_figure(self, plt, meta: dict):
-        prune = _search_record(meta)
+    def selection_figure(self, plt, record: TaskRecord):
+        prune = _search_record(record)
         return None if prune is None else pictures.candidates_figure(plt, prune)
 
-    def selection_table(self, meta: dict) -> tuple[list[str], list[list[str]]] | None:
-        prune = _search_record(meta)
+    def selection_table(self, record: TaskRecord) -> tuple[list[str], list[list[str]]] | None:
+        prune = _search_record(record)
         if prune is None:
             return None
         teacher = prune["teacher_val_accuracy"]
@@ -557,11 +559,11 @@ class NetTailor(Method):
             rows.append(["student, before pruning", "all", "", "", "", "", student, ""])
         return head, rows
 
-    def describe(self, meta: dict) -> str:
-        prune = _search_record(meta)
-        if prune is None:
+    def describe(self, record: TaskRecord) -> str:
+        prune = _search_record(record)
+        if prune is None or record.metrics is None:
             return ""
-        n = meta["metrics"]["universal_blocks_total"]
+        n = record.metrics.universal_blocks_total
         tried = len(prune["candidates"])
         if prune.get("fixed"):
             head = f"dropped {prune['chosen']}/{n} (--prune-universal)"
@@ -577,14 +579,14 @@ class NetTailor(Method):
         head += f", {vs.words()} vs teacher on val"
         return head if prune["resolved"] else f"{head} (too few images for {prune['tolerance']:g})"
 
-    def verdict(self, meta: dict) -> str:
-        prune = _search_record(meta)
+    def verdict(self, record: TaskRecord) -> str:
+        prune = _search_record(record)
         return "" if prune is None or "words" not in prune else f"architecture search: {prune['words']}"
 
 
-def _search_record(meta: dict) -> dict | None:
+def _search_record(record: TaskRecord) -> dict | None:
     """``metrics.prune`` of a pack trained with the architecture search, or None (older packs)."""
-    prune = meta.get("metrics", {}).get("prune") or {}
+    prune = record.raw.get("metrics", {}).get("prune") or {}
     return prune if "candidates" in prune else None
 
 

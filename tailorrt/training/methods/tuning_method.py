@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch.nn import functional as F
 
+from tailorrt.records import TaskRecord
 from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.datasets import TaskData
 from tailorrt.training.methods.base import Method, MethodOption, Trained
@@ -146,11 +147,11 @@ class TuningMethod(Method):
         """The family's network for ``spec`` (training and loading build it the same way)."""
         return TunedNet(backbone, classes, spec)
 
-    def build(self, backbone: UniversalBackbone, meta: dict) -> TunedNet:
-        return self.network(backbone, len(meta["classes"]), TuneSpec.from_json(meta["tune"]))
+    def build(self, backbone: UniversalBackbone, record: TaskRecord) -> TunedNet:
+        return self.network(backbone, len(record.classes), TuneSpec.from_json(record.raw["tune"]))
 
     def emit(self, g: GraphBuilder, net: TunedNet) -> None:
         emit_tuned(g, net)
 
-    def architecture_figure(self, plt, meta: dict):
-        return pictures.units_architecture(plt, meta)
+    def architecture_figure(self, plt, record: TaskRecord):
+        return pictures.units_architecture(plt, record)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tailorrt.records import TaskRecord
+
 GRAY, BLUE = "#7f7f7f", "#1f77b4"
 MIN_OPACITY = 0.08  # a kept block whose weight is near 0 is still drawn faintly
 
@@ -95,20 +97,20 @@ def scale_figure(plt, labels: list[str], rows: list[list[float]]) -> Any:
     return fig
 
 
-def unit_scales(meta: dict) -> dict[int, float]:
+def unit_scales(record: TaskRecord) -> dict[int, float]:
     """Channel attention's final mean scale per unit, normalised to the largest (1 for every unit otherwise)."""
-    record = meta.get("attention") or {}
-    scales = {s["unit"]: abs(s["mean"]) for s in record.get("scales") or []}
+    attention = record.raw.get("attention") or {}
+    scales = {s["unit"]: abs(s["mean"]) for s in attention.get("scales") or []}
     top = max(scales.values(), default=0.0)
     return {u: v / top for u, v in scales.items()} if top > 0 else {}
 
 
-def units_architecture(plt, meta: dict, scales: dict[int, float] | None = None, extra: str = "") -> Any:
+def units_architecture(plt, record: TaskRecord, scales: dict[int, float] | None = None, extra: str = "") -> Any:
     """The backbone's units in a chain, blue where the task owns a copy; ``scales`` (0..1 per unit) set the
     opacity, ``extra`` is said in the title."""
     from matplotlib.patches import FancyBboxPatch
 
-    m = meta["metrics"]
+    m = record.raw["metrics"]  # the tuning methods' units_used and units_owned
     n, owned, scales = m["units_used"], set(m["units_owned"]), scales or {}
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n + 1.5), 1.8), dpi=110)
     for u in range(n):
@@ -120,17 +122,17 @@ def units_architecture(plt, meta: dict, scales: dict[int, float] | None = None, 
     ax.set_ylim(-0.5, 0.5)
     ax.axis("off")
     how = "opacity = mean attention scale" if scales else "opacity 1"
-    ax.set_title(f"{meta['method']}: backbone units, gray shared, blue owned by the task; {how}{extra}", fontsize=8)
+    ax.set_title(f"{record.method}: backbone units, gray shared, blue owned by the task; {how}{extra}", fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def attention_history(meta: dict, phases: set[str] | None = None) -> tuple[list[str], list[list[float]]] | None:
+def attention_history(record: TaskRecord, phases: set[str] | None = None) -> tuple[list[str], list[list[float]]] | None:
     """The attention weights after every training epoch of the ``phases`` named (default: all): (series labels,
     one row of values per epoch), or None where the method records none."""
     rows: list[list[float]] = []
     labels: list[str] = []
-    for phase in meta.get("training", {}).get("phases", []):
+    for phase in record.raw.get("training", {}).get("phases", []):
         if phases is not None and phase.get("name") not in phases:
             continue
         for epoch in phase.get("history", []):
