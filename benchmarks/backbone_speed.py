@@ -31,9 +31,9 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
+    from tailorrt.cpu import cpu_summary
     from tailorrt.export.speed import paired_ratio, time_side_by_side
     from tailorrt.onnx_weight_store import session_options
-    from tailorrt.precision import cpu_summary
     from tailorrt.tools.bench import reference_graph
     from tailorrt.training.backbones import UniversalBackbone, get_spec
 

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from tailorrt.precision import cpu_summary
+from tailorrt.cpu import cpu_summary
 from tailorrt.training.backbones import build_backbone, pool
 from tailorrt.training.methods.parts.student import Student
 

@@ -170,7 +170,7 @@ def main() -> None:
     if args.build_only:
         print(folder)
         return
-    from tailorrt.precision import cpu_summary
+    from tailorrt.cpu import cpu_summary
 
     print(f"CPU: {cpu_summary()}", flush=True)
     schedule = args.schedule or ("short" if args.train_images == 54000 else "default")

@@ -67,7 +67,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from tailorrt.precision import cpu_model, cpu_summary
+    from tailorrt.cpu import cpu_model, cpu_summary
     from tailorrt.training.backbones import build_backbone
     from tailorrt.training.datasets import DataCheck, Preprocess, load_task
 

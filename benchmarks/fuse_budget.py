@@ -44,8 +44,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
+    from tailorrt.cpu import cpu_summary
     from tailorrt.onnx_weight_store import WeightStore, task_session
-    from tailorrt.precision import cpu_summary
 
     budgets = [float(b) for b in args.budgets.split(",")]
     print(f"CPU: {cpu_summary()}; {args.threads} threads", flush=True)

@@ -238,7 +238,7 @@ def main() -> None:
     if not args.table:
         import torch
 
-        from tailorrt.precision import cpu_summary
+        from tailorrt.cpu import cpu_summary
 
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    from tailorrt.precision import cpu_summary
+    from tailorrt.cpu import cpu_summary
     from tailorrt.runtime import Runtime
     from tailorrt.tools.bench import per_task_model
     from tailorrt.tools.onnx_profile import op_profile

@@ -109,8 +109,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from tailorrt.cpu import BF16_FLAGS, cpu_flags, cpu_summary
     from tailorrt.pack import ModelDir
-    from tailorrt.precision import BF16_FLAGS, cpu_flags, cpu_summary
 
     names = ModelDir(args.model_dir).task_names()
     task, threads = args.task or names[0], args.threads or torch.get_num_threads()

@@ -112,10 +112,10 @@ def speed(model_dir: str, batches: tuple[int, ...], tasks: int = 3, rounds: int 
     import onnxruntime as ort
 
     from tailorrt import Runtime, onnx_rewrite
+    from tailorrt.cpu import cpu_summary
     from tailorrt.export.speed import paired_ratio, time_side_by_side
     from tailorrt.onnx_weight_store import session_options
     from tailorrt.pack import ModelDir
-    from tailorrt.precision import cpu_summary
 
     names = ModelDir(model_dir).task_names()[:tasks]
     runtimes = {"shared": Runtime(model_dir, tasks=names, backend="onnx"),

@@ -45,7 +45,7 @@ def main() -> None:
 
     import torch
 
-    from tailorrt.precision import cpu_summary
+    from tailorrt.cpu import cpu_summary
     from tailorrt.training.datasets import load_task
     from tailorrt.training.methods.nettailor import ArchitectureSearch, NetTailorConfig
     from tailorrt.training.methods.parts.selection import eligible

@@ -168,7 +168,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args()
-    from tailorrt.precision import cpu_model, cpu_summary
+    from tailorrt.cpu import cpu_model, cpu_summary
     from tailorrt.serving.local import free_port
 
     print(f"CPU: {cpu_model()} ({cpu_summary()}), {os.cpu_count()} cores")

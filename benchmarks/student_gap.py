@@ -27,7 +27,7 @@ def main() -> None:
 
     import torch
 
-    from tailorrt.precision import cpu_summary
+    from tailorrt.cpu import cpu_summary
     from tailorrt.preprocess import Preprocess
     from tailorrt.training.datasets import load_task
     from tailorrt.training.methods.nettailor import NetTailorConfig

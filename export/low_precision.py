@@ -22,6 +22,7 @@ import onnxruntime as ort
 import torch
 from safetensors.numpy import save_file
 
+from tailorrt.cpu import cpu_summary
 from tailorrt.errors import ExportError
 from tailorrt.export import parity
 from tailorrt.export.common import (
@@ -39,7 +40,6 @@ from tailorrt.files import sha256_file
 from tailorrt.kinds.bf16 import BF16
 from tailorrt.kinds.onnx_int8 import INT8
 from tailorrt.pack import ModelDir
-from tailorrt.precision import cpu_summary
 from tailorrt.records import FORMAT_VERSION, BackboneRecord
 from tailorrt.training.datasets import TaskData
 from tailorrt.training.onnx_graph import INPUT, LOGITS

@@ -69,8 +69,8 @@ class OnnxBackend:
                  precision: str = "fp32") -> None:
         import onnxruntime as ort
 
+        from tailorrt.cpu import cpu_threads
         from tailorrt.onnx_weight_store import WeightStore
-        from tailorrt.precision import cpu_threads
 
         self.providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
@@ -118,7 +118,7 @@ class OnnxBackend:
         differ between CPUs (VNNI or not), and a wrong answer must not be served."""
         from safetensors.numpy import load_file
 
-        from tailorrt.precision import cpu_summary
+        from tailorrt.cpu import cpu_summary
 
         entry = self.manifest.tasks[task]
         stored = load_file(str(self.mdir.export_file(self.kind.folder, entry.check)))

@@ -23,7 +23,7 @@ from importlib import resources
 import numpy as np
 from google.protobuf import descriptor_pool, message_factory
 
-from tailorrt.precision import cpu_flags
+from tailorrt.cpu import cpu_flags
 
 DESCRIPTOR = "onnx.desc"
 FLOAT = 1  # TensorProto.FLOAT

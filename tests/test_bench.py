@@ -87,7 +87,7 @@ def test_bench_reports_every_figure(bench_dir):
         assert s["mixed"]["requests"] == 24 and s["mixed"]["p50_ms"] <= s["mixed"]["p99_ms"]
         assert set(s["single"]) == {"colors", "hues"} and s["mixed_over_single"] > 0
     assert r["versions"]["onnxruntime"] and r["machine"]["cpus"] and r["threads"] == 1
-    from tailorrt.precision import cpu_summary
+    from tailorrt.cpu import cpu_summary
     assert r["machine"]["cpu"] == cpu_summary() and f"({cpu_summary()}), " in proc.stdout  # figures name the ISA
     assert "| tailorrt, one Runtime |" in proc.stdout and "mixed / single" in proc.stdout
     assert "Where the time goes at batch 1" in proc.stdout

@@ -13,15 +13,16 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.numpy import load_file, save_file
 
-import tailorrt.precision
+import tailorrt.cpu
 from tailorrt import Runtime
+from tailorrt.cpu import BF16_FLAGS, cpu_flags, cpu_summary
 from tailorrt.errors import ConfigError, DependencyMissingError, ExportError, PackError
 from tailorrt.export import low_precision
 from tailorrt.export.exporter import ExportRequest, export_model
 from tailorrt.export.quantize import QMAX, CanonicalWeights, quantize_per_channel
 from tailorrt.files import sha256_file
 from tailorrt.pack import ModelDir
-from tailorrt.precision import BF16_FLAGS, check_precision, cpu_flags, cpu_summary
+from tailorrt.precision import check_precision
 from tailorrt.serving.app import ServerConfig, create_app
 from tailorrt.training.onnx_graph import SharedWeights
 from tailorrt.training.packs import TrainingDir
@@ -156,7 +157,7 @@ def test_bf16_export_and_runtime(exported_dir, tmp_path, monkeypatch):
     CPU check answered as on a CPU with AMX: where it is emulated it is slow, not different."""
     root = tmp_path / "m"
     shutil.copytree(exported_dir, root)
-    monkeypatch.setattr(tailorrt.precision, "cpu_flags", lambda *a: {"avx2", "amx_bf16"})
+    monkeypatch.setattr(tailorrt.cpu, "cpu_flags", lambda *a: {"avx2", "amx_bf16"})
     with pytest.raises(PackError, match="no bf16 export .* tailor export --precision bf16"):
         Runtime(root, backend="torch", precision="bf16")
     result = export_model(ExportRequest(model_dir=str(root), precision="bf16", download=False, max_precision_drop=100))

@@ -36,10 +36,11 @@ import torch
 from onnx import TensorProto, helper
 
 from tailorrt import kinds
+from tailorrt.cpu import cpu_summary
 from tailorrt.errors import ConfigError
 from tailorrt.files import write_json
 from tailorrt.limits import MB
-from tailorrt.precision import backend_of, cpu_summary
+from tailorrt.precision import backend_of
 from tailorrt.training import methods
 from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.io import load_metadata, load_tensors

@@ -2,13 +2,13 @@
 packs under ``torch.autocast(bfloat16)``, for tasks whose accuracy the export checked."""
 
 from tailorrt.errors import DependencyMissingError
-from tailorrt.kinds import ExportKind, register
 from tailorrt.kinds.checks import onnx_record
+from tailorrt.kinds.kind import ExportKind, register
 
 
 def _device(device: str, flags: set[str] | None) -> None:
     """Emulated bf16 runs at about 0.01x ONNX Runtime fp32 (benchmarks/precision.py): refused on such CPUs."""
-    from tailorrt.precision import BF16_FLAGS, cpu_flags, cpu_summary
+    from tailorrt.cpu import BF16_FLAGS, cpu_flags, cpu_summary
 
     if device.startswith("cuda"):
         return

@@ -2,8 +2,8 @@
 and images stored per task that every load re-runs (int8 kernels differ between CPUs)."""
 
 from tailorrt.errors import ConfigError
-from tailorrt.kinds import ExportKind, register
 from tailorrt.kinds.checks import onnx_record, shared_summary
+from tailorrt.kinds.kind import ExportKind, register
 
 
 def _device(device: str, flags: set[str] | None) -> None:

@@ -1,7 +1,7 @@
 """TensorRT engines (``trt/``, ``tailor export --trt``): one engine per task, built from its ONNX graph."""
 
-from tailorrt.kinds import ExportKind, register
 from tailorrt.kinds.checks import Invalid, field_of, file_entry, sha
+from tailorrt.kinds.kind import ExportKind, register
 
 
 def _record(data: dict) -> None:

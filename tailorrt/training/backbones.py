@@ -20,31 +20,25 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from tailorrt.backbone_spec import BackboneSpec
-from tailorrt.errors import CheckpointError, ConfigError
+from tailorrt.errors import CheckpointError
+from tailorrt.registry import Registry
 from tailorrt.training import mbconv
 from tailorrt.training.io import load_state_file
 
 EMBEDDED = "embedded"
 
 
-_BUILDERS: dict[str, Callable[[], BackboneSpec]] = {}
+BACKBONES: Registry[Callable[[], BackboneSpec]] = Registry("backbone")  # spec builders by name
 
 
 def register(fn: Callable[[], BackboneSpec]) -> Callable[[], BackboneSpec]:
     """Register a spec builder under its function name (dashes for underscores)."""
-    _BUILDERS[fn.__name__.replace("_", "-")] = fn
-    return fn
-
-
-def available() -> list[str]:
-    return sorted(_BUILDERS)
+    return BACKBONES.add(fn.__name__.replace("_", "-"), fn)
 
 
 def get_spec(name: str, *, input_size: int | None = None) -> BackboneSpec:
     """The registered spec of ``name``, at ``input_size`` pixels where given (else its own default)."""
-    if name not in _BUILDERS:
-        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(available())}")
-    spec = _BUILDERS[name]()
+    spec = BACKBONES.get(name)()
     return spec if input_size is None else dataclasses.replace(spec, input_size=input_size)
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from tailorrt.errors import DatasetMissingError, UnknownTaskError
 from tailorrt.limits import DEFAULT_FORMATS
 from tailorrt.preprocess import Preprocess
 from tailorrt.record_fields import TASK_NAME
+from tailorrt.registry import Registry
 from tailorrt.training.image_check import (
     DECODE_ERRORS,
     CheckCache,
@@ -109,22 +111,49 @@ def builtin_names() -> list[str]:
 
 
 def registered_names() -> list[str]:
-    return sorted(BUILTIN_TASKS) + sorted(TORCHVISION_TASKS)
+    """Every task offered by name (the built-in world's and torchvision's)."""
+    return [n for source in SOURCES if source.names is not None for n in sorted(source.names)]
+
+
+@dataclass(frozen=True)
+class Loading:
+    """How a task's data is loaded, whatever its source."""
+
+    data_dir: Path
+    preprocess: Preprocess
+    download: bool
+    val_fraction: float
+    seed: int
+    check: DataCheck
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a task's data comes from: tasks offered by name (``names``), or ``<source>:<path>`` specs (``names``
+    None, ``syntax`` saying how the path is written). ``load(name or path, loading)`` loads its three splits."""
+
+    name: str
+    load: Callable[[str, Loading], TaskData]
+    names: Mapping[str, Any] | None = None
+    syntax: str = ""
+
+
+SOURCES: Registry[Source] = Registry("data source")
 
 
 def load_task(spec: str, *, data_dir: Path, preprocess: Preprocess, download: bool = True,
               val_fraction: float = 0.1, seed: int = 0, check: DataCheck = DataCheck()) -> TaskData:
     """Resolve a task spec and load its three splits; a dataset of image files is checked first (``check``)."""
-    if spec in BUILTIN_TASKS:
-        return _load_builtin(spec, preprocess)
-    if spec in TORCHVISION_TASKS:
-        return _load_torchvision(spec, Path(data_dir), preprocess, download, val_fraction, seed, check)
-    if spec.startswith("imagefolder:"):
-        return _load_imagefolder(Path(spec.split(":", 1)[1]), preprocess, val_fraction, seed, check)
-    if spec.startswith("coco:"):
-        return _load_coco(Path(spec.split(":", 1)[1]), preprocess, val_fraction, seed, check)
-    raise UnknownTaskError(f"unknown task {spec!r}; use one of {', '.join(registered_names())}, "
-                           "imagefolder:PATH or coco:ANNOTATIONS.json")
+    loading = Loading(Path(data_dir), preprocess, download, val_fraction, seed, check)
+    named = next((s for s in SOURCES if s.names is not None and spec in s.names), None)
+    if named is not None:
+        return named.load(spec, loading)
+    kind, sep, path = spec.partition(":")
+    source = SOURCES.find(kind) if sep else None
+    if source is None or source.names is not None:
+        raise UnknownTaskError(f"unknown task {spec!r}; use one of {', '.join(registered_names())}, "
+                               + " or ".join(s.syntax for s in SOURCES if s.names is None))
+    return source.load(path, loading)
 
 
 # --------------------------------------------------------------------------- built-in world
@@ -586,3 +615,12 @@ def _load_coco(annotations: Path, preprocess: Preprocess, val_fraction: float, s
     rest, test = _split(full, 0.2, seed + 1)
     rest, val = _split(rest, val_fraction / 0.8, seed)
     return TaskData(pack_name(f"coco:{annotations}"), classes, rest, val, test, f"coco:{annotations}", report)
+
+
+SOURCES.add("builtin", Source("builtin", lambda name, how: _load_builtin(name, how.preprocess), BUILTIN_TASKS))
+SOURCES.add("torchvision", Source("torchvision", lambda name, how: _load_torchvision(
+    name, how.data_dir, how.preprocess, how.download, how.val_fraction, how.seed, how.check), TORCHVISION_TASKS))
+SOURCES.add("imagefolder", Source("imagefolder", lambda path, how: _load_imagefolder(
+    Path(path), how.preprocess, how.val_fraction, how.seed, how.check), syntax="imagefolder:PATH"))
+SOURCES.add("coco", Source("coco", lambda path, how: _load_coco(
+    Path(path), how.preprocess, how.val_fraction, how.seed, how.check), syntax="coco:ANNOTATIONS.json"))

@@ -18,10 +18,10 @@ import torch
 import torchvision
 from torch import nn
 
+from tailorrt.cpu import cpu_model, cpu_summary
 from tailorrt.errors import BackboneMismatchError, PackError
 from tailorrt.files import replace_dir, sha256_file, staging_dir
 from tailorrt.pack import BACKBONE_FILE, TASK_FILE, ModelDir, check_task_name
-from tailorrt.precision import cpu_model, cpu_summary
 from tailorrt.record_fields import Invalid
 from tailorrt.records import FORMAT_VERSION, REMEDY, BackboneRecord, FileRef, TaskDraft, TaskRecord, write_record
 from tailorrt.training import methods

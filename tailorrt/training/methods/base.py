@@ -19,6 +19,7 @@ from torch import nn
 from tailorrt.backbone_spec import BLOCK_FAMILIES, BackboneSpec
 from tailorrt.errors import ConfigError, PackError
 from tailorrt.records import TaskRecord
+from tailorrt.registry import Registry
 from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.datasets import TaskData
 from tailorrt.training.onnx_graph import GraphBuilder
@@ -126,36 +127,35 @@ class Method:
         return None
 
 
-REGISTRY: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method family")  # by family; a method name is looked up by get()
 
 
 def register(method: Method) -> Method:
     """Add a method family to the registry (once, where the family is defined)."""
-    clash = [n for n in method.names for m in REGISTRY.values() if n in m.names]
-    if method.family in REGISTRY or clash:
-        raise ValueError(f"method family {method.family!r} or names {clash} registered twice")
-    REGISTRY[method.family] = method
-    return method
+    clash = [n for n in method.names for m in METHODS if n in m.names]
+    if clash:
+        raise ValueError(f"method names {clash} of {method.family!r} registered twice")
+    return METHODS.add(method.family, method)
 
 
 def families() -> Iterator[Method]:
-    return iter(REGISTRY.values())
+    return iter(METHODS)
 
 
 def syntax() -> str:
     """Every method name as it is written, for help texts and errors."""
-    return ", ".join(m.syntax for m in REGISTRY.values())
+    return ", ".join(m.syntax for m in METHODS)
 
 
 def get(name: str, backbone: BackboneSpec | None = None) -> Method:
     """The family of a method name (given the ``backbone``, checked to run on its blocks and its options checked
     against its units), or ConfigError."""
-    method = next((m for m in REGISTRY.values() if m.accepts(name)), None)
+    method = next((m for m in METHODS if m.accepts(name)), None)
     if method is None:
         raise ConfigError(f"unknown method {name!r}; choose one of {syntax()}")
     if backbone is not None:
         if backbone.block not in method.blocks:
-            runs_on = [m.syntax for m in REGISTRY.values() if backbone.block in m.blocks]
+            runs_on = [m.syntax for m in METHODS if backbone.block in m.blocks]
             raise ConfigError(f"method {name!r} does not run on {backbone.block} blocks ({backbone.name}): "
                               f"{method.why_not.get(backbone.block, 'not built for them')}; methods that do: "
                               f"{', '.join(runs_on)}")
@@ -165,7 +165,7 @@ def get(name: str, backbone: BackboneSpec | None = None) -> Method:
 
 def for_record(record: TaskRecord) -> Method:
     """The family of a task pack, from its ``task.json``; a method this version does not know is a PackError."""
-    method = next((m for m in REGISTRY.values() if m.accepts(record.method)), None)
+    method = next((m for m in METHODS if m.accepts(record.method)), None)
     if method is None:
         raise PackError(f"task {record.task!r} uses method {record.method!r}, which this version of tailorrt cannot "
                         f"load; upgrade tailorrt or retrain the task")
@@ -186,7 +186,7 @@ def pack_name(task_pack: str, name: str) -> str:
 def options() -> list[MethodOption]:
     """Every method's training options, each flag once (families may share one, e.g. ``--tune-epochs``)."""
     seen: dict[str, MethodOption] = {}
-    for m in REGISTRY.values():
+    for m in METHODS:
         for o in m.options:
             seen.setdefault(o.flag, o)
     return list(seen.values())
@@ -204,7 +204,7 @@ def configure(method: Method, builtin: bool, values: dict[str, Any], batch_size:
         if value is None or (flag not in own and not strict):
             continue
         if flag not in own:
-            users = [m.family for m in REGISTRY.values() if any(o.flag == flag for o in m.options)]
+            users = [m.family for m in METHODS if any(o.flag == flag for o in m.options)]
             raise ConfigError(f"--{flag} applies to {', '.join(users) or 'no method'}, not {method.family}")
         given.add(own[flag].path)
     for path in given:
