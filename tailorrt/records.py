@@ -97,11 +97,9 @@ class Metrics:
     @classmethod
     def from_json(cls, data: Any, where: str = "metrics.") -> Metrics:
         number = (int, float)
-        typed = {k: field_of(data, k, int, where) for k in ("flops", "teacher_flops", "task_params",
-                                                             "shared_params_used", "universal_blocks_kept",
-                                                             "universal_blocks_total")}
+        counts = {k: field_of(data, k, int, where) for k in METRICS_FIELDS[2:]}  # after the two accuracies
         return cls(accuracy=field_of(data, "accuracy", number, where),
-                   teacher_accuracy=field_of(data, "teacher_accuracy", (*number, type(None)), where), **typed,
+                   teacher_accuracy=field_of(data, "teacher_accuracy", (*number, type(None)), where), **counts,
                    extra={k: v for k, v in data.items() if k not in METRICS_FIELDS})
 
     def to_json(self) -> dict:

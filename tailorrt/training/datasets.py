@@ -132,7 +132,6 @@ class Source:
     """Where a task's data comes from: tasks offered by name (``names``), or ``<source>:<path>`` specs (``names``
     None, ``syntax`` saying how the path is written). ``load(name or path, loading)`` loads its three splits."""
 
-    name: str
     load: Callable[[str, Loading], TaskData]
     names: Mapping[str, Any] | None = None
     syntax: str = ""
@@ -617,10 +616,10 @@ def _load_coco(annotations: Path, preprocess: Preprocess, val_fraction: float, s
     return TaskData(pack_name(f"coco:{annotations}"), classes, rest, val, test, f"coco:{annotations}", report)
 
 
-SOURCES.add("builtin", Source("builtin", lambda name, how: _load_builtin(name, how.preprocess), BUILTIN_TASKS))
-SOURCES.add("torchvision", Source("torchvision", lambda name, how: _load_torchvision(
+SOURCES.add("builtin", Source(lambda name, how: _load_builtin(name, how.preprocess), BUILTIN_TASKS))
+SOURCES.add("torchvision", Source(lambda name, how: _load_torchvision(
     name, how.data_dir, how.preprocess, how.download, how.val_fraction, how.seed, how.check), TORCHVISION_TASKS))
-SOURCES.add("imagefolder", Source("imagefolder", lambda path, how: _load_imagefolder(
+SOURCES.add("imagefolder", Source(lambda path, how: _load_imagefolder(
     Path(path), how.preprocess, how.val_fraction, how.seed, how.check), syntax="imagefolder:PATH"))
-SOURCES.add("coco", Source("coco", lambda path, how: _load_coco(
+SOURCES.add("coco", Source(lambda path, how: _load_coco(
     Path(path), how.preprocess, how.val_fraction, how.seed, how.check), syntax="coco:ANNOTATIONS.json"))

@@ -586,7 +586,7 @@ class NetTailor(Method):
 
 def _search_record(record: TaskRecord) -> dict | None:
     """``metrics.prune`` of a pack trained with the architecture search, or None (older packs)."""
-    prune = record.raw.get("metrics", {}).get("prune") or {}
+    prune = (record.metrics.extra.get("prune") if record.metrics else None) or {}
     return prune if "candidates" in prune else None
 
 

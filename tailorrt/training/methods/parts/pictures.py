@@ -110,7 +110,7 @@ def units_architecture(plt, record: TaskRecord, scales: dict[int, float] | None 
     opacity, ``extra`` is said in the title."""
     from matplotlib.patches import FancyBboxPatch
 
-    m = record.raw["metrics"]  # the tuning methods' units_used and units_owned
+    m = record.metrics.extra  # the tuning methods' units_used and units_owned
     n, owned, scales = m["units_used"], set(m["units_owned"]), scales or {}
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n + 1.5), 1.8), dpi=110)
     for u in range(n):
