@@ -86,7 +86,7 @@ def accuracy(model_dir: str) -> dict:
     from tailorrt.pack import ModelDir
 
     record = ModelDir(model_dir).export_record("onnx-int8")
-    return {t: e.accuracy_check for t, e in record.tasks.items()}
+    return {t: e.accuracy_check.to_json() for t, e in record.tasks.items()}
 
 
 def memory(model_dir: str, tasks: list[str]) -> dict:

@@ -48,7 +48,7 @@ def main() -> None:
     from tailorrt.cpu import cpu_summary
     from tailorrt.training.datasets import load_task
     from tailorrt.training.methods.nettailor import ArchitectureSearch, NetTailorConfig
-    from tailorrt.training.methods.parts.selection import eligible
+    from tailorrt.training.methods.parts.selection import SearchRecord, eligible
     from tailorrt.training.methods.parts.student import Student
     from tailorrt.training.packs import TrainingDir
     from tailorrt.training.paired import Paired
@@ -59,7 +59,9 @@ def main() -> None:
     mdir = TrainingDir(args.model_dir)
     backbone, _ = mdir.load_backbone()
     rec = mdir.task_record(args.task)
-    prune = rec.raw["metrics"]["prune"]  # NetTailor's own fields
+    prune = SearchRecord.from_json(rec.metrics.extra["prune"])  # NetTailor's own figures
+    if prune is None:
+        raise SystemExit(f"{args.task} was searched before the paired comparison; train it again")
     cfg = NetTailorConfig.from_json(rec.raw["config"])
     data = load_task(rec.data_spec, data_dir=args.data_dir, preprocess=rec.preprocess, download=False)
     device = torch.device("cpu")
@@ -80,10 +82,10 @@ def main() -> None:
     right = {"val": search.teacher_right, **{name: correct(teacher, split, device)
                                               for name, split in splits.items() if name != "val"}}
     print("teacher: " + ", ".join(f"{name} {_pct(right[name])} ({len(split)} images)" for name, split in splits.items())
-          + f"; tolerance {prune['tolerance']} points on val. Below, each network minus the teacher on the same "
+          + f"; tolerance {prune.tolerance} points on val. Below, each network minus the teacher on the same "
           "images, +- the half-width of its 95% interval.")
-    teacher_flops = prune["teacher_flops"]
-    ks = [c["k"] for c in prune["candidates"]]
+    teacher_flops = prune.teacher_flops
+    ks = [c.k for c in prune.candidates]
     if args.all:
         ks = sorted(set(ks) | set(eligible(search.plans(), teacher_flops)))
     found = {}  # k -> (candidate, its test comparison, the teacher's FLOPs)
@@ -105,8 +107,8 @@ def main() -> None:
             found[cand.k] = (cand, test, teacher_flops)
         else:
             student_val = Paired.of(correct(net, data.val, device), right["val"]).diff
-        recorded = [str(c["k"]) for c in prune["candidates"]]
-        chosen = "chosen" if k == str(prune["chosen"]) else "(--all)" if cand is not None and k not in recorded else ""
+        recorded = [str(c.k) for c in prune.candidates]
+        chosen = "chosen" if k == str(prune.chosen) else "(--all)" if cand is not None and k not in recorded else ""
         print(f"| {k} | {kept} | {flops} | {' | '.join(cells)} | {chosen} |", flush=True)
     if args.all:
         replay(found, cfg.tolerance, student_val)

@@ -10,6 +10,7 @@ from rich.table import Table
 from tailorrt.cli.common import ModelDirOpt, app, err, mb, names, out, training_side
 from tailorrt.kinds import DEFAULT_PRECISION
 from tailorrt.kinds.onnx import FUSE_BUDGET
+from tailorrt.records import ExportRecord
 
 
 @app.command("export", epilog="Examples:\n\n  tailor export   # ONNX for every task in runs/\n\n"
@@ -65,21 +66,20 @@ def export_(
         folder = Path(model_dir) / kind
         out.print(f"[green]wrote[/green] {folder}: {len(record.tasks)} tasks, {mb(record.bytes)} "
                   f"(manifest {folder / 'export.json'})", highlight=False)
-        if bench and any("speed" in t.raw for t in record.tasks.values()):
+        if bench and any(t.speed for t in record.tasks.values()):
             _print_speed(kind, record)
 
 
-def _print_speed(kind: str, record) -> None:
+def _print_speed(kind: str, record: ExportRecord) -> None:
     """The side-by-side timings an export recorded (``--bench``): PyTorch, ONNX Runtime and, for engines, TensorRT."""
-    timed = [(name, key.removeprefix("batch_"), res) for name, entry in record.tasks.items()
-             for key, res in entry.raw.get("speed", {}).items() if key.startswith("batch_")]
-    engines = any("tensorrt" in res for _, _, res in timed)
+    timed = [(name, b) for name, entry in record.tasks.items() for b in entry.speed]
+    engines = any("tensorrt" in b.images_per_s for _, b in timed)
     table = Table("task", "batch", *(["pytorch img/s", "onnxruntime img/s", "ort/pytorch"]
                                      + (["tensorrt img/s"] if engines else [])), title=f"{kind} speed")
-    for name, batch, res in timed:
-        row = [name, batch, f"{res['pytorch']['images_per_s']:.0f}",
-               f"{res['onnxruntime']['images_per_s']:.0f}", f"{res['onnxruntime_vs_pytorch']:.2f}x"]
+    for name, b in timed:
+        row = [name, str(b.batch), f"{b.images_per_s['pytorch']:.0f}", f"{b.images_per_s['onnxruntime']:.0f}",
+               f"{b.onnxruntime_vs_pytorch:.2f}x"]
         if engines:
-            row.append(f"{res['tensorrt']['images_per_s']:.0f}")
+            row.append(f"{b.images_per_s['tensorrt']:.0f}")
         table.add_row(*row)
     out.print(table)

@@ -123,7 +123,7 @@ def carry_over(prev: ExportRecord | None, folder: Path, tmp: Path, skip: set[str
     for name, task in prev.tasks.items():
         if name in skip:
             continue
-        entry = task.raw
+        entry = task.written
         files = entry_files(entry)
         if not same(prev) or not all((folder / f).is_file() and sha256_file(folder / f) == sha for f, sha in files):
             report(f"dropped {name} from the previous export (out of date or damaged); re-export it")

@@ -40,7 +40,7 @@ from tailorrt.files import sha256_file
 from tailorrt.kinds.bf16 import BF16
 from tailorrt.kinds.onnx_int8 import INT8
 from tailorrt.pack import ModelDir
-from tailorrt.records import FORMAT_VERSION, BackboneRecord
+from tailorrt.records import FORMAT_VERSION, AccuracyCheck, BackboneRecord
 from tailorrt.training.datasets import TaskData
 from tailorrt.training.onnx_graph import INPUT, LOGITS
 from tailorrt.training.packs import machine, versions
@@ -60,7 +60,7 @@ def batches(dataset, count: int, *, seed: int | None = None, labels: bool = Fals
         yield (x, np.array([int(y) for _, y in items])) if labels else x
 
 
-def accuracy_check(reference: Forward, candidate: Forward, data: TaskData, count: int) -> dict:
+def accuracy_check(reference: Forward, candidate: Forward, data: TaskData, count: int) -> AccuracyCheck:
     """fp32 and low-precision accuracy side by side on the test split (validation when it has none)."""
     split = "test" if len(data.test) else "val"
     dataset = getattr(data, split)
@@ -70,23 +70,23 @@ def accuracy_check(reference: Forward, candidate: Forward, data: TaskData, count
     for x, y in batches(dataset, count, labels=True):
         tally.add(reference(x), candidate(x), y)
     fp32, low = 100 * tally.right_reference / tally.images, 100 * tally.right / tally.images
-    return {"split": split, **tally.result(), "fp32_accuracy": round(fp32, 4), "accuracy": round(low, 4),
-            "drop_points": round(fp32 - low, 4)}
+    return AccuracyCheck.from_json({"split": split, **tally.result(), "fp32_accuracy": round(fp32, 4),
+                                    "accuracy": round(low, 4), "drop_points": round(fp32 - low, 4)})
 
 
-def refuse_drop(task: str, precision: str, check: dict, req: ExportRequest) -> None:
-    if check["drop_points"] > req.max_precision_drop:
-        raise ExportError(f"task {task!r}: {precision} loses {check['drop_points']:.2f} points of {check['split']} "
-                          f"accuracy ({check['fp32_accuracy']:.2f}% -> {check['accuracy']:.2f}% on "
-                          f"{check['images']} images), more than --max-precision-drop {req.max_precision_drop}; "
+def refuse_drop(task: str, precision: str, check: AccuracyCheck, req: ExportRequest) -> None:
+    if check.drop_points > req.max_precision_drop:
+        raise ExportError(f"task {task!r}: {precision} loses {check.drop_points:.2f} points of {check.split} "
+                          f"accuracy ({check.fp32_accuracy:.2f}% -> {check.accuracy:.2f}% on "
+                          f"{check.images} images), more than --max-precision-drop {req.max_precision_drop}; "
                           f"the {precision} export "
                           "was not written and the previous one is kept")
 
 
-def report_check(report: Report, task: str, precision: str, check: dict, extra: str = "") -> None:
-    report(f"{precision} {task}: {check['split']} accuracy {check['accuracy']:.2f}% vs fp32 "
-           f"{check['fp32_accuracy']:.2f}% on {check['images']} images (drop {check['drop_points']:+.2f} points), "
-           f"top-1 agreement {100 * check['top1_agreement']:.2f}%{extra}")
+def report_check(report: Report, task: str, precision: str, check: AccuracyCheck, extra: str = "") -> None:
+    report(f"{precision} {task}: {check.split} accuracy {check.accuracy:.2f}% vs fp32 "
+           f"{check.fp32_accuracy:.2f}% on {check.images} images (drop {check.drop_points:+.2f} points), "
+           f"top-1 agreement {100 * check.top1_agreement:.2f}%{extra}")
 
 
 def manifest_of(kind: str, bmeta: BackboneRecord, tasks: dict, req: ExportRequest, **extra) -> dict:
@@ -143,7 +143,7 @@ def _int8_task(mdir: ModelDir, tmp: Path, canonical: CanonicalWeights, net: Task
     return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "method": net.record.method,
             "pack_sha256": net.record.pack.sha256, "classes": len(net.record.classes),
             "calibration": {"split": "train", "images": min(req.calibration_images, len(data.train))},
-            **counts, "accuracy_check": check,
+            **counts, "accuracy_check": check.to_json(),
             "check": {"file": check_file.name, "sha256": sha256_file(check_file), "images": len(x)}}
 
 
@@ -172,7 +172,7 @@ def export_bf16(mdir: ModelDir, bmeta: BackboneRecord, networks: list[TaskNetwor
         refuse_drop(net.name, "bf16", check, req)
         report_check(report, net.name, "bf16", check)
         return {"method": net.record.method, "pack_sha256": net.record.pack.sha256,
-                "classes": len(net.record.classes), "accuracy_check": check}
+                "classes": len(net.record.classes), "accuracy_check": check.to_json()}
 
     return assemble_export(mdir, "bf16", networks, report, prepare=lambda tmp: {}, export_task=export_task,
                            same=lambda prev, facts: prev.backbone_sha256 == bmeta.sha256,

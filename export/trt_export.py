@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
 
@@ -32,7 +33,7 @@ from tailorrt.export.trt_build import gpu_name, timed_build
 from tailorrt.files import atomic_path, replace_dir, sha256_file
 from tailorrt.kinds.tensorrt import TENSORRT
 from tailorrt.pack import ModelDir
-from tailorrt.records import FORMAT_VERSION, ExportRecord, write_record
+from tailorrt.records import FORMAT_VERSION, EngineSettings, ExportRecord, write_record
 from tailorrt.training.onnx_graph import INPUT, LOGITS
 from tailorrt.training.packs import machine, versions
 from tailorrt.training.trt_runner import EngineRunner
@@ -44,12 +45,11 @@ def export_trt(trt: ModuleType, mdir: ModelDir, onnx: ExportRecord, networks: li
     folder, onnx_dir = mdir.export_dir("trt"), mdir.export_dir("onnx")
     tmp = export_staging(mdir, "trt")
     try:
-        settings = {"fp16": req.fp16, "max_batch": req.max_batch, "tensorrt": trt.__version__, "gpu": gpu_name()}
+        settings = EngineSettings(req.fp16, req.max_batch, trt.__version__, gpu_name())
         prev = previous_export(mdir, "trt", report)
         cache = _timing_cache(folder, prev, report)
         tasks = carry_over(prev, folder, tmp, {n.name for n in networks},
-                           lambda p: all(p.raw.get(k) == v for k, v in settings.items())
-                           and p.backbone_sha256 == onnx.backbone_sha256, report)
+                           lambda p: p.engines == settings and p.backbone_sha256 == onnx.backbone_sha256, report)
         for net in networks:
             graph = onnx.tasks[net.name].file
             onnx_path = onnx_dir / graph.name
@@ -84,7 +84,7 @@ def export_trt(trt: ModuleType, mdir: ModelDir, onnx: ExportRecord, networks: li
                    f"|logit diff| {check['max_abs_logit_diff']:.1e} vs ONNX Runtime")
         with atomic_path(tmp / TIMING_CACHE) as t:
             t.write_bytes(cache)
-        manifest = {"format_version": FORMAT_VERSION, "kind": "tensorrt", **settings,
+        manifest = {"format_version": FORMAT_VERSION, "kind": "tensorrt", **asdict(settings),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "backbone_sha256": onnx.backbone_sha256,
                     "profile": {"input": INPUT, "min_batch": 1, "opt_batch": req.max_batch, "max_batch": req.max_batch},
@@ -101,11 +101,11 @@ def export_trt(trt: ModuleType, mdir: ModelDir, onnx: ExportRecord, networks: li
 def _timing_cache(folder: Path, prev: ExportRecord | None, report: Report) -> bytes:
     """The previous export's timing cache, if its sha256 is the one recorded for it (else start a new one)."""
     path = folder / TIMING_CACHE
-    entry = (prev.raw if prev else {}).get("timing_cache") or {}
+    recorded = prev.timing_cache if prev else None
     if not path.is_file():
         return b""
     data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+    if recorded is None or hashlib.sha256(data).hexdigest() != recorded.sha256:
         report(f"{path} does not match the sha256 recorded for it; building with a new timing cache")
         return b""
     return data

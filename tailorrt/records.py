@@ -17,7 +17,7 @@ from tailorrt.errors import CheckpointError, PackError
 from tailorrt.files import read_json, write_json
 from tailorrt.integrity import seal, unseal
 from tailorrt.preprocess import Preprocess
-from tailorrt.record_fields import FILE_NAME, Invalid, field_of, is_number, sha
+from tailorrt.record_fields import FILE_NAME, Invalid, field_of, file_entry, is_number, sha
 from tailorrt.version import __version__
 
 FORMAT_VERSION = 1
@@ -125,15 +125,88 @@ class FileRef:
 
 
 @dataclass(frozen=True)
+class AccuracyCheck:
+    """A low precision's accuracy against fp32 on the same images (``accuracy_check`` of an int8 or bf16 task), as
+    its export measured it."""
+
+    split: str  # test, or val where the task has no test split
+    images: int
+    fp32_accuracy: float  # percent
+    accuracy: float  # percent, at the low precision
+    drop_points: float  # fp32_accuracy - accuracy
+    top1_agreement: float  # fraction of images whose top-1 class is fp32's
+    max_abs_logit_diff: float
+    max_abs_logit: float
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "accuracy_check.") -> AccuracyCheck:
+        number = (int, float)
+        return cls(field_of(data, "split", str, where), field_of(data, "images", int, where),
+                   *(float(field_of(data, k, number, where)) for k in ACCURACY_FIGURES))
+
+    def to_json(self) -> dict:
+        return {"split": self.split, "images": self.images, **{k: getattr(self, k) for k in ACCURACY_FIGURES}}
+
+
+ACCURACY_FIGURES = ("fp32_accuracy", "accuracy", "drop_points", "top1_agreement", "max_abs_logit_diff",
+                    "max_abs_logit")
+
+
+@dataclass(frozen=True)
+class BatchSpeed:
+    """Images/s of one batch size, every runner timed side by side (``speed.batch_<n>`` of an export's task,
+    ``tailor export --bench``)."""
+
+    batch: int
+    images_per_s: dict[str, float]  # runner (pytorch, onnxruntime, tensorrt) -> its median images/s
+    onnxruntime_vs_pytorch: float
+
+    @classmethod
+    def all_of(cls, speed: Any, where: str) -> tuple[BatchSpeed, ...]:
+        """Every ``batch_<n>`` of a ``speed`` object, smallest batch first."""
+        out = []
+        for key, res in field_of({"speed": speed}, "speed", dict, where).items():
+            if not key.startswith("batch_"):
+                continue
+            at = f"{where}speed.{key}."
+            runners = {name: float(field_of(r, "images_per_s", (int, float), f"{at}{name}."))
+                       for name, r in res.items() if isinstance(r, dict) and "images_per_s" in r}
+            out.append(cls(int(key.removeprefix("batch_")), runners,
+                           float(field_of(res, "onnxruntime_vs_pytorch", (int, float), at))))
+        return tuple(sorted(out, key=lambda b: b.batch))
+
+
+@dataclass(frozen=True)
 class ExportEntry:
-    """One task of an export record: its file (none for bf16), the pack it was exported from, and for int8 the
-    stored check images; ``raw`` holds the kind's own figures (parity, speed, accuracy checks)."""
+    """One task of an export record: its file (none for bf16), the pack it was exported from, for int8 the stored
+    check images, a low precision's accuracy check and the timings ``--bench`` took; ``written`` is the entry as it
+    was written, which a later export carries over unchanged."""
 
     file: FileRef | None
     pack_sha256: str | None
     check: FileRef | None
-    accuracy_check: dict | None  # a low precision's test accuracy against fp32, as its export measured it
-    raw: dict = field(compare=False, repr=False)
+    accuracy_check: AccuracyCheck | None
+    speed: tuple[BatchSpeed, ...]  # empty: not timed
+    written: dict = field(compare=False, repr=False)
+
+    @classmethod
+    def from_json(cls, data: dict, task_files: bool, where: str) -> ExportEntry:
+        check = data.get("accuracy_check")
+        return cls(FileRef.entry(data) if task_files else None, data.get("pack_sha256"),
+                   FileRef.entry(data["check"]) if "check" in data else None,
+                   None if check is None else AccuracyCheck.from_json(check, f"{where}accuracy_check."),
+                   BatchSpeed.all_of(data["speed"], where) if "speed" in data else (), data)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What a TensorRT export's engines were built with and for: a later export reuses an engine only where these
+    are the same."""
+
+    fp16: bool
+    max_batch: int
+    tensorrt: str
+    gpu: str
 
 
 @dataclass(frozen=True)
@@ -147,6 +220,8 @@ class ExportRecord:
     tasks: dict[str, ExportEntry]
     max_batch: int | None  # engines: the largest batch of their optimisation profile
     cpu: str | None  # where an int8 export ran its checks
+    engines: EngineSettings | None  # TensorRT's build settings (None: not engines)
+    timing_cache: FileRef | None  # TensorRT's timing cache, which a later build starts from
     raw: dict = field(compare=False, repr=False)
 
     @classmethod
@@ -155,13 +230,17 @@ class ExportRecord:
 
         check_export(data)
         kind = kinds.by_record_kind(data["kind"])
-        tasks = {name: ExportEntry(FileRef.entry(e) if kind.task_files else None, e.get("pack_sha256"),
-                                   FileRef.entry(e["check"]) if "check" in e else None, e.get("accuracy_check"),
-                                   e)
+        tasks = {name: ExportEntry.from_json(e, kind.task_files, f"tasks.{name}.")
                  for name, e in data["tasks"].items()}
         shared = FileRef.entry(data["shared"]) if "shared" in data else None
+        engines = None
+        if data["kind"] == "tensorrt":
+            engines = EngineSettings(data["fp16"], data["max_batch"], data["tensorrt"], data["gpu"])  # checked
+        cache = data.get("timing_cache")
+        if cache is not None:
+            file_entry(cache, "timing_cache.")
         return cls(data["kind"], kind.backbone_sha256(data), shared, tasks, data.get("max_batch"), data.get("cpu"),
-                   data)
+                   engines, None if cache is None else FileRef.entry(cache), data)
 
     @property
     def bytes(self) -> int:
@@ -218,6 +297,31 @@ class AutoChoice:
 
 
 @dataclass(frozen=True)
+class PhaseLog:
+    """One training phase of a task as its record keeps it (``training.phases``): its name, the seconds it took
+    and, for phases that trained, its epochs, final validation accuracy and per-epoch log (a method's own figures:
+    NetTailor's alphas, channel attention's scales)."""
+
+    name: str
+    seconds: float
+    epochs: int | None = None  # None: a step that trains nothing (NetTailor's pruning, flex's scoring)
+    val_accuracy: float | None = None
+    history: tuple[dict, ...] = ()
+
+    @classmethod
+    def all_of(cls, training: Any) -> tuple[PhaseLog, ...]:
+        phases = field_of(training, "phases", list, "training.")
+        out = []
+        for i, p in enumerate(phases):
+            at = f"training.phases.{i}."
+            history = p.get("history", []) if isinstance(p, dict) else []
+            out.append(cls(field_of(p, "name", str, at), float(field_of(p, "seconds", (int, float), at)),
+                           p.get("epochs"), p.get("val_accuracy"),
+                           tuple(h for h in history if isinstance(h, dict))))
+        return tuple(out)
+
+
+@dataclass(frozen=True)
 class TaskRecord:
     """``tasks/<task>/task.json``, parsed and checked once: typed fields for what the runtime, export, eval and the
     tools read; ``raw`` is the whole record, for the method that wrote it (its own fields). ``data`` and
@@ -233,6 +337,7 @@ class TaskRecord:
     data_spec: str | None  # the task spec it was trained from (built-in name, imagefolder:PATH, ...); None: not said
     metrics: Metrics | None  # None: a pack written without training figures (still served; tools show "-")
     auto: AutoChoice | None  # tailorrt.training.auto's record of how --method auto chose (None: the method was given)
+    phases: tuple[PhaseLog, ...]  # how it was trained (empty: not said)
     raw: dict = field(compare=False, repr=False)
 
     @classmethod
@@ -257,6 +362,7 @@ class TaskRecord:
                    data_spec=field_of(field_of(data, "data", dict), "spec", str, "data.") if "data" in data else None,
                    metrics=Metrics.from_json(field_of(data, "metrics", dict)) if "metrics" in data else None,
                    auto=None if auto is None else AutoChoice.from_json(auto),
+                   phases=PhaseLog.all_of(data["training"]) if "training" in data else (),
                    raw=data)
 
 

@@ -19,6 +19,7 @@ from tailorrt.errors import ExportError
 from tailorrt.export import exporter
 from tailorrt.export.exporter import ExportRequest, export_model
 from tailorrt.files import read_json
+from tailorrt.pack import ModelDir
 from tailorrt.training.backbones import UniversalBackbone, get_spec
 from tailorrt.training.methods.nettailor import NetTailor, emit_student
 from tailorrt.training.methods.parts.student import Student
@@ -248,6 +249,10 @@ def test_export_manifest_records_files_io_and_parity(model_dir):
         assert t["parity"]["images"] > 0
         for b in ("batch_1", "batch_32"):
             assert t["speed"][b]["pytorch"]["images_per_s"] > 0 and t["speed"][b]["onnxruntime"]["images_per_s"] > 0
+        typed = ModelDir(model_dir).export_record("onnx").tasks[name].speed  # the same figures, parsed once
+        assert [b.batch for b in typed] == [1, 32]
+        assert all(b.images_per_s["onnxruntime"] == t["speed"][f"batch_{b.batch}"]["onnxruntime"]["images_per_s"]
+                   for b in typed)
 
 
 def test_universal_weights_are_stored_once_and_referenced_by_every_graph(model_dir):

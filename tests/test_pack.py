@@ -113,6 +113,9 @@ def test_a_record_with_a_bad_field_is_one_error_naming_the_file_and_the_field(pa
     reseal(path, metrics={k: v for k, v in _METRICS.items() if k != "task_params"})
     proc = run_cli("info", "--model-dir", str(md.root))
     assert "'metrics.task_params' is missing" in one_line_error(proc)  # was a KeyError traceback
+    reseal(path, metrics=_METRICS, training={"phases": [{"name": "teacher", "seconds": 2.5}, {"seconds": 1.0}]})
+    with pytest.raises(PackError, match=r"'training.phases.1.name' is missing"):
+        md.task_record("t")
 
 
 def test_records_parse_into_typed_objects(packed):
@@ -124,6 +127,7 @@ def test_records_parse_into_typed_objects(packed):
     assert rec.data_spec == "synth-digits" and rec.classes == ("a", "b", "c")
     assert [c.method for c in rec.auto.candidates] == ["linear", "flex"] and rec.auto.candidates[1].misses == ("x",)
     assert rec.pack.bytes == (md.tasks_dir / "t" / "task.safetensors").stat().st_size
+    assert rec.phases == ()  # how it was trained: not said
     md.write_task("t", s.task_state(), _meta(sha))  # an older, shorter record still loads
     assert md.task_record("t").metrics is None and md.backbone_record().sha256 == sha
 

@@ -23,6 +23,7 @@ from tailorrt.export.quantize import QMAX, CanonicalWeights, quantize_per_channe
 from tailorrt.files import sha256_file
 from tailorrt.pack import ModelDir
 from tailorrt.precision import check_precision
+from tailorrt.records import AccuracyCheck
 from tailorrt.serving.app import ServerConfig, create_app
 from tailorrt.training.onnx_graph import SharedWeights
 from tailorrt.training.packs import TrainingDir
@@ -57,8 +58,9 @@ def test_int8_graphs_share_the_canonical_weights(exported_dir):
     for task, entry in manifest["tasks"].items():
         # every universal conv whose batch-norm scales are positive points into the shared file
         assert entry["shared_int8_bytes"] > 0, task
-        check = entry["accuracy_check"]
-        assert check["drop_points"] == pytest.approx(check["fp32_accuracy"] - check["accuracy"], abs=1e-3)
+        check = AccuracyCheck.from_json(entry["accuracy_check"])  # the record's typed figures read what was written
+        assert check.drop_points == pytest.approx(check.fp32_accuracy - check.accuracy, abs=1e-3)
+        assert check == mdir.export_record("onnx-int8").tasks[task].accuracy_check
         assert entry["calibration"]["images"] > 0
 
 
@@ -162,7 +164,7 @@ def test_bf16_export_and_runtime(exported_dir, tmp_path, monkeypatch):
         Runtime(root, backend="torch", precision="bf16")
     result = export_model(ExportRequest(model_dir=str(root), precision="bf16", download=False, max_precision_drop=100))
     for check in (e.accuracy_check for e in result["bf16"].tasks.values()):
-        assert check["images"] > 0 and check["top1_agreement"] >= 0.75
+        assert check.images > 0 and check.top1_agreement >= 0.75
     fp32, bf16 = Runtime(root, backend="torch"), Runtime(root, backend="torch", precision="bf16")
     for task in bf16.tasks:
         size = bf16.task(task).preprocess.size

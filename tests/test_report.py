@@ -77,14 +77,15 @@ def test_other_methods_draw_units_and_attention_scales(tmp_path):
     scales = [{"unit": u, "mean": 1.0 - 0.1 * u, "low": 0.0, "n": 8} for u in range(4)]
     fields = {"method": "attention", "metrics": {"units_used": 4, "units_owned": [3]},  # over made-up figures
               "attention": {"scales": scales},
-              "training": {"phases": [{"history": [{"attention": scales}, {"attention": scales[::-1]}]}]}}
+              "training": {"phases": [{"name": "tune", "seconds": 1.0,
+                                       "history": [{"attention": scales}, {"attention": scales[::-1]}]}]}}
     meta = task_record(**fields)
     labels, rows = attention_history(meta)
     assert labels == ["unit 0", "unit 1", "unit 2", "unit 3"] and rows == [[1.0, 0.9, 0.8, 0.7]] * 2
     assert architecture_plot(meta, tmp_path / "a.png").read_bytes()[:8] == PNG
     assert attention_plot(meta, tmp_path / "b.png").read_bytes()[:8] == PNG
     plain = task_record(**{**fields, "method": "linear", "attention": None,
-                           "training": {"phases": [{"history": [{"loss": 1}]}]}})
+                           "training": {"phases": [{"name": "tune", "seconds": 1.0, "history": [{"loss": 1}]}]}})
     assert attention_plot(plain, tmp_path / "c.png") is None and not (tmp_path / "c.png").exists()
     assert image_difference(architecture_plot(plain, tmp_path / "d.png"), tmp_path / "a.png") > 0
 

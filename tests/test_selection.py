@@ -14,7 +14,16 @@ from tailorrt.records import TaskRecord
 from tailorrt.training.backbones import UniversalBackbone, get_spec
 from tailorrt.training.datasets import TaskData
 from tailorrt.training.methods.nettailor import ArchitectureSearch, NetTailor, NetTailorConfig
-from tailorrt.training.methods.parts.selection import Candidate, Plan, Verdict, choose, eligible, monotone_fit, search
+from tailorrt.training.methods.parts.selection import (
+    Candidate,
+    Plan,
+    SearchRecord,
+    Verdict,
+    choose,
+    eligible,
+    monotone_fit,
+    search,
+)
 from tailorrt.training.methods.parts.student import Student
 from tailorrt.training.paired import Paired
 from tailorrt.training.phases import PhaseConfig, Trainer, correct
@@ -145,13 +154,15 @@ def test_fixed_rule_trains_one_candidate(tmp_path, backbone):
     sel = s.run(teacher_flops=10 ** 12, student=Paired(48, 0, 0))
     assert sel.tried == [1] and sel.chosen.universal_kept == len(backbone.blocks) - 1
     record = s.record(sel, teacher_flops=10 ** 12, student=Paired(48, 0, 0))
-    meta = search_record(record, len(backbone.blocks))
+    meta = search_record(record.to_json(), len(backbone.blocks))
     # not "none within", whatever the candidate's difference to the teacher; the difference with its interval
     line = NetTailor().describe(meta)
     assert line.startswith(f"dropped 1/{len(backbone.blocks)} (--prune-universal), {sel.chosen.vs_teacher.words()} "
                            "vs teacher on val")
-    assert line.endswith("(too few images for 0.5)") != record["resolved"]  # 48 images: they cannot tell 0.5
-    assert NetTailor().verdict(meta) == f"architecture search: {record['words']}"
+    assert line.endswith("(too few images for 0.5)") != record.resolved  # 48 images: they cannot tell 0.5
+    assert NetTailor().verdict(meta) == f"architecture search: {record.words}"
+    again = SearchRecord.from_json(json.loads(json.dumps(record.to_json())))  # as task.json holds it
+    assert again.to_json() == record.to_json() and again.kept == sel.chosen
 
 
 def search_record(prune: dict, blocks: int) -> TaskRecord:
@@ -196,9 +207,9 @@ def test_a_student_above_the_teacher_is_the_bar_pruning_may_not_spend():
     assert v.within_tolerance and not v.short  # within the teacher's tolerance: no shortfall for --method auto
     assert v.words().startswith("-0.20 ± ") and "could not match" not in v.words()
     assert "; no leaner candidate stayed within 0.5 points of the unpruned student, which measured +0.40" in v.words()
-    assert v.to_json()["bar_met"] is False
-    prune = {**v.to_json(), "tolerance": 0.5, "chosen": 4, "candidates": [c.to_json() for c in led.candidates]}
-    line = NetTailor().describe(search_record(prune, 8))  # tailor info's cell
+    record = SearchRecord("rule", False, 0.5, 0.0, 0.0, 1000, 100.0, 100, 4, led.candidates, led.fitted,
+                          Paired(1000, 6, 2), v.within_tolerance, v.bar_met, v.resolved, v.short, v.words(), {})
+    line = NetTailor().describe(search_record(record.to_json(), 8))  # tailor info's cell
     assert line.startswith("dropped 4/8 (2 tried, none within 0.5 of the student), -0.20 ± ")
 
 
@@ -247,7 +258,6 @@ def test_verdict_says_what_the_split_could_tell(chosen, student, resolved, short
         assert said in v.words()
     if short:
         assert v.words().endswith("short beyond the 95% interval")
-    assert v.to_json()["words"] == v.words()
 
 
 def test_a_student_short_of_the_teacher_is_not_the_verdict_when_a_candidate_is_within_the_tolerance():

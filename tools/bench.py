@@ -357,7 +357,7 @@ def bench(req: BenchRequest, report: Callable[[str], None] = print) -> dict:
                 row["batches"][str(b)]["low_precision_vs_tailorrt"] = paired_ratio(res, "tailorrt_low",
                                                                                    "tailorrt")["median"]
         if low is not None:  # the export's check, from the manifest the low-precision Runtime loaded
-            row["low_precision_accuracy"] = low.backend.manifest.tasks[t].accuracy_check
+            row["low_precision_accuracy"] = low.backend.manifest.tasks[t].accuracy_check.to_json()
         if req.backend == "onnx":
             report(f"profiling {t} at batch {min(req.batches)}")
             row["profile"] = profiles(rt, t, models[t].path, min(req.batches), size, threads)

@@ -6,6 +6,9 @@ from tailorrt.kinds.kind import ExportKind, register
 
 def _record(data: dict) -> None:
     sha(data, "backbone_sha256")
+    field_of(data, "fp16", bool)
+    field_of(data, "tensorrt", str)
+    field_of(data, "gpu", str)
     if field_of(data, "max_batch", int) < 1:
         raise Invalid("'max_batch' must be at least 1")
     for name, entry in field_of(data, "tasks", dict).items():
@@ -13,7 +16,7 @@ def _record(data: dict) -> None:
 
 
 def _summary(record) -> str:
-    precision = "fp16" if record.raw["fp16"] else "fp32"
+    precision = "fp16" if record.engines.fp16 else "fp32"
     return f"trt/: {len(record.tasks)} engines ({precision}) {record.bytes / 1e6:.2f} MB"
 
 

@@ -107,7 +107,7 @@ class Method:
     def training_seconds(self, record: TaskRecord) -> float:
         """Compute time of a pack's training: its phases as recorded (resumed runs count in full), plus any
         steps of the method that train nothing."""
-        return round(sum(p["seconds"] for p in record.raw["training"]["phases"]), 2)
+        return round(sum(p.seconds for p in record.phases), 2)
 
     def architecture_figure(self, plt: Any, record: TaskRecord) -> Any:
         """The report's picture of the network as tailoring left it (a matplotlib figure)."""

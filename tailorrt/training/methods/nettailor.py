@@ -30,7 +30,16 @@ from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.datasets import TaskData
 from tailorrt.training.methods.base import Method, MethodOption, Trained, register
 from tailorrt.training.methods.parts import pictures
-from tailorrt.training.methods.parts.selection import Candidate, Plan, Selection, Verdict, choose, eligible, search
+from tailorrt.training.methods.parts.selection import (
+    Candidate,
+    Plan,
+    SearchRecord,
+    Selection,
+    Verdict,
+    choose,
+    eligible,
+    search,
+)
 from tailorrt.training.methods.parts.student import Student
 from tailorrt.training.onnx_graph import INPUT, GraphBuilder, check_positive
 from tailorrt.training.onnx_layers import emit_block, emit_head, emit_sequence, passes_input
@@ -234,17 +243,17 @@ def train_nettailor(cfg: NetTailorConfig, backbone: UniversalBackbone, data: Tas
     # the candidates' pruning, BN re-estimation and evaluation (their figures persist, so a resumed run keeps them)
     search_seconds = sum(c.seconds for c in selection.candidates) - sum(p.seconds for p in tuned)
 
+    record = search.record(selection, teacher_flops=teacher_flops, student=student_vs,
+                           test={"student": Paired.of(student_right, teacher_right),
+                                 "chosen": Paired.of(final_right, teacher_right)})
     metrics = {"accuracy": _pct(final_right), "teacher_accuracy": _pct(teacher_right),
                "student_accuracy": _pct(student_right), "pruned_accuracy": round(pruned_acc, 3),
                "teacher_flops": int(teacher_flops), "teacher_params": int(sum(p.numel() for p in teacher.parameters())),
-               **chosen.accounting(),
-               "prune": search.record(selection, teacher_flops=teacher_flops, student=student_vs,
-                                      test={"student": Paired.of(student_right, teacher_right),
-                                            "chosen": Paired.of(final_right, teacher_right)})}
-    if not metrics["prune"]["within_tolerance"]:  # --method auto reads it: NetTailor could not match its teacher
-        metrics["shortfall"] = metrics["prune"]["words"]
-    elif not metrics["prune"]["resolved"]:  # ... or could not tell whether it did
-        metrics["caveat"] = metrics["prune"]["words"]
+               **chosen.accounting(), "prune": record.to_json()}
+    if not record.within_tolerance:  # --method auto reads it: NetTailor could not match its teacher
+        metrics["shortfall"] = record.words
+    elif not record.resolved:  # ... or could not tell whether it did
+        metrics["caveat"] = record.words
     phase_rows = ([p.to_json() for p in [teacher_phase, student_phase] + tuned]
                   + [{"name": "prune", "seconds": round(max(search_seconds, 0.0), 2)}])
     return TailoredStudent(chosen, metrics, phase_rows)
@@ -387,7 +396,7 @@ class ArchitectureSearch:
                 for k in selection.tried]
 
     def record(self, selection: Selection, *, teacher_flops: int, student: Paired,
-               test: dict[str, Paired] | None = None) -> dict:
+               test: dict[str, Paired] | None = None) -> SearchRecord:
         """``metrics.prune`` of ``task.json``: the rule, the reference, every candidate, the choice and the verdict
         (``student``: the unpruned student against the teacher on the selection split; ``test``: the same kind of
         comparisons on the test split, recorded for the reader and never used by the rule)."""
@@ -404,16 +413,11 @@ class ArchitectureSearch:
         fitted = selection.fitted[selection.chosen.k]
         verdict = Verdict(cfg.tolerance, selection.chosen.vs_teacher, student, fitted >= -cfg.tolerance, fitted,
                           bar_met=selection.within_tolerance)
-        return {"rule": rule, "fixed": cfg.universal_drop is not None, "tolerance": cfg.tolerance,
-                "proxy_threshold": cfg.proxy_threshold, "proxy_relative": cfg.proxy_relative,
-                "reference": {"split": "val", "images": len(self.teacher_right),
-                              "why_unbiased": "every phase runs its fixed epochs and keeps its last: no weight of the "
-                                              "teacher or of a candidate was chosen on this split"},
-                "teacher_val_accuracy": _pct(self.teacher_right), "teacher_flops": int(teacher_flops),
-                "chosen": selection.chosen.k, **verdict.to_json(),
-                "candidates": [{**c.to_json(), "fitted": round(selection.fitted[c.k], 3)}
-                               for c in selection.candidates],
-                **({"test": {name: p.to_json() for name, p in test.items()}} if test else {})}
+        return SearchRecord(rule, cfg.universal_drop is not None, cfg.tolerance, cfg.proxy_threshold,
+                            cfg.proxy_relative, len(self.teacher_right), _pct(self.teacher_right), int(teacher_flops),
+                            selection.chosen.k, selection.candidates, dict(selection.fitted), student,
+                            verdict.within_tolerance, verdict.bar_met, verdict.resolved, verdict.short,
+                            verdict.words(), dict(test or {}))
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
@@ -519,9 +523,8 @@ class NetTailor(Method):
                        {"architecture": result.student.architecture(), "config": cfg.to_json()})
 
     def build(self, backbone: UniversalBackbone, record: TaskRecord) -> Student:
-        cfg = record.raw["config"]
-        return Student(backbone, len(record.classes), max_skip=int(cfg["max_skip"]),
-                       own_norms=bool(cfg.get("universal_norms", False)))
+        cfg = self.config_from_json(record.raw["config"])  # NetTailor's own field, parsed once
+        return Student(backbone, len(record.classes), max_skip=cfg.max_skip, own_norms=cfg.universal_norms)
 
     def emit(self, g: GraphBuilder, net: Student) -> None:
         emit_student(g, net)
@@ -530,64 +533,54 @@ class NetTailor(Method):
         return pictures.nettailor_architecture(plt, record.raw["architecture"])
 
     def attention_figure(self, plt, record: TaskRecord):
-        prune = _search_record(record)  # the student phase and the chosen candidate's fine-tune, not every candidate's
-        shown = None if prune is None else {"student", candidate_phase(record.raw["config"]["finetune"]["name"],
-                                                                       prune["chosen"])}
+        search = _search_record(record)  # the student phase and the chosen candidate's fine-tune, not every candidate's
+        finetune = self.config_from_json(record.raw["config"]).finetune.name
+        shown = None if search is None else {"student", candidate_phase(finetune, search.chosen)}
         history = pictures.attention_history(record, shown)
         return None if history is None else pictures.alpha_figure(plt, *history)
 
     def selection_figure(self, plt, record: TaskRecord):
-        prune = _search_record(record)
-        return None if prune is None else pictures.candidates_figure(plt, prune)
+        search = _search_record(record)
+        return None if search is None else pictures.candidates_figure(plt, search)
 
     def selection_table(self, record: TaskRecord) -> tuple[list[str], list[list[str]]] | None:
-        prune = _search_record(record)
-        if prune is None:
+        search = _search_record(record)
+        if search is None:
             return None
-        teacher = prune["teacher_val_accuracy"]
         head = ["k", "universal kept", "proxies kept", "FLOPs vs teacher", "val % after pruning", "val % fine-tuned",
                 "vs teacher on val (95%)", ""]
-        rows = []
-        for c in prune["candidates"]:
-            vs = c.get("vs_teacher")  # packs before the paired comparison: the difference without its interval
-            diff = Paired.from_json(vs).bracketed() if vs else f"{c['val_accuracy'] - teacher:+.2f}"
-            rows.append([str(c["k"]), str(c["universal_kept"]), str(c["proxies_kept"]),
-                         f"{c['flops'] / prune['teacher_flops']:.2f}x", f"{c['val_before']:.2f}",
-                         f"{c['val_accuracy']:.2f}", diff, "chosen" if c["k"] == prune["chosen"] else ""])
-        if "student_vs_teacher" in prune:
-            student = Paired.from_json(prune["student_vs_teacher"]).bracketed()
-            rows.append(["student, before pruning", "all", "", "", "", "", student, ""])
+        rows = [[str(c.k), str(c.universal_kept), str(c.proxies_kept), f"{c.flops / search.teacher_flops:.2f}x",
+                 f"{c.val_before:.2f}", f"{c.val_accuracy:.2f}", c.vs_teacher.bracketed(),
+                 "chosen" if c.k == search.chosen else ""] for c in search.candidates]
+        rows.append(["student, before pruning", "all", "", "", "", "", search.student_vs_teacher.bracketed(), ""])
         return head, rows
 
     def describe(self, record: TaskRecord) -> str:
-        prune = _search_record(record)
-        if prune is None or record.metrics is None:
+        search = _search_record(record)
+        if search is None or record.metrics is None:
             return ""
-        n = record.metrics.universal_blocks_total
-        tried = len(prune["candidates"])
-        if prune.get("fixed"):
-            head = f"dropped {prune['chosen']}/{n} (--prune-universal)"
-        elif prune["within_tolerance"] and not prune.get("bar_met", True):
-            head = f"dropped {prune['chosen']}/{n} ({tried} tried, none within {prune['tolerance']} of the student)"
-        elif prune["within_tolerance"]:
-            head = f"dropped {prune['chosen']}/{n} ({tried} tried)"
+        n, k, tried = record.metrics.universal_blocks_total, search.chosen, len(search.candidates)
+        if search.fixed:
+            head = f"dropped {k}/{n} (--prune-universal)"
+        elif search.within_tolerance and not search.bar_met:
+            head = f"dropped {k}/{n} ({tried} tried, none within {search.tolerance} of the student)"
+        elif search.within_tolerance:
+            head = f"dropped {k}/{n} ({tried} tried)"
         else:
-            head = f"dropped {prune['chosen']}/{n} ({tried} tried, none within {prune['tolerance']}: the best)"
-        if "vs_teacher" not in (chosen := next(c for c in prune["candidates"] if c["k"] == prune["chosen"])):
-            return head  # a pack from before the paired comparison
-        vs = Paired.from_json(chosen["vs_teacher"])
-        head += f", {vs.words()} vs teacher on val"
-        return head if prune["resolved"] else f"{head} (too few images for {prune['tolerance']:g})"
+            head = f"dropped {k}/{n} ({tried} tried, none within {search.tolerance}: the best)"
+        head += f", {search.kept.vs_teacher.words()} vs teacher on val"
+        return head if search.resolved else f"{head} (too few images for {search.tolerance:g})"
 
     def verdict(self, record: TaskRecord) -> str:
-        prune = _search_record(record)
-        return "" if prune is None or "words" not in prune else f"architecture search: {prune['words']}"
+        search = _search_record(record)
+        return "" if search is None else f"architecture search: {search.words}"
 
 
-def _search_record(record: TaskRecord) -> dict | None:
-    """``metrics.prune`` of a pack trained with the architecture search, or None (older packs)."""
-    prune = (record.metrics.extra.get("prune") if record.metrics else None) or {}
-    return prune if "candidates" in prune else None
+def _search_record(record: TaskRecord) -> SearchRecord | None:
+    """The architecture search of a NetTailor task (``metrics.prune``), or None: no search (older packs), or one
+    from before the paired comparison."""
+    prune = record.metrics.extra.get("prune") if record.metrics else None
+    return SearchRecord.from_json(prune) if prune and "candidates" in prune else None
 
 
 register(NetTailor())

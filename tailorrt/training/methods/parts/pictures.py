@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from tailorrt.records import TaskRecord
+from tailorrt.training.methods.parts.selection import SearchRecord
 
 GRAY, BLUE = "#7f7f7f", "#1f77b4"
 MIN_OPACITY = 0.08  # a kept block whose weight is near 0 is still drawn faintly
@@ -132,10 +133,10 @@ def attention_history(record: TaskRecord, phases: set[str] | None = None) -> tup
     one row of values per epoch), or None where the method records none."""
     rows: list[list[float]] = []
     labels: list[str] = []
-    for phase in record.raw.get("training", {}).get("phases", []):
-        if phases is not None and phase.get("name") not in phases:
+    for phase in record.phases:
+        if phases is not None and phase.name not in phases:
             continue
-        for epoch in phase.get("history", []):
+        for epoch in phase.history:
             if "alphas" in epoch:  # nettailor: per layer, the universal block's alpha first
                 labels = [f"layer {l + 1} {'universal' if j == 0 else f'proxy {j}'}"
                           for l, alphas in enumerate(epoch["alphas"]) for j in range(len(alphas))]
@@ -147,29 +148,24 @@ def attention_history(record: TaskRecord, phases: set[str] | None = None) -> tup
     return (labels, rows) if rows else None
 
 
-def candidates_figure(plt, prune: dict) -> Any:
+def candidates_figure(plt, search: SearchRecord) -> Any:
     """NetTailor's architecture search: each candidate's accuracy minus the teacher's on the validation images, with
     its 95% interval (image by image), against its FLOPs; the chosen one marked, the tolerance band under zero and
-    the FLOPs cap (the accuracy right after pruning, before fine-tuning, is in the report's table). A pack from before
-    the paired comparison shows the differences without intervals."""
-    cands = sorted(prune["candidates"], key=lambda c: c["flops"])
-    teacher = prune["teacher_val_accuracy"]
+    the FLOPs cap (the accuracy right after pruning, before fine-tuning, is in the report's table)."""
+    cands = sorted(search.candidates, key=lambda c: c.flops)
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    xs = [c["flops"] / 1e6 for c in cands]
-    diffs = [c["vs_teacher"]["diff"] if "vs_teacher" in c else c["val_accuracy"] - teacher for c in cands]
-    if all("vs_teacher" in c for c in cands):
-        errors = [[d - c["vs_teacher"]["low"] for d, c in zip(diffs, cands)],
-                  [c["vs_teacher"]["high"] - d for d, c in zip(diffs, cands)]]
-        ax.errorbar(xs, diffs, yerr=errors, fmt="o-", color=BLUE, capsize=3, label="after fine-tuning (95% interval)")
-    else:
-        ax.plot(xs, diffs, "o-", color=BLUE, label="after fine-tuning")
+    xs = [c.flops / 1e6 for c in cands]
+    diffs = [c.vs_teacher.diff for c in cands]
+    errors = [[d - c.vs_teacher.interval()[0] for d, c in zip(diffs, cands)],
+              [c.vs_teacher.interval()[1] - d for d, c in zip(diffs, cands)]]
+    ax.errorbar(xs, diffs, yerr=errors, fmt="o-", color=BLUE, capsize=3, label="after fine-tuning (95% interval)")
     for c, x, d in zip(cands, xs, diffs):
-        ax.annotate(f"k={c['k']}", (x, d), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    i = next(i for i, c in enumerate(cands) if c["k"] == prune["chosen"])
-    ax.plot(xs[i], diffs[i], "o", ms=14, mfc="none", mec="black", mew=2, label=f"chosen: k={cands[i]['k']}")
-    ax.axhline(0, color=GRAY, ls="-", lw=1, label=f"teacher ({teacher:.2f}%)")
-    ax.axhspan(-prune["tolerance"], 0, color=GRAY, alpha=0.15, label=f"tolerance {prune['tolerance']}")
-    ax.axvline(prune["teacher_flops"] / 1e6, color=GRAY, ls="--", lw=1, label="teacher's FLOPs (cap)")
+        ax.annotate(f"k={c.k}", (x, d), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    i = next(i for i, c in enumerate(cands) if c.k == search.chosen)
+    ax.plot(xs[i], diffs[i], "o", ms=14, mfc="none", mec="black", mew=2, label=f"chosen: k={cands[i].k}")
+    ax.axhline(0, color=GRAY, ls="-", lw=1, label=f"teacher ({search.teacher_val_accuracy:.2f}%)")
+    ax.axhspan(-search.tolerance, 0, color=GRAY, alpha=0.15, label=f"tolerance {search.tolerance}")
+    ax.axvline(search.teacher_flops / 1e6, color=GRAY, ls="--", lw=1, label="teacher's FLOPs (cap)")
     ax.set_xlabel("MFLOPs")
     ax.set_ylabel("points vs the teacher (val)")
     ax.grid(alpha=0.3)

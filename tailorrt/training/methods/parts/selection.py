@@ -124,11 +124,63 @@ class Verdict:
                      "NetTailor matches the teacher")
         return line
 
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """``metrics.prune`` of a NetTailor task's record: the rule, the reference it was measured on, every candidate
+    (in the order tried, with its difference in the monotone fit), the choice and the :class:`Verdict`, and the same
+    comparisons on the test split where the run had one (recorded for the reader, never used by the rule). Written by
+    :meth:`to_json` and read back by :meth:`from_json`, once, by everything that shows it."""
+
+    rule: str
+    fixed: bool  # --prune-universal: k was given, not searched
+    tolerance: float
+    proxy_threshold: float
+    proxy_relative: float
+    reference_images: int  # the selection split (val) every difference is measured on, image by image
+    teacher_val_accuracy: float
+    teacher_flops: int
+    chosen: int  # the kept candidate's k
+    candidates: tuple[Candidate, ...]
+    fitted: dict[int, float]  # k -> its difference as the rule read it
+    student_vs_teacher: Paired
+    within_tolerance: bool
+    bar_met: bool
+    resolved: bool
+    short: bool
+    words: str
+    test: dict[str, Paired]  # "chosen", "student", "k<k>": against the teacher on the test split
+
+    WHY_UNBIASED = ("every phase runs its fixed epochs and keeps its last: no weight of the teacher or of a candidate "
+                    "was chosen on this split")
+
+    @property
+    def kept(self) -> Candidate:
+        return next(c for c in self.candidates if c.k == self.chosen)
+
+    @classmethod
+    def from_json(cls, data: dict) -> SearchRecord | None:
+        """The search's record, or None for one written before the paired comparison (no intervals to show)."""
+        if "student_vs_teacher" not in data or not all("vs_teacher" in c for c in data["candidates"]):
+            return None
+        return cls(data["rule"], data["fixed"], data["tolerance"], data["proxy_threshold"], data["proxy_relative"],
+                   data["reference"]["images"], data["teacher_val_accuracy"], data["teacher_flops"], data["chosen"],
+                   tuple(Candidate.from_json(c) for c in data["candidates"]),
+                   {c["k"]: c["fitted"] for c in data["candidates"]}, Paired.from_json(data["student_vs_teacher"]),
+                   data["within_tolerance"], data.get("bar_met", True), data["resolved"], data["short"],
+                   data["words"], {k: Paired.from_json(v) for k, v in data.get("test", {}).items()})
+
     def to_json(self) -> dict:
-        return {"within_tolerance": self.within_tolerance, "bar_met": self.bar_met, "resolved": self.resolved,
-                "short": self.short,
-                "half_width": round(self.chosen.half_width, 3), "student_vs_teacher": self.student.to_json(),
-                "words": self.words()}
+        return {"rule": self.rule, "fixed": self.fixed, "tolerance": self.tolerance,
+                "proxy_threshold": self.proxy_threshold, "proxy_relative": self.proxy_relative,
+                "reference": {"split": "val", "images": self.reference_images, "why_unbiased": self.WHY_UNBIASED},
+                "teacher_val_accuracy": self.teacher_val_accuracy, "teacher_flops": self.teacher_flops,
+                "chosen": self.chosen, "within_tolerance": self.within_tolerance, "bar_met": self.bar_met,
+                "resolved": self.resolved, "short": self.short,
+                "half_width": round(self.kept.vs_teacher.half_width, 3),
+                "student_vs_teacher": self.student_vs_teacher.to_json(), "words": self.words,
+                "candidates": [{**c.to_json(), "fitted": round(self.fitted[c.k], 3)} for c in self.candidates],
+                **({"test": {name: p.to_json() for name, p in self.test.items()}} if self.test else {})}
 
 
 def bar(student: float) -> float:
