@@ -171,7 +171,7 @@ def run(out: Path, task: str, variant: str, student_only: bool = False) -> dict:
            "student_seconds": phases["student"]["seconds"],
            "search_seconds": round(sum(p["seconds"] for n, p in phases.items() if n not in ("teacher", "student")), 1),
            "wall_seconds": round(time.perf_counter() - t0, 1), "prune": m["prune"],
-           "alphas": [round(layer["blocks"][0]["alpha"], 2) for layer in result.student.architecture()]}
+           "alphas": [round(layer.blocks[0].alpha, 2) for layer in result.student.architecture()]}
     done.write_text(json.dumps(row, indent=1))
     return row
 

@@ -119,8 +119,8 @@ def train(
     import torch
 
     from tailorrt.cli.progress import RichProgress
+    from tailorrt.records import Budget
     from tailorrt.training import methods
-    from tailorrt.training.auto import Budget
     from tailorrt.training.distributed import Cluster, launch
     from tailorrt.training.train import TrainRequest, resolve_device, train_task
 

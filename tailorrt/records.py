@@ -8,12 +8,12 @@ record is one :class:`~tailorrt.errors.PackError` naming the file and saying wha
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from tailorrt.backbone_spec import BackboneSpec
-from tailorrt.errors import CheckpointError, PackError
+from tailorrt.errors import CheckpointError, ConfigError, PackError
 from tailorrt.files import read_json, write_json
 from tailorrt.integrity import seal, unseal
 from tailorrt.preprocess import Preprocess
@@ -250,9 +250,23 @@ class ExportRecord:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """What ``--method auto``'s choice must meet; None: no limit."""
+
+    max_pack_mb: float | None = None
+    max_mflops: float | None = None
+    max_drop: float = 1.0  # points of validation accuracy below the best candidate
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if value is not None and not (is_number(value) and value >= 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a non-negative number, not {value}")
+
+
+@dataclass(frozen=True)
 class AutoCandidate:
-    """One method ``--method auto`` trained on its short schedule, with its figures and what of the budget it
-    missed (nothing: it met it)."""
+    """One method ``--method auto`` trained on its short schedule, with its figures, what of the budget it
+    missed (nothing: it met it) and its own verdict where it gave one."""
 
     method: str
     val_accuracy: float
@@ -260,7 +274,9 @@ class AutoCandidate:
     pack_bytes: int
     flops: int
     seconds: float
-    misses: tuple[str, ...]
+    misses: tuple[str, ...] = ()
+    shortfall: str | None = None  # the method found it falls short of what it was held to (NetTailor)
+    caveat: str | None = None  # ... or could not tell whether it does
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> AutoCandidate:
@@ -269,31 +285,53 @@ class AutoCandidate:
         return cls(field_of(data, "method", str, where), field_of(data, "val_accuracy", number, where),
                    field_of(data, "test_accuracy", number, where), field_of(data, "pack_bytes", int, where),
                    field_of(data, "flops", int, where), field_of(data, "seconds", number, where),
-                   tuple(str(m) for m in misses))
+                   tuple(str(m) for m in misses), data.get("shortfall"), data.get("caveat"))
+
+    def to_json(self) -> dict:
+        return {k: list(v) if k == "misses" else v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
 class AutoChoice:
-    """``auto`` of task.json: how ``--method auto`` chose (:mod:`tailorrt.training.auto`): the candidates it
-    trained, the winner, why, and the seconds it took."""
+    """``auto`` of task.json: how ``--method auto`` chose (:mod:`tailorrt.training.auto`): the budget, the
+    candidates it trained, the winner, why, and the seconds it took."""
 
     candidates: tuple[AutoCandidate, ...]
     winner: str
     reason: str
     schedule_fraction: float  # of the full schedule, each candidate's
     search_seconds: float
-    final_seconds: float  # the winner's full training
-    raw: dict = field(compare=False, repr=False)
+    final_seconds: float = 0.0  # the winner's full training (0: not yet)
+    budget: Budget = Budget()
+    best_val_accuracy: float | None = None  # None: a record from before it was kept
+
+    @property
+    def total_seconds(self) -> float:
+        return round(self.search_seconds + self.final_seconds, 2)
 
     @classmethod
     def from_json(cls, data: Any) -> AutoChoice:
         number = (int, float)
         candidates = field_of(data, "candidates", list, "auto.")
+        budget = data.get("budget", {})
+        if not isinstance(budget, dict) or set(budget) - {f.name for f in fields(Budget)}:
+            raise Invalid("'auto.budget' must hold max_pack_mb, max_mflops and max_drop")
+        try:
+            budget = Budget(**budget)
+        except ConfigError as e:
+            raise Invalid(f"'auto.budget': {e}") from None
         return cls(tuple(AutoCandidate.from_json(c, f"auto.candidates.{i}.") for i, c in enumerate(candidates)),
                    field_of(data, "winner", str, "auto."), field_of(data, "reason", str, "auto."),
                    *(field_of(data, k, number, "auto.") for k in ("schedule_fraction", "search_seconds",
                                                                   "final_seconds")),
-                   data)
+                   budget, data.get("best_val_accuracy"))
+
+    def to_json(self) -> dict:
+        out = {"winner": self.winner, "reason": self.reason, "budget": asdict(self.budget),
+               "schedule_fraction": self.schedule_fraction, "best_val_accuracy": self.best_val_accuracy,
+               "candidates": [c.to_json() for c in self.candidates], "search_seconds": self.search_seconds,
+               "final_seconds": self.final_seconds, "total_seconds": self.total_seconds}
+        return {k: v for k, v in out.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -404,7 +442,7 @@ class TaskDraft:
         if self.metrics is not None:
             out["metrics"] = self.metrics.to_json()
         if self.auto is not None:
-            out["auto"] = self.auto.raw
+            out["auto"] = self.auto.to_json()
         return out
 
 

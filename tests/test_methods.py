@@ -17,11 +17,14 @@ from fastapi.testclient import TestClient
 
 from tailorrt import Runtime
 from tailorrt.errors import ConfigError, PackError
+from tailorrt.records import AutoChoice, Budget
 from tailorrt.serving.app import create_app
 from tailorrt.serving.local import png_bytes
 from tailorrt.training import methods, phases
 from tailorrt.training.backbones import UniversalBackbone, get_spec
 from tailorrt.training.io import load_tensors
+from tailorrt.training.methods.channel_attention import AttentionRecord
+from tailorrt.training.methods.flex import FlexSelection
 from tailorrt.training.methods.parts.channel_scales import (
     AttentionConfig,
     AttentionMethod,
@@ -168,7 +171,7 @@ def test_attention_graphs_match_pytorch_and_pruning_shrinks_them(kind, variant, 
         x = torch.randn(2, 3, backbone.spec.input_size, backbone.spec.input_size)
         before = net(x)
         result = prune_by_scale(net.units, 0.01)
-        assert result["pruned_channels"] > 0
+        assert result.pruned_channels > 0
         assert torch.allclose(net(x), before, atol=1e-5)  # a zero scale is an exact zero: pruning changes nothing
         assert net.accounting(backbone.spec.input_size)["flops"] < full_flops
         fresh = TunedNet(backbone, 5, net.spec).eval()
@@ -293,8 +296,10 @@ def test_methods_write_their_own_packs_with_selection_and_cost(methods_dir):
         assert sel["epochs"] == sum(s["epochs"] for s in sel["steps"]) and sel["seconds"] > 0
         trained = [s["step"] for s in sel["steps"] if s["step"].startswith("unit-")]
         assert len(trained) == (len(sel["candidate_scores"]) if method == "flex" else 1)
+        assert FlexSelection.from_json(sel).to_json() == sel  # written from the object it reads back as
     att = json.loads((methods_dir / "tasks" / "colors--attention-prune" / "task.json").read_text())
     rec = att["attention"]
+    assert AttentionRecord.from_json(rec).to_json() == rec
     assert [s["step"] for s in rec["steps"]] == ["1-F", "2-A", "3-B", "4-P", "5-B"]
     pruning = rec["pruning"]
     assert 0 < pruning["pruned_channels"] == att["metrics"]["pruned_channels"] < pruning["prunable_channels"]
@@ -398,7 +403,9 @@ def _auto_with_nettailor_saying(verdict: dict) -> tuple[dict, dict]:
         metrics = {"accuracy": 80.0, "flops": 10, **(verdict if name == "nettailor" else {})}
         return Trained(net, metrics, []), 80.0
 
-    record = auto.choose(["nettailor", "linear"], auto.Budget(max_drop=5), train)
+    choice = auto.choose(["nettailor", "linear"], Budget(max_drop=5), train)
+    record = json.loads(json.dumps(choice.to_json()))  # as task.json holds it
+    assert AutoChoice.from_json(record) == choice
     rows = {r["method"]: r for r in record["candidates"]}
     assert rows["nettailor"]["pack_bytes"] < rows["linear"]["pack_bytes"]
     return record, rows

@@ -99,7 +99,8 @@ _METRICS = {"accuracy": 90.0, "teacher_accuracy": None, "flops": 10, "teacher_fl
 _CANDIDATE = {"method": "linear", "val_accuracy": 90.0, "test_accuracy": 89.5, "pack_bytes": 100, "flops": 10,
               "seconds": 1.5, "misses": []}
 _AUTO = {"candidates": [_CANDIDATE, {**_CANDIDATE, "method": "flex", "misses": ["x"]}], "winner": "linear",
-         "reason": "r", "schedule_fraction": 0.25, "search_seconds": 3.0, "final_seconds": 6.0}
+         "reason": "r", "schedule_fraction": 0.25, "search_seconds": 3.0, "final_seconds": 6.0, "total_seconds": 9.0,
+         "budget": {"max_pack_mb": None, "max_mflops": 5.0, "max_drop": 1.0}, "best_val_accuracy": 90.0}
 
 
 @pytest.mark.parametrize("change, field", [({"flops": None}, "metrics.flops"),

@@ -76,7 +76,8 @@ def test_architecture_follows_the_weights_and_pruned_blocks_are_absent(exported_
 def test_other_methods_draw_units_and_attention_scales(tmp_path):
     scales = [{"unit": u, "mean": 1.0 - 0.1 * u, "low": 0.0, "n": 8} for u in range(4)]
     fields = {"method": "attention", "metrics": {"units_used": 4, "units_owned": [3]},  # over made-up figures
-              "attention": {"scales": scales},
+              "attention": {"method": "attention", "granularity": "channel", "penalty": "l1", "steps": [],
+                            "pruning": None, "scales": scales},
               "training": {"phases": [{"name": "tune", "seconds": 1.0,
                                        "history": [{"attention": scales}, {"attention": scales[::-1]}]}]}}
     meta = task_record(**fields)

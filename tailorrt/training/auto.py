@@ -15,34 +15,19 @@ naming the candidate closest to it.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import torch
 from safetensors.torch import save
 
 from tailorrt.errors import ConfigError
+from tailorrt.records import AutoCandidate, AutoChoice, Budget
 from tailorrt.training import methods
 from tailorrt.training.methods.base import Trained
 
 NAME = "auto"
 SHORT = 1 / 3  # the candidates' schedule, as a fraction of the full one
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What the chosen method must meet; None: no limit."""
-
-    max_pack_mb: float | None = None
-    max_mflops: float | None = None
-    max_drop: float = 1.0  # points of validation accuracy below the best candidate
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"--{name.replace('_', '-')} must be a non-negative number, not {value}")
 
 
 def default_candidates(block: str | None = None) -> list[str]:
@@ -61,7 +46,7 @@ TrainFn = Callable[[str], tuple[Trained, float]]
 
 
 def choose(candidates: list[str], budget: Budget, train: TrainFn, report: Callable[[str], None] = lambda _m: None
-           ) -> dict:
+           ) -> AutoChoice:
     """Train every candidate on the short schedule through ``train`` and pick one; returns the record that goes into
     ``task.json`` as ``auto`` (with ``winner``), or raises ConfigError naming the closest candidate."""
     if not candidates:
@@ -94,9 +79,8 @@ def choose(candidates: list[str], budget: Budget, train: TrainFn, report: Callab
         reason += f"; smaller but outside it: {', '.join(smaller)}"
     if winner.get("caveat"):  # within the budget as measured, but its own split could not tell
         reason += f"; its own check: {winner['caveat']}"
-    return {"winner": winner["method"], "reason": reason, "budget": asdict(budget), "schedule_fraction": SHORT,
-            "best_val_accuracy": best, "candidates": rows,
-            "search_seconds": round(sum(r["seconds"] for r in rows), 2)}
+    return AutoChoice(tuple(AutoCandidate(**{**r, "misses": tuple(r["misses"])}) for r in rows), winner["method"],
+                      reason, SHORT, round(sum(r["seconds"] for r in rows), 2), budget=budget, best_val_accuracy=best)
 
 
 def _misses(row: dict, budget: Budget, best: float) -> list[str]:

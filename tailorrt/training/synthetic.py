@@ -19,7 +19,7 @@ from tailorrt.records import Metrics, TaskDraft
 from tailorrt.training.backbones import BackboneSource, UniversalBackbone, build_backbone, get_spec
 from tailorrt.training.datasets import Preprocess
 from tailorrt.training.methods.nettailor import NAME, NetTailorConfig
-from tailorrt.training.methods.parts.student import Student
+from tailorrt.training.methods.parts.student import LayerBlocks, Student
 from tailorrt.training.packs import TrainingDir, machine, versions
 
 
@@ -78,7 +78,8 @@ def make_model_dir(root: str | Path, *, backbone: str = "resnet34", tasks: int =
                                      "teacher_flops": student.total_flops_dense(), **acc})
         draft = TaskDraft(NAME, sha, tuple(f"class{c:03d}" for c in range(classes)), pre, f"imagefolder:{folder}",
                           metrics, None,
-                          {"backbone": spec.name, "architecture": student.architecture(), "config": cfg.to_json(),
+                          {"backbone": spec.name, "architecture": LayerBlocks.to_json(student.architecture()),
+                           "config": cfg.to_json(),
                            "data": {"name": "synthetic"}, "training": {"phases": [], "seconds": 0.0, "synthetic": True},
                            "versions": versions(), "machine": machine(),
                            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

@@ -6,7 +6,7 @@ import hashlib
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 from tailorrt.backbone_spec import BackboneSpec
 from tailorrt.errors import ConfigError, PackError, TrainingError
 from tailorrt.files import read_json, write_json
-from tailorrt.records import AutoChoice, Metrics, TaskDraft
+from tailorrt.records import AutoChoice, Budget, Metrics, TaskDraft
 from tailorrt.training import auto, methods
 from tailorrt.training.backbones import UniversalBackbone, build_backbone, get_spec
 from tailorrt.training.datasets import DataCheck, Preprocess, TaskData, load_task, pack_name
@@ -43,7 +43,7 @@ class TrainRequest:
     method: str = methods.DEFAULT
     options: dict[str, Any] = field(default_factory=dict)  # the method's options by flag (see methods.options())
     batch_size: int | None = None  # every phase's, when given
-    budget: auto.Budget = field(default_factory=auto.Budget)  # --method auto: what the chosen method must meet
+    budget: Budget = field(default_factory=Budget)  # --method auto: what the chosen method must meet
     auto_candidates: list[str] | None = None  # --method auto: the methods tried (None: the registry's candidates)
     saved_config: dict | None = None  # the method's config as the run started (what --resume continues)
     strict: bool = False  # refuse a dataset with unreadable image files or empty classes (else left out, reported)
@@ -61,7 +61,7 @@ class TrainRequest:
             default = methods.get(data.get("method", methods.DEFAULT)) is methods.get(methods.DEFAULT)
             data["saved_config"] = nettailor if default else others
         try:
-            return cls(**{**data, "budget": auto.Budget(**data.get("budget", {}))})
+            return cls(**{**data, "budget": Budget(**data.get("budget", {}))})
         except TypeError as e:
             raise ConfigError(f"the saved run was started by another version of tailorrt ({e}); start it again "
                               "without --resume") from e
@@ -178,7 +178,7 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
         trainer = Trainer(device=device, work_dir=folder, progress=progress, seed=req.seed, cluster=cluster)
         return methods.get(method_name).train(method_name, cfg, backbone, data, trainer)
 
-    choice: dict | None = None  # tailorrt.training.auto's record of how it chose
+    choice: AutoChoice | None = None  # tailorrt.training.auto's record of how it chose
     method_name = req.method
     if req.auto:
         def short(candidate: str) -> tuple[Trained, float]:
@@ -187,19 +187,19 @@ def train_task(req: TrainRequest, *, device: torch.device, resume: bool = False,
             return trained, accuracy(trained.net, data.val, device)
 
         choice = auto.choose(req.candidates(spec), req.budget, short, report)
-        method_name = choice["winner"]
-        report(f"auto: {method_name} wins ({choice['reason']}); training it on the full schedule")
+        method_name = choice.winner
+        report(f"auto: {method_name} wins ({choice.reason}); training it on the full schedule")
     t0 = time.perf_counter()
     trained = run(method_name, req.config(methods.get(method_name)), work)
     seconds = round(time.perf_counter() - t0, 2)
     if choice is not None:
-        choice.update(final_seconds=seconds, total_seconds=round(choice["search_seconds"] + seconds, 2))
+        choice = replace(choice, final_seconds=seconds)
     _report_decode_failures(data, report)
     if fingerprint(backbone) != frozen:  # the pack is recorded against these weights: they must not have moved
         raise TrainingError("the frozen backbone's weights or batch-norm statistics changed during training; "
                             "the pack was not written")
     draft = TaskDraft(method_name, sha, tuple(data.classes), preprocess, req.task, Metrics.from_json(trained.metrics),
-                      None if choice is None else AutoChoice.from_json(choice),
+                      choice,
                       {"backbone": spec.name, "data": data.summary(), **trained.record,
                        "training": {"phases": trained.phases, "seconds": seconds}, "versions": versions(),
                        "machine": machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -14,22 +14,52 @@ The chosen unit, every candidate's score and the cost of each step go into ``tas
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 
 from tailorrt.records import TaskRecord
 from tailorrt.training.methods.base import register
 from tailorrt.training.methods.parts.tuned_net import TunedNet, TuneSpec
-from tailorrt.training.methods.tuning_method import Runner, TuningMethod, phase
+from tailorrt.training.methods.tuning_method import Runner, Step, TuningMethod, phase
 
 
-def select_unit(method: str, run: Runner) -> tuple[TunedNet, dict]:
+@dataclass(frozen=True)
+class FlexSelection:
+    """``selection`` of a flex task's record: the unit chosen (or "all"), every unit's score and each step's cost."""
+
+    method: str
+    chosen_unit: int | str  # a unit, or "all"
+    candidate_scores: dict[int, float]
+    score: str  # what a unit's score is
+    all_units_val_accuracy: float
+    chosen_val_accuracy: float
+    steps: tuple[Step, ...]
+
+    @property
+    def scoring_seconds(self) -> float:
+        """Seconds of the steps that trained nothing (grafting and scoring)."""
+        return sum(s.seconds for s in self.steps if s.epochs == 0)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "candidate_scores": {str(u): v for u, v in self.candidate_scores.items()},
+                "steps": [s.to_json() for s in self.steps], "epochs": sum(s.epochs for s in self.steps),
+                "seconds": round(sum(s.seconds for s in self.steps), 2)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> FlexSelection:
+        return cls(data["method"], data["chosen_unit"], {int(u): v for u, v in data["candidate_scores"].items()},
+                   data["score"], data["all_units_val_accuracy"], data["chosen_val_accuracy"],
+                   tuple(Step.from_json(s) for s in data["steps"]))
+
+
+def select_unit(method: str, run: Runner) -> tuple[TunedNet, FlexSelection]:
     """Choose one unit to fine-tune (or all of them, where the method allows it) on validation accuracy."""
     units = list(range(run.backbone.num_units))
     cfg = run.cfg
-    steps: list[dict] = []
+    steps: list[Step] = []
 
-    def step(name: str, t0: float, *, trained: bool = True, **extra) -> None:
+    def step(name: str, t0: float, *, trained: bool = True, val_accuracy: float | None = None) -> None:
         epochs = run.phases[-1]["epochs"] if trained else 0
-        steps.append({"step": name, "seconds": round(time.perf_counter() - t0, 2), "epochs": epochs, **extra})
+        steps.append(Step(name, round(time.perf_counter() - t0, 2), epochs, val_accuracy))
 
     t0 = time.perf_counter()
     probe = run.net(TuneSpec())
@@ -63,18 +93,14 @@ def select_unit(method: str, run: Runner) -> tuple[TunedNet, dict]:
         tuned_val = run.train(nets[best], phase(cfg.tune, f"unit-{best}"))
         step(f"unit-{best}", t0, val_accuracy=tuned_val)
     best = max(scores, key=scores.get)
-    best_val = scores[best] if method == "flex" else steps[-1]["val_accuracy"]
+    best_val = scores[best] if method == "flex" else steps[-1].val_accuracy
     chosen, net = best, nets[best]
     if method != "faster-flex" and all_val > best_val:  # the method may return the all-units model
         chosen, net = "all", all_units
-    selection = {"method": method, "chosen_unit": chosen,
-                 "candidate_scores": {str(u): v for u, v in scores.items()},
-                 "score": "val accuracy after fine-tuning" if method == "flex" else
-                 "val accuracy with the unit grafted from the all-units fine-tune",
-                 "all_units_val_accuracy": all_val, "chosen_val_accuracy": all_val if chosen == "all" else best_val,
-                 "steps": steps, "epochs": sum(x["epochs"] for x in steps),
-                 "seconds": round(sum(x["seconds"] for x in steps), 2)}
-    return net, selection
+    score = ("val accuracy after fine-tuning" if method == "flex" else
+             "val accuracy with the unit grafted from the all-units fine-tune")
+    return net, FlexSelection(method, chosen, scores, score, all_val, all_val if chosen == "all" else best_val,
+                              tuple(steps))
 
 
 class Flex(TuningMethod):
@@ -87,15 +113,19 @@ class Flex(TuningMethod):
 
     def fit(self, name: str, run: Runner) -> tuple[TunedNet, dict]:
         net, selection = select_unit(name, run)
-        return net, {"selection": selection}
+        return net, {"selection": selection.to_json()}
 
     def describe(self, record: TaskRecord) -> str:
-        return f"unit {record.raw['selection']['chosen_unit']}"
+        return f"unit {_selection(record).chosen_unit}"
 
     def training_seconds(self, record: TaskRecord) -> float:
         """The phases, plus the scoring steps that train nothing."""
-        scoring = sum(s["seconds"] for s in record.raw["selection"]["steps"] if s["epochs"] == 0)
-        return round(super().training_seconds(record) + scoring, 2)
+        return round(super().training_seconds(record) + _selection(record).scoring_seconds, 2)
+
+
+def _selection(record: TaskRecord) -> FlexSelection:
+    """The flex method's own field of its task's record, parsed once."""
+    return FlexSelection.from_json(record.raw["selection"])
 
 
 register(Flex())

@@ -40,7 +40,7 @@ from tailorrt.training.methods.parts.selection import (
     eligible,
     search,
 )
-from tailorrt.training.methods.parts.student import Student
+from tailorrt.training.methods.parts.student import LayerBlocks, Student
 from tailorrt.training.onnx_graph import INPUT, GraphBuilder, check_positive
 from tailorrt.training.onnx_layers import emit_block, emit_head, emit_sequence, passes_input
 from tailorrt.training.paired import Paired
@@ -520,7 +520,8 @@ class NetTailor(Method):
               trainer: Trainer) -> Trained:
         result = train_nettailor(cfg, backbone, data, trainer)
         return Trained(result.student, result.metrics, result.phases,
-                       {"architecture": result.student.architecture(), "config": cfg.to_json()})
+                       {"architecture": LayerBlocks.to_json(result.student.architecture()),
+                        "config": cfg.to_json()})
 
     def build(self, backbone: UniversalBackbone, record: TaskRecord) -> Student:
         cfg = self.config_from_json(record.raw["config"])  # NetTailor's own field, parsed once
@@ -530,7 +531,7 @@ class NetTailor(Method):
         emit_student(g, net)
 
     def architecture_figure(self, plt, record: TaskRecord):
-        return pictures.nettailor_architecture(plt, record.raw["architecture"])
+        return pictures.nettailor_architecture(plt, LayerBlocks.from_json(record.raw["architecture"]))
 
     def attention_figure(self, plt, record: TaskRecord):
         search = _search_record(record)  # the student phase and the chosen candidate's fine-tune, not every candidate's

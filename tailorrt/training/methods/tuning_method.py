@@ -21,11 +21,35 @@ from tailorrt.training.backbones import UniversalBackbone
 from tailorrt.training.datasets import TaskData
 from tailorrt.training.methods.base import Method, MethodOption, Trained
 from tailorrt.training.methods.parts import pictures
-from tailorrt.training.methods.parts.channel_scales import AttentionConfig
+from tailorrt.training.methods.parts.channel_scales import AttentionConfig, Pruning
 from tailorrt.training.methods.parts.tuned_net import TunedNet, TuneSpec
 from tailorrt.training.onnx_graph import INPUT, GraphBuilder
 from tailorrt.training.onnx_layers import emit_block, emit_head, emit_sequence
 from tailorrt.training.phases import PhaseConfig, Trainer, accuracy
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a method's own schedule as its record keeps it (flex's selection, channel attention's
+    schedule): a training step (its epochs and validation accuracy), a scoring that trains nothing (0 epochs), or
+    channel attention's pruning (0 epochs, with what it cut)."""
+
+    step: str
+    seconds: float
+    epochs: int
+    val_accuracy: float | None = None
+    pruning: Pruning | None = None  # kept flat in the record, beside the step's own fields
+
+    def to_json(self) -> dict:
+        out = {"step": self.step, "seconds": self.seconds, "epochs": self.epochs}
+        if self.val_accuracy is not None:
+            out["val_accuracy"] = self.val_accuracy
+        return {**out, **(self.pruning.to_json() if self.pruning else {})}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Step:
+        return cls(data["step"], data["seconds"], data["epochs"], data.get("val_accuracy"),
+                   Pruning.from_json(data) if "pruned_channels" in data else None)
 
 
 @dataclass

@@ -194,7 +194,37 @@ def prune_channels(block: nn.Module, norm: str, keep: torch.Tensor) -> None:
     setattr(block, norm, small)
 
 
-def prune_by_scale(units: nn.ModuleList, below: float) -> dict:
+@dataclass(frozen=True)
+class Pruning:
+    """What ``:prune`` cut: of how many prunable channels, how many, below which |scale|; and the validation
+    accuracy right before and after (before the recovery epochs)."""
+
+    prunable_channels: int
+    pruned_channels: int
+    threshold: float
+    val_accuracy_before: float | None = None
+    val_accuracy_after: float | None = None
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Pruning:
+        return cls(data["prunable_channels"], data["pruned_channels"], data["threshold"],
+                   data.get("val_accuracy_before"), data.get("val_accuracy_after"))
+
+
+@dataclass(frozen=True)
+class UnitScales:
+    """A unit's attention scales in one line: how many, their mean |a|, the fraction under the prune threshold."""
+
+    unit: int
+    n: int
+    mean: float
+    low: float
+
+
+def prune_by_scale(units: nn.ModuleList, below: float) -> Pruning:
     """Prune every block's internal channels whose |attention| is below ``below`` (keeping at least the largest
     one per norm); returns how many channels were prunable and how many went."""
     total = removed = 0
@@ -210,16 +240,16 @@ def prune_by_scale(units: nn.ModuleList, below: float) -> dict:
             removed += int((~keep).sum())
             if not bool(keep.all()):
                 prune_channels(unit, norm, keep)
-    return {"prunable_channels": total, "pruned_channels": removed, "threshold": below}
+    return Pruning(total, removed, below)
 
 
-def attention_summary(units: nn.ModuleList, below: float) -> list[dict]:
+def attention_summary(units: nn.ModuleList, below: float) -> list[UnitScales]:
     """Per unit: how many scales, their mean |a|, and the fraction below ``below`` (for training histories)."""
     rows = []
     for i, unit in enumerate(units):
         scales = [p.detach().abs().flatten() for p in attention_parameters(unit)]
         if scales:
             a = torch.cat(scales)
-            rows.append({"unit": i, "n": a.numel(), "mean": round(float(a.mean()), 4),
-                         "low": round(float((a < below).float().mean()), 4)})
+            low = float((a < below).float().mean())
+            rows.append(UnitScales(i, a.numel(), round(float(a.mean()), 4), round(low, 4)))
     return rows

@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from tailorrt.records import TaskRecord
+from tailorrt.training.methods.parts.channel_scales import UnitScales
 from tailorrt.training.methods.parts.selection import SearchRecord
+from tailorrt.training.methods.parts.student import LayerBlocks
 
 GRAY, BLUE = "#7f7f7f", "#1f77b4"
 MIN_OPACITY = 0.08  # a kept block whose weight is near 0 is still drawn faintly
@@ -22,7 +24,7 @@ def opacity(weight: float) -> float:
     return max(MIN_OPACITY, min(1.0, float(weight)))
 
 
-def nettailor_architecture(plt, layers: list[dict]) -> Any:
+def nettailor_architecture(plt, layers: tuple[LayerBlocks, ...]) -> Any:
     from matplotlib.patches import FancyBboxPatch
 
     n = len(layers)
@@ -30,13 +32,13 @@ def nettailor_architecture(plt, layers: list[dict]) -> Any:
     for i in range(n + 1):  # layer outputs (0 is the stem's)
         ax.plot(i, 0, "o", color="black", ms=5, zorder=3)
     for layer in layers:
-        end = layer["layer"]
-        for b in layer["blocks"]:
-            if not b["kept"]:
+        end = layer.layer
+        for b in layer.blocks:
+            if not b.kept:
                 continue  # pruned: absent
-            start = b["reads"]
-            alpha = opacity(b["alpha"])
-            if b["kind"] == "universal":
+            start = b.reads
+            alpha = opacity(b.alpha)
+            if b.kind == "universal":
                 ax.add_patch(FancyBboxPatch((start + 0.2, -0.18), end - start - 0.4, 0.36,
                                             boxstyle="round,pad=0.02", color=GRAY, alpha=alpha, zorder=2))
                 continue
@@ -98,10 +100,9 @@ def scale_figure(plt, labels: list[str], rows: list[list[float]]) -> Any:
     return fig
 
 
-def unit_scales(record: TaskRecord) -> dict[int, float]:
+def unit_scales(units: tuple[UnitScales, ...]) -> dict[int, float]:
     """Channel attention's final mean scale per unit, normalised to the largest (1 for every unit otherwise)."""
-    attention = record.raw.get("attention") or {}
-    scales = {s["unit"]: abs(s["mean"]) for s in attention.get("scales") or []}
+    scales = {s.unit: abs(s.mean) for s in units}
     top = max(scales.values(), default=0.0)
     return {u: v / top for u, v in scales.items()} if top > 0 else {}
 

@@ -13,6 +13,7 @@ owns exactly what :meth:`Student.task_state` returns.
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -47,6 +48,34 @@ def norm_affine(module: nn.Module) -> dict[str, torch.Tensor]:
     return {f"{n}.{k}": getattr(m, k) for n, m in module.named_modules()
             if isinstance(m, nn.BatchNorm2d) and m.affine for k in ("weight", "bias")}
 
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a student's layer as its record keeps it (``architecture`` of a NetTailor task)."""
+
+    kind: str  # universal (the backbone's block) or proxy (the task's)
+    reads: int  # the layer output it reads (0: the stem's)
+    kept: bool
+    alpha: float  # its attention weight
+    params: int
+    flops: int
+
+
+@dataclass(frozen=True)
+class LayerBlocks:
+    """A student's layer: its number (from 1) and its blocks, the universal one first."""
+
+    layer: int
+    blocks: tuple[Block, ...]
+
+    @staticmethod
+    def to_json(layers: tuple[LayerBlocks, ...]) -> list[dict]:
+        return [asdict(layer) for layer in layers]
+
+    @staticmethod
+    def from_json(data: list[dict]) -> tuple[LayerBlocks, ...]:
+        return tuple(LayerBlocks(layer["layer"], tuple(Block(**b) for b in layer["blocks"])) for layer in data)
 
 class SharedConv2d(nn.Conv2d):
     """A convolution like ``conv`` whose weight and bias *are* ``conv``'s Parameters (the backbone's, shared and
@@ -296,18 +325,16 @@ class Student(nn.Module):
 
     # ------------------------------------------------------------------ accounting & state
 
-    def architecture(self) -> list[dict]:
+    def architecture(self) -> tuple[LayerBlocks, ...]:
         """Per layer: every block with kept flag, alpha, params and FLOPs (the kept architecture)."""
         rows = []
         for l, layer in enumerate(self.layers, start=1):
             a = layer.alphas().detach().cpu().tolist()
-            blocks = []
-            for i, (params, flops) in enumerate(layer.costs):
-                blocks.append({"kind": "universal" if i == 0 else "proxy", "reads": l - 1 - max(i - 1, 0),
-                               "kept": bool(layer.keep[i]), "alpha": round(a[i], 6), "params": params,
-                               "flops": flops})
-            rows.append({"layer": l, "blocks": blocks})
-        return rows
+            blocks = tuple(Block("universal" if i == 0 else "proxy", l - 1 - max(i - 1, 0), bool(layer.keep[i]),
+                                 round(a[i], 6), params, flops)
+                           for i, (params, flops) in enumerate(layer.costs))
+            rows.append(LayerBlocks(l, blocks))
+        return tuple(rows)
 
     def accounting(self) -> dict:
         """Task-owned and shared parameters used, and FLOPs of the kept network."""
