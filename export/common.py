@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from tailorrt import kinds
-from tailorrt.errors import ConfigError, PackError
+from tailorrt.errors import ConfigError, ExportError, PackError
 from tailorrt.export import speed
 from tailorrt.files import replace_dir, sha256_file, staging_dir
 from tailorrt.kinds import ExportKind
 from tailorrt.kinds.onnx import FUSE_BUDGET
 from tailorrt.pack import ModelDir
+from tailorrt.record_fields import Invalid
 from tailorrt.records import ExportRecord, TaskRecord, write_record
 from tailorrt.training.datasets import TaskData
 from tailorrt.training.onnx_graph import INPUT, LOGITS
@@ -34,13 +35,14 @@ TRT_MIN_AGREEMENT = {False: 0.999, True: 0.98}
 Report = Callable[[str], None]
 # each export kind's step, by the kind's folder: a function of an ExportContext that returns its manifest, registered
 # by :func:`export_step` in the module that writes that kind
-STEPS: dict[str, Callable[[Any], dict]] = {}
+STEPS: dict[str, Callable[[Any], ExportRecord]] = {}
+Step = Callable[[Any], ExportRecord]
 
 
-def export_step(kind: ExportKind) -> Callable[[Callable[[Any], dict]], Callable[[Any], dict]]:
+def export_step(kind: ExportKind) -> Callable[[Step], Step]:
     """Register the decorated function as the step that writes ``kind`` (:mod:`tailorrt.kinds`)."""
 
-    def register(step: Callable[[Any], dict]) -> Callable[[Any], dict]:
+    def register(step: Step) -> Step:
         STEPS[kind.folder] = step
         return step
 
@@ -134,6 +136,18 @@ def carry_over(prev: ExportRecord | None, folder: Path, tmp: Path, skip: set[str
     return kept
 
 
+def write_manifest(path: Path, data: dict) -> ExportRecord:
+    """Write an export's record after reading it back as an :class:`ExportRecord` (its kind's checks included), so
+    that an export cannot write what the runtime would refuse; returns the typed record."""
+    try:
+        record = ExportRecord.from_json(data)
+    except Invalid as e:
+        raise ExportError(f"the {data.get('kind')} export's record would not be valid ({e}); nothing was written"
+                          ) from None
+    write_record(path, data)
+    return record
+
+
 def same_shared(prev: ExportRecord, facts: dict) -> bool:
     """Whether the previous export's tasks read the shared file this export writes (its sha256 in ``facts``)."""
     return prev.shared is not None and prev.shared.sha256 == facts["sha256"]
@@ -141,7 +155,8 @@ def same_shared(prev: ExportRecord, facts: dict) -> bool:
 
 def assemble_export(mdir: ModelDir, kind: str, networks: list[TaskNetwork], report: Report, *,
                     prepare: Callable[[Path], dict], same: Callable[[ExportRecord, dict], bool],
-                    export_task: Callable[[Path, TaskNetwork], dict], manifest: Callable[[dict, dict], dict]) -> dict:
+                    export_task: Callable[[Path, TaskNetwork], dict], manifest: Callable[[dict, dict], dict]
+                    ) -> ExportRecord:
     """Assemble ``<model-dir>/<kind>/`` in a staging folder and swap it in whole (the previous export stays as it
     was if anything fails). ``prepare(tmp)`` writes what every task reads and returns facts about it; the previous
     export's other tasks are carried over when ``same(previous manifest, facts)``; ``export_task(tmp, net)``
@@ -153,8 +168,7 @@ def assemble_export(mdir: ModelDir, kind: str, networks: list[TaskNetwork], repo
         tasks = carry_over(prev, folder, tmp, {n.name for n in networks}, lambda p: same(p, facts), report)
         for net in networks:
             tasks[net.name] = export_task(tmp, net)
-        record = manifest(dict(sorted(tasks.items())), facts)
-        write_record(tmp / MANIFEST, record)
+        record = write_manifest(tmp / MANIFEST, manifest(dict(sorted(tasks.items())), facts))
         replace_dir(tmp, folder)
         return record
     finally:

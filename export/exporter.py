@@ -87,12 +87,12 @@ def export_model(req: ExportRequest, report: Report = lambda _: None) -> dict[st
     networks = [_load_network(mdir, name, backbone, bmeta.sha256, req, report) for name in names]
     ctx = ExportContext(mdir, bmeta, SharedWeights(backbone), networks, req, report)
     for kind in wanted:  # registration order: the fp32 graphs first, which the others are made from
-        ctx.results[kind.folder] = ExportRecord.from_json(STEPS[kind.folder](ctx))  # the record it wrote
+        ctx.results[kind.folder] = STEPS[kind.folder](ctx)  # the record it wrote
     return {ONNX.folder: None, TENSORRT.folder: None, **ctx.results}  # "trt" is None without --trt
 
 
 @export_step(ONNX)
-def onnx_step(ctx: ExportContext) -> dict:
+def onnx_step(ctx: ExportContext) -> ExportRecord:
     """The fp32 ONNX export kind's step (:mod:`tailorrt.kinds.onnx`)."""
     return export_onnx(ctx.mdir, ctx.bmeta, ctx.shared, ctx.networks, ctx.req, ctx.report)
 
@@ -154,7 +154,7 @@ def _clean_stale_work(mdir: TrainingDir) -> None:
 
 
 def export_onnx(mdir: TrainingDir, bmeta: BackboneRecord, shared: SharedWeights, networks: list[TaskNetwork],
-                req: ExportRequest, report: Report) -> dict:
+                req: ExportRequest, report: Report) -> ExportRecord:
     """Write ``onnx/`` (shared weights once, one graph per task), checked against PyTorch."""
 
     def prepare(tmp: Path) -> dict:

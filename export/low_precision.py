@@ -40,7 +40,7 @@ from tailorrt.files import sha256_file
 from tailorrt.kinds.bf16 import BF16
 from tailorrt.kinds.onnx_int8 import INT8
 from tailorrt.pack import ModelDir
-from tailorrt.records import FORMAT_VERSION, AccuracyCheck, BackboneRecord
+from tailorrt.records import FORMAT_VERSION, AccuracyCheck, BackboneRecord, ExportRecord
 from tailorrt.training.datasets import TaskData
 from tailorrt.training.onnx_graph import INPUT, LOGITS
 from tailorrt.training.packs import machine, versions
@@ -102,7 +102,7 @@ def manifest_of(kind: str, bmeta: BackboneRecord, tasks: dict, req: ExportReques
 
 def export_int8(mdir: ModelDir, bmeta: BackboneRecord, shared_tensors: dict[str, np.ndarray],
                 networks: list[TaskNetwork],
-                req: ExportRequest, report: Report) -> dict:
+                req: ExportRequest, report: Report) -> ExportRecord:
     """Write ``onnx-int8/`` from the fp32 graphs of ``onnx/`` (written just before)."""
     canonical = CanonicalWeights.of(shared_tensors)
 
@@ -161,7 +161,7 @@ def bf16_logits(module: torch.nn.Module, x: np.ndarray, device: str = "cpu") -> 
 
 
 def export_bf16(mdir: ModelDir, bmeta: BackboneRecord, networks: list[TaskNetwork], req: ExportRequest, report: Report
-                ) -> dict:
+                ) -> ExportRecord:
     """Write ``bf16/export.json``: each task's accuracy under bf16 autocast against fp32 (no weights: the torch
     backend runs the fp32 packs under autocast)."""
 
@@ -181,12 +181,12 @@ def export_bf16(mdir: ModelDir, bmeta: BackboneRecord, networks: list[TaskNetwor
 
 
 @export_step(INT8)
-def int8_step(ctx) -> dict:
+def int8_step(ctx) -> ExportRecord:
     """The int8 ONNX export kind's step (:mod:`tailorrt.kinds.onnx_int8`), from the graphs ``onnx/`` just got."""
     return export_int8(ctx.mdir, ctx.bmeta, ctx.shared.tensors, ctx.networks, ctx.req, ctx.report)
 
 
 @export_step(BF16)
-def bf16_step(ctx) -> dict:
+def bf16_step(ctx) -> ExportRecord:
     """The bf16 export kind's step (:mod:`tailorrt.kinds.bf16`)."""
     return export_bf16(ctx.mdir, ctx.bmeta, ctx.networks, ctx.req, ctx.report)

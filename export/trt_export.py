@@ -27,20 +27,21 @@ from tailorrt.export.common import (
     export_staging,
     export_step,
     previous_export,
+    write_manifest,
 )
 from tailorrt.export.cpu_sessions import cpu_session
 from tailorrt.export.trt_build import gpu_name, timed_build
 from tailorrt.files import atomic_path, replace_dir, sha256_file
 from tailorrt.kinds.tensorrt import TENSORRT
 from tailorrt.pack import ModelDir
-from tailorrt.records import FORMAT_VERSION, EngineSettings, ExportRecord, write_record
+from tailorrt.records import FORMAT_VERSION, EngineSettings, ExportRecord
 from tailorrt.training.onnx_graph import INPUT, LOGITS
 from tailorrt.training.packs import machine, versions
 from tailorrt.training.trt_runner import EngineRunner
 
 
 def export_trt(trt: ModuleType, mdir: ModelDir, onnx: ExportRecord, networks: list[TaskNetwork],
-               req: ExportRequest, report: Report) -> dict:
+               req: ExportRequest, report: Report) -> ExportRecord:
     """Build, check and write one engine per task; the timing cache carries over between builds."""
     folder, onnx_dir = mdir.export_dir("trt"), mdir.export_dir("onnx")
     tmp = export_staging(mdir, "trt")
@@ -91,9 +92,9 @@ def export_trt(trt: ModuleType, mdir: ModelDir, onnx: ExportRecord, networks: li
                     "timing_cache": {"file": TIMING_CACHE, "bytes": len(cache),
                                      "sha256": sha256_file(tmp / TIMING_CACHE)},
                     "tasks": dict(sorted(tasks.items())), "versions": versions(), "machine": machine()}
-        write_record(tmp / MANIFEST, manifest)
+        record = write_manifest(tmp / MANIFEST, manifest)
         replace_dir(tmp, folder)
-        return manifest
+        return record
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -112,7 +113,7 @@ def _timing_cache(folder: Path, prev: ExportRecord | None, report: Report) -> by
 
 
 @export_step(TENSORRT)
-def trt_step(ctx) -> dict:
+def trt_step(ctx) -> ExportRecord:
     """The TensorRT export kind's step (:mod:`tailorrt.kinds.tensorrt`): engines from the ONNX graphs just written."""
     from tailorrt.training.trt_runner import require_tensorrt
 

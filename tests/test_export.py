@@ -479,3 +479,17 @@ def test_sigkilled_export_keeps_the_previous_one(model_dir, tmp_path):
     assert _digest(copy / "onnx") == before
     run_cli("export", "--model-dir", str(copy), "--tasks", "colors", check=True)  # cleans up after the killed one
     assert not list((copy / ".work").glob("export-*"))
+
+
+def test_an_export_record_the_reader_would_refuse_is_not_written(model_dir, tmp_path):
+    """The export steps write their record through the reader: a manifest with a bad field is one ExportError and no
+    file, and a good one comes back typed, as the runtime will read it."""
+    from tailorrt.export.common import write_manifest
+
+    good = read_json(model_dir / "onnx" / "export.json")
+    record = write_manifest(tmp_path / "export.json", good)
+    assert record == ModelDir(model_dir).export_record("onnx") and (tmp_path / "export.json").is_file()
+    bad = {**good, "tasks": {"colors": {**good["tasks"]["colors"], "sha256": "not a sha"}}}
+    with pytest.raises(ExportError, match=r"onnx export's record would not be valid \('tasks.colors.sha256' is not"):
+        write_manifest(tmp_path / "bad.json", bad)
+    assert not (tmp_path / "bad.json").exists()

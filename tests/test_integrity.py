@@ -129,19 +129,21 @@ def test_engine_files_and_the_timing_cache_are_checked_without_a_gpu(copy):
     """The tensorrt backend and ``export --trt`` read trt/ through the same checks (run here without TensorRT)."""
     from tailorrt.export.trt_export import _timing_cache
     from tailorrt.files import sha256_file
-    from tailorrt.records import FileRef, write_record
+    from tailorrt.records import EngineSettings, FileRef, write_record
 
     trt = copy / "trt"
     trt.mkdir()
     (trt / "colors.engine").write_bytes(b"engine" * 1000)
     (trt / "timing.cache").write_bytes(b"cache" * 100)
     entry = {"file": "colors.engine", "sha256": sha256_file(trt / "colors.engine")}
-    manifest = {"format_version": 1, "kind": "tensorrt", "backbone_sha256": "0" * 64, "max_batch": 8,
-                "tasks": {"colors": entry}, "timing_cache": {"sha256": sha256_file(trt / "timing.cache")}}
+    manifest = {"format_version": 1, "kind": "tensorrt", "backbone_sha256": "0" * 64, "max_batch": 8, "fp16": True,
+                "tensorrt": "10.9", "gpu": "a GPU", "tasks": {"colors": entry},
+                "timing_cache": {"file": "timing.cache", "bytes": 500, "sha256": sha256_file(trt / "timing.cache")}}
     write_record(trt / "export.json", manifest)
     mdir = ModelDir(copy)
     record = mdir.export_record("trt")
     assert record.tasks["colors"].file == FileRef.entry(entry) and record.max_batch == 8
+    assert record.engines == EngineSettings(True, 8, "10.9", "a GPU")  # a later export reuses engines only if equal
     assert mdir.export_file("trt", FileRef.entry(entry)).read_bytes() == b"engine" * 1000
     assert _timing_cache(trt, record, print) == b"cache" * 100
     flip(trt / "colors.engine", count=8)
