@@ -15,6 +15,7 @@ from tailorrt.records import TaskRecord
 from tailorrt.training.methods.parts.channel_scales import UnitScales
 from tailorrt.training.methods.parts.selection import SearchRecord
 from tailorrt.training.methods.parts.student import LayerBlocks
+from tailorrt.training.methods.parts.tuned_net import UnitUse
 
 GRAY, BLUE = "#7f7f7f", "#1f77b4"
 MIN_OPACITY = 0.08  # a kept block whose weight is near 0 is still drawn faintly
@@ -112,8 +113,8 @@ def units_architecture(plt, record: TaskRecord, scales: dict[int, float] | None 
     opacity, ``extra`` is said in the title."""
     from matplotlib.patches import FancyBboxPatch
 
-    m = record.metrics.extra  # the tuning methods' units_used and units_owned
-    n, owned, scales = m["units_used"], set(m["units_owned"]), scales or {}
+    use = UnitUse.of(record.metrics)
+    n, owned, scales = use.used, set(use.owned), scales or {}
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n + 1.5), 1.8), dpi=110)
     for u in range(n):
         color = BLUE if u in owned else GRAY

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from tailorrt.errors import ConfigError, PackError
+from tailorrt.records import Metrics
 from tailorrt.training.backbones import UniversalBackbone, pool
 from tailorrt.training.flops import count_flops, count_params
 from tailorrt.training.methods.parts.channel_scales import GRANULARITIES, add_attention, prune_channels
@@ -59,6 +60,18 @@ class TuneSpec:
     def from_json(cls, data: dict) -> TuneSpec:
         return cls(tuple(int(u) for u in data["units"]), data["bn"], data.get("feature_unit"), data.get("attention"))
 
+
+
+@dataclass(frozen=True)
+class UnitUse:
+    """Of a tuned task's metrics: how many backbone units its network runs, and which of them it owns a copy of."""
+
+    used: int
+    owned: tuple[int, ...]
+
+    @classmethod
+    def of(cls, metrics: Metrics) -> UnitUse:
+        return cls(int(metrics.extra["units_used"]), tuple(int(u) for u in metrics.extra["units_owned"]))
 
 class TunedNet(nn.Module):
     """The backbone's units (shared or task-owned) and a classifier, as a :class:`TuneSpec` says."""
