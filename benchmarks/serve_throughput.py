@@ -201,12 +201,12 @@ def main() -> None:
     builds = {"this tree": sys.executable, **{f"other {i + 1} ({p})": p for i, p in enumerate(args.other)}}
     kinds = [k for k in args.kinds.split(",") if k]
     results: dict = {name: {} for name in builds}
-    servers = {}
+    servers, procs = {}, {}
     try:
         for name, python in builds.items():  # every build's server up at once; they take turns under load
             ctx = serve_process(model_dir, "--backend", "onnx", "--no-grpc", *args.serve_args.split(),
                                 python=python)
-            url, _proc = ctx.__enter__()
+            url, procs[name] = ctx.__enter__()
             servers[name] = (ctx, int(url.rsplit(":", 1)[1]))
             check_answers(servers[name][1], tasks, reqs, expected)
         for r in range(args.rounds):
@@ -220,8 +220,12 @@ def main() -> None:
                               f"{res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, non-2xx {res['non_2xx']}",
                               flush=True)
     finally:
-        for ctx, _port in servers.values():
-            ctx.__exit__(None, None, None)
+        for name, (ctx, _port) in servers.items():
+            try:
+                ctx.__exit__(None, None, None)
+            except subprocess.TimeoutExpired:  # a build that does not stop on SIGTERM within a minute
+                print(f"{name}: did not stop within 60 s of SIGTERM; killed", flush=True)
+                procs[name].kill()
         shutil.rmtree(tmp, ignore_errors=True)
     report(results, local, flops, tasks, args)
     if args.out:

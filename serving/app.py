@@ -22,6 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from tailorrt.errors import (
     BadInputError,
@@ -35,7 +36,7 @@ from tailorrt.serving import routes
 from tailorrt.serving.config import ServerConfig
 from tailorrt.serving.protocol import InferRequest, InferResponse, http_response, parse_http
 from tailorrt.serving.routes import inference_task
-from tailorrt.serving.service import VERSION, Service, http_status, key_matches
+from tailorrt.serving.service import CLIENT_CLOSED, VERSION, Service, http_status, key_matches
 from tailorrt.version import __version__
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -102,6 +103,48 @@ class BodyGuard:
             await error_response(http_status(failure), str(failure), close=True)(scope, receive, send)
 
 
+class Guard:
+    """Plain ASGI middleware (Starlette's ``BaseHTTPMiddleware`` ran every request through a task and a stream):
+    the API key, and the count of inference requests refused before their handler ran (key, body limits)."""
+
+    def __init__(self, app, service: Service, api_key: str | None) -> None:
+        self.app, self.service, self.api_key = app, service, api_key
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status, path = time.perf_counter(), 500, scope["path"]
+
+        async def noting_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        if self.api_key and path not in routes.OPEN and not _carries_key(scope, self.api_key):
+            await error_response(401, KEY_MISSING)(scope, receive, noting_status)
+        else:
+            await self.app(scope, receive, noting_status)
+        task = inference_task(path)
+        if task is not None and not scope.get("state", {}).get("counted"):  # refused before its handler ran
+            self.service.refused(task, "v1" if path.startswith("/v1") else "v2", status, time.perf_counter() - start)
+
+
+def authorised(request: Request, key: str) -> bool:
+    """Whether ``request`` carries the API key ``key``."""
+    return key_matches(key, request.headers.get("x-api-key"), request.headers.get("authorization"))
+
+
+def _carries_key(scope, key: str) -> bool:
+    headers = dict(scope["headers"])
+    return key_matches(key, _text(headers.get(b"x-api-key")), _text(headers.get(b"authorization")))
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
 def error_response(code: int, message: str, *, close: bool = False) -> JSONResponse:
     """An error as JSON ``{"error": ...}``: 503 with ``Retry-After``; ``close`` ends the connection."""
     headers = {"Retry-After": str(OverloadedError.retry_after_s)} if code == 503 else {}
@@ -134,23 +177,15 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig(), *, on_de
     app.state.service, app.state.runtime, app.state.batcher, app.state.metrics = (service, runtime, service.batcher,
                                                                                   metrics)
     app.add_middleware(BodyGuard, limit=config.max_body_bytes, timeout_s=config.body_timeout_s)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        start = time.perf_counter()
-        if config.api_key and request.url.path not in routes.OPEN and not authorised(request, config.api_key):
-            response = error_response(401, KEY_MISSING)
-        else:
-            response = await call_next(request)
-        task = inference_task(request.url.path)
-        if task is not None and not getattr(request.state, "counted", False):  # refused before its handler ran
-            service.refused(task, "v1" if request.url.path.startswith("/v1") else "v2", response.status_code,
-                            time.perf_counter() - start)
-        return response
+    app.add_middleware(Guard, service=service, api_key=config.api_key)
 
     @app.exception_handler(TailorError)
     async def tailorerror_response(_request: Request, e: TailorError):
         return error_response(http_status(e), str(e))
+
+    @app.exception_handler(ClientDisconnect)
+    async def disconnected(_request: Request, _e: ClientDisconnect):
+        return Response(status_code=CLIENT_CLOSED)  # nobody reads it; counted as 499, not logged as a crash
 
     @app.exception_handler(RequestValidationError)
     async def validationerror_response(_request: Request, e: RequestValidationError):
@@ -232,11 +267,14 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig(), *, on_de
         request.state.counted = True
         with service.call(task, "v2", version):
             body = await request.body()
-            started = time.perf_counter()
-            parsed, raws = await run_in_threadpool(parse_http, body, request.headers.get(HEADER_LENGTH),
-                                                   request.headers.get("content-encoding"), config.max_body_bytes)
-            outs = await service.run_async(task, parsed, raws[0], started)
-            content, header = await run_in_threadpool(http_response, task, parsed, outs)
+            length, encoding = request.headers.get(HEADER_LENGTH), request.headers.get("content-encoding")
+
+            def parse() -> tuple[InferRequest, bytes | None]:
+                parsed, raws = parse_http(body, length, encoding, config.max_body_bytes)
+                return parsed, raws[0]
+
+            content, header = await service.run_async(task, parse, lambda parsed, outs: http_response(task, parsed,
+                                                                                                      outs))
         if header is None:
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header)})
@@ -287,11 +325,6 @@ def _openapi(app: FastAPI) -> dict:
             item["post"]["requestBody"] = body
     app.openapi_schema = schema
     return schema
-
-
-def authorised(request: Request, key: str) -> bool:
-    """Whether ``request`` carries the API key ``key``."""
-    return key_matches(key, request.headers.get("x-api-key"), request.headers.get("authorization"))
 
 
 async def _upload(request: Request) -> bytes:

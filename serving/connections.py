@@ -3,10 +3,10 @@
 uvicorn bounds the wait between two requests of a kept-alive connection, but not the wait for a request's
 headers: a client that connects and sends nothing, or half a request line, holds its connection (a file
 descriptor, a protocol object) for as long as it likes, and a few thousand of them exhaust the server. The
-app never sees such a request, so no middleware can help. :func:`header_timeout_protocol` is uvicorn's h11
-protocol with that limit: a connection still waiting for a request's complete headers ``timeout_s`` after it
-opened (or after its previous request was answered and more bytes came) is closed. Bodies are bounded
-by :class:`~tailorrt.serving.app.BodyGuard`.
+app never sees such a request, so no middleware can help. :func:`header_timeout_protocol` is uvicorn's httptools
+protocol (llhttp, a C parser: the pure-Python h11 one cost about as much as the rest of a trivial request) with
+that limit: a connection still waiting for a request's complete headers ``timeout_s`` after it opened (or after
+the first bytes of its next request came) is closed. Bodies are bounded by :class:`~tailorrt.serving.app.BodyGuard`.
 
 Also here, light to import (the CLI checks before loading anything): :func:`check_free`, which refuses a port
 that another process holds.
@@ -17,23 +17,34 @@ from __future__ import annotations
 import asyncio
 import socket
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tailorrt.errors import ConfigError
 
 
-class _HeaderTimeoutH11(H11Protocol):
+class _HeaderTimeoutHttpTools(HttpToolsProtocol):
+    """A message is *in its headers* from its first byte (``on_message_begin``) until ``on_headers_complete``; so is
+    a connection that has sent nothing yet. One that stays so ``header_timeout_s`` is closed."""
+
     header_timeout_s = 10.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_timer: asyncio.TimerHandle | None = None
+        self._in_headers = True
         self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers = True
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.conn.their_state is h11.IDLE:  # bytes came, but not a request's complete headers yet
+        if self._in_headers:
             self._arm()
         else:
             self._disarm()
@@ -53,13 +64,14 @@ class _HeaderTimeoutH11(H11Protocol):
 
     def _headers_overdue(self) -> None:
         self._header_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self._in_headers and not self.transport.is_closing():
             self.transport.close()
 
 
 def header_timeout_protocol(timeout_s: float) -> type[asyncio.Protocol]:
-    """uvicorn's h11 protocol, closing connections that leave a request's headers unfinished for ``timeout_s``."""
-    return type("HeaderTimeoutH11", (_HeaderTimeoutH11,), {"header_timeout_s": timeout_s})
+    """uvicorn's httptools protocol, closing connections that leave a request's headers unfinished for
+    ``timeout_s``."""
+    return type("HeaderTimeoutHttpTools", (_HeaderTimeoutHttpTools,), {"header_timeout_s": timeout_s})
 
 
 def address(host: str, port: int) -> str:

@@ -9,12 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -44,29 +46,36 @@ def local_server(model_dir: str, *args: str, timeout: float = 120, env: dict | N
 def serve_process(model_dir: str, *args: str, timeout: float = 120, env: dict | None = None,
                   python: str = sys.executable) -> Iterator[tuple[str, subprocess.Popen]]:
     """As :func:`local_server`, yielding the base URL and the server's process (to watch its memory); ``env``
-    replaces the server's environment, ``python`` is the interpreter (of another install) that runs it."""
+    replaces the server's environment, ``python`` is the interpreter (of another install) that runs it. The
+    server's stderr goes to a temporary file, not a pipe: a pipe nobody reads blocks a server that logs more than
+    its buffer holds."""
     port = free_port()
     if "--grpc-port" not in args and "--no-grpc" not in args:  # never the default port another server may hold
         args = (*args, "--grpc-port", str(free_port()))
-    proc = subprocess.Popen([python, "-m", "tailorrt.cli.app", "serve", "--model-dir", model_dir,
-                             "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, timeout)
-        yield url, proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen([python, "-m", "tailorrt.cli.app", "serve", "--model-dir", model_dir,
+                                 "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=log, text=True,
+                                env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, proc, timeout, log=log)
+            yield url, proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
 
 
-def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 120, interval: float = 0.2) -> None:
+def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 120, interval: float = 0.2,
+               log: IO[str] | None = None) -> None:
     """Poll ``{url}/v2/health/ready`` until it answers 200. RuntimeError if ``proc`` (the server, when this process
-    started it) exits first, with the end of its stderr, or after ``timeout`` seconds."""
+    started it) exits first, with the end of its stderr (``log``, the file it writes to, or its pipe), or after
+    ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
-            stderr = proc.stderr.read() if proc.stderr else ""
+            if log is not None:
+                log.seek(0)
+            stderr = log.read() if log is not None else proc.stderr.read() if proc.stderr else ""
             stderr = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
             raise RuntimeError(f"tailor serve exited: {stderr.strip()[-2000:]}")
         try:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from tailorrt.errors import (
     BadInputError,
@@ -30,9 +32,16 @@ EXTENSIONS = ["classification", "model_repository", "model_configuration", "stat
 _CONFIG_TYPES = {"BYTES": "TYPE_STRING", "UINT8": "TYPE_UINT8", "FP32": "TYPE_FP32"}
 
 
+INLINE_VALUES = 4096  # outputs up to this many numbers are encoded on the event loop (no thread hop)
+T = TypeVar("T")
+CLIENT_CLOSED = 499  # the client went away before its answer (nginx's code; statistics and metrics count it)
+
+
 def http_status(e: BaseException) -> int:
-    """The HTTP status of an error (:class:`~tailorrt.errors.TailorError` carries its own); 500 for anything
-    unexpected."""
+    """The HTTP status of an error (:class:`~tailorrt.errors.TailorError` carries its own); 499 for a client that
+    disconnected; 500 for anything unexpected."""
+    if isinstance(e, ClientDisconnect):
+        return CLIENT_CLOSED
     return e.http_status if isinstance(e, TailorError) else 500
 
 
@@ -176,7 +185,7 @@ class Service:
             yield
         except BaseException as e:
             self.metrics.answered(label, time.perf_counter() - start, http_status(e) if isinstance(e, Exception)
-                                  else 499)
+                                  else CLIENT_CLOSED)
             raise
         self.metrics.answered(label, time.perf_counter() - start)
 
@@ -211,12 +220,25 @@ class Service:
         x = self.prepare(task, request, raw, started)
         return self.answer(task, request, self.batcher.submit(task, x).result(), binary)
 
-    async def run_async(self, task: str, request: InferRequest, raw: bytes | None, started: float | None = None
-                        ) -> list[Output]:
-        """As :meth:`run`, holding no thread while the request waits for its batch (for the HTTP server)."""
-        x = await run_in_threadpool(self.prepare, task, request, raw, started)
+    async def run_async(self, task: str, parse: Callable[[], tuple[InferRequest, bytes | None]],
+                        encode: Callable[[InferRequest, list[Output]], T]) -> T:
+        """As :meth:`run`, for the HTTP server: ``parse`` (the transport's: the request and its raw input bytes)
+        and the decoding of its images run in one worker thread, no thread is held while the request waits for
+        its batch, and ``encode`` (the transport's answer) runs on the event loop where the outputs are small
+        (at most :data:`INLINE_VALUES` numbers, a few tens of microseconds), else in a worker thread."""
+        started = time.perf_counter()
+
+        def prepare() -> tuple[InferRequest, np.ndarray]:
+            request, raw = parse()
+            return request, self.prepare(task, request, raw, started)
+
+        request, x = await run_in_threadpool(prepare)
         logits = await asyncio.wrap_future(self.batcher.submit(task, x))
-        return await run_in_threadpool(self.answer, task, request, logits)
+
+        def answer() -> T:
+            return encode(request, self.answer(task, request, logits))
+
+        return answer() if logits.size <= INLINE_VALUES else await run_in_threadpool(answer)
 
     async def predict_async(self, task: str, data: bytes, top_k: int) -> dict:
         """The v1 upload endpoint's answer for one encoded image (count it with :meth:`call`)."""

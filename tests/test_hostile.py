@@ -164,23 +164,28 @@ def test_nothing_is_decoded_before_the_count_check(runtime, monkeypatch):
     assert r.status_code == 413 and "the limit is 16" in r.json()["error"]
 
 
-def test_json_is_parsed_and_answered_off_the_event_loop(runtime, monkeypatch):
+def test_json_is_parsed_off_the_event_loop_and_large_answers_encoded_off_it(runtime, monkeypatch):
+    """Parsing (any size) runs in a worker thread; an answer runs on the event loop only while it holds at most
+    ``INLINE_VALUES`` numbers (a few tens of microseconds), in a worker thread beyond."""
     import tailorrt.serving.app as app_module
+    import tailorrt.serving.service as service_module
 
-    threads = {}
+    threads: dict[str, list] = {}
     for name in ("parse_http", "http_response"):
         real = getattr(app_module, name)
 
         def spy(*a, _real=real, _name=name, **k):
-            threads[_name] = threading.current_thread()
+            threads.setdefault(_name, []).append(threading.current_thread())
             return _real(*a, **k)
 
         monkeypatch.setattr(app_module, name, spy)
     with TestClient(create_app(runtime)) as c:
         loop_thread = c.portal.call(threading.current_thread)  # the thread the event loop runs in
+        assert c.post(INFER, **_images(SMALL)).status_code == 200  # 1 image: a handful of numbers
+        monkeypatch.setattr(service_module, "INLINE_VALUES", 0)  # as if the answer were large
         assert c.post(INFER, **_images(SMALL)).status_code == 200
-    assert set(threads) == {"parse_http", "http_response"}
-    assert all(t is not loop_thread for t in threads.values())
+    assert all(t is not loop_thread for t in threads["parse_http"]) and len(threads["parse_http"]) == 2
+    assert [t is loop_thread for t in threads["http_response"]] == [True, False]
 
 
 # ---------------------------------------------------------------------------------------------- decode budget
@@ -336,3 +341,34 @@ def test_a_broken_task_at_startup_is_one_line(exported_dir, tmp_path):
     assert "task.json" in line and "classes" in line
     line = one_line_error(run_cli("serve", "--model-dir", str(exported_dir), "--image-formats", "PNG,NOPE"))
     assert "unknown image format" in line
+
+
+def test_a_client_gone_mid_body_is_counted_not_logged_as_a_crash(runtime):
+    """A client that disconnects while sending its body (a load generator stopping, a dropped phone) was an
+    unhandled ClientDisconnect: a 12 KB traceback in the log per request. Now it is answered quietly (nobody reads
+    it) and counted as 499 in the metrics."""
+    import asyncio
+
+    app = create_app(runtime)
+    messages = iter([{"type": "http.request", "body": b'{"inputs": [', "more_body": True},
+                     {"type": "http.disconnect"}])
+    sent: list[dict] = []
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": INFER, "raw_path": INFER.encode(), "query_string": b"", "root_path": "", "state": {},
+             "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+
+    async def call():
+        async with app.router.lifespan_context(app):
+            await app(scope, receive, send)  # raised ClientDisconnect before
+
+    asyncio.run(call())
+    assert sent[0]["status"] == 499
+    assert 'tailorrt_request_failures_total{code="499",task="colors"} 1.0' in app.state.metrics.render().decode()
