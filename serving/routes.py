@@ -56,6 +56,15 @@ def _match(path: str, inference_only: bool) -> str | None:
     return None
 
 
+_INFER = Route(INFER, True).pattern
+
+
+def infer_task(path: str) -> str | None:
+    """The task of ``POST /v2/models/{task}/infer`` (not its versioned form), or None for another path."""
+    m = _INFER.match(path)
+    return m.group("task") if m else None
+
+
 def inference_task(path: str) -> str | None:
     """The task an inference request was for, if ``path`` is an inference endpoint."""
     return _match(path, inference_only=True)
