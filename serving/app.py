@@ -139,15 +139,17 @@ class InferRoute:
         except ClientDisconnect:
             await Response(status_code=CLIENT_CLOSED)(scope, receive, send)  # nobody reads it; counted as 499
             return
-        except Exception as e:
+        except TailorError as e:  # anything else goes on to the app's handler for Exception (500, logged)
             await error_response(http_status(e), str(e))(scope, receive, send)
             return
-        out = [(b"content-type", b"application/json" if header is None else b"application/octet-stream"),
-               (b"content-length", str(len(content)).encode())]
-        if header is not None:
-            out.append((HEADER_LENGTH.lower().encode(), str(header).encode()))
-        await send({"type": "http.response.start", "status": 200, "headers": out})
-        await send({"type": "http.response.body", "body": content})
+        await infer_response(content, header)(scope, receive, send)
+
+
+def infer_response(content: bytes, header: int | None) -> Response:
+    """An inference answer: JSON, or with binary outputs the JSON header's length in ``HEADER_LENGTH``."""
+    if header is None:
+        return Response(content, media_type="application/json")
+    return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header)})
 
 
 async def _body(receive) -> bytes:
@@ -329,9 +331,7 @@ def create_app(runtime: Runtime, config: ServerConfig = ServerConfig(), *, on_de
             body = await request.body()
             content, header = await infer_answer(service, config, task, body, request.headers.get(HEADER_LENGTH),
                                                  request.headers.get("content-encoding"))
-        if header is None:
-            return Response(content, media_type="application/json")
-        return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header)})
+        return infer_response(content, header)
 
     @app.post(routes.PREDICT)
     async def predict(task: str, request: Request, top_k: int = 5):

@@ -162,10 +162,10 @@ class BatchSpeed:
     onnxruntime_vs_pytorch: float
 
     @classmethod
-    def all_of(cls, speed: Any, where: str) -> tuple[BatchSpeed, ...]:
-        """Every ``batch_<n>`` of a ``speed`` object, smallest batch first."""
+    def all_of(cls, entry: Any, where: str) -> tuple[BatchSpeed, ...]:
+        """Every ``batch_<n>`` of an export task's ``speed`` object, smallest batch first."""
         out = []
-        for key, res in field_of({"speed": speed}, "speed", dict, where).items():
+        for key, res in field_of(entry, "speed", dict, where).items():
             if not key.startswith("batch_"):
                 continue
             at = f"{where}speed.{key}."
@@ -195,7 +195,7 @@ class ExportEntry:
         return cls(FileRef.entry(data) if task_files else None, data.get("pack_sha256"),
                    FileRef.entry(data["check"]) if "check" in data else None,
                    None if check is None else AccuracyCheck.from_json(check, f"{where}accuracy_check."),
-                   BatchSpeed.all_of(data["speed"], where) if "speed" in data else (), data)
+                   BatchSpeed.all_of(data, where) if "speed" in data else (), data)
 
 
 @dataclass(frozen=True)
