@@ -117,8 +117,8 @@ async def infer_answer(service: Service, config: ServerConfig, task: str, body: 
 
 class InferRoute:
     """``POST /v2/models/{task}/infer``, the hot path, answered in plain ASGI ahead of FastAPI's routing and
-    dependency solving (about a quarter of the event loop's busy time under load); the same answers, errors
-    and counts as the FastAPI route, which still serves the versioned path and documents both."""
+    dependency solving; the same answers, errors and counts as the FastAPI route, which still serves the versioned
+    path and documents both."""
 
     def __init__(self, app, service: Service, config: ServerConfig) -> None:
         self.app, self.service, self.config = app, service, config
