@@ -5,6 +5,7 @@ on the same images, and beside another build of tailorrt served the same way in 
     python benchmarks/serve_throughput.py                      # this tree, 3 synthetic tasks at 32 px
     python benchmarks/serve_throughput.py --other /tmp/base-venv/bin/python   # and another install beside it
     python benchmarks/serve_throughput.py --backbone resnet34 --input-size 224 --tasks 2 --seconds 10
+    python benchmarks/serve_throughput.py --workers 1,2        # this tree with 1 and with 2 worker processes
 
 The model directory is synthetic (``tailorrt.training.synthetic``: random weights, each task pruned differently;
 task ``synthetic-0`` keeps every universal block, the others about half), so the tasks' FLOPs differ as tailored
@@ -15,7 +16,13 @@ base64), and ``GET /v2/health/live`` (the framework's own ceiling). Before timin
 by a Python client and its top class compared with ``Runtime.predict`` on the same PNG; ``wrk``'s non-2xx count is
 reported. The in-process figure is ``Runtime.predict`` on the same PNG at batch 1 and ``--batch`` (decode,
 preprocess, logits), in this process. Server and load generator share the machine's cores, as the issue states it.
-Prints the CPU, a table per build and the ratios; ``--out`` writes everything as JSON.
+Where a binary request's time goes: the server's statistics extension (per phase: parsing and decoding, waiting for
+the batch, the batch, the answer; and the whole time inside the server's timed path) read before and after each
+``wrk`` run, beside ``wrk``'s mean latency; what is left is spent outside the timed path (the socket, HTTP parsing,
+the event loop's queue). After the load, each server's memory: the PSS and RSS summed over its processes
+(``/proc/PID/smaps_rollup``), and with ``--workers N`` the PSS of the weight files the workers map, summed over the
+workers, against the files' size (1.00x: the weights are counted once, however many workers map them). Prints the
+CPU, a table per build and the ratios; ``--out`` writes everything as JSON.
 """
 
 from __future__ import annotations
@@ -110,16 +117,79 @@ def run_wrk(port: int, kind: str, task: str, req: tuple, seconds: float, connect
                           f"http://127.0.0.1:{port}{path_of(kind, task)}"], capture_output=True, text=True,
                          check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    mean = _ms(re.search(r"^\s+Latency\s+([\d.]+\w+)", out, re.M).group(1))
     lat = {p: _ms(re.search(rf"^\s+{p}%\s+([\d.]+\w+)", out, re.M).group(1)) for p in ("50", "99")}
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"req_per_s": rps, "p50_ms": lat["50"], "p99_ms": lat["99"], "non_2xx": int(bad.group(1)) if bad else 0,
+    return {"req_per_s": rps, "mean_ms": mean, "p50_ms": lat["50"], "p99_ms": lat["99"],
+            "non_2xx": int(bad.group(1)) if bad else 0,
             "socket_errors": errors.group(1) if errors else ""}
+
+
+PHASES = ("compute_input", "queue", "compute_infer", "compute_output", "success")
+
+
+def phase_totals(port: int, task: str) -> dict[str, tuple[int, int]]:
+    """The server's statistics extension for ``task``: (count, ns) per phase."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", f"/v2/models/{task}/stats")
+    stats = json.loads(conn.getresponse().read())["model_stats"][0]["inference_stats"]
+    conn.close()
+    return {p: (int(stats[p]["count"]), int(stats[p]["ns"])) for p in PHASES}
+
+
+def breakdown(before: dict, after: dict) -> dict[str, float]:
+    """Mean ms per request of each phase between two :func:`phase_totals`."""
+    out = {}
+    for p in PHASES:
+        count, ns = after[p][0] - before[p][0], after[p][1] - before[p][1]
+        out[p] = ns / count / 1e6 if count else 0.0
+    return out
 
 
 def _ms(text: str) -> float:
     value, unit = re.fullmatch(r"([\d.]+)(\w+)", text).groups()
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def memory(pid: int) -> dict:
+    """The server's PSS and RSS (MB) summed over its processes, and (workers) the PSS of the mapped weight files
+    summed over the processes against the files' size."""
+    pss = rss = mapped_pss = 0
+    files: dict[str, int] = {}
+    for p in process_tree(pid):
+        try:
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+            smaps = Path(f"/proc/{p}/smaps").read_text().splitlines()
+        except OSError:
+            continue
+        pss += int(re.search(r"^Pss:\s+(\d+)", rollup, re.M).group(1))
+        rss += int(re.search(r"^Rss:\s+(\d+)", rollup, re.M).group(1))
+        path = None
+        for line in smaps:
+            head = re.match(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$", line)
+            if head:
+                path = head.group(1) if "tailorrt-workers-" in head.group(1) and "/weights/" in head.group(1) \
+                    else None
+            elif path and line.startswith("Pss:"):
+                mapped_pss += int(line.split()[1])
+                files.setdefault(path, os.stat(path).st_size if os.path.exists(path) else 0)
+    mb = 1024 / 1e6
+    return {"processes": len(process_tree(pid)), "pss_mb": pss * mb, "rss_mb": rss * mb,
+            "weight_files_mb": sum(files.values()) / 1e6, "weight_files_pss_mb": mapped_pss * mb}
 
 
 def in_process(model_dir: str, tasks: list[str], png: bytes, batch: int, seconds: float) -> dict[str, dict]:
@@ -171,6 +241,8 @@ def main() -> None:
     ap.add_argument("--other", action="append", default=[], metavar="PYTHON",
                     help="Another install's interpreter whose tailor serve runs beside this tree's (repeatable).")
     ap.add_argument("--serve-args", default="", help="More tailor serve options for every build.")
+    ap.add_argument("--workers", default="1", help="Comma-separated worker counts this tree is served with, each "
+                    "a build of its own (tailor serve --workers N).")
     ap.add_argument("--model-dir", help="Reuse this synthetic model dir (default: a new one in a temp dir).")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -198,13 +270,15 @@ def main() -> None:
     expected = expected_classes(model_dir, tasks, png)
     flops = flops_of(model_dir, tasks)
     local = in_process(model_dir, tasks, png, args.batch, 2.0)
-    builds = {"this tree": sys.executable, **{f"other {i + 1} ({p})": p for i, p in enumerate(args.other)}}
+    builds = {("this tree" if n == "1" else f"this tree, {n} workers"): (sys.executable, ("--workers", n))
+              for n in args.workers.split(",")}
+    builds.update({f"other {i + 1} ({p})": (p, ()) for i, p in enumerate(args.other)})
     kinds = [k for k in args.kinds.split(",") if k]
     results: dict = {name: {} for name in builds}
     servers, procs = {}, {}
     try:
-        for name, python in builds.items():  # every build's server up at once; they take turns under load
-            ctx = serve_process(model_dir, "--backend", "onnx", "--no-grpc", *args.serve_args.split(),
+        for name, (python, extra) in builds.items():  # every build's server up at once; they take turns
+            ctx = serve_process(model_dir, "--backend", "onnx", "--no-grpc", *extra, *args.serve_args.split(),
                                 python=python)
             url, procs[name] = ctx.__enter__()
             servers[name] = (ctx, int(url.rsplit(":", 1)[1]))
@@ -214,11 +288,16 @@ def main() -> None:
                 port = servers[name][1]
                 for kind in kinds:
                     for task in (tasks if kind != "live" else tasks[:1]):
+                        before = phase_totals(port, task) if kind != "live" else None
                         res = run_wrk(port, kind, task, reqs[kind], args.seconds, args.connections, tmp)
+                        if before is not None:
+                            res["server_ms"] = breakdown(before, phase_totals(port, task))
                         results[name].setdefault(kind, {}).setdefault(task, []).append(res)
                         print(f"round {r + 1} {name} {kind} {task}: {res['req_per_s']:.0f} req/s, p50 "
                               f"{res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, non-2xx {res['non_2xx']}",
                               flush=True)
+        for name in builds:
+            results[name]["memory"] = memory(procs[name].pid)
     finally:
         for name, (ctx, _port) in servers.items():
             try:
@@ -265,15 +344,32 @@ def report(results: dict, local: dict, flops: dict, tasks: list[str], args) -> N
             ratio = _merged(by_kind["binary"][lean])["req_per_s"] / _merged(by_kind["binary"][heavy])["req_per_s"]
             engine = local[lean][f"batch_{b}"] / local[heavy][f"batch_{b}"]
             print(f"leanest / heaviest task over binary: {ratio:.2f}x (in process: {engine:.2f}x)")
-    if len(results) > 1:
-        names = list(results)
-        for other in names[1:]:
-            for kind in ("binary", "live"):
-                if kind in results[names[0]] and kind in results[other]:
-                    ours = [_merged(v)["req_per_s"] for v in results[names[0]][kind].values()]
-                    theirs = [_merged(v)["req_per_s"] for v in results[other][kind].values()]
-                    print(f"{kind}: this tree / {other}: {sum(ours) / sum(theirs):.2f}x req/s")
-
+        if "binary" in by_kind and all("server_ms" in r for runs in by_kind["binary"].values() for r in runs):
+            print("\nwhere a binary request's time goes (ms, mean per request; the server's statistics extension "
+                  "between the start and the end of each wrk run, and wrk's mean latency):\n")
+            print("| task | wrk latency | parse + decode (compute_input) | waiting for its batch (queue) | its batch "
+                  "(compute_infer) | answer (compute_output) | outside the timed path |\n|---|---|---|---|---|---|---|")
+            for t in tasks:
+                runs = by_kind["binary"][t]
+                ms = {ph: sum(r["server_ms"][ph] for r in runs) / len(runs) for ph in PHASES}
+                wrk_ms = sum(r["mean_ms"] for r in runs) / len(runs)
+                print(f"| {t} | {wrk_ms:.1f} | {ms['compute_input']:.1f} | {ms['queue']:.1f} | "
+                      f"{ms['compute_infer']:.1f} | {ms['compute_output']:.2f} | {wrk_ms - ms['success']:.1f} |")
+        mem = by_kind.get("memory")
+        if mem:
+            print(f"memory after the load: {mem['processes']} processes, PSS {mem['pss_mb']:.1f} MB, RSS "
+                  f"{mem['rss_mb']:.1f} MB" + (f"; weight files {mem['weight_files_mb']:.1f} MB, their PSS over "
+                                                f"the workers {mem['weight_files_pss_mb']:.1f} MB "
+                                                f"({mem['weight_files_pss_mb'] / mem['weight_files_mb']:.2f}x)"
+                                                if mem["weight_files_mb"] else ""))
+    ours = [n for n in results if n.startswith("this tree")]
+    pairs = [(n, ours[0]) for n in ours[1:]] + [(n, o) for n in ours for o in results if o not in ours]
+    for name, other in pairs:
+        for kind in ("binary", "live"):
+            if kind in results[name] and kind in results[other]:
+                mine = [_merged(v)["req_per_s"] for v in results[name][kind].values()]
+                theirs = [_merged(v)["req_per_s"] for v in results[other][kind].values()]
+                print(f"{kind}: {name} / {other}: {sum(mine) / sum(theirs):.2f}x req/s")
 
 if __name__ == "__main__":
     main()

@@ -32,6 +32,7 @@ class ServeCommand(TyperCommand):
 @app.command(epilog="Examples:\n\n  tailor serve --tasks synth-digits,synth-signs --model-dir runs/demo\n\n"
              "  tailor serve --backend onnx --port 8080 --grpc-port 8081 --max-batch 64 --api-key $KEY\n\n"
              "  tailor serve --precision int8   # after tailor export --precision int8\n\n"
+             "  tailor serve --backend onnx --workers 2   # two processes, one copy of the weights\n\n"
              "  tailor serve --ray --replicas 4 --max-tasks-per-replica 8 --model-dir /shared/runs\n\n"
              "  curl -F file=@digit.png 'http://127.0.0.1:8000/v1/tasks/synth-digits:predict?top_k=3'\n\n"
              "  python -c 'import tritonclient.grpc as g; print(g.InferenceServerClient(\"127.0.0.1:8001\")"
@@ -58,6 +59,9 @@ def serve(
     grpc: bool = typer.Option(True, "--grpc/--no-grpc", help="Also serve the KServe v2 / Triton gRPC protocol "
                               "(on --host, port --grpc-port)."),
     grpc_port: int = typer.Option(8001, help="TCP port of the gRPC endpoint."),
+    workers: int = typer.Option(ServerConfig.workers, help="Server processes on the same ports (onnx backend on "
+                                "the CPU): they map one copy of the weights, sum their metrics and statistics, and "
+                                "apply every repository load or unload; each batches on its own."),
     grpc_workers: int = typer.Option(ServerConfig.grpc_workers, help="gRPC calls served at once (twice as many "
                                      "are accepted; more get RESOURCE_EXHAUSTED)."),
     max_batch: int = typer.Option(BatchConfig.max_batch, help="Largest batch run at once per task."),
@@ -137,24 +141,41 @@ def serve(
                              body_timeout_s=body_timeout_s, api_key=api_key, batch=batch, limits=limits),
                    host=host, port=port, address=ray_address, num_cpus=ray_cpus, print_config=print_config)
         return
-    import uvicorn
-
-    from tailorrt.runtime import Runtime
-    from tailorrt.serving.app import create_app
-    from tailorrt.serving.connections import address, check_free, header_timeout_protocol
+    from tailorrt.serving.connections import HeaderTimeoutConfig, address, check_free
+    from tailorrt.serving.workers import ServeSpec, check_workers, serve_workers
 
     cfg = ServerConfig(max_body_bytes=int(max_body_mb * MIB), body_timeout_s=body_timeout_s,
                        header_timeout_s=header_timeout_s, api_key=api_key, grpc_port=grpc_port if grpc else None,
-                       grpc_host=host, grpc_workers=grpc_workers, batch=batch)
+                       grpc_host=host, grpc_workers=grpc_workers, batch=batch, workers=workers)
+    spec = ServeSpec(model_dir, names(tasks), backend=backend, device=device, share_weights=share_weights,
+                     precision=precision, limits=limits, server=cfg)
+    check_workers(spec, workers)
     if grpc:
         check_free(host, grpc_port)  # before anything is loaded
-    runtime = Runtime(model_dir, tasks=names(tasks), backend=backend, device=device, share_weights=share_weights,
-                      precision=precision, limits=limits)
     where = f"http://{address(host, port)}" + (f" and grpc://{address(host, grpc_port)}" if grpc else "")
-    err.print(f"serving {', '.join(runtime.tasks)} ({backend} backend, {precision}) on {where}", highlight=False,
-              markup=False, soft_wrap=True)
-    uvicorn.run(create_app(runtime, cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
-                http=header_timeout_protocol(cfg.header_timeout_s))
+
+    def uvicorn_config(app, **kwargs) -> HeaderTimeoutConfig:
+        return HeaderTimeoutConfig(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
+                                   header_timeout_s=cfg.header_timeout_s, **kwargs)
+
+    def announce(loaded: list[str]) -> None:
+        processes = f", {workers} worker processes" if workers > 1 else ""
+        err.print(f"serving {', '.join(loaded)} ({backend} backend, {precision}{processes}) on {where}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+    if workers > 1:
+        serve_workers(spec, workers, uvicorn_config, announce)
+        return
+    import uvicorn
+
+    from tailorrt.serving.app import create_app
+
+    runtime = spec.runtime()
+    announce(runtime.tasks)
+    server = uvicorn.Server(uvicorn_config(create_app(runtime, cfg)))
+    server.run()
+    if not server.started:
+        raise typer.Exit(3)
 
 
 # tailor serve's options that a Ray Serve deployment cannot honour (its HTTP proxy is Ray's: no gRPC endpoint, no
@@ -163,7 +184,8 @@ def serve(
 
 NOT_WITH_RAY = {"tasks": "--ray serves every task of the model dir, loaded on demand",
                 "grpc": "--ray serves HTTP only", "grpc_port": "--ray serves HTTP only",
-                "grpc_workers": "--ray serves HTTP only", "header_timeout_s": "Ray's HTTP proxy reads the headers"}
+                "grpc_workers": "--ray serves HTTP only", "header_timeout_s": "Ray's HTTP proxy reads the headers",
+                "workers": "--ray scales with --replicas"}
 RAY_ONLY = ("replicas", "max_tasks_per_replica", "replica_cpus", "replica_gpus", "threads", "ray_address", "ray_cpus",
             "request_timeout_s", "print_config")
 LOCAL_RAY_ONLY = {"ray_address": "a Serve config is deployed where serve deploy runs",

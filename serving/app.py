@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -214,11 +215,13 @@ def error_response(code: int, message: str, *, close: bool = False) -> JSONRespo
     return JSONResponse({"error": message}, status_code=code, headers=headers)
 
 
-def create_app(runtime: Runtime, config: ServerConfig = ServerConfig(), *, on_demand: bool = False) -> FastAPI:
+def create_app(runtime: Runtime, config: ServerConfig = ServerConfig(), *, on_demand: bool = False,
+               folder: Path | None = None) -> FastAPI:
     """A FastAPI app serving ``runtime``'s tasks through the batcher; with ``config.grpc_port`` set, the gRPC
     endpoint runs beside it (started and stopped with the app, over the same :class:`Service`). ``on_demand``:
-    one replica of a Ray deployment (see :class:`Service`)."""
-    service = Service(runtime, config.batch, on_demand)
+    one replica of a Ray deployment; ``folder``: one worker of ``tailor serve --workers N`` (see
+    :class:`Service`)."""
+    service = Service(runtime, config.batch, on_demand, folder)
     metrics = service.metrics
 
     @asynccontextmanager

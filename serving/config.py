@@ -40,13 +40,16 @@ class ServerConfig:
     grpc_host: str = "127.0.0.1"
     grpc_workers: int = 64  # gRPC calls served at once (each waits for its batch in a thread)
     grace_s: float = 30.0  # in-flight gRPC calls get this long to finish on shutdown
+    workers: int = 1  # server processes on the same ports (tailor serve --workers; serving/workers.py)
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("the API key is empty, which would turn authentication off; set a non-empty key "
                               "or leave it unset")
-        if self.max_body_bytes < 1 or self.body_timeout_s <= 0 or self.grpc_workers < 1 or self.header_timeout_s <= 0:
-            raise ConfigError("the body limit, the body and header timeouts and the gRPC workers must be positive")
+        if (self.max_body_bytes < 1 or self.body_timeout_s <= 0 or self.grpc_workers < 1 or self.header_timeout_s <= 0
+                or self.workers < 1):
+            raise ConfigError("the body limit, the body and header timeouts, the gRPC workers and the workers must be "
+                              "positive")
 
 
 @dataclass

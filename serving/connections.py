@@ -3,10 +3,12 @@
 uvicorn bounds the wait between two requests of a kept-alive connection, but not the wait for a request's
 headers: a client that connects and sends nothing, or half a request line, holds its connection (a file
 descriptor, a protocol object) for as long as it likes, and a few thousand of them exhaust the server. The
-app never sees such a request, so no middleware can help. :func:`header_timeout_protocol` is uvicorn's httptools
+app never sees such a request, so no middleware can help. :class:`HeaderTimeoutHttpTools` is uvicorn's httptools
 protocol (llhttp, a C parser: the pure-Python h11 one cost about as much as the rest of a trivial request) with
 that limit: a connection still waiting for a request's complete headers ``timeout_s`` after it opened (or after
 the first bytes of its next request came) is closed. Bodies are bounded by :class:`~tailorrt.serving.app.BodyGuard`.
+:class:`HeaderTimeoutConfig` is uvicorn's config with that protocol and limit (importable by name, so that the
+workers of ``tailor serve --workers N`` get it too).
 
 Also here, light to import (the CLI checks before loading anything): :func:`check_free`, which refuses a port
 that another process holds.
@@ -17,16 +19,19 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tailorrt.errors import ConfigError
 
 
-class _HeaderTimeoutHttpTools(HttpToolsProtocol):
+class HeaderTimeoutHttpTools(HttpToolsProtocol):
     """A message is *in its headers* from its first byte (``on_message_begin``) until ``on_headers_complete``; so is
-    a connection that has sent nothing yet. One that stays so ``header_timeout_s`` is closed."""
+    a connection that has sent nothing yet. One that stays so for the config's ``header_timeout_s`` is closed."""
 
-    header_timeout_s = 10.0
+    def __init__(self, config: uvicorn.Config, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.header_timeout_s: float = config.header_timeout_s  # type: ignore[attr-defined]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -68,10 +73,12 @@ class _HeaderTimeoutHttpTools(HttpToolsProtocol):
             self.transport.close()
 
 
-def header_timeout_protocol(timeout_s: float) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol, closing connections that leave a request's headers unfinished for
-    ``timeout_s``."""
-    return type("HeaderTimeoutHttpTools", (_HeaderTimeoutHttpTools,), {"header_timeout_s": timeout_s})
+class HeaderTimeoutConfig(uvicorn.Config):
+    """uvicorn's config, with :class:`HeaderTimeoutHttpTools` and its limit."""
+
+    def __init__(self, app, *, header_timeout_s: float, **kwargs) -> None:
+        super().__init__(app, http=HeaderTimeoutHttpTools, **kwargs)
+        self.header_timeout_s = header_timeout_s
 
 
 def address(host: str, port: int) -> str:

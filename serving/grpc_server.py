@@ -191,7 +191,7 @@ def start_grpc_server(service: Service, config: ServerConfig) -> grpc.Server:
         ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="grpc"),
         interceptors=[ApiKeyInterceptor(config.api_key, service)] if config.api_key else [],
         options=[("grpc.max_receive_message_length", config.max_body_bytes),
-                 ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)],
+                 ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", int(config.workers > 1))],
         maximum_concurrent_rpcs=2 * config.grpc_workers)
     server.add_generic_rpc_handlers((protocol().handler(InferenceServicer(service)),))
     where = address(config.grpc_host, config.grpc_port)

@@ -11,6 +11,7 @@ import hmac
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -26,6 +27,7 @@ from tailorrt.runtime import Runtime
 from tailorrt.serving.batcher import BatchConfig, Batcher
 from tailorrt.serving.metrics import Metrics
 from tailorrt.serving.protocol import INPUTS, OUTPUTS, VERSION, InferRequest, Output, outputs, request_batch
+from tailorrt.serving.task_set import TaskSet, TaskSync
 from tailorrt.version import __version__
 
 EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics", "binary_tensor_data"]
@@ -58,12 +60,19 @@ class Service:
     """Health, metadata, configuration, statistics, repository and inference over one runtime and batcher.
 
     ``on_demand`` (one replica of a Ray deployment, :mod:`tailorrt.serving.ray`): every task of the model directory
-    is offered, and is loaded when a request for it arrives; tasks are evicted by the deployment, not unloaded."""
+    is offered, and is loaded when a request for it arrives; tasks are evicted by the deployment, not unloaded.
 
-    def __init__(self, runtime: Runtime, batch: BatchConfig = BatchConfig(), on_demand: bool = False) -> None:
+    ``folder``: the run folder of one worker of ``tailor serve --workers N`` (:mod:`tailorrt.serving.workers`):
+    metrics and statistics are every worker's, and a load or unload reaches every worker."""
+
+    def __init__(self, runtime: Runtime, batch: BatchConfig = BatchConfig(), on_demand: bool = False,
+                 folder: Path | None = None) -> None:
         self.runtime, self.batch_config, self.on_demand = runtime, batch, on_demand
-        self.metrics = Metrics()
+        self.metrics = Metrics(folder / "metrics" if folder else None)
         self.batcher = Batcher(runtime.logits, batch, self.metrics)
+        self.sync = None
+        if folder is not None:
+            self.sync = TaskSync(TaskSet(folder), lambda: self.runtime.tasks, self.runtime.add_task, self.evict)
 
     # ------------------------------------------------------------------ health and metadata
 
@@ -154,6 +163,8 @@ class Service:
             raise UnknownTaskError(f"no task {task!r} in the model directory (tasks: {', '.join(have) or 'none'})")
         if task not in self.runtime.tasks:
             self.runtime.add_task(task)
+        if self.sync is not None:
+            self.sync.changed(add=task)
 
     def unload(self, task: str) -> None:
         """Drop a task: what is queued for it is answered first, later requests get 404. Blocking."""
@@ -161,6 +172,8 @@ class Service:
             raise BadInputError("in a Ray deployment every task is loaded on first use and evicted least recently "
                                 "used (--max-tasks-per-replica); there is nothing to unload")
         self.evict(task)
+        if self.sync is not None:
+            self.sync.changed(remove=task)
 
     def evict(self, task: str) -> None:
         """Drop a loaded task (what is queued for it is answered first). Blocking."""
@@ -251,5 +264,7 @@ class Service:
 
     def close(self) -> None:
         """Answer what is queued, then stop the batch workers."""
+        if self.sync is not None:
+            self.sync.close()
         self.batcher.close()
 

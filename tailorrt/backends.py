@@ -43,7 +43,7 @@ class Backend(Protocol):
 
 
 def make_backend(name: str, mdir: ModelDir, device: str, threads: int | None = None, *,
-                 share_weights: bool = True, precision: str = "fp32") -> Backend:
+                 share_weights: bool = True, precision: str = "fp32", weights_dir: Path | None = None) -> Backend:
     """The backend ``name`` at ``precision`` (checked by :func:`tailorrt.precision.check_precision` first), found by
     name among the entry points of ``tailorrt.backends``: the onnx backend is this module's, the torch and TensorRT
     backends are the training side's (``tailorrt/training/``), which a serving install cannot load."""
@@ -55,7 +55,13 @@ def make_backend(name: str, mdir: ModelDir, device: str, threads: int | None = N
     except ImportError:
         require_training(f"the {name} backend", instead="or serve the ONNX export: --backend onnx")
         raise
-    return factory(mdir, device, threads, share_weights=share_weights, precision=precision)
+    if weights_dir is None:
+        return factory(mdir, device, threads, share_weights=share_weights, precision=precision)
+    if name != OnnxBackend.name:
+        raise ConfigError(f"weights mapped from files (weights_dir, tailor serve --workers) need the onnx backend, "
+                          f"not {name}")
+    return OnnxBackend(mdir, device, threads, share_weights=share_weights, precision=precision,
+                       weights_dir=weights_dir)
 
 
 class OnnxBackend:
@@ -66,7 +72,9 @@ class OnnxBackend:
     max_batch = 256
 
     def __init__(self, mdir: ModelDir, device: str, threads: int | None = None, *, share_weights: bool = True,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", weights_dir: Path | None = None) -> None:
+        """``weights_dir``: the universal weights as ONNX Runtime lays them out are written there once and mapped
+        read-only, so that processes using the same folder share one physical copy (see :class:`WeightStore`)."""
         import onnxruntime as ort
 
         from tailorrt.cpu import cpu_threads
@@ -81,7 +89,7 @@ class OnnxBackend:
         self.mdir, self.threads = mdir, threads or cpu_threads()
         self.kind = kinds.for_precision(precision)
         self.manifest = current_export(mdir, self.kind.folder)
-        self.store, self.share_weights = WeightStore(), share_weights
+        self.store, self.share_weights = WeightStore(weights_dir), share_weights
         self.sessions: dict = {}  # task -> TaskSession; replaced whole, so running calls keep what they read
         self._lock = threading.Lock()
 

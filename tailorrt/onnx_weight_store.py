@@ -12,6 +12,10 @@ do not need. So each task gets its own session, built in two steps:
    weight is byte-identical for every task, so it is kept once and handed to every session through
    ``SessionOptions.add_initializer`` (no copy). The session then loads the optimised graph as it is.
 
+With a ``directory`` (``Runtime(weights_dir=...)``, ``tailor serve --workers N``), the store writes each tensor
+there once, as a file named by its content, and maps it read-only: every process that uses the same directory
+reads the same pages of the page cache, so N server processes hold one physical copy of the universal weights.
+
 Sessions allocate activations from one shared arena (``session.use_env_allocators``), so K sessions do
 not keep K arenas, and their threads stop spinning when a call returns (``session.force_spinning_stop``).
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -45,19 +50,23 @@ class _Entry:
 
 
 class WeightStore:
-    """Tensors kept once by content (sha256), each with the set of tasks that use it."""
+    """Tensors kept once by content (sha256), each with the set of tasks that use it; in memory, or in files of
+    ``directory`` mapped read-only (shared by every process that uses the directory)."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path | None = None) -> None:
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
+        self.directory = directory
 
     def put(self, task: str, data: memoryview | np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> ort.OrtValue:
         """The stored OrtValue for these bytes, stored now (64-byte aligned) if no task had them yet."""
-        key = hashlib.sha256(data).hexdigest() + f"/{np.dtype(dtype).str}/{shape}"
+        digest = hashlib.sha256(data).hexdigest()
+        key = digest + f"/{np.dtype(dtype).str}/{shape}"
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                array = aligned_copy(np.frombuffer(data, dtype=dtype).reshape(shape))
+                array = np.frombuffer(data, dtype=dtype).reshape(shape)
+                array = aligned_copy(array) if self.directory is None else mapped(self.directory, digest, array)
                 entry = self._entries[key] = _Entry(array, ort.OrtValue.ortvalue_from_numpy(array))
             entry.users.add(task)
             return entry.value
@@ -86,6 +95,35 @@ def aligned_copy(array: np.ndarray, align: int = ALIGN) -> np.ndarray:
     out = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
     out[...] = array
     return out
+
+
+def mapped(directory: Path, digest: str, array: np.ndarray) -> np.ndarray:
+    """``array``'s bytes as a read-only map of ``directory/<digest>`` (page-aligned). The file is written by the
+    first process that needs it, under a temporary name then linked into place, so that every process maps the
+    same file (and so the same pages) and none maps half a file; one that does not hash to ``digest`` is
+    replaced."""
+    path = directory / digest
+    if not _holds(path, digest, array.nbytes):
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{digest[:16]}-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(np.ascontiguousarray(array).tobytes())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:  # another process linked its copy first, or a bad file is there
+                if not _holds(path, digest, array.nbytes):
+                    os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return np.memmap(path, array.dtype, mode="r", shape=array.shape)
+
+
+def _holds(path: Path, digest: str, size: int) -> bool:
+    try:
+        return path.stat().st_size == size and hashlib.sha256(np.memmap(path, np.uint8, mode="r")).hexdigest() == digest
+    except FileNotFoundError:
+        return False
 
 
 @functools.lru_cache(maxsize=1)

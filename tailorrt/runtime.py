@@ -68,14 +68,18 @@ class Runtime:
 
     def __init__(self, model_dir: str | Path = "runs", tasks: list[str] | None = None, backend: str = "torch",
                  device: str = "cpu", *, threads: int | None = None, limits: Limits = Limits(),
-                 share_weights: bool = True, precision: str = "fp32") -> None:
+                 share_weights: bool = True, precision: str = "fp32", weights_dir: str | Path | None = None) -> None:
         """``share_weights=False`` (onnx backend) fuses each task's batch norms into its own copy of the universal
         conv weights: a little faster on small inputs, about one backbone of memory per task.
 
         ``precision``: ``fp32``, ``int8`` (onnx backend, after ``tailor export --precision int8``) or ``bf16``
         (torch backend, after ``tailor export --precision bf16``, on a CPU with bf16 instructions or a GPU). At int8,
         ``share_weights=False`` lets each task's session pre-pack its own copy of its int8 weights (faster kernels,
-        about the task's int8 weights of memory per task); by default all tasks read one copy as stored."""
+        about the task's int8 weights of memory per task); by default all tasks read one copy as stored.
+
+        ``weights_dir`` (onnx backend on CPU): a folder where the universal weights, as ONNX Runtime lays them out
+        for this CPU, are written once and mapped read-only; processes given the same folder (the workers of
+        ``tailor serve --workers N``, or an app's own) hold one physical copy between them."""
         check_precision(precision, backend, device)
         self.precision = precision
         self.model_dir = ModelDir(model_dir)
@@ -83,7 +87,7 @@ class Runtime:
         self.decode_budget = DecodeBudget(limits.max_decode_bytes, limits.decode_wait_s)  # shared by all callers
         self.backbone_record = self.model_dir.backbone_record()
         self.backend = make_backend(backend, self.model_dir, device, threads, share_weights=share_weights,
-                                    precision=precision)
+                                    precision=precision, weights_dir=Path(weights_dir) if weights_dir else None)
         self._tasks: dict[str, TaskInfo] = {}
         self._lock = threading.Lock()
         names = tasks if tasks is not None else self.model_dir.task_names()

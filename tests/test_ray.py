@@ -284,7 +284,7 @@ def test_every_serve_option_reaches_the_ray_replicas_or_is_refused_in_one_line()
             assert len(lines) == 1 and p.opts[0] in lines[0] and result.exit_code == 1, (args, result.output)
             refused.append(p.name)
     assert {"share_weights", "body_timeout_s", "max_batch", "api_key", "replicas", "port"} <= set(reached)
-    assert set(refused) == {"tasks", "grpc", "grpc_port", "grpc_workers", "header_timeout_s", "ray_address",
+    assert set(refused) == {"tasks", "grpc", "grpc_port", "grpc_workers", "header_timeout_s", "workers", "ray_address",
                             "ray_cpus"}
 
 
