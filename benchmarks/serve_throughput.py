@@ -348,13 +348,16 @@ def report(results: dict, local: dict, flops: dict, tasks: list[str], args) -> N
             print("\nwhere a binary request's time goes (ms, mean per request; the server's statistics extension "
                   "between the start and the end of each wrk run, and wrk's mean latency):\n")
             print("| task | wrk latency | parse + decode (compute_input) | waiting for its batch (queue) | its batch "
-                  "(compute_infer) | answer (compute_output) | outside the timed path |\n|---|---|---|---|---|---|---|")
+                  "(compute_infer) | answer (compute_output) | between the phases | outside the timed path |\n"
+                  "|---|---|---|---|---|---|---|---|")
             for t in tasks:
                 runs = by_kind["binary"][t]
                 ms = {ph: sum(r["server_ms"][ph] for r in runs) / len(runs) for ph in PHASES}
                 wrk_ms = sum(r["mean_ms"] for r in runs) / len(runs)
+                between = ms["success"] - sum(ms[ph] for ph in PHASES if ph != "success")
                 print(f"| {t} | {wrk_ms:.1f} | {ms['compute_input']:.1f} | {ms['queue']:.1f} | "
-                      f"{ms['compute_infer']:.1f} | {ms['compute_output']:.2f} | {wrk_ms - ms['success']:.1f} |")
+                      f"{ms['compute_infer']:.1f} | {ms['compute_output']:.2f} | {between:.1f} | "
+                      f"{wrk_ms - ms['success']:.1f} |")
         mem = by_kind.get("memory")
         if mem:
             print(f"memory after the load: {mem['processes']} processes, PSS {mem['pss_mb']:.1f} MB, RSS "

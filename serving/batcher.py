@@ -8,6 +8,11 @@ runs, the other tasks' queues fill, so mixing tasks keeps batches large instead 
 the requests) between concurrent small batches. A task's queue holds at most ``max_queue`` images; beyond
 that, ``submit`` raises :class:`OverloadedError` at once instead of letting latency grow without bound, and
 a request larger than the whole queue raises :class:`InputTooLargeError` (it could never be queued).
+
+A request may also be queued before its images are decoded (:class:`Deferred`): its decoding starts at once in the
+batcher's decode threads, overlapping the batch that runs meanwhile, and the worker that takes it into a batch
+waits for it there. The caller's event loop then makes one hand-off per request (the answer), not one to a
+thread to decode and one back; a request whose images fail to decode gets its error alone.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,9 +30,19 @@ from tailorrt.errors import InputTooLargeError, OverloadedError, UnknownTaskErro
 from tailorrt.serving.config import BatchConfig
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """A request's batch still to be made (decoded): ``count`` images as the request declares them (what the
+    queue counts), ``make`` run in a decode thread."""
+
+    count: int
+    make: Callable[[], np.ndarray]
+
+
 @dataclass
 class _Item:
-    x: np.ndarray
+    x: np.ndarray | Future  # the batch, or its decoding
+    count: int
     future: Future
     queued_at: float
 
@@ -54,10 +69,11 @@ class Batcher:
     """Per-task queues over a function ``run(task, batch) -> logits``, served by ``cfg.workers`` threads."""
 
     def __init__(self, run: Callable[[str, np.ndarray], np.ndarray], cfg: BatchConfig = BatchConfig(),
-                 observer: Observer | None = None) -> None:
+                 observer: Observer | None = None, decode_threads: int = 2) -> None:
         if cfg.workers < 1:
             raise ValueError("a batcher needs at least one worker")
         self.run, self.cfg, self.observer = run, cfg, observer or Observer()
+        self._decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
         self._queues: dict[str, _Queue] = {}
         self._cond = threading.Condition()
         self._closed = False
@@ -66,10 +82,12 @@ class Batcher:
         for w in self._workers:
             w.start()
 
-    def submit(self, task: str, x: np.ndarray) -> Future:
-        """Queue ``x`` (a batch of one or more images) for ``task``; the future gets its logits."""
-        if len(x) > self.cfg.max_queue:  # could never fit: retrying would not help
-            raise InputTooLargeError(f"{len(x)} images in one request; a task's queue holds at most "
+    def submit(self, task: str, x: np.ndarray | Deferred) -> Future:
+        """Queue ``x`` (a batch of one or more images, or one to be decoded) for ``task``; the future gets its
+        logits, or the error of its decoding."""
+        count = x.count if isinstance(x, Deferred) else len(x)
+        if count > self.cfg.max_queue:  # could never fit: retrying would not help
+            raise InputTooLargeError(f"{count} images in one request; a task's queue holds at most "
                                      f"{self.cfg.max_queue}")
         fut: Future = Future()
         with self._cond:
@@ -80,11 +98,12 @@ class Batcher:
                 raise UnknownTaskError(f"task {task!r} is being unloaded")
             if q is None:
                 q = self._queues[task] = _Queue()
-            if q.pending + len(x) > self.cfg.max_queue:
+            if q.pending + count > self.cfg.max_queue:
                 raise OverloadedError(f"task {task!r} has {q.pending} images waiting (limit "
                                       f"{self.cfg.max_queue}); retry later")
-            q.items.append(_Item(x, fut, time.perf_counter()))
-            q.pending += len(x)
+            batch = self._decoder.submit(x.make) if isinstance(x, Deferred) else x
+            q.items.append(_Item(batch, count, fut, time.perf_counter()))
+            q.pending += count
             self._cond.notify_all()
         return fut
 
@@ -116,10 +135,10 @@ class Batcher:
                 if task is not None:
                     q = self._queues[task]
                     batch, size = [], 0
-                    while q.items and (not batch or size + len(q.items[0].x) <= self.cfg.max_batch):
+                    while q.items and (not batch or size + q.items[0].count <= self.cfg.max_batch):
                         item = q.items.popleft()
                         batch.append(item)
-                        size += len(item.x)
+                        size += item.count
                     q.pending -= size
                     q.running += 1
                     return task, q, batch
@@ -128,9 +147,13 @@ class Batcher:
                 self._cond.wait(wait)
 
     def _run(self, task: str, batch: list[_Item]) -> None:
-        start = time.perf_counter()
+        taken = time.perf_counter()
         for item in batch:
-            self.observer.queued(task, start - item.queued_at)
+            self.observer.queued(task, taken - item.queued_at)
+        batch = [item for item in batch if self._decoded(item)]
+        if not batch:
+            return
+        start = time.perf_counter()
         try:
             x = np.concatenate([i.x for i in batch]) if len(batch) > 1 else batch[0].x
             logits = self.run(task, x)
@@ -143,6 +166,17 @@ class Batcher:
         for item in batch:
             item.future.set_result(logits[offset:offset + len(item.x)])
             offset += len(item.x)
+
+    @staticmethod
+    def _decoded(item: _Item) -> bool:
+        """Wait for the item's decoding; False (its future has the error) if it failed."""
+        if isinstance(item.x, Future):
+            try:
+                item.x = item.x.result()
+            except BaseException as e:
+                item.future.set_exception(e)
+                return False
+        return True
 
     def _loop(self) -> None:
         while (got := self._take()) is not None:
@@ -174,3 +208,4 @@ class Batcher:
             self._cond.notify_all()
         for w in self._workers:
             w.join()
+        self._decoder.shutdown()

@@ -244,21 +244,33 @@ def split_binary(request: InferRequest, rest: memoryview) -> list[bytes | None]:
     return raws
 
 
-def request_batch(runtime: Runtime, task: str, request: InferRequest, raw: bytes | None = None) -> np.ndarray:
-    """The task's preprocessed ``[N,3,S,S]`` batch from the request's one input (``raw``: its binary data)."""
+def declared_images(runtime: Runtime, request: InferRequest) -> int:
+    """The images the request's one input declares, checked against the limits before anything is decoded: a
+    BYTES element is an image, a UINT8 or FP32 tensor holds its first dimension's (one if it has no batch
+    dimension)."""
     inp = request.inputs[0]
     want = math.prod(inp.shape)  # exact: no wrap-around however large the dimensions
     limits = runtime.limits
     if inp.datatype == "BYTES":
         if want > limits.max_images:
             raise InputTooLargeError(f"{want:,} images in one request; the limit is {limits.max_images}")
-        if raw is not None:
-            return runtime.preprocess(task, unpack_bytes(raw, want))
-        return runtime.preprocess(task, [_element(v) for v in _flatten(inp.data, len(inp.shape), want)])
+        return want
     if want > limits.max_images * limits.max_pixels * 4:
         raise InputTooLargeError(f"shape {inp.shape} holds {want:,} values, over the request limit")
     if want == 0:
         raise BadInputError(f"shape {inp.shape} holds no values: send at least one image")
+    return inp.shape[0] if len(inp.shape) == 4 else 1
+
+
+def request_batch(runtime: Runtime, task: str, request: InferRequest, raw: bytes | None = None) -> np.ndarray:
+    """The task's preprocessed ``[N,3,S,S]`` batch from the request's one input (``raw``: its binary data)."""
+    declared_images(runtime, request)
+    inp = request.inputs[0]
+    want = math.prod(inp.shape)
+    if inp.datatype == "BYTES":
+        if raw is not None:
+            return runtime.preprocess(task, unpack_bytes(raw, want))
+        return runtime.preprocess(task, [_element(v) for v in _flatten(inp.data, len(inp.shape), want)])
     if raw is not None:
         if len(raw) != want * ITEM_BYTES[inp.datatype]:
             raise BadInputError(f"shape {inp.shape} of {inp.datatype} needs {want * ITEM_BYTES[inp.datatype]:,} "

@@ -42,6 +42,7 @@ from tailorrt.runtime import Runtime
 from tailorrt.serving import routes
 from tailorrt.serving.app import (
     KEY_MISSING,
+    NO_TELEMETRY,
     BodyGuard,
     authorised,
     create_app,
@@ -222,7 +223,8 @@ def _json_answer(status: int, body: dict, headers: dict[str, str] | None = None)
 
 def ingress_app(config: RayConfig) -> FastAPI:
     """The ingress's FastAPI app: one catch-all route, the body bounded as in ``tailor serve``."""
-    app = FastAPI(title="tailorrt (Ray Serve)", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="tailorrt (Ray Serve)", docs_url=None, redoc_url=None, openapi_url=None,
+                  telemetry=NO_TELEMETRY)
     app.add_middleware(BodyGuard, limit=int(config.max_body_mb * 1024 * 1024), timeout_s=config.body_timeout_s)
     return app
 

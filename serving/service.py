@@ -24,9 +24,18 @@ from tailorrt.errors import (
     UnknownTaskError,
 )
 from tailorrt.runtime import Runtime
-from tailorrt.serving.batcher import BatchConfig, Batcher
+from tailorrt.serving.batcher import BatchConfig, Batcher, Deferred
 from tailorrt.serving.metrics import Metrics
-from tailorrt.serving.protocol import INPUTS, OUTPUTS, VERSION, InferRequest, Output, outputs, request_batch
+from tailorrt.serving.protocol import (
+    INPUTS,
+    OUTPUTS,
+    VERSION,
+    InferRequest,
+    Output,
+    declared_images,
+    outputs,
+    request_batch,
+)
 from tailorrt.serving.task_set import TaskSet, TaskSync
 from tailorrt.version import __version__
 
@@ -234,19 +243,24 @@ class Service:
         return self.answer(task, request, self.batcher.submit(task, x).result(), binary)
 
     async def run_async(self, task: str, parse: Callable[[], tuple[InferRequest, bytes | None]],
-                        encode: Callable[[InferRequest, list[Output]], T]) -> T:
-        """As :meth:`run`, for the HTTP server: ``parse`` (the transport's: the request and its raw input bytes)
-        and the decoding of its images run in one worker thread, no thread is held while the request waits for
-        its batch, and ``encode`` (the transport's answer) runs on the event loop where the outputs are small
-        (at most :data:`INLINE_VALUES` numbers, a few tens of microseconds), else in a worker thread."""
+                        encode: Callable[[InferRequest, list[Output]], T], *, inline: bool = False) -> T:
+        """As :meth:`run`, for the HTTP server. ``parse`` (the transport's: the request and its raw input bytes)
+        runs on the event loop when ``inline`` (a small body), else in a worker thread; the request is then queued
+        for its batch with its images still to decode, which the batcher's decode threads do while the running
+        batch runs (:class:`~tailorrt.serving.batcher.Deferred`), so no thread is held and the event loop hands the
+        request over once; ``encode`` (the transport's answer) runs on the event loop where the outputs are small
+        (at most :data:`INLINE_VALUES` numbers, a few tens of microseconds), else in a worker thread. The request's
+        ``compute_input`` is its parsing and its decoding; its wait for a decode thread is part of ``queue``."""
         started = time.perf_counter()
+        request, raw = parse() if inline else await run_in_threadpool(parse)
+        parsed_s = time.perf_counter() - started
 
-        def prepare() -> tuple[InferRequest, np.ndarray]:
-            request, raw = parse()
-            return request, self.prepare(task, request, raw, started)
+        def make() -> np.ndarray:
+            with self._phase(task, "compute_input", time.perf_counter() - parsed_s):
+                return request_batch(self.runtime, task, request, raw)
 
-        request, x = await run_in_threadpool(prepare)
-        logits = await asyncio.wrap_future(self.batcher.submit(task, x))
+        deferred = Deferred(declared_images(self.runtime, request), make)
+        logits = await asyncio.wrap_future(self.batcher.submit(task, deferred))
 
         def answer() -> T:
             return encode(request, self.answer(task, request, logits))
@@ -254,10 +268,14 @@ class Service:
         return answer() if logits.size <= INLINE_VALUES else await run_in_threadpool(answer)
 
     async def predict_async(self, task: str, data: bytes, top_k: int) -> dict:
-        """The v1 upload endpoint's answer for one encoded image (count it with :meth:`call`)."""
-        with self._phase(task, "compute_input"):
-            x = await run_in_threadpool(self.runtime.preprocess, task, data)
-        logits = await asyncio.wrap_future(self.batcher.submit(task, x))
+        """The v1 upload endpoint's answer for one encoded image (count it with :meth:`call`), decoded in the
+        batcher's decode threads as :meth:`run_async`'s."""
+
+        def make() -> np.ndarray:
+            with self._phase(task, "compute_input"):
+                return self.runtime.preprocess(task, data)
+
+        logits = await asyncio.wrap_future(self.batcher.submit(task, Deferred(1, make)))
         p = self.runtime.decode(task, logits, top_k)[0]
         return {"task": task, "label": p.label,
                 "top_k": [{"label": l, "index": i, "score": s} for l, i, s in zip(p.labels, p.indices, p.scores)]}

@@ -164,28 +164,33 @@ def test_nothing_is_decoded_before_the_count_check(runtime, monkeypatch):
     assert r.status_code == 413 and "the limit is 16" in r.json()["error"]
 
 
-def test_json_is_parsed_off_the_event_loop_and_large_answers_encoded_off_it(runtime, monkeypatch):
-    """Parsing (any size) runs in a worker thread; an answer runs on the event loop only while it holds at most
-    ``INLINE_VALUES`` numbers (a few tens of microseconds), in a worker thread beyond."""
+def test_small_bodies_are_parsed_on_the_event_loop_images_decoded_off_it_and_large_answers_encoded_off_it(
+        runtime, monkeypatch):
+    """A body of at most ``INLINE_PARSE_BYTES`` is parsed on the event loop, a larger one in a worker thread; images
+    are decoded in the batcher's decode threads, never on the event loop; an answer runs on the event loop only
+    while it holds at most ``INLINE_VALUES`` numbers (a few tens of microseconds), in a worker thread beyond."""
     import tailorrt.serving.app as app_module
     import tailorrt.serving.service as service_module
 
     threads: dict[str, list] = {}
-    for name in ("parse_http", "http_response"):
-        real = getattr(app_module, name)
+    for module, name in ((app_module, "parse_http"), (app_module, "http_response"),
+                         (service_module, "request_batch")):
+        real = getattr(module, name)
 
         def spy(*a, _real=real, _name=name, **k):
             threads.setdefault(_name, []).append(threading.current_thread())
             return _real(*a, **k)
 
-        monkeypatch.setattr(app_module, name, spy)
+        monkeypatch.setattr(module, name, spy)
     with TestClient(create_app(runtime)) as c:
         loop_thread = c.portal.call(threading.current_thread)  # the thread the event loop runs in
         assert c.post(INFER, **_images(SMALL)).status_code == 200  # 1 image: a handful of numbers
         monkeypatch.setattr(service_module, "INLINE_VALUES", 0)  # as if the answer were large
+        monkeypatch.setattr(app_module, "INLINE_PARSE_BYTES", 0)  # and the body
         assert c.post(INFER, **_images(SMALL)).status_code == 200
-    assert all(t is not loop_thread for t in threads["parse_http"]) and len(threads["parse_http"]) == 2
+    assert [t is loop_thread for t in threads["parse_http"]] == [True, False]
     assert [t is loop_thread for t in threads["http_response"]] == [True, False]
+    assert [t.name.startswith("decode") for t in threads["request_batch"]] == [True, True]
 
 
 # ---------------------------------------------------------------------------------------------- decode budget

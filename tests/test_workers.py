@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -54,18 +55,24 @@ def test_workers_share_the_weights_count_together_and_apply_repository_changes(e
     pngs = [png_bytes(class_image(i % 3, np.random.default_rng(i))) for i in range(6)]
     expected = [rt.predict("colors", p).labels[0] for p in pngs]
     with serve_process(str(exported_dir), "--backend", "onnx", "--workers", "2") as (url, proc):
-        workers = [p for p in _children(proc.pid) if _weight_maps(p)]
+        deadline = time.monotonic() + 60  # the server is ready when one worker is; the other may still be loading
+        while len(workers := [p for p in _children(proc.pid) if _weight_maps(p)]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert len(workers) == 2  # two workers, mapping the same files (the same inodes: one copy in memory)
         assert _weight_maps(workers[0]) == _weight_maps(workers[1])
         folder = next(Path(line.split(None, 5)[5]).parent.parent for line in
                       Path(f"/proc/{workers[0]}/maps").read_text().splitlines() if "/weights/" in line)
 
-        rounds = 4  # every request on a new connection: the kernel spreads them over both workers
-        for _ in range(rounds):
+        def counted() -> set[int]:  # the workers that have counted a request
+            return {int(f.stem.rsplit("_", 1)[1]) for f in (folder / "metrics").glob("counter_*.db")}
+
+        sent = 0  # every request on a new connection: the kernel spreads them over the workers
+        while sent < 20 * len(pngs) and (sent < 4 * len(pngs) or counted() != set(workers)):
             for png, label in zip(pngs, expected):
                 status, body = _post(f"{url}/v1/tasks/colors:predict", png, "image/png")
                 assert status == 200 and json.loads(body)["label"] == label
-        sent = rounds * len(pngs)
+            sent += len(pngs)
+        assert counted() == set(workers)  # both workers answered some of them
         for _ in range(4):  # whichever worker answers, the figures are every worker's
             metrics = _get(f"{url}/metrics")[1].decode()
             assert re.search(r'tailorrt_requests_total\{endpoint="v1",task="colors"\} (\S+)', metrics).group(1) \
@@ -74,8 +81,6 @@ def test_workers_share_the_weights_count_together_and_apply_repository_changes(e
             assert stats["inference_count"] == sent and stats["inference_stats"]["success"]["count"] == sent
             assert sum(b["batch_size"] * b["compute_infer"]["count"] for b in stats["batch_stats"]) == sent
 
-        counted = {int(f.stem.rsplit("_", 1)[1]) for f in (folder / "metrics").glob("counter_*.db")}
-        assert counted == set(workers)  # both workers answered some of them
         assert _post(f"{url}/v2/repository/models/hues/unload")[0] == 200
         assert {_get(f"{url}/v2/models/hues/ready")[0] for _ in range(8)} == {404}  # no worker serves it
         assert _post(f"{url}/v2/repository/models/hues/load")[0] == 200
