@@ -18,11 +18,13 @@ reported. The in-process figure is ``Runtime.predict`` on the same PNG at batch 
 preprocess, logits), in this process. Server and load generator share the machine's cores, as the issue states it.
 Where a binary request's time goes: the server's statistics extension (per phase: parsing and decoding, waiting for
 the batch, the batch, the answer; and the whole time inside the server's timed path) read before and after each
-``wrk`` run, beside ``wrk``'s mean latency; what is left is spent outside the timed path (the socket, HTTP parsing,
-the event loop's queue). After the load, each server's memory: the PSS and RSS summed over its processes
-(``/proc/PID/smaps_rollup``), and with ``--workers N`` the PSS of the weight files the workers map, summed over the
-workers, against the files' size (1.00x: the weights are counted once, however many workers map them). Prints the
-CPU, a table per build and the ratios; ``--out`` writes everything as JSON.
+``wrk`` run, beside ``wrk``'s mean latency; the time between the phases is the request's wait for the event loop to
+take it up again after each one (below zero where decoding, which overlaps the wait for the batch, is long), and
+what is left is spent outside the timed path (the socket, HTTP parsing, the event loop's queue). After the load,
+each server's memory: the PSS and RSS summed over its processes (``/proc/PID/smaps_rollup``), and with ``--workers
+N`` the PSS of the weight files the workers map, summed over the workers, against the files' size (1.00x: the
+weights are counted once, however many workers map them). Prints the CPU, a table per build and the ratios;
+``--out`` writes everything as JSON.
 """
 
 from __future__ import annotations
@@ -113,7 +115,8 @@ def run_wrk(port: int, kind: str, task: str, req: tuple, seconds: float, connect
     lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     script = tmp / f"{kind}.lua"
     script.write_text(LUA.format(body=body_file if body else "/nonexistent", method=method, headers=lines))
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script),
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "60s", "--latency", "-s",
+                          str(script),
                           f"http://127.0.0.1:{port}{path_of(kind, task)}"], capture_output=True, text=True,
                          check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -332,8 +335,11 @@ def report(results: dict, local: dict, flops: dict, tasks: list[str], args) -> N
             cells = [t, f"{flops[t]:.2f}x", f"{loc['batch_1']:.0f} / {loc[f'batch_{b}']:.0f}"]
             cells += [f"{bi['req_per_s']:.0f} ({bi['req_per_s'] / loc[f'batch_{b}']:.2f}x)",
                       f"{bi['p50_ms']:.1f} / {bi['p99_ms']:.1f}"] if bi else ["-", "-"]
+            errors = [r["socket_errors"] for k in ("binary", "json") for r in by_kind.get(k, {}).get(t, [])
+                      if r["socket_errors"]]
             cells += [f"{js['req_per_s']:.0f}" if js else "-",
-                      str((bi or {}).get("non_2xx", 0) + (js or {}).get("non_2xx", 0))]
+                      str((bi or {}).get("non_2xx", 0) + (js or {}).get("non_2xx", 0))
+                      + (f" (socket errors: {'; '.join(errors)})" if errors else "")]
             print("| " + " | ".join(cells) + " |")
         if "live" in by_kind:
             live = _merged(next(iter(by_kind["live"].values())))
