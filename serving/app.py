@@ -218,7 +218,7 @@ def error_response(code: int, message: str, *, close: bool = False) -> JSONRespo
 
 INLINE_PARSE_BYTES = 64 * 1024  # bodies up to this size, not compressed, are parsed on the event loop (no thread hop)
 # FastAPI's native OpenTelemetry, off: unconfigured, it still looked up three providers in os.environ on every
-# request (7% of the event loop's time under load, py-spy --gil); tailorrt's metrics are Prometheus'
+# request (a py-spy profile under load found it); tailorrt's metrics are Prometheus'
 NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False}
 
 

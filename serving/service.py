@@ -18,6 +18,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from tailorrt.cpu import cpu_threads
 from tailorrt.errors import (
     BadInputError,
     TailorError,
@@ -78,7 +79,7 @@ class Service:
                  folder: Path | None = None) -> None:
         self.runtime, self.batch_config, self.on_demand = runtime, batch, on_demand
         self.metrics = Metrics(folder / "metrics" if folder else None)
-        self.batcher = Batcher(runtime.logits, batch, self.metrics)
+        self.batcher = Batcher(runtime.logits, batch, self.metrics, decode_threads=cpu_threads())
         self.sync = None
         if folder is not None:
             self.sync = TaskSync(TaskSet(folder), lambda: self.runtime.tasks, self.runtime.add_task, self.evict)
