@@ -12,10 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 
 from tailorrt import Runtime
 from tailorrt.onnx_weight_store import WeightStore
-from tailorrt.serving.local import png_bytes, serve_process
+from tailorrt.serving.local import free_port, png_bytes, serve_process
 from tests.conftest import class_image, one_line_error, run_cli
 
 
@@ -54,7 +55,9 @@ def test_workers_share_the_weights_count_together_and_apply_repository_changes(e
     rt = Runtime(exported_dir, backend="onnx")
     pngs = [png_bytes(class_image(i % 3, np.random.default_rng(i))) for i in range(6)]
     expected = [rt.predict("colors", p).labels[0] for p in pngs]
-    with serve_process(str(exported_dir), "--backend", "onnx", "--workers", "2") as (url, proc):
+    grpc_port = free_port()
+    with serve_process(str(exported_dir), "--backend", "onnx", "--workers", "2", "--grpc-port", str(grpc_port)) \
+            as (url, proc):
         deadline = time.monotonic() + 60  # the server is ready when one worker is; the other may still be loading
         while len(workers := [p for p in _children(proc.pid) if _weight_maps(p)]) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -85,6 +88,9 @@ def test_workers_share_the_weights_count_together_and_apply_repository_changes(e
         assert {_get(f"{url}/v2/models/hues/ready")[0] for _ in range(8)} == {404}  # no worker serves it
         assert _post(f"{url}/v2/repository/models/hues/load")[0] == 200
         assert {_get(f"{url}/v2/models/hues/ready")[0] for _ in range(8)} == {200}  # every worker does again
+        for _ in range(4):  # each worker serves gRPC on the same port (SO_REUSEPORT); every channel gets an answer
+            with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+                assert client.is_model_ready("hues") and client.is_server_live()
         index = json.loads(_post(f"{url}/v2/repository/index")[1])
         assert {m["name"]: m["state"] for m in index} == {"colors": "READY", "hues": "READY"}
         assert folder.exists()
