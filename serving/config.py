@@ -106,6 +106,6 @@ class RayConfig:
         limits = data.pop("limits", None) or {}
         try:
             return cls(**data, batch=BatchConfig(**batch),
-                       limits=Limits(**{**limits, "formats": tuple(limits.get("formats", Limits().formats))}))
+                       limits=Limits.from_json(limits))
         except TypeError as e:
             raise ConfigError(f"bad Ray deployment arguments: {e}") from e

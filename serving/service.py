@@ -256,9 +256,8 @@ class Service:
         request, raw = parse() if inline else await run_in_threadpool(parse)
         parsed_s = time.perf_counter() - started
 
-        def make() -> np.ndarray:
-            with self._phase(task, "compute_input", time.perf_counter() - parsed_s):
-                return request_batch(self.runtime, task, request, raw)
+        def make() -> np.ndarray:  # compute_input: the parsing, and the decoding from when it starts
+            return self.prepare(task, request, raw, time.perf_counter() - parsed_s)
 
         deferred = Deferred(declared_images(self.runtime, request), make)
         logits = await asyncio.wrap_future(self.batcher.submit(task, deferred))

@@ -71,10 +71,8 @@ class ServeSpec:
 
     @classmethod
     def from_json(cls, data: dict) -> ServeSpec:
-        server, limits = dict(data["server"]), dict(data["limits"])
-        server["batch"] = BatchConfig(**server["batch"])
-        limits["formats"] = tuple(limits["formats"])
-        return cls(**{**data, "server": ServerConfig(**server), "limits": Limits(**limits)})
+        server = {**data["server"], "batch": BatchConfig(**data["server"]["batch"])}
+        return cls(**{**data, "server": ServerConfig(**server), "limits": Limits.from_json(data["limits"])})
 
 
 def worker_app():

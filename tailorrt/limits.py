@@ -27,6 +27,11 @@ class Limits:
     decode_wait_s: float = 2.0  # how long a decode waits for budget before answering "overloaded"
     formats: tuple[str, ...] = DEFAULT_FORMATS
 
+    @classmethod
+    def from_json(cls, data: dict) -> Limits:
+        """The limits from their fields as JSON gives them back (``formats`` a list; a missing field its default)."""
+        return cls(**{**data, "formats": tuple(data.get("formats", DEFAULT_FORMATS))})
+
     def __post_init__(self) -> None:
         from PIL import Image
 
