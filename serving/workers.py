@@ -100,6 +100,8 @@ def serve_workers(spec: ServeSpec, workers: int, uvicorn_config: Callable[..., o
     from uvicorn.supervisors import Multiprocess
 
     check_workers(spec, workers)
+    config = uvicorn_config("tailorrt.serving.workers:worker_app", factory=True, workers=workers)
+    socket = config.bind_socket()  # a port in use is refused before anything is loaded
     folder = Path(tempfile.mkdtemp(prefix="tailorrt-workers-"))
     try:
         (folder / "metrics").mkdir()
@@ -110,8 +112,7 @@ def serve_workers(spec: ServeSpec, workers: int, uvicorn_config: Callable[..., o
         TaskSet(folder).write(0, tasks)
         os.environ[SPEC_ENV] = json.dumps(spec.to_json())
         os.environ[METRICS_ENV] = str(folder / "metrics")
-        config = uvicorn_config("tailorrt.serving.workers:worker_app", factory=True, workers=workers)
         announce(tasks)
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        Multiprocess(config, sockets=[socket]).run()
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -118,6 +119,15 @@ def test_mapped_weights_are_one_file_per_content_and_a_bad_file_is_rewritten(tmp
     c = WeightStore(tmp_path).put("t3", memoryview(data.tobytes()), np.float32, (8, 8))
     assert np.array_equal(c.numpy().ravel(), data)
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]  # no temporary file left behind
+
+
+def test_workers_on_a_port_in_use_are_one_line_before_anything_loads(exported_dir):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        proc = run_cli("serve", "--model-dir", str(exported_dir), "--workers", "2", "--no-grpc", "--port",
+                       str(held.getsockname()[1]))
+    assert "Address already in use" in one_line_error(proc, 3)  # and no "serving ..." line before it
 
 
 def test_workers_must_be_positive(exported_dir):
